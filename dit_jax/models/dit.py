@@ -1,0 +1,231 @@
+"""DiT: the Diffusion Transformer of Peebles & Xie (2023), with the four block designs of its
+ablation (adaLN-Zero, adaLN, cross-attention, in-context conditioning) on one backbone.
+
+    model = dit("DiT-XL/2", num_classes=1000)
+    params = model.init(rng, x_BHWC, t_B, {"label": y_B})
+    out_BHWC = model.apply(params, x_BHWC, t_B, {"label": y_B})
+
+Shapes: B batch, H/W image, C channels, p patch, T = HW/p^2 image tokens, S condition tokens,
+D width. The output has C channels, or 2C with `learn_sigma` (the first C are the prediction,
+the last C the variance interpolation of the original).
+"""
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from dit_jax.nn import axes
+from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
+from dit_jax.nn.attention import BACKENDS, Attention
+from dit_jax.nn.embed import (LabelEmbedder, TimestepEmbedder, dense, patchify, unpatchify,
+                              xavier_uniform)
+from dit_jax.nn.mlp import Mlp
+from dit_jax.nn.posenc import add_sincos_2d
+
+Dtype = Any
+
+# depth, hidden size, heads (Table 1 of the DiT paper).
+SIZES = {
+    "S": dict(depth=12, hidden_size=384, num_heads=6),
+    "B": dict(depth=12, hidden_size=768, num_heads=12),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+}
+PATCH_SIZES = (2, 4, 8)
+PRESETS = tuple(f"DiT-{s}/{p}" for s in SIZES for p in PATCH_SIZES)
+
+CONDITIONINGS = ("adaln_zero", "adaln", "cross_attn", "in_context")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
+}
+
+
+def preset(name: str) -> dict:
+  """'DiT-XL/2' (or 'XL/2') -> dict(depth, hidden_size, num_heads, patch_size)."""
+  match = re.fullmatch(r"(?:DiT-)?(S|B|L|XL)/(\d+)", name)
+  if not match:
+    raise ValueError(f"unknown DiT model name {name!r}: expected 'DiT-<size>/<patch>' with size "
+                     f"in {tuple(SIZES)}, e.g. 'DiT-XL/2'")
+  return dict(SIZES[match[1]], patch_size=int(match[2]))
+
+
+def dit(name: str, **overrides) -> "DiT":
+  """A DiT by name ('DiT-B/4'), with any field overridden (num_classes, conditioning, dtype...)."""
+  return DiT(**{**preset(name), **overrides})
+
+
+class DiTBlock(nn.Module):
+  """One transformer block; `conditioning` picks how c (B, D) or the tokens (B, S, D) enter.
+
+  adaln_zero  x += gate * Op(LN(x)(1 + scale) + shift), modulation zero-initialised
+  adaln       x += Op(LN(x)(1 + scale) + shift), no gate, modulation xavier-initialised
+  cross_attn  pre-LN block with a cross-attention to the condition tokens after self-attention
+  in_context  plain pre-LN ViT block (the condition tokens are already in the sequence)
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  conditioning: str = "adaln_zero"
+  attention_backend: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTD, c_BD, cond_BSD):
+    D = x_BTD.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    attn = Attention(self.num_heads, self.attention_backend, name="attn", **kw)
+    mlp = Mlp(self.mlp_ratio, name="mlp", **kw)
+    x_BTD = nn.with_logical_constraint(x_BTD, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+
+    if self.conditioning == "adaln_zero":
+      shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="adaLN", **kw)(c_BD)
+      a = checkpoint_name(attn(modulate(x_BTD, shift1, scale1)), "attn_out")
+      x_BTD = gated_residual(x_BTD, gate1, a)
+      m = checkpoint_name(mlp(modulate(x_BTD, shift2, scale2)), "mlp_out")
+      return gated_residual(x_BTD, gate2, m)
+
+    if self.conditioning == "adaln":
+      shift1, scale1, shift2, scale2 = Modulation(D, 4, False, name="adaLN", **kw)(c_BD)
+      x_BTD = x_BTD + checkpoint_name(attn(modulate(x_BTD, shift1, scale1)), "attn_out")
+      return x_BTD + checkpoint_name(mlp(modulate(x_BTD, shift2, scale2)), "mlp_out")
+
+    norm = lambda name, x: affine_layer_norm(name, self.param_dtype)(x).astype(self.dtype)
+    x_BTD = x_BTD + checkpoint_name(attn(norm("norm1", x_BTD)), "attn_out")
+    if self.conditioning == "cross_attn":
+      cross = Attention(self.num_heads, self.attention_backend, name="cross_attn", **kw)
+      x_BTD = x_BTD + cross(norm("norm_cross", x_BTD), cond_BSD)
+    return x_BTD + checkpoint_name(mlp(norm("norm2", x_BTD)), "mlp_out")
+
+
+class _ScanBlock(DiTBlock):
+  """DiTBlock with the (carry, output) signature that nn.scan expects."""
+
+  def __call__(self, x_BTD, c_BD, cond_BSD):
+    return super().__call__(x_BTD, c_BD, cond_BSD), None
+
+
+class FinalLayer(nn.Module):
+  """(adaptive) LayerNorm then a zero-initialised linear to p*p*out_channels per token."""
+  patch_size: int
+  out_channels: int
+  adaptive: bool = True
+  zero_init_modulation: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTD, c_BD):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.adaptive:
+      shift, scale = Modulation(x_BTD.shape[-1], 2, self.zero_init_modulation, name="adaLN",
+                                **kw)(c_BD)
+      x_BTD = modulate(x_BTD, shift, scale)
+    else:
+      x_BTD = affine_layer_norm("norm", self.param_dtype)(x_BTD).astype(self.dtype)
+    features = self.patch_size ** 2 * self.out_channels
+    return dense(features, (axes.EMBED, axes.PATCH), nn.initializers.zeros, name="linear",
+                 **kw)(x_BTD)
+
+
+class DiT(nn.Module):
+  """Diffusion Transformer on NHWC images (or latents); see the module docstring."""
+  patch_size: int = 2
+  hidden_size: int = 1152
+  depth: int = 28
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  num_classes: int = 1000          # 0: unconditional (time only)
+  class_dropout_prob: float = 0.1  # label -> null class in training, for guidance
+  learn_sigma: bool = True         # output 2C channels as the original DiT
+  conditioning: str = "adaln_zero"  # one of CONDITIONINGS
+  attention_backend: str = "xla"   # one of attention.BACKENDS
+  time_scale: float = 1000.0       # t in [0, 1] is embedded as t * time_scale
+  dtype: Dtype = jnp.float32       # compute dtype (bfloat16 on accelerators)
+  param_dtype: Dtype = jnp.float32
+  scan_layers: bool = False        # one compiled block scanned over depth
+  remat_policy: str = "none"       # one of REMAT_POLICIES
+
+  def check_config(self, height: int | None = None, width: int | None = None):
+    """Raises ValueError naming the field and the fix for an inconsistent configuration."""
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads="
+                       f"{self.num_heads}: pick a head count that divides the width")
+    if self.hidden_size % 4:
+      raise ValueError(f"hidden_size={self.hidden_size} must be divisible by 4 for the 2D "
+                       "sin-cos position embedding")
+    if self.conditioning not in CONDITIONINGS:
+      raise ValueError(f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}")
+    if self.attention_backend not in BACKENDS:
+      raise ValueError(f"attention_backend={self.attention_backend!r} is not one of {BACKENDS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of "
+                       f"{tuple(REMAT_POLICIES)}")
+    if height is not None and (height % self.patch_size or width % self.patch_size):
+      raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
+                       f" use an image size that is a multiple of {self.patch_size} or another "
+                       "patch size")
+
+  def condition(self, t_B, cond, train):
+    """The conditioning vector c (B, D) and the condition tokens (B, S, D), S = 1 or 2."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    t_emb_BD = TimestepEmbedder(self.hidden_size, time_scale=self.time_scale, name="t_embedder",
+                                **kw)(t_B)
+    if not self.num_classes:
+      return t_emb_BD, t_emb_BD[:, None]
+    if cond is None or "label" not in cond:
+      raise ValueError(f"this DiT is class-conditional (num_classes={self.num_classes}): pass "
+                       "cond={'label': labels} (label num_classes is the null class), or set "
+                       "num_classes=0 for an unconditional model")
+    y_emb_BD = LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
+                             name="y_embedder", **kw)(cond["label"], train=train)
+    return t_emb_BD + y_emb_BD, jnp.stack([t_emb_BD, y_emb_BD], axis=1)
+
+  def blocks(self, x_BTD, c_BD, cond_BSD):
+    block_kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                    conditioning=self.conditioning, attention_backend=self.attention_backend,
+                    dtype=self.dtype, param_dtype=self.param_dtype)
+    policy = REMAT_POLICIES[self.remat_policy]
+    block = _ScanBlock if self.scan_layers else DiTBlock
+    if self.remat_policy != "none":
+      block = nn.remat(block, policy=policy, prevent_cse=not self.scan_layers)
+    if not self.scan_layers:
+      for i in range(self.depth):
+        x_BTD = block(name=f"blocks_{i}", **block_kw)(x_BTD, c_BD, cond_BSD)
+      return x_BTD
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    x_BTD, _ = stack(name="blocks", **block_kw)(x_BTD, c_BD, cond_BSD)
+    return x_BTD
+
+  @nn.compact
+  def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False):
+    """x (B, H, W, C), t (B,) or scalar in [0, 1], cond {'label': (B,) int} -> (B, H, W, C')."""
+    B, H, W, C = x_BHWC.shape
+    self.check_config(H, W)
+    p = self.patch_size
+    t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (B,))
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    x_BTD = dense(self.hidden_size, (axes.PATCH, axes.EMBED), xavier_uniform(), name="x_embedder",
+                  **kw)(patchify(x_BHWC.astype(self.dtype), p))
+    x_BTD = add_sincos_2d(x_BTD, H // p, W // p)
+    c_BD, cond_BSD = self.condition(t_B, cond, train)
+
+    T = x_BTD.shape[1]
+    if self.conditioning == "in_context":
+      x_BTD = jnp.concatenate([x_BTD, cond_BSD.astype(x_BTD.dtype)], axis=1)
+    x_BTD = self.blocks(x_BTD, c_BD, cond_BSD)
+    x_BTD = x_BTD[:, :T]
+
+    adaptive = self.conditioning in ("adaln_zero", "adaln")
+    out_channels = 2 * C if self.learn_sigma else C
+    out_BTP = FinalLayer(p, out_channels, adaptive, self.conditioning == "adaln_zero",
+                         name="final_layer", **kw)(x_BTD, c_BD)
+    return unpatchify(out_BTP, p, H, W).astype(jnp.float32)

@@ -1,0 +1,129 @@
+"""Patchify, timestep and label embeddings.
+
+Shapes: B batch, H/W image height/width, C channels, p patch size, T = (H/p)(W/p) tokens,
+D width.
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dit_jax.nn import axes
+
+Dtype = jnp.dtype
+
+
+def patchify(x_BHWC: jax.Array, patch_size: int) -> jax.Array:
+  """(B, H, W, C) -> (B, T, p*p*C); tokens in row-major order, each patch flattened (p, p, C)."""
+  B, H, W, C = x_BHWC.shape
+  p = patch_size
+  if H % p or W % p:
+    raise ValueError(
+        f"image size {H}x{W} is not divisible by patch_size={p}: choose a patch size that "
+        f"divides both sides, or resize/crop the input to a multiple of {p}")
+  x = x_BHWC.reshape(B, H // p, p, W // p, p, C)
+  x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, h, w, p, p, C)
+  return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def unpatchify(x_BTP: jax.Array, patch_size: int, height: int, width: int) -> jax.Array:
+  """Inverse of `patchify`: (B, T, p*p*C) -> (B, H, W, C) for an H x W image."""
+  B, T, P = x_BTP.shape
+  p = patch_size
+  if height % p or width % p:
+    raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}")
+  h, w = height // p, width // p
+  if T != h * w or P % (p * p):
+    raise ValueError(
+        f"cannot unpatchify {T} tokens of size {P} into a {height}x{width} image with "
+        f"patch_size={p}: expected {h * w} tokens of size p*p*C")
+  C = P // (p * p)
+  x = x_BTP.reshape(B, h, w, p, p, C).transpose(0, 1, 3, 2, 4, 5)  # (B, h, p, w, p, C)
+  return x.reshape(B, height, width, C)
+
+
+def timestep_embedding(t_B: jax.Array, dim: int = 256, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal embedding of (possibly fractional) times: (B,) -> (B, dim) as [cos | sin].
+
+  Frequencies run geometrically from 1 down to 1/max_period ("hour / minute / second" hands),
+  f_i = max_period^(-i / (dim/2)), as in DiT/ADM. An odd `dim` is padded with one zero.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t_B.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def xavier_uniform():
+  """Glorot-uniform, PyTorch's xavier_uniform_. DenseGeneral calls its kernel initializer on
+  the flattened (fan_in, fan_out) shape, so multi-axis kernels get the reference fans too."""
+  return nn.initializers.xavier_uniform()
+
+
+def dense(features, names, kernel_init, *, dtype, param_dtype, name, axis=-1,
+          bias_init=nn.initializers.zeros):
+  """A DenseGeneral whose kernel and bias carry logical axis names (kernel names: in..., out...)."""
+  out_ndim = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(
+      features, axis=axis, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
+      bias_init=nn.with_logical_partitioning(bias_init, names[-out_ndim:]))
+
+
+class TimestepEmbedder(nn.Module):
+  """t -> sinusoidal features -> Linear -> SiLU -> Linear, (B,) -> (B, D).
+
+  `time_scale` maps the library's t in [0, 1] onto the 0..1000 range that the DiT frequencies
+  were designed for (the published checkpoints take integer DDPM steps: time_scale=1 there).
+  """
+  hidden_size: int
+  frequency_dim: int = 256
+  max_period: float = 10_000.0
+  time_scale: float = 1000.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t_B):
+    freq = timestep_embedding(t_B * self.time_scale, self.frequency_dim, self.max_period)
+    init = nn.initializers.normal(0.02)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(self.hidden_size, (axes.FREQ, axes.EMBED), init, name="mlp_0", **kw)(freq)
+    h = nn.silu(h)
+    return dense(self.hidden_size, (axes.MLP, axes.EMBED), init, name="mlp_2", **kw)(h)
+
+
+def drop_labels(rng: jax.Array, labels_B: jax.Array, prob: float, null_label: int) -> jax.Array:
+  """Replaces each label by `null_label` with probability `prob` (classifier-free guidance)."""
+  drop = jax.random.bernoulli(rng, prob, labels_B.shape)
+  return jnp.where(drop, null_label, labels_B)
+
+
+class LabelEmbedder(nn.Module):
+  """Class label -> (B, D) from a table with one extra row, the null class `num_classes`.
+
+  In training, labels are dropped to the null class with probability `dropout_prob` (needs the
+  'dropout' rng); at sampling time, passing `num_classes` as the label gives the unconditional
+  branch of classifier-free guidance.
+  """
+  num_classes: int
+  hidden_size: int
+  dropout_prob: float = 0.1
+  param_dtype: Dtype = jnp.float32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels_B, *, train: bool):
+    labels_B = jnp.asarray(labels_B, jnp.int32)
+    if train and self.dropout_prob > 0:
+      labels_B = drop_labels(self.make_rng("dropout"), labels_B, self.dropout_prob,
+                             self.num_classes)
+    table = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+        (self.num_classes + 1, self.hidden_size), self.param_dtype)
+    return jnp.take(table, labels_B, axis=0).astype(self.dtype)
