@@ -1,0 +1,218 @@
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dit_jax import flops
+from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, DiTBlock, dit
+
+H, W, C, CLASSES = 8, 8, 2, 4
+
+
+def tiny(**overrides):
+  kw = dict(hidden_size=32, num_heads=2, depth=2, num_classes=CLASSES, learn_sigma=False)
+  return dit("S/2", **{**kw, **overrides})
+
+
+def inputs(B=4, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(B, H, W, C)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=B), jnp.float32)
+  return x, t, {"label": jnp.arange(B) % CLASSES}
+
+
+def init(model, seed=0):
+  x, t, cond = inputs()
+  return nn.unbox(model.init(jax.random.PRNGKey(seed), x, t, cond))
+
+
+def perturbed(variables, scale=0.05, seed=1):
+  """Parameters moved off their (partly zero) init, so every path carries signal."""
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape)
+                                   for l, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_shapes_and_params(name):
+  model = dit(name)
+  x, t, cond = flops.abstract_inputs(model, 32, 32, 4, batch=2)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  out = jax.eval_shape(model.apply, variables, x, t, cond)
+  assert out.shape == (2, 32, 32, 8) and out.dtype == jnp.float32
+  params = sum(leaf.size for leaf in jax.tree.leaves(variables))
+  assert round(params / 1e6) == pytest.approx(flops.PAPER_PARAMS_M[name[4:].split("/")[0]], abs=1)
+
+
+def test_xl2_scanned_stacks_layers_with_partition_name():
+  model = dit("DiT-XL/2", scan_layers=True)
+  x, t, cond = flops.abstract_inputs(model, 32, 32, 4)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  qkv = variables["params"]["blocks"]["attn"]["qkv"]["kernel"]
+  assert qkv.value.shape == (28, 1152, 3, 16, 72)
+  assert tuple(nn.get_partition_spec(variables)["params"]["blocks"]["attn"]["qkv"]["kernel"]) == (
+      "layers", "embed", "qkv", "heads", "kv")
+  assert sum(l.size for l in jax.tree.leaves(variables)) == 674_834_720  # 675M as in the paper
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_output_is_exactly_zero_at_init(conditioning):
+  model = tiny(conditioning=conditioning)
+  x, t, cond = inputs()
+  assert float(jnp.abs(model.apply(init(model), x, t, cond)).max()) == 0.0
+
+
+def test_adaln_zero_block_is_identity_at_init():
+  block = DiTBlock(num_heads=2, conditioning="adaln_zero")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  c = jax.random.normal(jax.random.PRNGKey(1), (2, 16)) * 10
+  variables = block.init(jax.random.PRNGKey(2), x, c, None)
+  np.testing.assert_array_equal(block.apply(variables, x, c, None), x)
+  moved = perturbed(nn.unbox(variables))
+  assert not np.allclose(block.apply(moved, x, c, None), x)
+
+
+@pytest.mark.parametrize("conditioning", ["adaln", "cross_attn", "in_context"])
+def test_other_blocks_are_not_identity_at_init(conditioning):
+  """Only the gate of adaLN-Zero closes the residual branches at init."""
+  block = DiTBlock(num_heads=2, conditioning=conditioning)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+  c = jax.random.normal(jax.random.PRNGKey(1), (2, 16))
+  variables = block.init(jax.random.PRNGKey(2), x, c, c[:, None])
+  assert not np.allclose(block.apply(variables, x, c, c[:, None]), x)
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_each_design_learns_a_label_dependent_target(conditioning):
+  """Regress a fixed per-class image: the loss must fall and the output follow the label."""
+  model = tiny(conditioning=conditioning, class_dropout_prob=0.0)
+  targets = jnp.asarray(np.random.default_rng(5).normal(size=(CLASSES, H, W, C)), jnp.float32)
+  variables = init(model)
+  optimizer = optax.adam(3e-3)
+  opt_state = optimizer.init(variables)
+
+  def loss_fn(variables, x, t, labels):
+    out = model.apply(variables, x, t, {"label": labels}, train=True)
+    return jnp.mean((out - targets[labels]) ** 2)
+
+  @jax.jit
+  def step(variables, opt_state, key):
+    kx, kt, ky = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (16, H, W, C))
+    t = jax.random.uniform(kt, (16,))
+    labels = jax.random.randint(ky, (16,), 0, CLASSES)
+    loss, grads = jax.value_and_grad(loss_fn)(variables, x, t, labels)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(variables, updates), opt_state, loss
+
+  losses = []
+  for key in jax.random.split(jax.random.PRNGKey(0), 150):
+    variables, opt_state, loss = step(variables, opt_state, key)
+    losses.append(float(loss))
+  assert np.mean(losses[-10:]) < 0.2 * np.mean(losses[:3])
+  x, t, _ = inputs(B=2)
+  out_0 = model.apply(variables, x, t, {"label": jnp.array([0, 0])})
+  out_1 = model.apply(variables, x, t, {"label": jnp.array([1, 1])})
+  assert float(jnp.mean((out_0 - targets[0]) ** 2)) < 0.3
+  assert float(jnp.mean((out_0 - out_1) ** 2)) > 0.5 * float(jnp.mean((targets[0] - targets[1]) ** 2))
+
+
+def _stack_blocks(params, depth):
+  blocks = [params.pop(f"blocks_{i}") for i in range(depth)]
+  return {**params, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_scan_layers_equals_unrolled(conditioning):
+  model = tiny(conditioning=conditioning, depth=3)
+  variables = perturbed(init(model))
+  scanned = {"params": _stack_blocks(dict(variables["params"]), 3)}
+  x, t, cond = inputs()
+  scan_model = dataclasses.replace(model, scan_layers=True)
+  assert jax.tree.structure(scanned) == jax.tree.structure(init(scan_model))
+  np.testing.assert_allclose(scan_model.apply(scanned, x, t, cond),
+                             model.apply(variables, x, t, cond), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_keeps_values_and_gradients(policy, scan):
+  model = tiny(scan_layers=scan)
+  variables = perturbed(init(model))
+  x, t, cond = inputs()
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x, t, cond) ** 2)
+  remat_model = dataclasses.replace(model, remat_policy=policy)
+  g_ref = jax.grad(loss(model))(variables)
+  g = jax.grad(loss(remat_model))(variables)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_close_to_float32():
+  model = tiny(depth=3)
+  variables = perturbed(init(model), scale=0.1)
+  x, t, cond = inputs()
+  ref = model.apply(variables, x, t, cond)
+  out = dataclasses.replace(model, dtype=jnp.bfloat16).apply(variables, x, t, cond)
+  assert out.dtype == jnp.float32
+  assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 0.03
+
+
+def test_output_depends_on_time_and_label():
+  model = tiny()
+  variables = perturbed(init(model))
+  x, t, cond = inputs()
+  out = model.apply(variables, x, t, cond)
+  assert not np.allclose(out, model.apply(variables, x, t + 0.3, cond), atol=1e-4)
+  assert not np.allclose(out, model.apply(variables, x, t, {"label": (cond["label"] + 1) % 4}),
+                         atol=1e-4)
+
+
+def test_label_dropout_in_training_gives_the_null_class():
+  model = tiny(class_dropout_prob=1.0)
+  variables = perturbed(init(model))
+  x, t, cond = inputs()
+  dropped = model.apply(variables, x, t, cond, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+  null = model.apply(variables, x, t, {"label": jnp.full(4, CLASSES)})
+  np.testing.assert_allclose(dropped, null, rtol=1e-6)
+
+
+def test_learn_sigma_and_unconditional():
+  model = tiny(learn_sigma=True, num_classes=0)
+  x, t, _ = inputs()
+  variables = model.init(jax.random.PRNGKey(0), x, t)
+  assert "y_embedder" not in variables["params"]
+  assert model.apply(variables, x, t).shape == (4, H, W, 2 * C)
+
+
+def test_non_square_input():
+  model = tiny()
+  x = jnp.zeros((1, 8, 16, C))
+  t, cond = jnp.zeros(1), {"label": jnp.zeros(1, jnp.int32)}
+  assert model.apply(model.init(jax.random.PRNGKey(0), x, t, cond), x, t, cond).shape == x.shape
+
+
+@pytest.mark.parametrize("overrides,shape,message", [
+    (dict(), (1, 6, 6, C), r"input 6x6 is not divisible by patch_size=4"),
+    (dict(hidden_size=30, num_heads=4), (1, 8, 8, C), r"hidden_size=30 is not divisible by num_heads=4"),
+    (dict(conditioning="film"), (1, 8, 8, C), r"conditioning='film' is not one of"),
+    (dict(remat_policy="some"), (1, 8, 8, C), r"remat_policy='some'"),
+    (dict(attention_backend="flash"), (1, 8, 8, C), r"attention_backend='flash'"),
+])
+def test_bad_configs_raise_clear_errors(overrides, shape, message):
+  model = tiny(patch_size=4, **overrides)
+  with pytest.raises(ValueError, match=message):
+    model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(1), {"label": jnp.zeros(1, int)})
+
+
+def test_missing_label_and_bad_name():
+  model = tiny()
+  with pytest.raises(ValueError, match=r"cond=\{'label': labels\}"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, H, W, C)), jnp.zeros(1))
+  with pytest.raises(ValueError, match="unknown DiT model name 'DiT-M/2'"):
+    dit("DiT-M/2")
