@@ -27,15 +27,14 @@ def inputs(B=4, seed=0):
 
 def init(model, seed=0):
   x, t, cond = inputs()
-  return nn.unbox(model.init(jax.random.PRNGKey(seed), x, t, cond))
+  return nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), x, t, cond))
 
 
 def perturbed(variables, scale=0.05, seed=1):
   """Parameters moved off their (partly zero) init, so every path carries signal."""
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape)
-                                   for l, k in zip(leaves, keys)])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda l: l + scale * rng.normal(size=l.shape).astype(np.float32),
+                      variables)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -71,7 +70,7 @@ def test_adaln_zero_block_is_identity_at_init():
   block = DiTBlock(num_heads=2, conditioning="adaln_zero")
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
   c = jax.random.normal(jax.random.PRNGKey(1), (2, 16)) * 10
-  variables = block.init(jax.random.PRNGKey(2), x, c, None)
+  variables = jax.jit(block.init)(jax.random.PRNGKey(2), x, c, None)
   np.testing.assert_array_equal(block.apply(variables, x, c, None), x)
   moved = perturbed(nn.unbox(variables))
   assert not np.allclose(block.apply(moved, x, c, None), x)
@@ -83,7 +82,7 @@ def test_other_blocks_are_not_identity_at_init(conditioning):
   block = DiTBlock(num_heads=2, conditioning=conditioning)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
   c = jax.random.normal(jax.random.PRNGKey(1), (2, 16))
-  variables = block.init(jax.random.PRNGKey(2), x, c, c[:, None])
+  variables = jax.jit(block.init)(jax.random.PRNGKey(2), x, c, c[:, None])
   assert not np.allclose(block.apply(variables, x, c, c[:, None]), x)
 
 
@@ -135,8 +134,8 @@ def test_scan_layers_equals_unrolled(conditioning):
   x, t, cond = inputs()
   scan_model = dataclasses.replace(model, scan_layers=True)
   assert jax.tree.structure(scanned) == jax.tree.structure(init(scan_model))
-  np.testing.assert_allclose(scan_model.apply(scanned, x, t, cond),
-                             model.apply(variables, x, t, cond), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(scan_model.apply)(scanned, x, t, cond),
+                             jax.jit(model.apply)(variables, x, t, cond), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
@@ -147,8 +146,8 @@ def test_remat_keeps_values_and_gradients(policy, scan):
   x, t, cond = inputs()
   loss = lambda m: lambda v: jnp.sum(m.apply(v, x, t, cond) ** 2)
   remat_model = dataclasses.replace(model, remat_policy=policy)
-  g_ref = jax.grad(loss(model))(variables)
-  g = jax.grad(loss(remat_model))(variables)
+  g_ref = jax.jit(jax.grad(loss(model)))(variables)
+  g = jax.jit(jax.grad(loss(remat_model)))(variables)
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
