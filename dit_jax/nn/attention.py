@@ -15,7 +15,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dit_jax.nn import axes
 from dit_jax.nn.embed import dense, xavier_uniform

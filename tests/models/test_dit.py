@@ -215,3 +215,18 @@ def test_missing_label_and_bad_name():
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, H, W, C)), jnp.zeros(1))
   with pytest.raises(ValueError, match="unknown DiT model name 'DiT-M/2'"):
     dit("DiT-M/2")
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_every_parameter_has_logical_axis_names(conditioning):
+  model = dit("DiT-S/2", conditioning=conditioning, scan_layers=True)
+  x, t, cond = flops.abstract_inputs(model, 32, 32, 4)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  specs = nn.get_partition_spec(variables)
+  shapes = jax.tree.leaves(nn.unbox(variables))
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+  assert len(spec_leaves) == len(shapes)
+  for spec, leaf in zip(spec_leaves, shapes):
+    assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == leaf.ndim
+    assert all(name is None or isinstance(name, str) for name in spec)
+    assert any(name not in (None, "layers", "qkv", "modulation") for name in spec)

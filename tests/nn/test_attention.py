@@ -74,9 +74,16 @@ def test_cudnn_rejects_float32_with_a_fix():
     attention(*_qkv(), backend="cudnn")
 
 
-def test_backend_resolution():
-  assert resolve_backend("auto", jnp.float32) == ("xla" if jax.default_backend() == "cpu"
-                                                  else resolve_backend("auto", jnp.float32))
+def test_backend_resolution(monkeypatch):
+  platform = {"name": "cpu"}
+  monkeypatch.setattr(jax, "default_backend", lambda: platform["name"])
+  assert resolve_backend("auto", jnp.bfloat16) == "xla"
+  platform["name"] = "gpu"
+  assert resolve_backend("auto", jnp.bfloat16) == "cudnn"
+  assert resolve_backend("auto", jnp.float32) == "xla"  # cuDNN flash attention is 16-bit only
+  platform["name"] = "tpu"
+  assert resolve_backend("auto", jnp.float32) == "splash"
+  assert resolve_backend("jax", jnp.float32) == "jax"
   with pytest.raises(ValueError, match="attention_backend='flash'"):
     resolve_backend("flash", jnp.float32)
 
