@@ -1,28 +1,27 @@
-"""DiT on 256x256 images seen as 32x32x4 VAE latents (the DiT paper's ImageNet setting).
+"""DiT on ImageNet 256x256 as 32x32x4 VAE latents: the reference large run of the DiT paper
+(AdamW 1e-4 constant, no weight decay, batch 256, EMA 0.9999), trained with flow matching.
 
 The argument picks the model preset:
     dit-jax flops --config configs/dit.py:DiT-B/4 --config.model.conditioning=cross_attn
+    dit-jax train --config configs/dit.py:DiT-XL/2 --workdir runs/dit_xl2
+
+Training needs ImageNet from your own manual download (TFDS `imagenet2012`) and the latent
+pipeline of the VAE issue; until that lands, `train` stops with a message naming
+data.latent_downsample.
 """
-import ml_collections
+from dit_jax.config import base_config
 
 
-def get_config(arg: str = "DiT-XL/2") -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
-      name=arg,
-      num_classes=1000,
-      class_dropout_prob=0.1,
-      learn_sigma=True,
-      conditioning="adaln_zero",   # adaln_zero | adaln | cross_attn | in_context
-      attention_backend="auto",    # auto | xla | jax | cudnn | splash
-      dtype="bfloat16",            # compute dtype
-      param_dtype="float32",
-      scan_layers=True,
-      remat_policy="none",         # none | full | dots | save_block_outputs
-  ))
-  config.data = ml_collections.ConfigDict(dict(
-      image_size=256,        # pixels
-      latent_downsample=8,   # VAE factor: the model sees image_size / 8 (1 in pixel space)
-      channels=4,            # channels the model sees (VAE latent channels)
-  ))
+def get_config(arg: str = "DiT-XL/2"):
+  config = base_config()
+  config.model.update(name=arg, num_classes=1000, class_dropout_prob=0.1, learn_sigma=True,
+                      attention_backend="auto", dtype="bfloat16", scan_layers=True)
+  config.objective.update(kind="flow", t_dist="uniform")
+  config.data.update(name="imagenet2012", image_size=256, batch_size=256, num_threads=16,
+                     latent_downsample=8, latent_channels=4)
+  config.optim.update(lr=1e-4, warmup_steps=0, schedule="constant", weight_decay=0.0,
+                      grad_clip=0.0)
+  config.train.update(steps=400_000, log_every=100, checkpoint_every=10_000,
+                      sample_every=50_000, samples_per_class=1, ema_decay=0.9999)
+  config.sample.update(method="heun", steps=50, cfg_scale=1.5)
   return config

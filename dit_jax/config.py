@@ -25,7 +25,12 @@ def _parse_value(text: str, current):
     return text.lower() in ("true", "1")
   if isinstance(current, (int, float)):
     return type(current)(ast.literal_eval(text))
-  if isinstance(current, str) or current is None:
+  if current is None:  # untyped until set: a Python literal if it parses, else a string
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  if isinstance(current, str):
     return text
   return type(current)(ast.literal_eval(text))
 
@@ -50,3 +55,43 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
     except (ValueError, SyntaxError) as e:
       raise ValueError(f"--config.{key}={text!r}: {e}") from None
   return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a training run reads, with defaults; config files override a few.
+
+  Sections: model (see models.create_model), objective (flow.make_objective), data
+  (data.DataConfig), optim, train, sample (flow.make_sampler).
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict(dict(
+      name="DiT-S/2", num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
+      conditioning="adaln_zero", attention_backend="auto", dtype="float32",
+      param_dtype="float32", scan_layers=False, remat_policy="none"))
+  config.objective = ml_collections.ConfigDict(dict(
+      kind="flow", t_dist="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0))
+  config.data = ml_collections.ConfigDict(dict(
+      name="digits/8", split="train", data_dir=None, image_size=None, batch_size=64, seed=0,
+      shuffle=True, num_threads=2, prefetch=4,
+      latent_downsample=1))  # >1: the model sees VAE latents of image_size / latent_downsample
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, warmup_steps=100, schedule="cosine", end_lr_factor=0.1, b1=0.9, b2=0.999,
+      eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+  config.train = ml_collections.ConfigDict(dict(
+      steps=2000, log_every=100, checkpoint_every=500, keep_checkpoints=3,
+      sample_every=1000,  # also at the end; 0: never
+      samples_per_class=8, ema_decay=0.999))
+  config.sample = ml_collections.ConfigDict(dict(method="heun", steps=25, cfg_scale=2.0,
+                                                 shift=1.0))
+  return config
+
+
+def model_input_shape(data_config) -> tuple[int, int, int]:
+  """(H, W, C) the model sees: VAE latents when data.latent_downsample > 1, else the images."""
+  factor = data_config.get("latent_downsample", 1)
+  if factor > 1:
+    side = data_config.image_size // factor
+    return side, side, data_config.latent_channels
+  from dit_jax import data  # imports TFDS: only when the shape comes from a data set
+  return data.image_shape(data_config)

@@ -36,3 +36,21 @@ def plot_flops(rows: list[dict], path: str):
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_loss_curve(history: list[dict], path):
+  """Training loss (and learning rate) against step from the logged metrics."""
+  if not history:
+    return
+  steps = [h["step"] for h in history]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(steps, [h["loss"] for h in history], label="loss")
+  ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+  ax.grid(True, which="both", alpha=0.3)
+  if "lr" in history[0]:
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [h["lr"] for h in history], color="tab:gray", alpha=0.5, label="lr")
+    lr_ax.set_ylabel("learning rate")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -20,8 +20,8 @@ def test_overrides_keep_field_types():
   assert config.model.num_classes == 10 and config.model.conditioning == "in_context"
   with pytest.raises(ValueError, match="model.num_classes='ten'"):
     apply_overrides(config, ["model.num_classes=ten"])
-  with pytest.raises(ValueError, match="no section 'optim'"):
-    apply_overrides(config, ["optim.lr=1"])
+  with pytest.raises(ValueError, match="no section 'optimizer'"):
+    apply_overrides(config, ["optimizer.lr=1"])
 
 
 def test_unknown_model_fields_and_names():

@@ -1,0 +1,145 @@
+"""Training objectives: flow matching and epsilon-prediction DDPM behind one interface.
+
+    objective = make_objective({"kind": "flow", "t_dist": "logit_normal"})
+    loss, metrics = objective.loss(model_fn, rng, x1_BHWC, cond)
+
+`model_fn(x_BHWC, t_B, cond) -> out` is any denoiser (e.g. a bound `model.apply`); out has C
+channels, or 2C for learned-variance models, of which the first C are the prediction. Losses
+are the mean squared error over those C channels, in float32. The learned-variance channels
+get no loss here (DiT's extra variational-bound term is not implemented).
+"""
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from dit_jax.flow import timesteps
+from dit_jax.flow.paths import LinearPath, VPPath, ddpm_step_to_t, from_x1_eps
+
+KINDS = ("flow", "ddpm")
+TRAIN_PREDICTIONS = ("velocity", "eps", "x1")  # the score blows up at t -> 1: not a target
+
+
+def regression_loss(model_fn: Callable, x_t: jax.Array, t_B: jax.Array, cond: Any,
+                    target: jax.Array) -> jax.Array:
+  """Mean over everything of (model_fn(x_t, t, cond)[..., :C] - target)^2, float32."""
+  C = x_t.shape[-1]
+  pred = model_fn(x_t, t_B, cond)[..., :C].astype(jnp.float32)
+  return jnp.mean(jnp.square(pred - target))
+
+
+def _noise_like(rng: jax.Array, x1_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
+  x1 = jnp.asarray(x1_BHWC, jnp.float32)
+  return x1, jax.random.normal(rng, x1.shape, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMatching:
+  """x_t = (1 - t) x0 + t x1 with t from `t_dist` (then shifted); target x1 - x0 for
+  'velocity' (or x0 for 'eps', x1 for 'x1')."""
+  t_dist: str = "uniform"      # one of timesteps.T_DISTS
+  logit_mean: float = 0.0      # logit_normal: mean of logit(t) (> 0 favours the data end)
+  logit_std: float = 1.0       # logit_normal: std of logit(t)
+  shift: float = 1.0           # SD3/FLUX resolution shift of t (1: none)
+  prediction: str = "velocity"
+
+  @property
+  def path(self) -> LinearPath:
+    return LinearPath()
+
+  def sample_t(self, rng: jax.Array, batch: int) -> jax.Array:
+    """(batch,) training times."""
+    return timesteps.sample_t(rng, (batch,), self.t_dist, self.logit_mean, self.logit_std,
+                              self.shift)
+
+  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
+           cond: Any) -> tuple[jax.Array, dict]:
+    """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
+    rng_t, rng_noise = jax.random.split(rng)
+    x1, x0 = _noise_like(rng_noise, x1_BHWC)
+    t_B = self.sample_t(rng_t, x1.shape[0])
+    t = t_B.reshape((-1,) + (1,) * (x1.ndim - 1))
+    x_t = (1.0 - t) * x0 + t * x1
+    target = from_x1_eps(self.prediction, x1, x0, self.path.coefficients(t_B))
+    loss = regression_loss(model_fn, x_t, t_B, cond, target)
+    return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM:
+  """Ho et al.'s objective: n ~ U{0..N-1}, x_n = sqrt(abar_n) x1 + sqrt(1 - abar_n) eps,
+  target eps. The model sees t = 1 - (n + 1) / N (see `paths.ddpm_step_to_t`)."""
+  num_steps: int = 1000
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  prediction: str = "eps"
+
+  @property
+  def path(self) -> VPPath:
+    return VPPath(self.num_steps, self.beta_start, self.beta_end)
+
+  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
+           cond: Any) -> tuple[jax.Array, dict]:
+    """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
+    rng_n, rng_noise = jax.random.split(rng)
+    x1, eps = _noise_like(rng_noise, x1_BHWC)
+    n_B = jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
+    abar = self.path.alpha_bar_at_step(n_B).reshape((-1,) + (1,) * (x1.ndim - 1))
+    x_t = jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+    t_B = ddpm_step_to_t(n_B, self.num_steps)
+    target = from_x1_eps(self.prediction, x1, eps, self.path.coefficients(t_B))
+    loss = regression_loss(model_fn, x_t, t_B, cond, target)
+    return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
+
+
+_FIELDS = {
+    "flow": {f.name: f.default for f in dataclasses.fields(FlowMatching)},
+    "ddpm": {f.name: f.default for f in dataclasses.fields(DDPM)},
+}
+
+
+def _choice(prefix, name, value, options):
+  if value not in options:
+    raise ValueError(f"{prefix}.{name}={value!r} is not one of {tuple(options)}")
+
+
+def _positive(prefix, kw, *names):
+  for name in names:
+    if not kw[name] > 0:
+      raise ValueError(f"{prefix}.{name}={kw[name]!r} must be positive")
+
+
+def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
+  """Builds an objective from a ConfigDict or dict with `kind` ('flow' | 'ddpm') and the fields
+  of that kind (FlowMatching: t_dist, logit_mean, logit_std, shift, prediction; DDPM:
+  num_steps, beta_start, beta_end, prediction). A field of the other kind may be present only
+  at its default, and prediction=None means the kind's own (velocity / eps), so one base config
+  can serve both."""
+  fields = dict(config)
+  kind = fields.pop("kind", "flow")
+  _choice(prefix, "kind", kind, KINDS)
+  own = _FIELDS[kind]
+  known = set(_FIELDS["flow"]) | set(_FIELDS["ddpm"])
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"{prefix} has fields {unknown} that no objective takes; known fields: "
+                     f"{sorted(known | {'kind'})}")
+  for name in sorted(set(fields) - set(own)):
+    other = next(k for k in KINDS if name in _FIELDS[k])
+    if fields[name] != _FIELDS[other][name]:
+      raise ValueError(f"{prefix}.{name}={fields[name]!r} only applies to kind={other!r}, "
+                       f"but {prefix}.kind={kind!r}: remove it or change the kind")
+  kw = {**own, **{name: fields[name] for name in own if name in fields}}
+  if kw["prediction"] is None:
+    kw["prediction"] = own["prediction"]
+  _choice(prefix, "prediction", kw["prediction"], TRAIN_PREDICTIONS)
+  if kind == "flow":
+    _choice(prefix, "t_dist", kw["t_dist"], timesteps.T_DISTS)
+    _positive(prefix, kw, "logit_std", "shift")
+    return FlowMatching(**kw)
+  _positive(prefix, kw, "num_steps", "beta_start", "beta_end")
+  if not kw["beta_start"] <= kw["beta_end"] < 1:
+    raise ValueError(f"{prefix}.beta_start={kw['beta_start']} and {prefix}.beta_end="
+                     f"{kw['beta_end']} need 0 < beta_start <= beta_end < 1")
+  return DDPM(**kw)

@@ -1,0 +1,224 @@
+"""On-device samplers: one `lax.scan` over the steps, classifier-free guidance in one call.
+
+    sampler = make_sampler({"method": "heun", "steps": 50, "cfg_scale": 4.0, "shift": 3.0})
+    sample = jax.jit(lambda params, rng, x0, y, s: sampler(
+        lambda x, t, c: model.apply(params, x, t, c), rng, x0, {"label": y},
+        null_cond={"label": jnp.full_like(y, num_classes)}, cfg_scale=s))
+
+Methods and what `model_fn(x_BHWC, t_B, cond)` must predict (first C channels of its output):
+  euler, heun   velocity, integrating dx/dt = u(x, t) from t = 0 (noise) to t = 1 (data)
+  ddpm, ddim    eps of DDPM's chain (`VPPath`), on steps n = N (1 - t) - 1 of the same grid
+Wrap a model trained for another prediction with `paths.convert_model_fn`. Heun evaluates the
+velocity at t = 1, where a flow model's is finite but that of an eps model on `VPPath` is not
+(sigma' -> -inf): sample eps models with ddim/ddpm (or euler).
+
+Guidance: u = u_null + s (u_cond - u_null), with cond and null_cond concatenated along the
+batch so the model runs once per evaluation on 2B examples. `null_cond=None` is the static
+switch that turns guidance off (B examples, no doubling); with a `null_cond`, the scale s is a
+traced value, so sweeping it does not recompile. A concrete s == 1 skips the doubling too.
+"""
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.flow.paths import VPPath, ddpm_step_to_t, t_to_ddpm_step
+from dit_jax.flow.timesteps import shifted_grid
+
+METHODS = ("euler", "heun", "ddpm", "ddim")
+PredictFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BHWC, t scalar) -> (B, H, W, C)
+
+
+def _concrete_value(x) -> float | None:
+  """x as a Python float if it is a concrete scalar; None for tracers and per-example arrays."""
+  try:
+    return float(x)
+  except TypeError:  # includes jax.errors.ConcretizationTypeError
+    return None
+
+
+def uses_guidance(null_cond: Any, cfg_scale) -> bool:
+  """Whether sampling runs the doubled batch: a null_cond is given and s is not a concrete 1."""
+  scale = _concrete_value(cfg_scale)
+  if null_cond is None:
+    if scale is not None and scale != 1.0:
+      raise ValueError(f"cfg_scale={scale} needs null_cond (the unconditional input, e.g. "
+                       "{'label': full(B, num_classes)} for DiT), or use cfg_scale=1")
+    return False
+  return scale is None or scale != 1.0
+
+
+def _check_null_cond(cond, null_cond, batch):
+  if jax.tree.structure(cond) != jax.tree.structure(null_cond):
+    raise ValueError(f"null_cond must have the structure of cond: got {jax.tree.structure(cond)}"
+                     f" and {jax.tree.structure(null_cond)}")
+  for c, u in zip(jax.tree.leaves(cond), jax.tree.leaves(null_cond)):
+    if jnp.shape(c) != jnp.shape(u) or jnp.shape(c)[:1] != (batch,):
+      raise ValueError(f"cond and null_cond leaves must both be shaped (B={batch}, ...), got "
+                       f"{jnp.shape(c)} and {jnp.shape(u)}")
+
+
+def guided_fn(model_fn: Callable, cond: Any, null_cond: Any = None,
+              cfg_scale: float | jax.Array = 1.0) -> PredictFn:
+  """model_fn -> f(x_BHWC, t) giving the (guided) prediction, C channels, float32.
+
+  cfg_scale is a scalar or one scale per example (B,).
+  """
+  guided = uses_guidance(null_cond, cfg_scale)
+
+  def fn(x_BHWC, t):
+    B, C = x_BHWC.shape[0], x_BHWC.shape[-1]
+    t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
+    if not guided:
+      return model_fn(x_BHWC, t_B, cond)[..., :C].astype(jnp.float32)
+    _check_null_cond(cond, null_cond, B)
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, null_cond)
+    out = model_fn(jnp.concatenate([x_BHWC, x_BHWC]), jnp.concatenate([t_B, t_B]), both)
+    out_cond, out_null = jnp.split(out[..., :C].astype(jnp.float32), 2)
+    scale = jnp.asarray(cfg_scale, jnp.float32)
+    scale = scale.reshape(scale.shape + (1,) * (x_BHWC.ndim - scale.ndim))  # () or (B,)
+    return out_null + scale * (out_cond - out_null)
+
+  return fn
+
+
+def euler_step(fn: PredictFn, x: jax.Array, t: jax.Array, t_next: jax.Array) -> jax.Array:
+  """x + (t_next - t) u(x, t): first order, one evaluation."""
+  return x + (t_next - t) * fn(x, t)
+
+
+def heun_step(fn: PredictFn, x: jax.Array, t: jax.Array, t_next: jax.Array) -> jax.Array:
+  """Euler predictor, trapezoidal corrector: second order, two evaluations."""
+  h = t_next - t
+  u = fn(x, t)
+  return x + 0.5 * h * (u + fn(x + h * u, t_next))
+
+
+ODE_STEPS = {"euler": euler_step, "heun": heun_step}
+
+
+def sample_ode(model_fn: Callable, x0_BHWC: jax.Array, cond: Any, grid_T: jax.Array, *,
+               method: str = "euler", null_cond: Any = None,
+               cfg_scale: float | jax.Array = 1.0) -> jax.Array:
+  """Integrates the velocity of model_fn over the times grid_T (t_0 = 0 noise ... 1 data)."""
+  if method not in ODE_STEPS:
+    raise ValueError(f"method={method!r} is not an ODE method {tuple(ODE_STEPS)}")
+  fn, step = guided_fn(model_fn, cond, null_cond, cfg_scale), ODE_STEPS[method]
+
+  def body(x, ts):
+    return step(fn, x, *ts), None
+
+  grid_T = jnp.asarray(grid_T, jnp.float32)
+  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (grid_T[:-1], grid_T[1:]))
+  return x
+
+
+def ddim_step(eps, x, abar_n, abar_m, z, eta=0.0):
+  """DDIM (Song et al. 2021) from step n to an earlier step m; eta=1 is DDPM's posterior."""
+  x1 = (x - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
+  var = eta ** 2 * (1.0 - abar_m) / (1.0 - abar_n) * (1.0 - abar_n / abar_m)
+  direction = jnp.sqrt(jnp.maximum(1.0 - abar_m - var, 0.0))
+  return jnp.sqrt(abar_m) * x1 + direction * eps + jnp.sqrt(var) * z
+
+
+def ddpm_step(eps, x, abar_n, abar_m, z):
+  """Ancestral step x_n -> x_m ~ q(x_m | x_n, x1_hat) with the posterior ("fixed small")
+  variance; for m = n - 1 this is Ho et al.'s update, for m < n - 1 its respaced form."""
+  x1 = (x - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
+  alpha_nm = abar_n / abar_m
+  mean = (jnp.sqrt(abar_m) * (1.0 - alpha_nm) * x1
+          + jnp.sqrt(alpha_nm) * (1.0 - abar_m) * x) / (1.0 - abar_n)
+  var = (1.0 - abar_m) / (1.0 - abar_n) * (1.0 - alpha_nm)
+  return mean + jnp.sqrt(var) * z
+
+
+def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
+                grid_T: jax.Array, *, path: VPPath = VPPath(), eta: float | None = None,
+                null_cond: Any = None, cfg_scale: float | jax.Array = 1.0) -> jax.Array:
+  """Ancestral DDPM (eta=None) or DDIM(eta) with an eps model, over the integer steps
+  n = N (1 - t) - 1 of grid_T (N-1 at t = 0, -1 = clean data at t = 1)."""
+  fn = guided_fn(model_fn, cond, null_cond, cfg_scale)
+  table = path.alpha_bar_table()
+  n_T = t_to_ddpm_step(grid_T, path.num_steps)
+  deterministic = eta is not None and _concrete_value(eta) == 0.0
+
+  def body(x, inputs):
+    n, m, key = inputs
+    eps = fn(x, ddpm_step_to_t(n, path.num_steps))
+    abar_n, abar_m = table[n + 1], table[m + 1]
+    z = jnp.zeros_like(x) if deterministic else jax.random.normal(key, x.shape, jnp.float32)
+    if eta is None:
+      return ddpm_step(eps, x, abar_n, abar_m, z), None
+    return ddim_step(eps, x, abar_n, abar_m, z, eta), None
+
+  if deterministic:
+    keys = jnp.zeros(n_T.shape[0] - 1)  # unused placeholders: DDIM(eta=0) needs no rng
+  elif rng is None:
+    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
+  else:
+    keys = jax.random.split(rng, n_T.shape[0] - 1)
+  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A configured sampler: `sampler(model_fn, rng, x0_BHWC, cond, null_cond, cfg_scale)`.
+
+  Hashable (plain fields), so it can be closed over or passed as a static argument to jit.
+  """
+  method: str = "euler"       # one of METHODS
+  steps: int = 50             # steps of the time grid (model evaluations: x2 for heun)
+  shift: float = 1.0          # SD3/FLUX shift of the grid (1: uniform)
+  cfg_scale: float = 1.0      # default guidance scale when the call gives none
+  eta: float = 0.0            # ddim: 0 deterministic, 1 DDPM's posterior variance
+  path: VPPath = VPPath()     # ddpm/ddim: the chain the eps model was trained on
+
+  def grid(self) -> jax.Array:
+    """(steps + 1,) times from 0 (noise) to 1 (data)."""
+    return shifted_grid(self.steps, self.shift)
+
+  def check(self, prefix: str = "sample") -> "Sampler":
+    """Raises ValueError naming the field (as `prefix.field`) for an invalid setting."""
+    if self.method not in METHODS:
+      raise ValueError(f"{prefix}.method={self.method!r} is not one of {METHODS}")
+    if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
+      raise ValueError(f"{prefix}.steps={self.steps!r} must be a positive integer")
+    if not self.shift > 0:
+      raise ValueError(f"{prefix}.shift={self.shift!r} must be positive")
+    if self.eta != 0.0 and self.method != "ddim":
+      raise ValueError(f"{prefix}.eta={self.eta!r} only applies to method='ddim'")
+    if not 0.0 <= self.eta <= 1.0:
+      raise ValueError(f"{prefix}.eta={self.eta!r} must be in [0, 1] (0: DDIM, 1: DDPM noise)")
+    if self.method in ("ddpm", "ddim") and self.steps > self.path.num_steps:
+      raise ValueError(f"{prefix}.steps={self.steps} exceeds the {self.path.num_steps} steps of "
+                       f"the DDPM chain ({prefix}.num_steps): use at most {self.path.num_steps}")
+    return self
+
+  def __call__(self, model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
+               null_cond: Any = None, cfg_scale: float | jax.Array | None = None) -> jax.Array:
+    """x0 ~ N(0, I) of shape (B, H, W, C) -> samples; rng feeds ddpm/ddim(eta > 0) noise only
+    (None is fine otherwise)."""
+    self.check()
+    scale = self.cfg_scale if cfg_scale is None else cfg_scale
+    kw = dict(null_cond=null_cond, cfg_scale=scale)
+    if self.method in ODE_STEPS:
+      return sample_ode(model_fn, x0_BHWC, cond, self.grid(), method=self.method, **kw)
+    eta = None if self.method == "ddpm" else self.eta
+    return sample_ddpm(model_fn, rng, x0_BHWC, cond, self.grid(), path=self.path, eta=eta, **kw)
+
+
+def make_sampler(config, prefix: str = "sample") -> Sampler:
+  """Builds a Sampler from a ConfigDict or dict: method, steps, cfg_scale, shift, eta (ddim),
+  and num_steps, beta_start, beta_end (the DDPM chain, ddpm/ddim)."""
+  fields = dict(config)
+  path_fields = {f.name for f in dataclasses.fields(VPPath)}
+  known = ({f.name for f in dataclasses.fields(Sampler)} - {"path"}) | path_fields
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"{prefix} has fields {unknown} that the sampler does not take; known "
+                     f"fields: {sorted(known)}")
+  path = VPPath(**{k: fields.pop(k) for k in sorted(path_fields) if k in fields})
+  return Sampler(path=path, **fields).check(prefix)

@@ -1,0 +1,233 @@
+"""Training: train state, a pure jitted train step, and the loop (EMA, logs, checkpoints,
+sample grids). `train_and_evaluate(config, workdir)` is what `dit-jax train` calls.
+
+Restarting with the same command resumes exactly: the step, the optimizer and EMA state, the
+data iterator position and the per-step random keys (fold_in(seed key, step)) all come back.
+"""
+import functools
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dit_jax import checkpoint, data, flow, plots
+from dit_jax.config import model_input_shape
+from dit_jax.models import create_model, model_fn
+from dit_jax.sample import ImageSampler
+from dit_jax.training_log import MetricsLog
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # number of completed steps
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array         # base key; step s uses fold_in(rng, s)
+
+
+def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
+  """Linear warmup to optim.lr, then constant or cosine decay to lr * end_lr_factor."""
+  warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
+  if optim.schedule == "constant":
+    after = optax.constant_schedule(optim.lr)
+  elif optim.schedule == "cosine":
+    decay_steps = max(total_steps - optim.warmup_steps, 1)
+    after = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.end_lr_factor)
+  else:
+    raise ValueError(f"optim.schedule={optim.schedule!r} is not one of ('constant', 'cosine')")
+  return optax.join_schedules([warmup, after], [optim.warmup_steps])
+
+
+def decay_mask(params):
+  """Weight decay on matrices (kernels, tables) only: not on biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(optim, total_steps: int):
+  """AdamW with warmup + schedule and gradient clipping; returns (optimizer, schedule)."""
+  if optim.lr <= 0:
+    raise ValueError(f"optim.lr={optim.lr} must be positive")
+  schedule = learning_rate_schedule(optim, total_steps)
+  adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                      weight_decay=optim.weight_decay, mask=decay_mask)
+  chain = [adamw] if not optim.grad_clip else [optax.clip_by_global_norm(optim.grad_clip), adamw]
+  return optax.chain(*chain), schedule
+
+
+def example_inputs(model, image_shape, batch: int = 1):
+  x = jnp.zeros((batch, *image_shape), jnp.float32)
+  t = jnp.zeros((batch,), jnp.float32)
+  cond = {"label": jnp.zeros((batch,), jnp.int32)} if model.num_classes else None
+  return x, t, cond
+
+
+def create_train_state(model, optimizer, rng, image_shape) -> TrainState:
+  init_rng, base_rng = jax.random.split(rng)
+  params = nn.unbox(model.init(init_rng, *example_inputs(model, image_shape))["params"])
+  ema_params = jax.tree.map(jnp.copy, params)  # own buffers: the step donates both
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=optimizer.init(params), rng=base_rng)
+
+
+def train_step(state: TrainState, batch: dict, *, model, objective, optimizer, schedule,
+               ema_decay: float):
+  """One optimizer step; pure, so it is jitted once and its state donated."""
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  loss_rng, dropout_rng = jax.random.split(step_rng)
+  cond = {"label": batch["label"]} if model.num_classes else None
+
+  def loss_fn(params):
+    fn = model_fn(model, params, train=True, rng=dropout_rng)
+    return objective.loss(fn, loss_rng, batch["image"], cond)
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+  metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_step_fn(model, objective, optimizer, schedule, ema_decay: float):
+  """train_step jitted once, with the old state donated (updated in place)."""
+  return jax.jit(functools.partial(train_step, model=model, objective=objective,
+                                   optimizer=optimizer, schedule=schedule, ema_decay=ema_decay),
+                 donate_argnums=0)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM into a request to save and stop at the next step boundary."""
+
+  def __init__(self):
+    self._requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self._requested = True
+
+  def requested(self) -> bool:
+    return self._requested
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def abstract_train_state(config, image_shape) -> TrainState:
+  """Shapes, dtypes and (single-device) shardings of the train state, without memory."""
+  model = create_model(config.model)
+  optimizer, _ = make_optimizer(config.optim, config.train.steps)
+  shapes = jax.eval_shape(lambda rng: create_train_state(model, optimizer, rng, image_shape),
+                          jax.random.PRNGKey(0))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def load_run(workdir) -> tuple[ml_collections.ConfigDict, TrainState]:
+  """The config and the latest train state of a run directory (for sampling, evaluation)."""
+  workdir = Path(workdir)
+  path = workdir / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
+                            "`dit-jax train`")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
+  try:
+    restored = ckpt.restore(abstract_train_state(config, model_input_shape(config.data)))
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
+  return config, restored[0]
+
+
+def save_run_config(config: ml_collections.ConfigDict, workdir: Path):
+  """Writes config.json, or checks that a resumed run trains the same model and data."""
+  path = workdir / "config.json"
+  if path.exists():
+    saved = json.loads(path.read_text())
+    for section in ("model", "data"):
+      if saved.get(section) != json.loads(config[section].to_json()):
+        raise ValueError(
+            f"workdir {workdir} holds a run with a different config.{section} "
+            f"({saved.get(section)}); resume with the same config or pick a new --workdir")
+  path.write_text(config.to_json(indent=2))
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains config.model on config.data with config.objective; writes everything to workdir."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  save_run_config(config, workdir)
+  is_main = jax.process_index() == 0
+
+  model = create_model(config.model)
+  objective = flow.make_objective(config.objective)
+  if config.data.get("latent_downsample", 1) > 1:
+    raise NotImplementedError(
+        f"config.data.latent_downsample={config.data.latent_downsample}: training on VAE "
+        "latents needs the latent pipeline, which is not built yet; use 1 for pixel data")
+  image_shape = model_input_shape(config.data)
+  total_steps = config.train.steps
+  optimizer, schedule = make_optimizer(config.optim, total_steps)
+  state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed), image_shape)
+  data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  restored = ckpt.restore(checkpoint.abstract_like(state))
+  if restored is not None:
+    state, data_state = restored
+    if data_state is not None:
+      data_iter.set_state(data_state)
+
+  step_fn = make_step_fn(model, objective, optimizer, schedule, config.train.ema_decay)
+  sampler = ImageSampler(model, objective, config.sample, image_shape)
+  log = MetricsLog(workdir, enabled=is_main, total_steps=total_steps,
+                   images_per_step=config.data.batch_size)
+  guard = PreemptionGuard()
+  try:
+    step = int(state.step)
+    log.start(step)
+    while step < total_steps:
+      batch = next(data_iter)
+      batch = {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])}
+      state, metrics = step_fn(state, batch)
+      step += 1
+      log.add(step, metrics)
+      stopping = guard.requested()
+      if _is_due(step, config.train.log_every, total_steps) or stopping:
+        log.flush(step)  # raises on a non-finite loss, before anything is saved
+      if _is_due(step, config.train.checkpoint_every, total_steps) or stopping:
+        log.flush(step)
+        ckpt.save(step, state, data_iter.get_state())
+      if is_main and config.train.sample_every > 0 and _is_due(step, config.train.sample_every,
+                                                               total_steps):
+        sampler.write_grid(state.ema_params, jax.random.PRNGKey(config.seed + 1),
+                           workdir / "samples" / f"step_{step:07d}.png",
+                           per_class=config.train.samples_per_class)
+        plots.plot_loss_curve(log.history, workdir / "loss.png")
+      if stopping:
+        log.message(f"SIGTERM: saved step {step}, stopping")
+        break
+  finally:
+    guard.restore()
+    ckpt.close()
+    log.close()
+  return state

@@ -1,0 +1,190 @@
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dit_jax import checkpoint, cli, data, flow, train
+from dit_jax.config import base_config
+from dit_jax.models import create_model
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits/8", path)
+  return path
+
+
+def tiny_config(data_dir, steps=8, **train):
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                      num_classes=10)
+  config.data.update(name="digits/8", data_dir=data_dir, batch_size=16)
+  config.optim.update(lr=2e-3, warmup_steps=2)
+  config.train.update(**{**dict(steps=steps, log_every=2, checkpoint_every=4, sample_every=0,
+                               ema_decay=0.9), **train})
+  config.sample.update(method="euler", steps=4)
+  return config
+
+
+def pieces(config):
+  model = create_model(config.model)
+  optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
+  objective = flow.make_objective(config.objective)
+  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), (8, 8, 1))
+  return model, optimizer, schedule, objective, state
+
+
+def random_batch(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (16, 8, 8, 1)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
+
+
+def test_one_step_updates_params_and_ema(data_dir):
+  config = tiny_config(data_dir)
+  model, optimizer, schedule, objective, state = pieces(config)
+  before = jax.device_get(state)
+  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9)
+  state, metrics = step_fn(state, random_batch())
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert float(metrics["lr"]) == 0.0  # warmup starts at 0
+  state, metrics = step_fn(state, random_batch(1))
+  assert float(metrics["lr"]) == pytest.approx(1e-3)
+  after = jax.device_get(state)
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                         before.params, after.params))
+  assert any(changed)
+  assert step_fn._cache_size() == 1  # no recompilation across steps
+  middle = jax.device_get(step_fn(state, random_batch(2))[0])  # ema <- 0.9 ema + 0.1 params
+  for ema_new, ema_old, p in zip(jax.tree.leaves(middle.ema_params),
+                                 jax.tree.leaves(after.ema_params), jax.tree.leaves(middle.params)):
+    np.testing.assert_allclose(ema_new, 0.9 * ema_old + 0.1 * p, rtol=1e-6, atol=1e-7)
+
+
+def test_weight_decay_mask_skips_biases_and_norms():
+  mask = train.decay_mask({"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2),
+                           "table": jnp.ones((3, 2)), "scale": jnp.ones(2)})
+  assert mask == {"kernel": True, "bias": False, "table": True, "scale": False}
+
+
+def test_checkpoint_round_trip_is_bit_exact(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  model, optimizer, schedule, objective, state = pieces(config)
+  state, _ = train.make_step_fn(model, objective, optimizer, schedule, 0.9)(state, random_batch())
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+  ckpt.save(1, state, {"position": 7})
+  ckpt.wait()
+  restored, data_state = ckpt.restore(checkpoint.abstract_like(state))
+  ckpt.close()
+  assert data_state == {"position": 7}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _params(workdir):
+  return jax.device_get(train.load_run(workdir)[1])
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, steps=8)
+  train.train_and_evaluate(config, tmp_path / "straight")
+
+  calls = {"n": 0}
+
+  def sigterm_at_step_3(self):
+    calls["n"] += 1
+    return calls["n"] == 3
+  with monkeypatch.context() as m:
+    m.setattr(train.PreemptionGuard, "requested", sigterm_at_step_3)
+    stopped = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert int(stopped.step) == 3  # saved at the interruption, not only every 4 steps
+  assert train.checkpoint.Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 3
+  train.train_and_evaluate(config, tmp_path / "resumed")
+
+  straight, resumed = _params(tmp_path / "straight"), _params(tmp_path / "resumed")
+  assert int(resumed.step) == 8
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").open()]
+  assert steps == sorted(steps) and steps[-1] == 8
+
+
+def test_sigterm_sets_the_guard():
+  guard = train.PreemptionGuard()
+  try:
+    assert not guard.requested()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.requested()
+  finally:
+    guard.restore()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+  real = data.make_iterator
+
+  class Poisoned:
+    def __init__(self, *args, **kwargs):
+      self.it, self.n = real(*args, **kwargs), 0
+
+    def __next__(self):
+      self.n += 1
+      batch = next(self.it)
+      return dict(batch, image=batch["image"] * np.nan) if self.n == 6 else batch
+
+    def get_state(self):
+      return self.it.get_state()
+
+    def set_state(self, state):
+      self.it.set_state(state)
+
+  monkeypatch.setattr(data, "make_iterator", Poisoned)
+  with pytest.raises(FloatingPointError, match="at step 6: training stopped"):
+    train.train_and_evaluate(tiny_config(data_dir, steps=8), tmp_path)
+  config, state = train.load_run(tmp_path)
+  assert int(state.step) == 4
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state.params))
+
+
+def test_loss_decreases_and_outputs_are_written(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=60, log_every=10, checkpoint_every=30, sample_every=60)
+  config.model.update(hidden_size=64, depth=2, num_heads=4)
+  train.train_and_evaluate(config, tmp_path)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
+  assert {"grad_norm", "lr", "images_per_s", "steps_per_s"} <= set(rows[0])
+  assert (tmp_path / "samples" / "step_0000060.png").exists() and (tmp_path / "loss.png").exists()
+  assert any((tmp_path / "tensorboard").iterdir())
+
+  cli.main(["sample", "--workdir", str(tmp_path), "--labels", "3,1,4", "--out",
+            str(tmp_path / "s.npz"), "--batch-size", "2"])
+  saved = np.load(tmp_path / "s.npz")
+  assert saved["arr_0"].shape == (3, 8, 8, 1) and saved["arr_0"].dtype == np.uint8
+  np.testing.assert_array_equal(saved["labels"], [3, 1, 4])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.schedule=linear", "optim.schedule='linear'"),
+    ("optim.lr=0.0", "optim.lr=0.0 must be positive"),
+    ("objective.kind=score", "objective.kind='score'"),
+    ("sample.method=rk4", "sample.method='rk4'"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("data.latent_downsample=8", "data.latent_downsample=8"),
+])
+def test_bad_values_name_the_field(data_dir, tmp_path, override, message):
+  argv = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),
+          f"--config.data.data_dir={data_dir}", f"--config.{override}"]
+  with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+    cli.main(argv)
+
+
+def test_resume_with_another_model_is_refused(data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(data_dir, steps=2), tmp_path)
+  config = tiny_config(data_dir, steps=2)
+  config.model.hidden_size = 64
+  with pytest.raises(ValueError, match="different config.model"):
+    train.train_and_evaluate(config, tmp_path)
