@@ -136,10 +136,11 @@ def cmd_sample(args, overrides):
                          model_input_shape(config.data))
   labels = _sample_labels(args, model.num_classes)
   rng = jax.random.PRNGKey(args.seed)
+  batch = min(args.batch_size, len(labels))
   chunks = []
-  for start in range(0, len(labels), args.batch_size):
-    chunk = labels[start:start + args.batch_size]
-    padded = np.pad(chunk, (0, args.batch_size - len(chunk)), mode="edge")  # one compiled shape
+  for start in range(0, len(labels), batch):
+    chunk = labels[start:start + batch]
+    padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
     out = sampler(state.ema_params, padded, jax.random.fold_in(rng, start), args.cfg_scale)
     chunks.append(images.to_uint8(out[:len(chunk)]))
   samples = np.concatenate(chunks)
