@@ -6,9 +6,7 @@ data iterator position and the per-step random keys (fold_in(seed key, step)) al
 """
 import functools
 import json
-import math
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from dit_jax import checkpoint, data, flow, plots
@@ -153,10 +150,10 @@ def load_run(workdir) -> tuple[ml_collections.ConfigDict, TrainState]:
   return config, restored[0]
 
 
-def save_run_config(config: ml_collections.ConfigDict, workdir: Path):
-  """Writes config.json, or checks that a resumed run trains the same model and data."""
+def save_run_config(config: ml_collections.ConfigDict, workdir: Path, resuming: bool):
+  """Writes config.json; a resumed run must train the same model on the same data."""
   path = workdir / "config.json"
-  if path.exists():
+  if resuming and path.exists():
     saved = json.loads(path.read_text())
     for section in ("model", "data"):
       if saved.get(section) != json.loads(config[section].to_json()):
@@ -174,7 +171,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains config.model on config.data with config.objective; writes everything to workdir."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  save_run_config(config, workdir)
   is_main = jax.process_index() == 0
 
   model = create_model(config.model)
@@ -191,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                  process_count=jax.process_count())
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  save_run_config(config, workdir, resuming=ckpt.latest_step() is not None)
   restored = ckpt.restore(checkpoint.abstract_like(state))
   if restored is not None:
     state, data_state = restored
@@ -212,10 +209,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       step += 1
       log.add(step, metrics)
       stopping = guard.requested()
-      if _is_due(step, config.train.log_every, total_steps) or stopping:
+      saving = _is_due(step, config.train.checkpoint_every, total_steps) or stopping
+      if saving or _is_due(step, config.train.log_every, total_steps):
         log.flush(step)  # raises on a non-finite loss, before anything is saved
-      if _is_due(step, config.train.checkpoint_every, total_steps) or stopping:
-        log.flush(step)
+      if saving:
         ckpt.save(step, state, data_iter.get_state())
       if is_main and config.train.sample_every > 0 and _is_due(step, config.train.sample_every,
                                                                total_steps):

@@ -182,6 +182,16 @@ def test_bad_values_name_the_field(data_dir, tmp_path, override, message):
     cli.main(argv)
 
 
+def test_a_failed_start_does_not_pin_the_config(data_dir, tmp_path):
+  bad = tiny_config(data_dir, steps=2)
+  bad.optim.lr = 0.0
+  with pytest.raises(ValueError, match="optim.lr"):
+    train.train_and_evaluate(bad, tmp_path)
+  good = tiny_config(data_dir, steps=2)
+  good.model.hidden_size = 64
+  assert int(train.train_and_evaluate(good, tmp_path).step) == 2
+
+
 def test_resume_with_another_model_is_refused(data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(data_dir, steps=2), tmp_path)
   config = tiny_config(data_dir, steps=2)
