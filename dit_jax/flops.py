@@ -88,6 +88,8 @@ def dit_params(model: DiT, channels: int) -> dict[str, int]:
     norms = L * 2 * 2 * D + 2 * D
   per_block, final = _adaln_chunks(model)
   out = p * p * _out_channels(model, channels)
+  if model.posenc == "rope_mixed":  # learned (row, col) frequency per head and pair
+    attention += D
   return {
       "embed": P * D + D + FREQUENCY_DIM * D + D + D * D + D + labels,
       "attention": L * attention,

@@ -23,7 +23,7 @@ from dit_jax.nn.attention import BACKENDS, Attention
 from dit_jax.nn.embed import (LabelEmbedder, TimestepEmbedder, dense, patchify, unpatchify,
                               xavier_uniform)
 from dit_jax.nn.mlp import Mlp
-from dit_jax.nn.posenc import add_sincos_2d
+from dit_jax.nn.posenc import add_sincos_2d, canonical_ids, grid_ids, interpolate_ids
 
 Dtype = Any
 
@@ -38,6 +38,10 @@ PATCH_SIZES = (2, 4, 8)
 PRESETS = tuple(f"DiT-{s}/{p}" for s in SIZES for p in PATCH_SIZES)
 
 CONDITIONINGS = ("adaln_zero", "adaln", "cross_attn", "in_context")
+# How position reaches attention: added sin-cos table, or RoPE of (index, row, col) ids.
+POSENCS = ("sincos", "rope_axial", "rope_mixed", "rope_scaled", "none")
+ROPE_OF_POSENC = {"rope_axial": "axial", "rope_scaled": "axial", "rope_mixed": "mixed"}
+ROPE_SCALINGS = ("canonical", "interpolate")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -72,14 +76,20 @@ class DiTBlock(nn.Module):
   mlp_ratio: float = 4.0
   conditioning: str = "adaln_zero"
   attention_backend: str = "xla"
+  rope: str | None = None          # None | "axial" | "mixed", see nn.attention.Attention
+  rope_axes_dims: tuple[int, ...] = ()
+  rope_base: float = 10_000.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTD, c_BD, cond_BSD):
+  def __call__(self, x_BTD, c_BD, cond_BSD, positions_BT3=None, rotate_mask_BT=None):
     D = x_BTD.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn = Attention(self.num_heads, self.attention_backend, name="attn", **kw)
+    self_attn = Attention(self.num_heads, self.attention_backend, rope=self.rope,
+                          rope_axes_dims=self.rope_axes_dims, rope_base=self.rope_base,
+                          name="attn", **kw)
+    attn = lambda y: self_attn(y, positions=positions_BT3, rotate_mask=rotate_mask_BT)
     mlp = Mlp(self.mlp_ratio, name="mlp", **kw)
     x_BTD = nn.with_logical_constraint(x_BTD, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
 
@@ -106,8 +116,8 @@ class DiTBlock(nn.Module):
 class _ScanBlock(DiTBlock):
   """DiTBlock with the (carry, output) signature that nn.scan expects."""
 
-  def __call__(self, x_BTD, c_BD, cond_BSD):
-    return super().__call__(x_BTD, c_BD, cond_BSD), None
+  def __call__(self, x_BTD, c_BD, cond_BSD, positions_BT3=None, rotate_mask_BT=None):
+    return super().__call__(x_BTD, c_BD, cond_BSD, positions_BT3, rotate_mask_BT), None
 
 
 class FinalLayer(nn.Module):
@@ -144,6 +154,11 @@ class DiT(nn.Module):
   class_dropout_prob: float = 0.1  # label -> null class in training, for guidance
   learn_sigma: bool = True         # output 2C channels as the original DiT
   conditioning: str = "adaln_zero"  # one of CONDITIONINGS
+  posenc: str = "sincos"           # one of POSENCS
+  rope_base: float = 10_000.0      # RoPE frequencies base^(-2i/d) (NTK: posenc.ntk_base)
+  rope_axes_dims: tuple[int, ...] = ()  # features per (index, row, col); () = (0, H/2, H/2)
+  rope_reference_size: int = 0     # rope_scaled: token grid side that positions map onto
+  rope_scaling: str = "canonical"  # rope_scaled: "canonical" (centres) or "interpolate"
   attention_backend: str = "xla"   # one of attention.BACKENDS
   time_scale: float = 1000.0       # t in [0, 1] is embedded as t * time_scale
   dtype: Dtype = jnp.float32       # compute dtype (bfloat16 on accelerators)
@@ -161,6 +176,13 @@ class DiT(nn.Module):
                        "sin-cos position embedding")
     if self.conditioning not in CONDITIONINGS:
       raise ValueError(f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}")
+    if self.posenc not in POSENCS:
+      raise ValueError(f"posenc={self.posenc!r} is not one of {POSENCS}")
+    if self.posenc == "rope_scaled" and (self.rope_reference_size < 1
+                                         or self.rope_scaling not in ROPE_SCALINGS):
+      raise ValueError(f"posenc='rope_scaled' needs rope_reference_size > 0 (the token grid "
+                       f"side positions map onto, e.g. the training grid; got "
+                       f"{self.rope_reference_size}) and rope_scaling in {ROPE_SCALINGS}")
     if self.attention_backend not in BACKENDS:
       raise ValueError(f"attention_backend={self.attention_backend!r} is not one of {BACKENDS}")
     if self.remat_policy not in REMAT_POLICIES:
@@ -186,27 +208,44 @@ class DiT(nn.Module):
                              name="y_embedder", **kw)(cond["label"], train=train)
     return t_emb_BD + y_emb_BD, jnp.stack([t_emb_BD, y_emb_BD], axis=1)
 
-  def blocks(self, x_BTD, c_BD, cond_BSD):
+  def positions(self, cond, batch: int, grid_h: int, grid_w: int):
+    """(B, T, 3) (index, row, col) ids for RoPE: cond['pos_ids'] if given, else the grid;
+    mapped onto the reference grid for rope_scaled. None when RoPE is off."""
+    if self.posenc not in ROPE_OF_POSENC:
+      return None
+    ids = cond.get("pos_ids") if cond else None
+    ids = jnp.asarray(grid_ids(grid_h, grid_w))[None] if ids is None else jnp.asarray(ids)
+    if self.posenc == "rope_scaled":
+      scale = canonical_ids if self.rope_scaling == "canonical" else interpolate_ids
+      ref = (self.rope_reference_size, self.rope_reference_size)
+      ids = scale(ids, (grid_h, grid_w), ref)
+    return jnp.broadcast_to(ids.astype(jnp.float32), (batch, grid_h * grid_w, 3))
+
+  def blocks(self, x_BTD, c_BD, cond_BSD, positions_BT3, rotate_mask_BT):
     block_kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                     conditioning=self.conditioning, attention_backend=self.attention_backend,
-                    dtype=self.dtype, param_dtype=self.param_dtype)
+                    rope=ROPE_OF_POSENC.get(self.posenc), rope_axes_dims=self.rope_axes_dims,
+                    rope_base=self.rope_base, dtype=self.dtype, param_dtype=self.param_dtype)
     policy = REMAT_POLICIES[self.remat_policy]
     block = _ScanBlock if self.scan_layers else DiTBlock
     if self.remat_policy != "none":
       block = nn.remat(block, policy=policy, prevent_cse=not self.scan_layers)
     if not self.scan_layers:
       for i in range(self.depth):
-        x_BTD = block(name=f"blocks_{i}", **block_kw)(x_BTD, c_BD, cond_BSD)
+        x_BTD = block(name=f"blocks_{i}", **block_kw)(x_BTD, c_BD, cond_BSD, positions_BT3,
+                                                      rotate_mask_BT)
       return x_BTD
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                    in_axes=(nn.broadcast,) * 4, length=self.depth,
                     metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-    x_BTD, _ = stack(name="blocks", **block_kw)(x_BTD, c_BD, cond_BSD)
+    x_BTD, _ = stack(name="blocks", **block_kw)(x_BTD, c_BD, cond_BSD, positions_BT3,
+                                                rotate_mask_BT)
     return x_BTD
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False):
-    """x (B, H, W, C), t (B,) or scalar in [0, 1], cond {'label': (B,) int} -> (B, H, W, C')."""
+    """x (B, H, W, C), t (B,) or scalar in [0, 1], cond {'label': (B,) int, optional
+    'pos_ids': (B, T, 3) RoPE ids} -> (B, H, W, C')."""
     B, H, W, C = x_BHWC.shape
     self.check_config(H, W)
     p = self.patch_size
@@ -215,13 +254,19 @@ class DiT(nn.Module):
 
     x_BTD = dense(self.hidden_size, (axes.PATCH, axes.EMBED), xavier_uniform(), name="x_embedder",
                   **kw)(patchify(x_BHWC.astype(self.dtype), p))
-    x_BTD = add_sincos_2d(x_BTD, H // p, W // p)
+    if self.posenc == "sincos":
+      x_BTD = add_sincos_2d(x_BTD, H // p, W // p)
+    positions_BT3 = self.positions(cond, B, H // p, W // p)
     c_BD, cond_BSD = self.condition(t_B, cond, train)
 
-    T = x_BTD.shape[1]
+    T, rotate_mask_BT = x_BTD.shape[1], None
     if self.conditioning == "in_context":
       x_BTD = jnp.concatenate([x_BTD, cond_BSD.astype(x_BTD.dtype)], axis=1)
-    x_BTD = self.blocks(x_BTD, c_BD, cond_BSD)
+      if positions_BT3 is not None:  # condition tokens carry no position: not rotated
+        S = cond_BSD.shape[1]
+        positions_BT3 = jnp.pad(positions_BT3, ((0, 0), (0, S), (0, 0)))
+        rotate_mask_BT = jnp.arange(T + S)[None, :] < T
+    x_BTD = self.blocks(x_BTD, c_BD, cond_BSD, positions_BT3, rotate_mask_BT)
     x_BTD = x_BTD[:, :T]
 
     adaptive = self.conditioning in ("adaln_zero", "adaln")

@@ -18,9 +18,11 @@ import jax.numpy as jnp
 
 from dit_jax.nn import axes
 from dit_jax.nn.embed import dense, xavier_uniform
+from dit_jax.nn.posenc import apply_rope, axial_rope_angles, mixed_frequencies, mixed_rope_angles
 
 Dtype = jnp.dtype
 BACKENDS = ("auto", "xla", "jax", "cudnn", "splash")
+ROPES = (None, "axial", "mixed")
 _SPLASH_BLOCK = 128  # TPU kernel tile along the sequence; sequences are padded to a multiple
 
 
@@ -111,23 +113,53 @@ class Attention(nn.Module):
 
   Kernels: qkv (D, 3, N, H), q (D, N, H), kv (D, 2, N, H), out (N, H, D); xavier-uniform over
   the full fan-in/fan-out as in the reference implementations, zero biases.
+
+  Self-attention can rotate q and k by RoPE of `positions` (B, L, 3) (index, row, col) ids:
+  "axial" rotates blocks of `rope_axes_dims` features by one coordinate each (default: half
+  the head by row, half by col), "mixed" learns (row, col) frequencies per head and layer
+  (RoPE-Mixed). `rotate_mask` (B, L) marks the tokens that have a position (others, such as
+  appended condition tokens, are not rotated).
   """
   num_heads: int
   backend: str = "xla"
+  rope: str | None = None
+  rope_axes_dims: tuple[int, ...] = ()
+  rope_base: float = 10_000.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def rope_angles(self, positions_BL3, head_dim: int):
+    if self.rope == "axial":
+      dims = self.rope_axes_dims or (0, head_dim // 2, head_dim // 2)
+      if sum(dims) != head_dim or any(d % 2 for d in dims):
+        raise ValueError(f"rope_axes_dims={tuple(dims)} must be even and sum to the head width "
+                         f"{head_dim}")
+      return axial_rope_angles(positions_BL3, dims, self.rope_base)[..., None, :]  # (B,L,1,H/2)
+    init = lambda key, shape: mixed_frequencies(
+        jax.random.uniform(key, (self.num_heads,), maxval=2 * jnp.pi), head_dim)
+    freqs = self.param("rope_freqs", nn.with_logical_partitioning(init, (None, axes.HEADS, None)),
+                       (2, self.num_heads, head_dim // 2))
+    return mixed_rope_angles(positions_BL3[..., 1:], freqs)  # (B, L, N, H/2)
+
   @nn.compact
-  def __call__(self, x_BTD, context_BSD=None, context_mask_BS=None):
+  def __call__(self, x_BTD, context_BSD=None, context_mask_BS=None, positions=None,
+               rotate_mask=None):
     D = x_BTD.shape[-1]
     if D % self.num_heads:
       raise ValueError(f"hidden_size={D} is not divisible by num_heads={self.num_heads}")
+    if self.rope not in ROPES:
+      raise ValueError(f"rope={self.rope!r} is not one of {ROPES}")
     N, H = self.num_heads, D // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if context_BSD is None:
       qkv = dense((3, N, H), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV),
                   xavier_uniform(), name="qkv", **kw)(x_BTD)
       q_BTNH, k_BSNH, v_BSNH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+      if self.rope and positions is not None:
+        angles = self.rope_angles(positions, H)
+        if rotate_mask is not None:
+          angles = angles * rotate_mask[:, :, None, None]
+        q_BTNH, k_BSNH = apply_rope(q_BTNH, angles), apply_rope(k_BSNH, angles)
     else:
       q_BTNH = dense((N, H), (axes.EMBED, axes.HEADS, axes.KV), xavier_uniform(),
                      name="q", **kw)(x_BTD)

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from dit_jax import flops
-from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, DiTBlock, dit
+from dit_jax.models.dit import CONDITIONINGS, POSENCS, PRESETS, REMAT_POLICIES, DiTBlock, dit
+from dit_jax.nn.posenc import grid_ids
 
 H, W, C, CLASSES = 8, 8, 2, 4
 
@@ -86,18 +87,34 @@ def test_other_blocks_are_not_identity_at_init(conditioning):
   assert not np.allclose(block.apply(variables, x, c, c[:, None]), x)
 
 
-@pytest.mark.parametrize("conditioning", CONDITIONINGS)
-def test_each_design_learns_a_label_dependent_target(conditioning):
-  """Regress a fixed per-class image: the loss must fall and the output follow the label."""
-  model = tiny(conditioning=conditioning, class_dropout_prob=0.0)
-  targets = jnp.asarray(np.random.default_rng(5).normal(size=(CLASSES, H, W, C)), jnp.float32)
+def _fixed_image_target(rng):
+  """label -> a fixed random image: needs absolute positions (sin-cos) to be learnable."""
+  images = jnp.asarray(rng.normal(size=(CLASSES, H, W, C)), jnp.float32)
+  return lambda x, labels: images[labels]
+
+
+def _per_class_affine_target(rng):
+  """label -> a per-class gain and offset of the input: translation-equivariant, so learnable
+  with relative positions only (RoPE gives a token no absolute position to paint from)."""
+  gain = jnp.asarray(rng.uniform(-2, 2, size=(CLASSES, C)), jnp.float32)
+  offset = jnp.asarray(rng.normal(size=(CLASSES, C)), jnp.float32)
+  return lambda x, labels: gain[labels][:, None, None] * x + offset[labels][:, None, None]
+
+
+@pytest.mark.parametrize("conditioning,posenc", [(c, "sincos") for c in CONDITIONINGS] + [
+    ("adaln_zero", p) for p in ("rope_axial", "rope_mixed")] + [("in_context", "rope_axial")])
+def test_each_design_learns_a_label_dependent_target(conditioning, posenc):
+  """Regress a label-dependent target: the loss must fall and the output follow the label."""
+  model = tiny(conditioning=conditioning, posenc=posenc, class_dropout_prob=0.0)
+  make_target = _fixed_image_target if posenc == "sincos" else _per_class_affine_target
+  target = make_target(np.random.default_rng(5))
   variables = init(model)
   optimizer = optax.adam(3e-3)
   opt_state = optimizer.init(variables)
 
   def loss_fn(variables, x, t, labels):
     out = model.apply(variables, x, t, {"label": labels}, train=True)
-    return jnp.mean((out - targets[labels]) ** 2)
+    return jnp.mean((out - target(x, labels)) ** 2)
 
   @jax.jit
   def step(variables, opt_state, key):
@@ -115,10 +132,12 @@ def test_each_design_learns_a_label_dependent_target(conditioning):
     losses.append(float(loss))
   assert np.mean(losses[-10:]) < 0.2 * np.mean(losses[:3])
   x, t, _ = inputs(B=2)
-  out_0 = model.apply(variables, x, t, {"label": jnp.array([0, 0])})
-  out_1 = model.apply(variables, x, t, {"label": jnp.array([1, 1])})
-  assert float(jnp.mean((out_0 - targets[0]) ** 2)) < 0.3
-  assert float(jnp.mean((out_0 - out_1) ** 2)) > 0.5 * float(jnp.mean((targets[0] - targets[1]) ** 2))
+  zeros, ones = jnp.array([0, 0]), jnp.array([1, 1])
+  out_0 = model.apply(variables, x, t, {"label": zeros})
+  out_1 = model.apply(variables, x, t, {"label": ones})
+  target_0, target_1 = target(x, zeros), target(x, ones)
+  assert float(jnp.mean((out_0 - target_0) ** 2)) < 0.3 * float(jnp.mean(target_0 ** 2))
+  assert float(jnp.mean((out_0 - out_1) ** 2)) > 0.5 * float(jnp.mean((target_0 - target_1) ** 2))
 
 
 def _stack_blocks(params, depth):
@@ -230,3 +249,49 @@ def test_every_parameter_has_logical_axis_names(conditioning):
     assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == leaf.ndim
     assert all(name is None or isinstance(name, str) for name in spec)
     assert any(name not in (None, "layers", "qkv", "modulation") for name in spec)
+
+
+@pytest.mark.parametrize("posenc", ["rope_axial", "rope_mixed", "rope_scaled"])
+def test_rope_dit_is_invariant_to_a_common_shift_of_positions(posenc):
+  """RoPE makes attention see relative positions only: shifting every id changes nothing."""
+  model = tiny(posenc=posenc, rope_reference_size=8, depth=2)
+  variables = perturbed(init(model), scale=0.1)
+  x, t, cond = inputs()
+  ids = jnp.asarray(grid_ids(H // 2, W // 2))[None].repeat(4, 0)
+  apply = jax.jit(model.apply)
+  out = apply(variables, x, t, dict(cond, pos_ids=ids))
+  np.testing.assert_allclose(apply(variables, x, t, cond), out, rtol=1e-5, atol=1e-6)
+  shifted = ids + jnp.array([3.0, -5.0, 11.0])
+  np.testing.assert_allclose(apply(variables, x, t, dict(cond, pos_ids=shifted)), out,
+                             rtol=2e-4, atol=2e-5)
+  swapped = ids[:, ::-1]  # tokens told they sit elsewhere: positions do matter
+  assert not np.allclose(apply(variables, x, t, dict(cond, pos_ids=swapped)), out, atol=1e-3)
+
+
+def test_absolute_sincos_is_not_shift_invariant():
+  model = tiny(posenc="none", depth=2)
+  variables = perturbed(init(model), scale=0.1)
+  x, t, cond = inputs()
+  rolled = jnp.roll(x, 2, axis=2)
+  # Without positions attention is permutation-equivariant: a circular shift of the image
+  # shifts the output (patch 2 on 8x8 -> rolling by 2 pixels moves whole tokens).
+  np.testing.assert_allclose(model.apply(variables, rolled, t, cond),
+                             jnp.roll(model.apply(variables, x, t, cond), 2, axis=2),
+                             rtol=1e-4, atol=1e-5)
+  sincos = tiny(posenc="sincos", depth=2)
+  out = sincos.apply(variables, rolled, t, cond)
+  assert not np.allclose(out, jnp.roll(sincos.apply(variables, x, t, cond), 2, axis=2),
+                         atol=1e-3)
+
+
+@pytest.mark.parametrize("posenc", POSENCS)
+def test_every_posenc_params_match_the_count(posenc):
+  model = dit("DiT-S/4", depth=2, posenc=posenc, rope_reference_size=8)
+  assert sum(flops.dit_params(model, 4).values()) == flops.count_params(model, 32, 32, 4)
+
+
+def test_bad_posenc_configs():
+  with pytest.raises(ValueError, match="posenc='alibi' is not one of"):
+    tiny(posenc="alibi").init(jax.random.PRNGKey(0), *inputs())
+  with pytest.raises(ValueError, match="rope_reference_size > 0"):
+    tiny(posenc="rope_scaled").init(jax.random.PRNGKey(0), *inputs())
