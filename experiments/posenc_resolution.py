@@ -1,0 +1,291 @@
+"""Position encodings vs sampling resolution: tiny DiTs trained on 8x8 digits, sampled larger
+and smaller.
+
+    python experiments/posenc_resolution.py [--steps 1000] [--workdir runs/posenc]
+                                            [--out experiments/results]
+
+Trains configs/posenc.py once per encoding (skipped when the run already has its final
+checkpoint), samples each EMA model at 6, 8, 12 and 16 pixels square (patch 1: as many tokens
+a side), and scores the samples with a digit classifier fitted on the real 8x8 training digits
+(samples are resized back to 8x8 first). Writes to --out:
+  posenc_resolution.md      accuracy (% of samples read as the requested digit) and mean ink
+                            per encoding x resolution, the classifier's accuracy, training runs
+  posenc_resolution.json    the same numbers
+  posenc_resolution.png     sample grids (rows encodings, columns resolutions) and the curves
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import matplotlib
+import numpy as np
+from sklearn.svm import SVC
+
+from dit_jax import flow, images, train
+from dit_jax.checkpoint import Checkpointer
+from dit_jax.config import load_config
+from dit_jax.data.digits import NUM_TRAIN, digit_images, resize_gray
+from dit_jax.models import create_model
+from dit_jax.sample import ImageSampler
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "posenc.py"
+ENCODINGS = ("sincos", "rope_axial", "rope_mixed", "rope_scaled")
+RESOLUTIONS = (6, 8, 12, 16)
+TRAIN_RESOLUTION = 8
+NUM_CLASSES = 10
+SHOWN_PER_CLASS = 2  # samples per digit in the figure
+
+
+# Training.
+
+
+def latest_step(workdir: Path) -> int | None:
+  """The last checkpointed step of a run, None when there is none (reads, creates nothing)."""
+  if not (workdir / "checkpoints").is_dir():
+    return None
+  ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def train_encoding(encoding: str, steps: int, workdir: Path) -> dict:
+  """Trains one encoding unless its final checkpoint exists; the wall clock of the last real
+  training is kept in the run directory, so a rerun still reports it."""
+  timing = workdir / "posenc_train_time.json"
+  done = latest_step(workdir)
+  if done is not None and done >= steps:
+    print(f"{encoding}: {workdir} holds step {done}, not training")
+  else:
+    config = load_config(f"{CONFIG}:{encoding}")
+    config.train.update(steps=steps, sample_every=steps)
+    start = time.perf_counter()
+    train.train_and_evaluate(config, str(workdir))
+    seconds = time.perf_counter() - start
+    timing.write_text(json.dumps(dict(steps=steps, resumed_from=done or 0, seconds=seconds)))
+  return json.loads(timing.read_text()) if timing.exists() else {}
+
+
+def final_metrics(workdir: Path) -> dict:
+  """The last line of the run's metrics.jsonl (loss, steps/s at the end of training)."""
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return json.loads(lines[-1]) if lines else {}
+
+
+# Sampling.
+
+
+def sample_resolutions(workdir: Path, per_class: int, seed: int) -> tuple[int, dict]:
+  """(trained step, {side: (N, side, side, C) uint8}) from the run's EMA parameters, N =
+  per_class * 10 in label order; the same key at every side."""
+  config, state = train.load_run(workdir)
+  model = create_model(config.model)
+  objective = flow.make_objective(config.objective)
+  labels = class_labels(per_class)
+  channels = 1  # digits are grayscale
+  samples = {}
+  for side in RESOLUTIONS:
+    sampler = ImageSampler(model, objective, config.sample, (side, side, channels))
+    start = time.perf_counter()
+    out = sampler(state.ema_params, labels, jax.random.PRNGKey(seed))
+    samples[side] = images.to_uint8(out)
+    print(f"  {side}x{side}: {len(labels)} samples in {time.perf_counter() - start:.1f} s")
+  return int(state.step), samples
+
+
+def class_labels(per_class: int) -> np.ndarray:
+  return np.repeat(np.arange(NUM_CLASSES), per_class)
+
+
+# Quality proxy.
+
+
+def to_features(images_NHW: np.ndarray) -> np.ndarray:
+  """uint8 images of any side -> (N, 64) floats in [0, 1] of their 8x8 resizes."""
+  small = [resize_gray(np.asarray(im), TRAIN_RESOLUTION)[..., 0] for im in images_NHW]
+  return np.stack(small).reshape(len(small), -1).astype(np.float32) / 255.0
+
+
+def fit_classifier() -> tuple[SVC, float, np.ndarray, np.ndarray]:
+  """An RBF SVM on the real training digits (the DiTs' split); returns it, its accuracy on
+  the real test split, and the test digits and labels."""
+  digits, labels = digit_images()
+  classifier = SVC(C=10.0).fit(to_features(digits[:NUM_TRAIN]), labels[:NUM_TRAIN])
+  test_x, test_y = digits[NUM_TRAIN:], labels[NUM_TRAIN:]
+  return classifier, float(classifier.score(to_features(test_x), test_y)), test_x, test_y
+
+
+def resized_real_accuracy(classifier, test_x, test_y, side: int) -> float:
+  """Accuracy on real test digits resized to side x side and back: what resizing alone costs."""
+  resized = np.stack([resize_gray(im, side)[..., 0] for im in test_x])
+  return float(classifier.score(to_features(resized), test_y))
+
+
+def score(classifier, samples_NHWC: np.ndarray, labels: np.ndarray) -> dict:
+  """Accuracy = fraction read as the requested digit; ink = mean intensity in [0, 1]."""
+  predicted = classifier.predict(to_features(samples_NHWC[..., 0]))
+  return dict(accuracy=float(np.mean(predicted == labels)),
+              ink=float(samples_NHWC.mean() / 255.0))
+
+
+# Report.
+
+
+def markdown(results: dict) -> str:
+  """Accuracy and ink tables (rows encodings, columns resolutions) and the training runs."""
+  sides = [f"{s}x{s}" + (" (train)" if s == TRAIN_RESOLUTION else "") for s in RESOLUTIONS]
+  head = ["| encoding | " + " | ".join(sides) + " |", "|---" * (len(sides) + 1) + "|"]
+  cells = results["cells"]
+  row = lambda name, values: f"| {name} | " + " | ".join(values) + " |"
+  accuracy = [row(e, [f"{cells[e][str(s)]['accuracy']:.1%}" for s in RESOLUTIONS])
+              for e in ENCODINGS]
+  real = results["real_resized_accuracy"]
+  accuracy.append(row("*real test digits, resized there and back*",
+                      [f"*{real[str(s)]:.1%}*" for s in RESOLUTIONS]))
+  ink = [row(e, [f"{cells[e][str(s)]['ink']:.3f}" for s in RESOLUTIONS]) for e in ENCODINGS]
+  runs = ["| encoding | steps | train wall clock | final loss | steps/s at end |",
+          "|---|---|---|---|---|"]
+  for e in ENCODINGS:
+    run = results["runs"][e]
+    clock = f"{run['seconds']:.0f} s" if run.get("seconds") else "n/a"
+    runs.append(f"| {e} | {run['step']} | {clock} | {run['loss']:.4f} | "
+                f"{run['steps_per_s']:.2f} |")
+  n = results["per_class"] * NUM_CLASSES
+  return "\n".join([
+      "# Position encodings vs sampling resolution (digits, trained at 8x8)",
+      "",
+      f"Accuracy: % of {n} samples per cell ({results['per_class']} per digit) that an RBF SVM "
+      "fitted on the real 8x8 training digits reads as the requested digit, after resizing "
+      "the sample to 8x8 (PIL bilinear). Chance is 10%. Sampler: "
+      f"{results['sampler']}, seed {results['seed']}.",
+      "",
+      *head, *accuracy,
+      "",
+      f"Classifier accuracy on the {results['real_test_count']} real test digits: "
+      f"**{results['classifier_test_accuracy']:.1%}**. The italic row is the classifier on "
+      "those digits resized to each side and back to 8x8 (the cost of resizing alone).",
+      "",
+      "Mean pixel intensity (\"ink\", 0 black .. 1 white) of the samples; real 8x8 digits: "
+      f"{results['real_ink']:.3f}.",
+      "",
+      *head, *ink,
+      "",
+      "Training runs (configs/posenc.py, batch 64, 2-core CPU; wall clock includes data "
+      "loading, compilation and the final sample grid):",
+      "",
+      *runs,
+      "",
+  ])
+
+
+def tile(images_NHW: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
+  """Images in a rows x (N / rows) grid on a mid-gray border (digits have black backgrounds)."""
+  n, h, w = images_NHW.shape
+  cols = n // rows
+  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 128, np.uint8)
+  for i, image in enumerate(images_NHW):
+    r, c = divmod(i, cols)
+    grid[pad + r * (h + pad):][:h, pad + c * (w + pad):][:, :w] = image
+  return grid
+
+
+def show_cell(ax, samples_NHWC: np.ndarray, per_class: int):
+  """SHOWN_PER_CLASS rows of digits 0-9 from one cell's label-ordered samples."""
+  by_class = samples_NHWC[..., 0].reshape(NUM_CLASSES, per_class, *samples_NHWC.shape[1:3])
+  shown = by_class[:, :SHOWN_PER_CLASS].swapaxes(0, 1).reshape(-1, *samples_NHWC.shape[1:3])
+  ax.imshow(tile(shown, SHOWN_PER_CLASS), cmap="gray", vmin=0, vmax=255,
+            interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def plot_curves(ax, results: dict, key: str, reference: float | dict, ylabel: str):
+  for e in ENCODINGS:
+    ax.plot(RESOLUTIONS, [results["cells"][e][str(s)][key] for s in RESOLUTIONS], "o-", label=e)
+  if isinstance(reference, dict):
+    ax.plot(RESOLUTIONS, [reference[str(s)] for s in RESOLUTIONS], "k--", lw=1,
+            label="real, resized")
+  else:
+    ax.axhline(reference, color="k", ls="--", lw=1, label="real 8x8 digits")
+  ax.axvline(TRAIN_RESOLUTION, color="gray", lw=0.8, alpha=0.5)
+  ax.set(xlabel="sample side (pixels = tokens a side; trained at 8)", ylabel=ylabel,
+         xticks=RESOLUTIONS, ylim=(0, 1.02) if key == "accuracy" else None)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+
+
+def plot(results: dict, samples: dict, path: Path):
+  """Top: a grid of sample grids (rows encodings, columns sides; each two rows of 0-9).
+  Bottom: accuracy and ink against the sample side."""
+  fig = plt.figure(figsize=(16, 8))
+  top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
+  cells = top.subplots(len(ENCODINGS), len(RESOLUTIONS), gridspec_kw=dict(wspace=0.05))
+  for i, e in enumerate(ENCODINGS):
+    for j, s in enumerate(RESOLUTIONS):
+      show_cell(cells[i, j], samples[e][s], results["per_class"])
+      acc = results["cells"][e][str(s)]["accuracy"]
+      cells[i, j].set_title(f"{s}x{s}: {acc:.0%}", fontsize=9, pad=2)
+      if j == 0:
+        cells[i, j].set_ylabel(e, fontsize=10)
+  top.suptitle("DiTs trained on 8x8 digits, sampled at other sizes: two samples of each digit "
+               "0-9 per cell (title: classifier accuracy over all samples of the cell)")
+  acc_ax, ink_ax = bottom.subplots(1, 2)
+  plot_curves(acc_ax, results, "accuracy", results["real_resized_accuracy"],
+              "classifier accuracy")
+  plot_curves(ink_ax, results, "ink", results["real_ink"], "mean intensity")
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=1000, help="training steps per encoding")
+  parser.add_argument("--workdir", default="runs/posenc", help="one run directory per encoding")
+  parser.add_argument("--out", default="experiments/results")
+  parser.add_argument("--per-class", type=int, default=20, help="samples per digit and cell")
+  parser.add_argument("--seed", type=int, default=0, help="sampling key")
+  args = parser.parse_args()
+  if args.per_class < SHOWN_PER_CLASS:
+    parser.error(f"--per-class must be at least {SHOWN_PER_CLASS}")
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+
+  classifier, test_accuracy, test_x, test_y = fit_classifier()
+  print(f"classifier accuracy on real test digits: {test_accuracy:.1%}")
+  labels = class_labels(args.per_class)
+  sampler_config = load_config(f"{CONFIG}:sincos").sample
+  results = dict(
+      per_class=args.per_class, seed=args.seed, classifier_test_accuracy=test_accuracy,
+      real_test_count=len(test_y), real_ink=float(digit_images()[0].mean() / 255.0),
+      real_resized_accuracy={str(s): resized_real_accuracy(classifier, test_x, test_y, s)
+                             for s in RESOLUTIONS},
+      sampler=(f"{sampler_config.method}, {sampler_config.steps} steps, "
+               f"guidance {sampler_config.cfg_scale}"),
+      runs={}, cells={})
+  samples = {}
+  for encoding in ENCODINGS:
+    workdir = Path(args.workdir) / encoding
+    timing = train_encoding(encoding, args.steps, workdir)
+    print(f"{encoding}: sampling")
+    step, samples[encoding] = sample_resolutions(workdir, args.per_class, args.seed)
+    last = final_metrics(workdir)
+    results["runs"][encoding] = dict(step=step, seconds=timing.get("seconds"),
+                                     loss=last.get("loss"), steps_per_s=last.get("steps_per_s"))
+    results["cells"][encoding] = {str(s): score(classifier, x, labels)
+                                  for s, x in samples[encoding].items()}
+
+  table = markdown(results)
+  (out / "posenc_resolution.md").write_text(table)
+  (out / "posenc_resolution.json").write_text(json.dumps(results, indent=2) + "\n")
+  plot(results, samples, out / "posenc_resolution.png")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
