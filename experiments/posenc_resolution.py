@@ -83,8 +83,14 @@ def final_metrics(workdir: Path) -> dict:
 
 def sample_resolutions(workdir: Path, per_class: int, seed: int) -> tuple[int, dict]:
   """(trained step, {side: (N, side, side, C) uint8}) from the run's EMA parameters, N =
-  per_class * 10 in label order; the same key at every side."""
+  per_class * 10 in label order; the same key at every side. Samples are cached in the run
+  directory (sampling at 16x16 takes minutes on CPU), so redrawing the report is cheap."""
   config, state = train.load_run(workdir)
+  step = int(state.step)
+  cache = workdir / f"posenc_samples_step{step}_seed{seed}_per{per_class}.npz"
+  if cache.exists():
+    with np.load(cache) as saved:
+      return step, {side: saved[f"side_{side}"] for side in RESOLUTIONS}
   model = create_model(config.model)
   objective = flow.make_objective(config.objective)
   labels = class_labels(per_class)
@@ -96,7 +102,8 @@ def sample_resolutions(workdir: Path, per_class: int, seed: int) -> tuple[int, d
     out = sampler(state.ema_params, labels, jax.random.PRNGKey(seed))
     samples[side] = images.to_uint8(out)
     print(f"  {side}x{side}: {len(labels)} samples in {time.perf_counter() - start:.1f} s")
-  return int(state.step), samples
+  np.savez(cache, **{f"side_{side}": x for side, x in samples.items()})
+  return step, samples
 
 
 def class_labels(per_class: int) -> np.ndarray:
@@ -137,18 +144,21 @@ def score(classifier, samples_NHWC: np.ndarray, labels: np.ndarray) -> dict:
 # Report.
 
 
+def table_row(name: str, values: list[str]) -> str:
+  return f"| {name} | " + " | ".join(values) + " |"
+
+
 def markdown(results: dict) -> str:
   """Accuracy and ink tables (rows encodings, columns resolutions) and the training runs."""
   sides = [f"{s}x{s}" + (" (train)" if s == TRAIN_RESOLUTION else "") for s in RESOLUTIONS]
   head = ["| encoding | " + " | ".join(sides) + " |", "|---" * (len(sides) + 1) + "|"]
   cells = results["cells"]
-  row = lambda name, values: f"| {name} | " + " | ".join(values) + " |"
-  accuracy = [row(e, [f"{cells[e][str(s)]['accuracy']:.1%}" for s in RESOLUTIONS])
+  accuracy = [table_row(e, [f"{cells[e][str(s)]['accuracy']:.1%}" for s in RESOLUTIONS])
               for e in ENCODINGS]
   real = results["real_resized_accuracy"]
-  accuracy.append(row("*real test digits, resized there and back*",
+  accuracy.append(table_row("*real test digits, resized there and back*",
                       [f"*{real[str(s)]:.1%}*" for s in RESOLUTIONS]))
-  ink = [row(e, [f"{cells[e][str(s)]['ink']:.3f}" for s in RESOLUTIONS]) for e in ENCODINGS]
+  ink = [table_row(e, [f"{cells[e][str(s)]['ink']:.3f}" for s in RESOLUTIONS]) for e in ENCODINGS]
   runs = ["| encoding | steps | train wall clock | final loss | steps/s at end |",
           "|---|---|---|---|---|"]
   for e in ENCODINGS:
@@ -223,16 +233,15 @@ def plot_curves(ax, results: dict, key: str, reference: float | dict, ylabel: st
 def plot(results: dict, samples: dict, path: Path):
   """Top: a grid of sample grids (rows encodings, columns sides; each two rows of 0-9).
   Bottom: accuracy and ink against the sample side."""
-  fig = plt.figure(figsize=(16, 8))
-  top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
-  cells = top.subplots(len(ENCODINGS), len(RESOLUTIONS), gridspec_kw=dict(wspace=0.05))
+  fig = plt.figure(figsize=(16, 7.2))
+  top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+  cells = top.subplots(len(ENCODINGS), len(RESOLUTIONS),
+                       gridspec_kw=dict(wspace=0.05, hspace=0.3))
   for i, e in enumerate(ENCODINGS):
     for j, s in enumerate(RESOLUTIONS):
       show_cell(cells[i, j], samples[e][s], results["per_class"])
       acc = results["cells"][e][str(s)]["accuracy"]
-      cells[i, j].set_title(f"{s}x{s}: {acc:.0%}", fontsize=9, pad=2)
-      if j == 0:
-        cells[i, j].set_ylabel(e, fontsize=10)
+      cells[i, j].set_title(f"{e}, {s}x{s}: {acc:.0%}", fontsize=9, pad=2)
   top.suptitle("DiTs trained on 8x8 digits, sampled at other sizes: two samples of each digit "
                "0-9 per cell (title: classifier accuracy over all samples of the cell)")
   acc_ax, ink_ax = bottom.subplots(1, 2)
