@@ -225,7 +225,7 @@ def plot_curves(ax, results: dict, key: str, reference: float | dict, ylabel: st
     ax.axhline(reference, color="k", ls="--", lw=1, label="real 8x8 digits")
   ax.axvline(TRAIN_RESOLUTION, color="gray", lw=0.8, alpha=0.5)
   ax.set(xlabel="sample side (pixels = tokens a side; trained at 8)", ylabel=ylabel,
-         xticks=RESOLUTIONS, ylim=(0, 1.02) if key == "accuracy" else None)
+         xticks=RESOLUTIONS, ylim=(0, 1.02 if key == "accuracy" else None))
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
 
