@@ -39,8 +39,7 @@ class ImageSampler:
     if not self.model.num_classes:
       return self.sampler(fn, sampler_rng, x0, None)
     cond = {"label": labels}
-    null = {"label": jnp.full_like(labels, self.model.num_classes)}
-    return self.sampler(fn, sampler_rng, x0, cond, null, cfg_scale)
+    return self.sampler(fn, sampler_rng, x0, cond, self.model.null_condition(cond), cfg_scale)
 
   def __call__(self, params, labels, rng, cfg_scale: float | None = None) -> np.ndarray:
     scale = self.sampler.cfg_scale if cfg_scale is None else cfg_scale

@@ -65,8 +65,7 @@ def make_optimizer(optim, total_steps: int):
 def example_inputs(model, image_shape, batch: int = 1):
   x = jnp.zeros((batch, *image_shape), jnp.float32)
   t = jnp.zeros((batch,), jnp.float32)
-  cond = {"label": jnp.zeros((batch,), jnp.int32)} if model.num_classes else None
-  return x, t, cond
+  return x, t, model.example_condition(batch)
 
 
 def create_train_state(model, optimizer, rng, image_shape) -> TrainState:
@@ -82,7 +81,7 @@ def train_step(state: TrainState, batch: dict, *, model, objective, optimizer, s
   """One optimizer step; pure, so it is jitted once and its state donated."""
   step_rng = jax.random.fold_in(state.rng, state.step)
   loss_rng, dropout_rng = jax.random.split(step_rng)
-  cond = {"label": batch["label"]} if model.num_classes else None
+  cond = {key: batch[key] for key in model.condition_keys} or None
 
   def loss_fn(params):
     fn = model_fn(model, params, train=True, rng=dropout_rng)
@@ -204,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     log.start(step)
     while step < total_steps:
       batch = next(data_iter)
-      batch = {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])}
+      batch = {key: jnp.asarray(batch[key]) for key in ("image", *model.condition_keys)}
       state, metrics = step_fn(state, batch)
       step += 1
       log.add(step, metrics)

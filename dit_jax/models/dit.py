@@ -193,6 +193,22 @@ class DiT(nn.Module):
                        f" use an image size that is a multiple of {self.patch_size} or another "
                        "patch size")
 
+  # The condition interface every backbone shares (training, sampling and guidance use it).
+  @property
+  def condition_keys(self) -> tuple[str, ...]:
+    """Keys of `cond` (and of a data batch) this model reads."""
+    return ("label",) if self.num_classes else ()
+
+  def example_condition(self, batch: int) -> dict | None:
+    """A placeholder `cond` of the right shapes, for init and shape inference."""
+    return {"label": jnp.zeros((batch,), jnp.int32)} if self.num_classes else None
+
+  def null_condition(self, cond: dict | None) -> dict | None:
+    """The unconditional `cond` for classifier-free guidance: the null class."""
+    if cond is None:
+      return None
+    return dict(cond, label=jnp.full_like(cond["label"], self.num_classes))
+
   def condition(self, t_B, cond, train):
     """The conditioning vector c (B, D) and the condition tokens (B, S, D), S = 1 or 2."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
