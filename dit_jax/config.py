@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a training run reads, with defaults; config files override a few.
 
   Sections: model (see models.create_model), objective (flow.make_objective), data
-  (data.DataConfig), optim, train, sample (flow.make_sampler).
+  (data.DataConfig), optim, train, sample (flow.make_sampler), mesh
+  (parallel.MeshConfig).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -84,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
       samples_per_class=8, ema_decay=0.999))
   config.sample = ml_collections.ConfigDict(dict(method="heun", steps=25, cfg_scale=2.0,
                                                  shift=1.0))
+  # Device mesh (parallel.MeshConfig): sizes of the data / fsdp / tensor axes within a slice
+  # (-1: the devices that are left) and across slices (dcn_*, multi-slice TPU), and the
+  # logical-axis rules: a preset in parallel.RULE_PRESETS ('dp', 'fsdp', 'fsdp_tp').
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1, rules="dp"))
   return config
 
 

@@ -19,7 +19,7 @@ class ImageSampler:
   Compiled once per number of labels; the guidance scale is a traced argument.
   """
 
-  def __init__(self, model, objective, sample_config, image_shape):
+  def __init__(self, model, objective, sample_config, image_shape, plan=None):
     self.model = model
     self.objective = objective
     self.sampler = flow.make_sampler(sample_config)
@@ -27,7 +27,9 @@ class ImageSampler:
       raise ValueError("sample.method='heun' evaluates t = 1, where a DDPM model's velocity is "
                        "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
     self.image_shape = tuple(image_shape)
-    self._sample = jax.jit(self._sample_impl)
+    # Under a sharding plan the images come back replicated, readable on every process.
+    self._sample = jax.jit(self._sample_impl,
+                           out_shardings=plan.replicated() if plan is not None else None)
 
   def _sample_impl(self, params, labels, rng, cfg_scale):
     fn = model_fn(self.model, params)
@@ -51,8 +53,11 @@ class ImageSampler:
     classes = max(self.model.num_classes, 1)
     return np.repeat(np.arange(classes), per_class)
 
-  def write_grid(self, params, rng, path, per_class: int = 8, cfg_scale=None):
+  def write_grid(self, params, rng, path, per_class: int = 8, cfg_scale=None, write=True):
+    """Samples a grid (one row per class) and saves it as PNG when `write` (process 0)."""
     labels = self.grid_labels(per_class)
     samples = images.to_uint8(self(params, labels, rng, cfg_scale))
+    if not write:
+      return
     grid = images.make_grid(samples, rows=max(self.model.num_classes, 1))
     images.save_png(grid, path, upscale=max(1, 64 // self.image_shape[0]))

@@ -4,6 +4,7 @@ sample grids). `train_and_evaluate(config, workdir)` is what `dit-jax train` cal
 Restarting with the same command resumes exactly: the step, the optimizer and EMA state, the
 data iterator position and the per-step random keys (fold_in(seed key, step)) all come back.
 """
+import contextlib
 import functools
 import json
 import signal
@@ -15,9 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from dit_jax import checkpoint, data, flow, plots
+from dit_jax import checkpoint, flow, parallel, plots
 from dit_jax.config import model_input_shape
 from dit_jax.models import create_model, model_fn
 from dit_jax.sample import ImageSampler
@@ -76,6 +79,28 @@ def create_train_state(model, optimizer, rng, image_shape) -> TrainState:
                     opt_state=optimizer.init(params), rng=base_rng)
 
 
+def logical_param_specs(model, image_shape):
+  """PartitionSpecs of logical axis names for every parameter (shapes only, no memory)."""
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), *example_inputs(model, image_shape))
+  return nn.get_partition_spec(boxed)["params"]
+
+
+def state_shardings(model, optimizer, image_shape, plan: parallel.ShardingPlan):
+  """(abstract TrainState, its NamedShardings under `plan`), computed without memory."""
+  abstract = jax.eval_shape(lambda rng: create_train_state(model, optimizer, rng, image_shape),
+                            jax.random.PRNGKey(0))
+  return abstract, plan.state_shardings(abstract, logical_param_specs(model, image_shape))
+
+
+def init_train_state(model, optimizer, rng, image_shape,
+                     plan: parallel.ShardingPlan) -> TrainState:
+  """The train state created directly in its shards: no device ever holds all of it."""
+  _, shardings = state_shardings(model, optimizer, image_shape, plan)
+  init = jax.jit(lambda key: create_train_state(model, optimizer, key, image_shape),
+                 out_shardings=shardings)
+  return init(rng)  # out_shardings place every parameter; see ShardingPlan.context
+
+
 def train_step(state: TrainState, batch: dict, *, model, objective, optimizer, schedule,
                ema_decay: float):
   """One optimizer step; pure, so it is jitted once and its state donated."""
@@ -97,11 +122,38 @@ def train_step(state: TrainState, batch: dict, *, model, objective, optimizer, s
   return new_state, metrics
 
 
-def make_step_fn(model, objective, optimizer, schedule, ema_decay: float):
-  """train_step jitted once, with the old state donated (updated in place)."""
-  return jax.jit(functools.partial(train_step, model=model, objective=objective,
-                                   optimizer=optimizer, schedule=schedule, ema_decay=ema_decay),
-                 donate_argnums=0)
+class StepFn:
+  """train_step jitted once with the old state donated (updated in place); under a plan, with
+  explicit state shardings and the mesh + logical rules active while it traces."""
+
+  def __init__(self, step, plan: parallel.ShardingPlan | None = None, shardings=None):
+    self.plan = plan
+    if plan is None:
+      self.jitted = jax.jit(step, donate_argnums=0)
+    else:  # the batch arrives as global arrays already split over the batch axes
+      self.jitted = jax.jit(step, in_shardings=(shardings, None),
+                            out_shardings=(shardings, plan.replicated()), donate_argnums=0)
+
+  def _context(self):
+    return self.plan.context() if self.plan is not None else contextlib.nullcontext()
+
+  def __call__(self, state, batch):
+    with self._context():
+      return self.jitted(state, batch)
+
+  def lower(self, state, batch):
+    with self._context():
+      return self.jitted.lower(state, batch)
+
+  def _cache_size(self) -> int:
+    return self.jitted._cache_size()
+
+
+def make_step_fn(model, objective, optimizer, schedule, ema_decay: float,
+                 plan: parallel.ShardingPlan | None = None, shardings=None) -> StepFn:
+  step = functools.partial(train_step, model=model, objective=objective, optimizer=optimizer,
+                           schedule=schedule, ema_decay=ema_decay)
+  return StepFn(step, plan, shardings)
 
 
 class PreemptionGuard:
@@ -121,18 +173,29 @@ class PreemptionGuard:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def abstract_train_state(config, image_shape) -> TrainState:
-  """Shapes, dtypes and (single-device) shardings of the train state, without memory."""
+def single_device_plan() -> parallel.ShardingPlan:
+  return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
+
+
+def abstract_train_state(config, image_shape, plan: parallel.ShardingPlan | None = None):
+  """Shapes, dtypes and shardings (default: one device) of the train state, without memory:
+  what a checkpoint is restored onto, whatever mesh it was saved from."""
+  plan = plan or single_device_plan()
   model = create_model(config.model)
   optimizer, _ = make_optimizer(config.optim, config.train.steps)
-  shapes = jax.eval_shape(lambda rng: create_train_state(model, optimizer, rng, image_shape),
-                          jax.random.PRNGKey(0))
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  abstract, shardings = state_shardings(model, optimizer, image_shape, plan)
+  return with_shardings(abstract, shardings)
 
 
-def load_run(workdir) -> tuple[ml_collections.ConfigDict, TrainState]:
-  """The config and the latest train state of a run directory (for sampling, evaluation)."""
+def with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def load_run(workdir, plan: parallel.ShardingPlan | None = None
+             ) -> tuple[ml_collections.ConfigDict, TrainState]:
+  """The config and the latest train state of a run directory (for sampling, evaluation),
+  restored onto `plan` (default: one device), whatever mesh the run was trained on."""
   workdir = Path(workdir)
   path = workdir / "config.json"
   if not path.exists():
@@ -141,7 +204,7 @@ def load_run(workdir) -> tuple[ml_collections.ConfigDict, TrainState]:
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
   try:
-    restored = ckpt.restore(abstract_train_state(config, model_input_shape(config.data)))
+    restored = ckpt.restore(abstract_train_state(config, model_input_shape(config.data), plan))
   finally:
     ckpt.close()
   if restored is None:
@@ -166,8 +229,23 @@ def _is_due(step: int, every: int, last: int) -> bool:
   return step == last or (every > 0 and step % every == 0)
 
 
+def _any_process(flag: bool) -> bool:
+  """True on every process if it is true on any (a SIGTERM may reach hosts at different
+  steps; all must save the same step together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains config.model on config.data with config.objective; writes everything to workdir."""
+  """Trains config.model on config.data with config.objective; writes everything to workdir.
+
+  Runs on the mesh of config.mesh (all devices of all processes); every process runs this
+  same function, only process 0 writes logs and images, all write their checkpoint shards.
+  """
+  # TFDS and grain are imported only when training from a data set.
+  from dit_jax import data
+
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -181,20 +259,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   image_shape = model_input_shape(config.data)
   total_steps = config.train.steps
   optimizer, schedule = make_optimizer(config.optim, total_steps)
-  state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed), image_shape)
+  plan = parallel.ShardingPlan.create(config.get("mesh"))
+  plan.check_batch(config.data.batch_size)
+  abstract, shardings = state_shardings(model, optimizer, image_shape, plan)
   data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
                                  process_count=jax.process_count())
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   save_run_config(config, workdir, resuming=ckpt.latest_step() is not None)
-  restored = ckpt.restore(checkpoint.abstract_like(state))
-  if restored is not None:
+  restored = ckpt.restore(with_shardings(abstract, shardings))  # onto this mesh, any saved one
+  if restored is None:
+    state = init_train_state(model, optimizer, jax.random.PRNGKey(config.seed), image_shape,
+                             plan)
+  else:
     state, data_state = restored
     if data_state is not None:
       data_iter.set_state(data_state)
 
-  step_fn = make_step_fn(model, objective, optimizer, schedule, config.train.ema_decay)
-  sampler = ImageSampler(model, objective, config.sample, image_shape)
+  step_fn = make_step_fn(model, objective, optimizer, schedule, config.train.ema_decay, plan,
+                         shardings)
+  sampler = ImageSampler(model, objective, config.sample, image_shape, plan)
   log = MetricsLog(workdir, enabled=is_main, total_steps=total_steps,
                    images_per_step=config.data.batch_size)
   guard = PreemptionGuard()
@@ -202,23 +286,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step = int(state.step)
     log.start(step)
     while step < total_steps:
-      batch = next(data_iter)
-      batch = {key: jnp.asarray(batch[key]) for key in ("image", *model.condition_keys)}
+      local = next(data_iter)
+      batch = plan.global_batch({key: local[key] for key in ("image", *model.condition_keys)})
       state, metrics = step_fn(state, batch)
       step += 1
       log.add(step, metrics)
-      stopping = guard.requested()
+      stopping = _any_process(guard.requested())
       saving = _is_due(step, config.train.checkpoint_every, total_steps) or stopping
       if saving or _is_due(step, config.train.log_every, total_steps):
         log.flush(step)  # raises on a non-finite loss, before anything is saved
       if saving:
         ckpt.save(step, state, data_iter.get_state())
-      if is_main and config.train.sample_every > 0 and _is_due(step, config.train.sample_every,
-                                                               total_steps):
+      if config.train.sample_every > 0 and _is_due(step, config.train.sample_every, total_steps):
+        # Every process samples (the parameters are spread over all); process 0 writes.
         sampler.write_grid(state.ema_params, jax.random.PRNGKey(config.seed + 1),
                            workdir / "samples" / f"step_{step:07d}.png",
-                           per_class=config.train.samples_per_class)
-        plots.plot_loss_curve(log.history, workdir / "loss.png")
+                           per_class=config.train.samples_per_class, write=is_main)
+        if is_main:
+          plots.plot_loss_curve(log.history, workdir / "loss.png")
       if stopping:
         log.message(f"SIGTERM: saved step {step}, stopping")
         break

@@ -4,6 +4,8 @@ Shapes: B batch, H/W image height/width, C channels, p patch size, T = (H/p)(W/p
 D width.
 """
 import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,14 +66,55 @@ def xavier_uniform():
   return nn.initializers.xavier_uniform()
 
 
+def _flat_init(init, in_ndim: int):
+  """Calls `init` on the (fan_in, fan_out) flattening of a multi-axis kernel and reshapes: the
+  same values and fans as flax's DenseGeneral."""
+  def wrapped(key, shape, dtype=jnp.float32):
+    flat = (math.prod(shape[:in_ndim]), math.prod(shape[in_ndim:]))
+    return init(key, flat, dtype).reshape(shape)
+  return wrapped
+
+
+class Dense(nn.Module):
+  """DenseGeneral with logical axis names on kernel (in..., out...) and bias (out...).
+
+  Written out (rather than wrapping nn.DenseGeneral) because DenseGeneral initialises a flat
+  kernel and would apply the unflattened names to it when a mesh is active.
+  """
+  features: int | tuple[int, ...]
+  names: tuple
+  kernel_init: Callable = xavier_uniform()
+  bias_init: Callable = nn.initializers.zeros
+  axis: int | tuple[int, ...] = -1
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axis = tuple(a % x.ndim for a in axis)
+    in_shape = tuple(x.shape[a] for a in axis)
+    if len(self.names) != len(in_shape) + len(features):
+      raise ValueError(f"{self.name}: {len(self.names)} axis names {self.names} for a kernel of "
+                       f"shape {in_shape + features}")
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(_flat_init(self.kernel_init, len(in_shape)),
+                                               self.names),
+        in_shape + features, self.param_dtype)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(self.bias_init, self.names[len(in_shape):]),
+        features, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+    return y + bias
+
+
 def dense(features, names, kernel_init, *, dtype, param_dtype, name, axis=-1,
           bias_init=nn.initializers.zeros):
-  """A DenseGeneral whose kernel and bias carry logical axis names (kernel names: in..., out...)."""
-  out_ndim = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(
-      features, axis=axis, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, names),
-      bias_init=nn.with_logical_partitioning(bias_init, names[-out_ndim:]))
+  """A Dense layer whose kernel and bias carry logical axis names (kernel names: in..., out...)."""
+  return Dense(features, tuple(names), kernel_init, bias_init, axis, dtype, param_dtype,
+               name=name)
 
 
 class TimestepEmbedder(nn.Module):
