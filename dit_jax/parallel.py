@@ -96,8 +96,9 @@ def resolve_sizes(sizes: Sequence[int], total: int, fields: Sequence[str]) -> tu
   return resolved
 
 
-def make_mesh(mesh_config=None, devices: Sequence | None = None) -> Mesh:
-  """The (data, fsdp, tensor) mesh over `devices` (default: all), neighbours sharing an axis."""
+def device_grid(mesh_config=None, devices: Sequence | None = None) -> np.ndarray:
+  """The devices arranged as the (data, fsdp, tensor) grid: neighbours (same slice, nearby on
+  the interconnect) share the inner axes; slices differ along the dcn_* part of each axis."""
   cfg = MeshConfig.from_config(mesh_config)
   devices = list(jax.devices() if devices is None else devices)
   num_slices = len({getattr(d, "slice_index", 0) for d in devices})
@@ -105,14 +106,18 @@ def make_mesh(mesh_config=None, devices: Sequence | None = None) -> Mesh:
   ici = resolve_sizes(cfg.ici, len(devices) // num_slices,
                       ("mesh.data", "mesh.fsdp", "mesh.tensor"))
   if num_slices > 1:
-    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
-  else:
-    try:
-      grid = mesh_utils.create_device_mesh(ici, devices)
-    except (ValueError, NotImplementedError, AssertionError):
-      # A subset of an accelerator's devices has no physical layout to follow.
-      grid = np.array(devices).reshape(ici)
-  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  try:
+    return mesh_utils.create_device_mesh(ici, devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    # A subset of an accelerator's devices has no physical layout to follow.
+    return np.array(devices).reshape(ici)
+
+
+def make_mesh(mesh_config=None, devices: Sequence | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all of every process)."""
+  return Mesh(device_grid(mesh_config, devices), MESH_AXES,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
 def resolve_rules(rules: str | Sequence) -> tuple[tuple[str, Any], ...]:

@@ -212,3 +212,24 @@ def test_shard_shape_and_per_device_bytes():
       144, 3, 4, 72)
   assert parallel.shard_shape((10,), PartitionSpec(("data", "fsdp")), {"data": 2, "fsdp": 2}) \
       == (3,)
+
+
+class FakeDevice:
+  """Enough of a device for the mesh utilities: two slices of four."""
+
+  def __init__(self, index):
+    self.id, self.slice_index, self.process_index = index, index // 4, index // 4
+    self.platform, self.device_kind = "cpu", "cpu"
+
+  def __repr__(self):
+    return f"D{self.id}"
+
+
+def test_multi_slice_grid_puts_slices_along_the_dcn_axis():
+  devices = [FakeDevice(i) for i in range(8)]
+  grid = parallel.device_grid(dict(data=1, fsdp=4, dcn_data=2), devices)
+  assert grid.shape == (2, 4, 1)
+  slices = np.vectorize(lambda d: d.slice_index)(grid)
+  assert (slices[0] == 0).all() and (slices[1] == 1).all()  # fsdp stays inside a slice
+  with pytest.raises(ValueError, match="mesh.dcn_data, mesh.dcn_fsdp, mesh.dcn_tensor"):
+    parallel.device_grid(dict(data=1, fsdp=4, dcn_data=4), devices)
