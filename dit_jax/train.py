@@ -130,8 +130,8 @@ class StepFn:
     self.plan = plan
     if plan is None:
       self.jitted = jax.jit(step, donate_argnums=0)
-    else:  # the batch arrives as global arrays already split over the batch axes
-      self.jitted = jax.jit(step, in_shardings=(shardings, None),
+    else:  # every batch array is split along its first (batch) dimension
+      self.jitted = jax.jit(step, in_shardings=(shardings, plan.batch_sharding()),
                             out_shardings=(shardings, plan.replicated()), donate_argnums=0)
 
   def _context(self):

@@ -119,7 +119,7 @@ def test_make_objective_from_dict_and_config_dict():
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"kind": "foo"}, r"objective.kind='foo' is not one of \('flow', 'ddpm'\)"),
+    ({"kind": "foo"}, r"objective.kind='foo' is not one of \('flow', 'ddpm', 'ddpm_hybrid'\)"),
     ({"t_dist": "beta"}, r"objective.t_dist='beta' is not one of"),
     ({"prediction": "score"}, r"objective.prediction='score' is not one of"),
     ({"logit_std": 0.0}, r"objective.logit_std=0.0 must be positive"),
@@ -132,3 +132,21 @@ def test_make_objective_from_dict_and_config_dict():
 def test_make_objective_errors_name_the_field(fields, message):
   with pytest.raises(ValueError, match=message):
     make_objective(fields)
+
+
+def test_ddpm_hybrid_adds_the_variance_bound_to_the_eps_loss():
+  """kind='ddpm_hybrid' = DDPM's eps loss (same numbers) + L_vb, which is >= 0."""
+  from dit_jax.flow.objectives import DDPMHybrid
+  hybrid = make_objective({"kind": "ddpm_hybrid"})
+  assert isinstance(hybrid, DDPMHybrid) and hybrid.prediction == "eps"
+  x1 = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 4, 2))
+
+  def model(x, t, cond):  # a crude eps guess and a mid-range variance
+    return jnp.concatenate([0.5 * x, jnp.zeros_like(x)], axis=-1)
+
+  loss, aux = hybrid.loss(model, jax.random.PRNGKey(1), x1, None)
+  assert float(aux["vb"]) > 0 and np.isclose(float(loss), float(aux["mse"] + aux["vb"]))
+  with pytest.raises(ValueError, match="learn_sigma model"):
+    hybrid.loss(lambda x, t, c: x, jax.random.PRNGKey(1), x1, None)
+  with pytest.raises(ValueError, match="prediction='eps'"):
+    make_objective({"kind": "ddpm_hybrid", "prediction": "velocity"})
