@@ -5,6 +5,11 @@
     dit-jax flops --config configs/dit.py:DiT-B/4 --config.model.conditioning=cross_attn
     dit-jax train --config configs/quickstart.py --workdir runs/quickstart
     dit-jax sample --workdir runs/quickstart --per-class 8 --out samples.png
+    dit-jax train-vae --config configs/vae.py --workdir runs/vae
+    dit-jax extract-latents --config configs/latent_quickstart.py --vae runs/vae --out lat --flip
+    dit-jax convert --from pytorch --in DiT-XL-2-256x256.pt --out ckpt/DiT-XL-2-256
+    dit-jax sample --converted ckpt/DiT-XL-2-256 --vae sd-vae-ft-ema --out samples.png
+    dit-jax bench --model DiT-XL/2 --batch-size 32 --attention cudnn --mesh fsdp=8,rules=fsdp
 """
 import argparse
 import csv
@@ -12,6 +17,7 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +25,8 @@ from dit_jax import flops
 from dit_jax.config import apply_overrides, load_config, model_input_shape
 from dit_jax.models import create_model
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
+from dit_jax.models.unet import UNet
+from dit_jax.models.mmdit import MMDiT, TextDiT
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -48,8 +56,11 @@ def flops_rows(args, overrides: list[str]) -> list[dict]:
     size, channels = (side, side), args.channels
   rows = []
   for name, model in models:
-    row = flops.dit_report(model, name, *size, channels, with_xla=args.xla)
-    default_design = (model.conditioning == "adaln_zero" and model.learn_sigma
+    report = flops.unet_report if isinstance(model, UNet) else flops.dit_report
+    if isinstance(model, (MMDiT, TextDiT)):  # text-conditioned: MM-DiT presets, baselines
+      report = flops.text_model_report
+    row = report(model, name, *size, channels, with_xla=args.xla)
+    default_design = (getattr(model, "conditioning", None) == "adaln_zero" and model.learn_sigma
                       and model.num_classes == 1000)
     if (*size, channels) == (32, 32, 4) and default_design and name in flops.PAPER_GFLOPS_256:
       row["paper_gflops"] = flops.PAPER_GFLOPS_256[name]
@@ -105,12 +116,80 @@ def cmd_flops(args, overrides):
 
 
 def cmd_train(args, overrides):
+  if args.multihost or args.coordinator:
+    from dit_jax import parallel  # before any other JAX call
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from dit_jax import train
   config = apply_overrides(load_config(args.config), overrides)
   start = time.perf_counter()
   state = train.train_and_evaluate(config, args.workdir)
   print(f"trained to step {int(state.step)} in {time.perf_counter() - start:.0f} s; samples, "
         f"loss.png, metrics.jsonl, tensorboard/ and checkpoints/ are in {args.workdir}")
+
+
+def _mesh_fields(spec: str) -> dict:
+  fields = {}
+  for item in filter(None, spec.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--mesh {spec!r}: expected key=value items such as data=2,fsdp=4")
+    fields[key] = value if key == "rules" else int(value)
+  return fields
+
+
+def cmd_bench(args, overrides):
+  import jax
+  import jax.numpy as jnp
+
+  from dit_jax import bench
+  if overrides:
+    raise SystemExit(f"bench takes no --config.* overrides: got {overrides}")
+  name = args.model if args.model.startswith("DiT-") else f"DiT-{args.model}"
+  model = dit(name, dtype=jnp.dtype(args.dtype), attention_backend=args.attention,
+              scan_layers=args.scan, remat_policy=args.remat)
+  side = args.image_size // args.latent_downsample
+  result = bench.bench_train_step(model, (side, side, args.channels), args.batch_size,
+                                  steps=args.steps, mesh_config=_mesh_fields(args.mesh))
+  row = dict(model=name, batch=args.batch_size, dtype=args.dtype, attention=args.attention,
+             scan=args.scan, remat=args.remat, devices=len(jax.devices()),
+             device=jax.devices()[0].device_kind, **result.as_dict())
+  if args.format == "json":
+    print(json.dumps(row))
+  else:
+    memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
+    print(f"{name} batch {args.batch_size} {args.dtype} attention={args.attention} "
+          f"scan={args.scan} remat={args.remat} on {row['devices']} x {row['device']}: "
+          f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
+          f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
+          f"compile {row['compile_s']:.1f} s")
+
+
+def cmd_train_vae(args, overrides):
+  from dit_jax import vae_train
+  config = apply_overrides(load_config(args.config), overrides)
+  start = time.perf_counter()
+  if vae_train.train_vae(config, args.workdir) is None:
+    return  # stopped by SIGTERM after saving; rerun to resume
+  stats = json.loads((Path(args.workdir) / "eval.json").read_text())
+  print(f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
+        f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
+        f"{args.workdir} (diffusers layout in {Path(args.workdir) / 'vae'})")
+
+
+def cmd_extract_latents(args, overrides):
+  from dit_jax import latents
+  config = apply_overrides(load_config(args.config), overrides)
+  data_config = config.data.to_dict()
+  if args.split:
+    data_config["split"] = args.split
+  info = latents.extract_latents(
+      data_config, args.vae, args.out, flip=args.flip, batch_size=args.batch_size,
+      chunk_size=args.chunk_size, dtype=args.dtype, compute_dtype=args.compute_dtype,
+      max_chunks=args.max_chunks)
+  print(f"encoded {info['encoded']} examples in {info['seconds']:.1f} s "
+        f"({info['examples_per_s']:.1f}/s); {info['chunks_of_this_process']} chunks of this "
+        f"process done; latents {tuple(info['latent_shape'])} x {info['num_examples']} in "
+        f"{args.out}")
 
 
 def _sample_labels(args, num_classes: int) -> np.ndarray:
@@ -122,18 +201,62 @@ def _sample_labels(args, num_classes: int) -> np.ndarray:
   return np.repeat(np.arange(max(num_classes, 1)), args.per_class).astype(np.int32)
 
 
-def cmd_sample(args, overrides):
+def cmd_convert(args, overrides):
+  from dit_jax.convert import dit as convert_dit
+  if (args.src is None) == (args.dst is None):
+    raise ValueError("pass exactly one of --from pytorch (import) or --to pytorch (export)")
+  if args.src:
+    info = convert_dit.convert_file(args.inp, args.out, args.model, args.num_heads)
+  else:
+    info = convert_dit.export_file(args.inp, args.out)
+  print(f"wrote {args.out}: {info.get('model') or 'DiT'} {convert_dit.describe(info)}")
+
+
+def cmd_sample_converted(args):
   import jax
 
-  from dit_jax import flow, images, train
+  from dit_jax import images
+  from dit_jax.convert.dit import load_converted
+  from dit_jax.convert.dit_sample import PAPER_LABELS, decode_latents, sample_latents
+  params, info = load_converted(args.converted)
+  labels = (np.array([int(v) for v in args.labels.split(",")], np.int32) if args.labels
+            else np.array(PAPER_LABELS, np.int32) % max(info["num_classes"], 1))
+  start = time.perf_counter()
+  latents = sample_latents(params, info, labels, jax.random.PRNGKey(args.seed),
+                           method=args.method or "ddpm", steps=args.steps or 250,
+                           cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale,
+                           guide_channels=args.guide_channels)
+  print(f"sampled {len(labels)} latents in {time.perf_counter() - start:.1f} s")
+  if args.vae is None:
+    if not args.out.endswith(".npz"):
+      raise ValueError("without --vae only latents can be written: use --out FILE.npz, or pass "
+                       "--vae DIR (the SD VAE) to write images")
+    np.savez(args.out, latents=latents, labels=labels)
+  else:
+    samples = images.to_uint8(decode_latents(latents, args.vae))
+    if args.out.endswith(".npz"):
+      images.save_npz(samples, labels, args.out)
+    else:
+      images.save_png(images.make_grid(samples, rows=-(-len(samples) // 4)), args.out)
+  print(f"wrote {len(labels)} samples to {args.out}")
+
+
+def cmd_sample(args, overrides):
+  import jax
+  if args.converted:
+    return cmd_sample_converted(args)
+
+  from dit_jax import flow, images, latents, train
   from dit_jax.sample import ImageSampler
   config, state = train.load_run(args.workdir)
   for key, value in (("steps", args.steps), ("method", args.method)):
     if value is not None:
       config.sample[key] = value
+  if args.vae:
+    config.data.vae = args.vae
   model = create_model(config.model)
   sampler = ImageSampler(model, flow.make_objective(config.objective), config.sample,
-                         model_input_shape(config.data))
+                         model_input_shape(config.data), decode=latents.decoder_for(config))
   labels = _sample_labels(args, model.num_classes)
   rng = jax.random.PRNGKey(args.seed)
   batch = min(args.batch_size, len(labels))
@@ -178,10 +301,65 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="e.g. configs/quickstart.py, with "
                  "--config.section.field=value overrides")
   p.add_argument("--workdir", required=True, help="checkpoints, logs and samples go here")
+  p.add_argument("--multihost", action="store_true", help="join a multi-process run (TPU pod "
+                 "slice, SLURM, ...): jax.distributed.initialize() before anything else; "
+                 "every process runs the same command")
+  p.add_argument("--coordinator", help="host:port of process 0 (--multihost without "
+                 "auto-detection)")
+  p.add_argument("--num-processes", type=int, help="with --coordinator")
+  p.add_argument("--process-id", type=int, help="with --coordinator")
   p.set_defaults(func=cmd_train)
 
+  p = commands.add_parser("bench", help="time the sharded train step of a DiT on random data")
+  p.add_argument("--model", default="DiT-XL/2", help="a DiT preset")
+  p.add_argument("--image-size", type=int, default=256)
+  p.add_argument("--latent-downsample", type=int, default=8, help="1 for pixel space")
+  p.add_argument("--channels", type=int, default=4)
+  p.add_argument("--batch-size", type=int, default=32, help="global batch")
+  p.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
+  p.add_argument("--dtype", default="bfloat16", help="compute dtype (params stay float32)")
+  p.add_argument("--attention", default="auto", help="attention backend: xla, jax, cudnn, "
+                 "splash, auto")
+  p.add_argument("--scan", action="store_true", help="scan over layers (one compiled block)")
+  p.add_argument("--remat", default="none", help="none, full, dots, save_block_outputs")
+  p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=4,rules=fsdp (default: data "
+                 "parallel over all devices)")
+  p.add_argument("--format", choices=("table", "json"), default="table")
+  p.set_defaults(func=cmd_bench)
+
+  p = commands.add_parser("train-vae", help="train a KL autoencoder (VAE) on a TFDS data set")
+  p.add_argument("--config", required=True, help="e.g. configs/vae.py")
+  p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported vae/")
+  p.set_defaults(func=cmd_train_vae)
+
+  p = commands.add_parser("extract-latents", help="encode a TFDS split with a VAE into a "
+                          "latent data set (resumable; each process encodes its own chunks)")
+  p.add_argument("--config", required=True, help="a training config: its data.name, "
+                 "data.split, data.data_dir and data.image_size say what to encode")
+  p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder, pipeline folder "
+                 "with vae/, or a `train-vae` workdir")
+  p.add_argument("--out", required=True, help="folder for the latents (data.latents)")
+  p.add_argument("--split", help="override data.split")
+  p.add_argument("--flip", action="store_true", help="also encode horizontal flips")
+  p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
+  p.add_argument("--chunk-size", type=int, default=1024, help="examples per file (resume unit)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                 help="storage dtype of the posterior moments")
+  p.add_argument("--compute-dtype", choices=("float32", "bfloat16"),
+                 help="encoder compute dtype (default float32)")
+  p.add_argument("--max-chunks", type=int, help="stop after this many chunks (rerun resumes)")
+  p.set_defaults(func=cmd_extract_latents)
+
   p = commands.add_parser("sample", help="sample a trained run's EMA model to PNG or NPZ")
-  p.add_argument("--workdir", required=True)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a training run's directory")
+  source.add_argument("--converted", metavar="DIR", help="a published DiT converted with "
+                      "`dit-jax convert` (250-step DDPM with learned variance by default)")
+  p.add_argument("--vae", metavar="DIR", help="VAE folder that decodes latents: for "
+                 "--converted the diffusers SD VAE (sd-vae-ft-ema; without it the .npz holds "
+                 "the latents); for a latent --workdir it replaces config.data.vae")
+  p.add_argument("--guide-channels", type=int, help="--converted: guide only the first K latent "
+                 "channels (3 reproduces the original sampler exactly; default all)")
   p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (uint8 NHWC "
                  "images in arr_0, labels in labels)")
   which = p.add_mutually_exclusive_group()
@@ -193,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch-size", type=int, default=256, help="samples per compiled call")
   p.set_defaults(func=cmd_sample)
+
+  p = commands.add_parser("convert", help="published PyTorch DiT checkpoint <-> dit_jax")
+  p.add_argument("--from", dest="src", choices=("pytorch",), help="import a facebookresearch/"
+                 "DiT state dict (.pt with torch installed, .safetensors or .npz)")
+  p.add_argument("--to", dest="dst", choices=("pytorch",), help="export a converted directory "
+                 "back to that layout (.safetensors or .npz)")
+  p.add_argument("--in", dest="inp", required=True, help="the file (--from) or directory (--to)")
+  p.add_argument("--out", required=True, help="the directory (--from) or file (--to)")
+  p.add_argument("--model", help="expected preset, e.g. DiT-XL/2 (default: inferred)")
+  p.add_argument("--num-heads", type=int, help="head count of a non-preset size")
+  p.set_defaults(func=cmd_convert)
   return parser
 
 
@@ -202,7 +391,8 @@ def main(argv=None):
   args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
   try:
     args.func(args, overrides)
-  except (ValueError, KeyError, FileNotFoundError, NotImplementedError, FloatingPointError) as e:
+  except (ValueError, KeyError, FileNotFoundError, NotImplementedError, FloatingPointError,
+          ImportError) as e:
     raise SystemExit(f"dit-jax {args.command}: {e}") from None
 
 

@@ -75,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="digits/8", split="train", data_dir=None, image_size=None, batch_size=64, seed=0,
       shuffle=True, num_threads=2, prefetch=4,
-      latent_downsample=1))  # >1: the model sees VAE latents of image_size / latent_downsample
+      latent_downsample=1,  # >1: the model sees VAE latents of image_size / latent_downsample
+      latents=None,  # folder from `dit-jax extract-latents`: train on it (never runs the encoder)
+      vae=None))     # VAE folder that decodes samples (default: the one the latents recorded)
   config.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=100, schedule="cosine", end_lr_factor=0.1, b1=0.9, b2=0.999,
       eps=1e-8, weight_decay=0.0, grad_clip=1.0))

@@ -149,3 +149,201 @@ def dit_report(model: DiT, name: str, height: int, width: int, channels: int,
   if with_xla:
     row["xla_gflops"] = xla_flops(model, height, width, channels) / 2 / 1e9
   return row
+
+
+# U-Net (dit_jax.models.unet): same convention, convolutions counted as
+# out_pixels * k * k * C_in * C_out multiply-adds. Symbols: h, w the feature map of a level,
+# C its channels, E the embedding width, S condition tokens.
+
+UNET_COMPONENTS = ("embed", "res", "attention", "resample", "final")
+UNET_TEXT_TOKENS = 77  # text tokens assumed for a text-conditioned U-Net (CLIP's length)
+
+
+def _unet_attention(model, step, T: int, S: int) -> tuple[int, int]:
+  """(multiply-adds, parameters) of one attention block on T pixels of C channels."""
+  C, E = step.out_channels, model.emb_dim
+  flops = 4 * T * C * C + 2 * T * T * C               # qkv + out; scores + values
+  params = 4 * C * C + 4 * C + 2 * C                  # + GroupNorm
+  if model.uses_tokens:
+    flops += 2 * T * C * C + 8 * T * C * C            # proj in/out; MLP
+    flops += 2 * T * C * C + 2 * S * E * C + 2 * T * S * C  # cross: q, out; k, v; scores, values
+    params += 2 * (C * C + C) + (8 * C * C + 5 * C) + 3 * 2 * C  # proj, MLP, 3 LayerNorms
+    params += 2 * C * C + 2 * E * C + 4 * C           # cross q, out, kv
+  return flops, params
+
+
+def _unet_res(model, step, hw: int) -> tuple[int, int]:
+  """(multiply-adds, parameters) of one residual block at hw pixels."""
+  c_in, C, E = step.in_channels, step.out_channels, model.emb_dim
+  emb = {"add": C, "scale_shift": 2 * C, "cross_attn": 0}[model.conditioning]
+  flops = hw * 9 * (c_in * C + C * C) + E * emb
+  params = 9 * (c_in * C + C * C) + 2 * C + E * emb + emb + 2 * (c_in + C)  # convs, emb, norms
+  if c_in != C:
+    flops += hw * c_in * C
+    params += c_in * C + C
+  return flops, params
+
+
+def unet_counts(model, height: int, width: int, channels: int,
+                text_tokens: int = UNET_TEXT_TOKENS) -> tuple[dict, dict]:
+  """Forward multiply-adds and parameters per component of a U-Net for one input."""
+  from dit_jax.models.unet import layout
+  model.check_config(height, width)
+  E, c0 = model.emb_dim, model.base_channels * model.channel_mult[0]
+  S = (2 if model.num_classes else 1) if model.conditioning == "cross_attn" else 0
+  S += text_tokens if model.text_dim else 0
+  flops = dict.fromkeys(UNET_COMPONENTS, 0)
+  params = dict.fromkeys(UNET_COMPONENTS, 0)
+  flops["embed"] = FREQUENCY_DIM * E + E * E + (text_tokens * model.text_dim * E
+                                                if model.text_dim else 0)
+  params["embed"] = (FREQUENCY_DIM * E + E + E * E + E
+                     + ((model.num_classes + 1) * E if model.num_classes else 0)
+                     + ((model.text_dim + 1) * E if model.text_dim else 0))
+  hw = lambda level: (height >> level) * (width >> level)
+  for step in layout(model):
+    C = step.out_channels
+    if step.op == "res":
+      f, p = _unet_res(model, step, hw(step.level))
+    elif step.op == "attn":
+      f, p = _unet_attention(model, step, hw(step.level), S)
+    elif step.op == "down":  # a strided 3x3 conv, or pooling (no multiply-adds, no params)
+      conv = model.downsample == "conv"
+      f, p = (hw(step.level + 1) * 9 * C * C, 9 * C * C + C) if conv else (0, 0)
+    elif model.upsample == "transpose":  # 2x2 kernel, stride 2: one tap per output pixel
+      f, p = hw(step.level - 1) * C * C, 4 * C * C + C
+    else:                                # nearest resize, then a 3x3 conv
+      f, p = hw(step.level - 1) * 9 * C * C, 9 * C * C + C
+    component = {"res": "res", "attn": "attention"}.get(step.op, "resample")
+    flops[component] += f
+    params[component] += p
+  c_out = 2 * channels if model.learn_sigma else channels
+  flops["final"] = hw(0) * 9 * channels * c0 + hw(0) * c0 * c_out  # conv_in 3x3, conv_out 1x1
+  params["final"] = 9 * channels * c0 + c0 + 2 * c0 + c0 * c_out + c_out
+  return flops, params
+
+
+def unet_abstract_inputs(model, height: int, width: int, channels: int, batch: int = 1,
+                         text_tokens: int = UNET_TEXT_TOKENS):
+  """ShapeDtypeStructs (x, t, cond) of a U-Net forward pass."""
+  x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((batch,), jnp.float32)
+  cond = {}
+  if model.num_classes:
+    cond["label"] = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  if model.text_dim:
+    cond["text_tokens"] = jax.ShapeDtypeStruct((batch, text_tokens, model.text_dim), jnp.float32)
+  return x, t, cond or None
+
+
+def unet_xla_flops(model, height: int, width: int, channels: int) -> float:
+  """XLA's flop count of a U-Net's compiled forward of one example (multiply-add = 2 flops)."""
+  x, t, cond = unet_abstract_inputs(model, height, width, channels)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  cost = jax.jit(model.apply).lower(variables, x, t, cond).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def unet_report(model, name: str, height: int, width: int, channels: int,
+                with_xla: bool = False) -> dict:
+  """One row of `dit-jax flops` for a U-Net (the keys of dit_report)."""
+  flops, params = unet_counts(model, height, width, channels)
+  row = {
+      "model": name,
+      "patch_size": 1,
+      "conditioning": model.conditioning,
+      "input": [height, width, channels],
+      "tokens": height * width,
+      "gflops": sum(flops.values()) / 1e9,
+      "params": sum(params.values()),
+      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
+      "params_by_component": params,
+  }
+  if with_xla:
+    row["xla_gflops"] = unet_xla_flops(model, height, width, channels) / 2 / 1e9
+  return row
+
+
+# Text-conditioned models (dit_jax.models.mmdit): same convention. Symbols: T image tokens (plus
+# conditioning-image tokens), S text tokens (model.text_length), L = S + T, K the text feature
+# width entering the model (text_width for the trained encoder, else context_dim).
+
+
+def _text_encoder_flops(model) -> int:
+  """The small trained text encoder (text_source='tokens'); 0 for precomputed embeddings."""
+  if model.text_source != "tokens":
+    return 0
+  S, Dt = model.text_length, model.text_width
+  F = int(Dt * model.mlp_ratio)
+  return model.text_depth * (4 * S * Dt * Dt + 2 * S * S * Dt + 2 * S * Dt * F)
+
+
+def text_model_flops(model, height: int, width: int, channels: int) -> dict[str, int]:
+  """Forward multiply-adds per component of an MMDiT or TextDiT for one example; 'text' is the
+  trained text encoder, 'embed' the patch, time, pooled, guidance and context embeddings."""
+  from dit_jax.models.mmdit import MMDiT
+  model.check_config(height, width)
+  D, p = model.hidden_size, model.patch_size
+  F = int(D * model.mlp_ratio)
+  T = (height // p) * (width // p)
+  if getattr(model, "image_conditioning", False):
+    h, w, _ = model.cond_image_shape
+    T += (h // p) * (w // p)
+  S = model.text_length
+  K = model.text_width if model.text_source == "tokens" else model.context_dim
+  pooled_K = (model.text_width if model.text_source == "tokens" else model.pooled_dim)
+  per_token_text = isinstance(model, MMDiT) or model.text_conditioning == "cross_attn"
+  embed = T * p * p * channels * D + FREQUENCY_DIM * D + D * D + per_token_text * S * K * D
+  if model.use_pooled and pooled_K:
+    embed += pooled_K * D + D * D
+  if model.guidance_embed:
+    embed += FREQUENCY_DIM * D + D * D
+  stream = lambda n: 4 * n * D * D + 2 * n * D * F  # qkv + out, MLP of n tokens
+  attention = mlp = adaln = 0
+  if isinstance(model, MMDiT):
+    L = S + T
+    for i in range(model.depth_double):
+      pre_only = model.reduce_last_text and not model.depth_single and i == model.depth_double - 1
+      attention += 4 * T * D * D + (3 if pre_only else 4) * S * D * D + 2 * L * L * D
+      mlp += 2 * T * D * F + (0 if pre_only else 2 * S * D * F)
+      adaln += (6 + (2 if pre_only else 6)) * D * D
+    attention += model.depth_single * (4 * L * D * D + 2 * L * L * D)
+    mlp += model.depth_single * 2 * L * D * F
+    adaln += model.depth_single * (3 if model.single_block == "parallel" else 6) * D * D
+  else:
+    per_block = stream(T) - 2 * T * D * F + 2 * T * T * D
+    if model.text_conditioning == "cross_attn":
+      per_block += 2 * T * D * D + 2 * S * D * D + 2 * T * S * D
+    attention, mlp, adaln = (model.depth * per_block, model.depth * 2 * T * D * F,
+                             model.depth * 6 * D * D)
+  out = p * p * (2 * channels if model.learn_sigma else channels)
+  T_out = (height // p) * (width // p)
+  return {"text": _text_encoder_flops(model), "embed": embed, "attention": attention,
+          "mlp": mlp, "adaln": adaln + 2 * D * D, "norm": 0, "final": T_out * D * out}
+
+
+def text_model_report(model, name: str, height: int, width: int, channels: int,
+                      with_xla: bool = False) -> dict:
+  """One row of `dit-jax flops` for an MMDiT / TextDiT (parameters from jax.eval_shape)."""
+  import flax.linen as nn
+  flops = text_model_flops(model, height, width, channels)
+  x = jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  cond = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                      jax.eval_shape(lambda: model.example_condition(1)))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  row = {
+      "model": name,
+      "patch_size": model.patch_size,
+      "conditioning": type(model).__name__,
+      "input": [height, width, channels],
+      "tokens": (height // model.patch_size) * (width // model.patch_size),
+      "gflops": sum(flops.values()) / 1e9,
+      "params": sum(l.size for l in jax.tree.leaves(nn.unbox(variables["params"]))),
+      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
+  }
+  if with_xla:
+    compiled = jax.jit(model.apply).lower(variables, x, t, cond).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    row["xla_gflops"] = float(cost["flops"]) / 2 / 1e9
+  return row

@@ -19,7 +19,7 @@ class ImageSampler:
   Compiled once per number of labels; the guidance scale is a traced argument.
   """
 
-  def __init__(self, model, objective, sample_config, image_shape, plan=None):
+  def __init__(self, model, objective, sample_config, image_shape, plan=None, decode=None):
     self.model = model
     self.objective = objective
     self.sampler = flow.make_sampler(sample_config)
@@ -27,6 +27,7 @@ class ImageSampler:
       raise ValueError("sample.method='heun' evaluates t = 1, where a DDPM model's velocity is "
                        "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
     self.image_shape = tuple(image_shape)
+    self.decode = decode  # latents -> images in [-1, 1] for models trained on VAE latents
     # Under a sharding plan the images come back replicated, readable on every process.
     self._sample = jax.jit(self._sample_impl,
                            out_shardings=plan.replicated() if plan is not None else None)
@@ -46,7 +47,9 @@ class ImageSampler:
   def __call__(self, params, labels, rng, cfg_scale: float | None = None) -> np.ndarray:
     scale = self.sampler.cfg_scale if cfg_scale is None else cfg_scale
     labels = jnp.asarray(labels, jnp.int32)
-    return np.asarray(self._sample(params, labels, rng, jnp.float32(scale)))
+    out = np.asarray(self._sample(params, labels, rng, jnp.float32(scale)))
+    # Decoded on this process's own device, from the (replicated) host copy of the latents.
+    return out if self.decode is None else np.asarray(self.decode(out))
 
   def grid_labels(self, per_class: int) -> np.ndarray:
     """One row per class (a single row of `per_class` samples when unconditional)."""
@@ -60,4 +63,4 @@ class ImageSampler:
     if not write:
       return
     grid = images.make_grid(samples, rows=max(self.model.num_classes, 1))
-    images.save_png(grid, path, upscale=max(1, 64 // self.image_shape[0]))
+    images.save_png(grid, path, upscale=max(1, 64 // samples.shape[1]))

@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   same function, only process 0 writes logs and images, all write their checkpoint shards.
   """
   # TFDS and grain are imported only when training from a data set.
-  from dit_jax import data
+  from dit_jax import data, latents
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -252,10 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   model = create_model(config.model)
   objective = flow.make_objective(config.objective)
-  if config.data.get("latent_downsample", 1) > 1:
-    raise NotImplementedError(
-        f"config.data.latent_downsample={config.data.latent_downsample}: training on VAE "
-        "latents needs the latent pipeline, which is not built yet; use 1 for pixel data")
+  if config.data.get("latent_downsample", 1) > 1 and not config.data.get("latents"):
+    raise ValueError("config.data.latent_downsample > 1 needs config.data.latents: a folder "
+                     "written by `dit-jax extract-latents --config ... --vae ... --out DIR`")
   image_shape = model_input_shape(config.data)
   total_steps = config.train.steps
   optimizer, schedule = make_optimizer(config.optim, total_steps)
@@ -278,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   step_fn = make_step_fn(model, objective, optimizer, schedule, config.train.ema_decay, plan,
                          shardings)
-  sampler = ImageSampler(model, objective, config.sample, image_shape, plan)
+  sampler = ImageSampler(model, objective, config.sample, image_shape, plan,
+                         decode=latents.decoder_for(config))
   log = MetricsLog(workdir, enabled=is_main, total_steps=total_steps,
                    images_per_step=config.data.batch_size)
   guard = PreemptionGuard()

@@ -14,9 +14,9 @@ def test_dit_config_builds_the_named_model():
 
 def test_overrides_keep_field_types():
   config = load_config("configs/dit.py")
-  apply_overrides(config, ["model.scan_layers=false", "model.class_dropout_prob=0.2",
+  apply_overrides(config, ["model.scan_layers=true", "model.class_dropout_prob=0.2",
                            "model.num_classes=10", "model.conditioning=in_context"])
-  assert config.model.scan_layers is False and config.model.class_dropout_prob == 0.2
+  assert config.model.scan_layers is True and config.model.class_dropout_prob == 0.2
   assert config.model.num_classes == 10 and config.model.conditioning == "in_context"
   with pytest.raises(ValueError, match="model.num_classes='ten'"):
     apply_overrides(config, ["model.num_classes=ten"])
@@ -29,7 +29,7 @@ def test_unknown_model_fields_and_names():
   config.model.nonsense = 1
   with pytest.raises(ValueError, match=r"fields \['nonsense'\] that DiT does not take"):
     create_model(config.model)
-  with pytest.raises(ValueError, match="config.model.name='UNet'"):
-    create_model({"name": "UNet"})
+  with pytest.raises(ValueError, match="config.model.name='NoSuchNet'"):
+    create_model({"name": "NoSuchNet"})
   with pytest.raises(FileNotFoundError, match="config file 'nope.py' not found"):
     load_config("nope.py:x")

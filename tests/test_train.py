@@ -173,7 +173,9 @@ def test_loss_decreases_and_outputs_are_written(data_dir, tmp_path):
     ("objective.kind=score", "objective.kind='score'"),
     ("sample.method=rk4", "sample.method='rk4'"),
     ("data.batch_size=0", "data.batch_size=0"),
-    ("data.latent_downsample=8", "data.latent_downsample=8"),
+    ("data.latent_downsample=8", "data.latent_downsample > 1 needs config.data.latents"),
+    ("mesh.data=3", "do not divide the 8 devices"),
+    ("mesh.rules=zero", "mesh.rules='zero' is not a preset"),
 ])
 def test_bad_values_name_the_field(data_dir, tmp_path, override, message):
   argv = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),

@@ -37,10 +37,10 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         "it once elsewhere to .safetensors or .npz (numpy arrays keyed by state-dict name)"
     ) from None
   state = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-    state = state["model"]  # training checkpoints wrap the state dict
-  if isinstance(state, dict) and "ema" in state and isinstance(state["ema"], dict):
-    state = state["ema"]
+  for key in ("ema", "model"):  # training checkpoints wrap the state dicts: prefer the EMA
+    if isinstance(state, dict) and isinstance(state.get(key), dict):
+      state = state[key]
+      break
   return {name: tensor.detach().float().numpy() if tensor.dtype == torch.bfloat16
           else tensor.detach().numpy() for name, tensor in state.items()}
 

@@ -17,6 +17,11 @@ class DataConfig:
   num_threads: int = 8           # reader threads per process (each builds whole batches)
   prefetch: int = 4              # batches buffered ahead per process
   worker_count: int = 0          # >0: decode in that many grain worker processes
+  text_tokenizer: str | None = None  # 'words:shapes' | 'bytes': batches carry the caption as
+                                 # 'text_tokens' (B, S) int32 and 'text_mask' (B, S) bool
+  text_length: int = 32          # S, tokens per caption with BOS and padding
+  latents: str | None = None     # a folder from `dit-jax extract-latents`: read VAE latents
+                                 # from it instead of images from `name`
 
   @classmethod
   def from_config(cls, config: Any) -> "DataConfig":

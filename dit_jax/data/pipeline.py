@@ -12,6 +12,10 @@ runs are reproducible and an iterator's checkpoint is a few integers.
   .repeat()       infinite
 
 Extra fields pass through as stored: after a resize, e.g. `shapes` bboxes stay in stored pixels.
+
+With data.latents set (a folder written by `dit-jax extract-latents`), the source is that
+folder instead and `.map` becomes a random map drawing z ~ q(z | x) from the stored posterior:
+'image' is then (z - shift) * scale, shape (B, h, w, c); see data/latent_source.py.
 """
 import functools
 
@@ -21,7 +25,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from dit_jax.data import sources
+from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
 
 
@@ -55,7 +59,7 @@ def numeric_fields(features) -> dict:
   return {k: v for k, v in sorted(kept.items()) if v is not None}
 
 
-def preprocess(example: dict, *, image_size: int | None, keep: dict) -> dict:
+def preprocess(example: dict, *, image_size: int | None, keep: dict, text=None) -> dict:
   """One decoded TFDS example -> {'image': (H, W, C) float32 in [-1, 1], 'label': int32, ...}."""
   image = np.asarray(example["image"])
   if image.dtype != np.uint8:
@@ -69,7 +73,22 @@ def preprocess(example: dict, *, image_size: int | None, keep: dict) -> dict:
     out["label"] = np.asarray(example["label"], np.int32)
   for key, dtype in keep.items():  # TFDS returns scalars as Python ints: restore the dtype
     out[key] = jax.tree.map(np.asarray, example[key], dtype)
+  if text is not None:  # (tokenizer, length): the caption as tokens + mask
+    caption = example["caption"]
+    caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+    out["text_tokens"], out["text_mask"] = text[0].encode(caption, text[1])
   return out
+
+
+def _text_tokenizer(cfg: DataConfig, source):
+  """(tokenizer, length) when data.text_tokenizer is set, else None (captions dropped)."""
+  if not cfg.text_tokenizer:
+    return None
+  if "caption" not in source.dataset_info.features:
+    raise ValueError(f"data.text_tokenizer={cfg.text_tokenizer!r} but {cfg.name} has no "
+                     "'caption' feature: unset data.text_tokenizer or use a captioned data set")
+  from dit_jax.text import make_tokenizer  # lazy: text imports flax
+  return make_tokenizer(cfg.text_tokenizer), cfg.text_length
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -88,7 +107,11 @@ def make_dataset(data_config, *, process_index: int | None = None,
   cfg = DataConfig.from_config(data_config)
   index, count = _process(process_index, process_count)
   local_batch = cfg.local_batch_size(count)
-  source = sources.open_source(cfg.name, cfg.split, cfg.data_dir)
+  if cfg.latents:
+    source = latent_source.LatentSource(cfg.latents)
+    latent_source.check_data_config(data_config, source.meta)
+  else:
+    source = sources.open_source(cfg.name, cfg.split, cfg.data_dir)
   usable = len(source) - len(source) % count
   if usable // count < local_batch:
     raise ValueError(
@@ -99,8 +122,14 @@ def make_dataset(data_config, *, process_index: int | None = None,
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   ds = ds[index::count]
-  keep = numeric_fields(source.dataset_info.features)
-  ds = ds.map(functools.partial(preprocess, image_size=cfg.image_size, keep=keep))
+  if cfg.latents:  # the noise of element k is a function of (seed, k): still reproducible
+    ds = ds.random_map(functools.partial(
+        latent_source.sample_latent, scaling_factor=source.meta["scaling_factor"],
+        shift_factor=source.meta["shift_factor"]), seed=cfg.seed)
+  else:
+    keep = numeric_fields(source.dataset_info.features)
+    ds = ds.map(functools.partial(preprocess, image_size=cfg.image_size, keep=keep,
+                                  text=_text_tokenizer(cfg, source)))
   return ds.batch(local_batch, drop_remainder=True).repeat()
 
 
@@ -113,7 +142,7 @@ def make_iterator(data_config, *, process_index: int | None = None,
   fresh iterator from the same config resumes at exactly the next batch.
   """
   cfg = DataConfig.from_config(data_config)
-  ds = make_dataset(cfg, process_index=process_index, process_count=process_count)
+  ds = make_dataset(data_config, process_index=process_index, process_count=process_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
                                             prefetch_buffer_size=cfg.prefetch))
   if cfg.worker_count:

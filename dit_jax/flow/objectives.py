@@ -6,18 +6,19 @@
 `model_fn(x_BHWC, t_B, cond) -> out` is any denoiser (e.g. a bound `model.apply`); out has C
 channels, or 2C for learned-variance models, of which the first C are the prediction. Losses
 are the mean squared error over those C channels, in float32. The learned-variance channels
-get no loss here (DiT's extra variational-bound term is not implemented).
+get no loss here, except in `DDPMHybrid` (DiT's mse + variational-bound term).
 """
 import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dit_jax.flow import timesteps
+from dit_jax.flow import paths, timesteps
 from dit_jax.flow.paths import LinearPath, VPPath, ddpm_step_to_t, from_x1_eps
 
-KINDS = ("flow", "ddpm")
+KINDS = ("flow", "ddpm", "ddpm_hybrid")  # ddpm_hybrid: DiT's mse + L_vb (learned variance)
 TRAIN_PREDICTIONS = ("velocity", "eps", "x1")  # the score blows up at t -> 1: not a target
 
 
@@ -97,6 +98,7 @@ _FIELDS = {
     "flow": {f.name: f.default for f in dataclasses.fields(FlowMatching)},
     "ddpm": {f.name: f.default for f in dataclasses.fields(DDPM)},
 }
+_FIELDS["ddpm_hybrid"] = _FIELDS["ddpm"]
 
 
 def _choice(prefix, name, value, options):
@@ -111,7 +113,8 @@ def _positive(prefix, kw, *names):
 
 
 def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
-  """Builds an objective from a ConfigDict or dict with `kind` ('flow' | 'ddpm') and the fields
+  """Builds an objective from a ConfigDict or dict with `kind` ('flow' | 'ddpm' |
+  'ddpm_hybrid': DDPM plus the learned-variance bound, for learn_sigma models) and the fields
   of that kind (FlowMatching: t_dist, logit_mean, logit_std, shift, prediction; DDPM:
   num_steps, beta_start, beta_end, prediction). A field of the other kind may be present only
   at its default, and prediction=None means the kind's own (velocity / eps), so one base config
@@ -120,7 +123,7 @@ def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
   kind = fields.pop("kind", "flow")
   _choice(prefix, "kind", kind, KINDS)
   own = _FIELDS[kind]
-  known = set(_FIELDS["flow"]) | set(_FIELDS["ddpm"])
+  known = set().union(*_FIELDS.values())
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(f"{prefix} has fields {unknown} that no objective takes; known fields: "
@@ -142,4 +145,86 @@ def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
   if not kw["beta_start"] <= kw["beta_end"] < 1:
     raise ValueError(f"{prefix}.beta_start={kw['beta_start']} and {prefix}.beta_end="
                      f"{kw['beta_end']} need 0 < beta_start <= beta_end < 1")
+  if kind == "ddpm_hybrid":
+    if kw["prediction"] != "eps":
+      raise ValueError(f"{prefix}.kind='ddpm_hybrid' trains eps (and the variance): set "
+                       f"{prefix}.prediction='eps' or None")
+    return DDPMHybrid(**kw)
   return DDPM(**kw)
+
+
+# The variational-bound term that trains a learned variance (Improved DDPM's hybrid loss, which
+# DiT trains with: loss = mse(eps) + L_vb, the mean frozen so that L_vb only moves v).
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+  """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
+  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
+                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x):
+  """Phi(x) with the tanh approximation that Improved DDPM's decoder likelihood uses."""
+  return 0.5 * (1.0 + jnp.tanh(jnp.sqrt(2.0 / jnp.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+  """log P(bin of x) for data on 256 levels in [-1, 1] under N(mean, e^(2 log_scale)); the end
+  bins extend to -inf / +inf, so the probabilities of the 256 bins sum to 1."""
+  inv_std = jnp.exp(-log_scale)
+  cdf_plus = approx_standard_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+  cdf_min = approx_standard_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+  log = lambda p: jnp.log(jnp.maximum(p, 1e-12))
+  return jnp.where(x < -0.999, log(cdf_plus),
+                   jnp.where(x > 0.999, log(1.0 - cdf_min), log(cdf_plus - cdf_min)))
+
+
+def learned_variance_vb(eps, v, x_t, x1, n_B, path: VPPath) -> jax.Array:
+  """L_vb in bits per dimension, (B,), for a model's (eps, v) at x_t = x_n on the full chain:
+  KL(q(x_{n-1} | x_n, x1) || p(x_{n-1} | x_n)) for n > 0 and the decoder's discretized NLL of
+  x1 for n = 0. p has the posterior mean of the (frozen) eps and the log variance
+  f log beta_n + (1 - f) log beta~_n, f = (v + 1) / 2, with beta~_0 clipped to beta~_1."""
+  abar = np.concatenate([[1.0], paths.alphas_cumprod(path.num_steps, path.beta_start,
+                                                      path.beta_end)])  # index n + 1
+  beta = 1.0 - abar[1:] / abar[:-1]
+  post_var = (1.0 - abar[:-1]) / (1.0 - abar[1:]) * beta
+  post_log_var = np.log(np.append(post_var[1], post_var[1:]))
+  coef_x1 = beta * np.sqrt(abar[:-1]) / (1.0 - abar[1:])
+  coef_xt = (1.0 - abar[:-1]) * np.sqrt(1.0 - beta) / (1.0 - abar[1:])
+  take = lambda table: jnp.asarray(table, jnp.float32)[n_B].reshape((-1,) + (1,) * (x_t.ndim - 1))
+  eps = jax.lax.stop_gradient(eps)
+  abar_n = take(abar[1:])
+  x1_hat = (x_t - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
+  model_mean = take(coef_x1) * x1_hat + take(coef_xt) * x_t
+  true_mean = take(coef_x1) * x1 + take(coef_xt) * x_t
+  min_log, max_log = take(post_log_var), take(np.log(beta))
+  frac = (v + 1.0) / 2.0
+  model_log_var = frac * max_log + (1.0 - frac) * min_log
+  axes = tuple(range(1, x_t.ndim))
+  kl = normal_kl(true_mean, min_log, model_mean, model_log_var).mean(axes) / np.log(2.0)
+  nll = -discretized_gaussian_log_likelihood(x1, model_mean, 0.5 * model_log_var).mean(axes)
+  return jnp.where(n_B == 0, nll / np.log(2.0), kl)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPMHybrid(DDPM):
+  """DDPM with a learned variance, as DiT trains: mse(eps) + L_vb (`learned_variance_vb`).
+  The model outputs 2C channels (eps, v). A converted published DiT takes DDPM steps: train it
+  through `convert.dit.converted_model_fn`."""
+
+  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
+           cond: Any) -> tuple[jax.Array, dict]:
+    rng_n, rng_noise = jax.random.split(rng)
+    x1, eps = _noise_like(rng_noise, x1_BHWC)
+    n_B = jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
+    abar = self.path.alpha_bar_at_step(n_B).reshape((-1,) + (1,) * (x1.ndim - 1))
+    x_t = jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+    C = x1.shape[-1]
+    out = model_fn(x_t, ddpm_step_to_t(n_B, self.num_steps), cond).astype(jnp.float32)
+    if out.shape[-1] != 2 * C:
+      raise ValueError(f"objective DDPMHybrid needs a learn_sigma model (2C={2 * C} output "
+                       f"channels), got {out.shape[-1]}")
+    mse = jnp.mean(jnp.square(out[..., :C] - eps))
+    vb = jnp.mean(learned_variance_vb(out[..., :C], out[..., C:], x_t, x1, n_B, self.path))
+    return mse + vb, {"loss": mse + vb, "mse": mse, "vb": vb,
+                      "t_mean": jnp.mean(ddpm_step_to_t(n_B, self.num_steps))}

@@ -222,3 +222,111 @@ def make_sampler(config, prefix: str = "sample") -> Sampler:
                      f"fields: {sorted(known)}")
   path = VPPath(**{k: fields.pop(k) for k in sorted(path_fields) if k in fields})
   return Sampler(path=path, **fields).check(prefix)
+
+
+# Learned-variance DDPM (Improved DDPM, Nichol & Dhariwal 2021), as the published DiT samples.
+
+
+def respaced_steps(steps: int, num_steps: int = 1000) -> np.ndarray:
+  """The `steps` integer DDPM steps of Improved DDPM's even respacing, noisiest first, then -1
+  (clean data): round(i (N-1) / (steps-1)) for i < steps, so both ends 0 and N-1 are kept
+  (250 of 1000: 999, 995, ..., 4, 0, -1). Not our uniform grid, which skips step 0."""
+  if not 1 <= steps <= num_steps:
+    raise ValueError(f"steps={steps} must be in 1..{num_steps} (the DDPM chain's num_steps)")
+  stride = (num_steps - 1) / (steps - 1) if steps > 1 else 0.0
+  taken, position = set(), 0.0
+  for _ in range(steps):  # accumulated in float64 as the reference respacing does
+    taken.add(round(position))
+    position += stride
+  return np.array(sorted(taken, reverse=True) + [-1], np.int32)
+
+
+def respaced_grid(steps: int, num_steps: int = 1000) -> jax.Array:
+  """Times t = 1 - (n + 1) / N of `respaced_steps`, for sample_ddpm / sample_ddpm_learned."""
+  return ddpm_step_to_t(respaced_steps(steps, num_steps), num_steps)
+
+
+def learned_log_variance(v, abar_n, abar_m):
+  """log variance of the step n -> m from the model's v in [-1, 1]: with f = (v + 1) / 2,
+  f log beta + (1 - f) log beta~, beta = 1 - abar_n / abar_m (the respaced beta) and
+  beta~ = (1 - abar_m) / (1 - abar_n) beta the posterior variance. beta~ is 0 at the last step
+  (m = -1, abar_m = 1), where no noise is added; it is clipped there to stay finite."""
+  beta = 1.0 - abar_n / abar_m
+  beta_tilde = (1.0 - abar_m) / (1.0 - abar_n) * beta
+  frac = (v + 1.0) / 2.0
+  return frac * jnp.log(beta) + (1.0 - frac) * jnp.log(jnp.maximum(beta_tilde, 1e-20))
+
+
+def ddpm_learned_step(eps, v, x, abar_n, abar_m, z):
+  """Ancestral step with the posterior mean of `ddpm_step` and the learned variance."""
+  mean = ddpm_step(eps, x, abar_n, abar_m, jnp.zeros_like(x))
+  std = jnp.exp(0.5 * learned_log_variance(v, abar_n, abar_m))
+  return mean + jnp.where(abar_m < 1.0, std, 0.0) * z
+
+
+def guided_output_fn(model_fn: Callable, cond: Any, null_cond: Any = None,
+                     cfg_scale: float | jax.Array = 1.0,
+                     guide_channels: int | None = None) -> PredictFn:
+  """Like `guided_fn`, but returns every output channel (eps and variance): the first
+  `guide_channels` (default all C of x) are guided, the rest come from the conditional branch.
+  guide_channels=3 on 4-channel latents reproduces the original DiT sampler exactly, which
+  guided only the first three channels."""
+  guided = uses_guidance(null_cond, cfg_scale)
+
+  def fn(x_BHWC, t):
+    B, C = x_BHWC.shape[0], x_BHWC.shape[-1]
+    k = C if guide_channels is None else guide_channels
+    if not 0 < k <= C:
+      raise ValueError(f"guide_channels={guide_channels} must be in 1..{C} (x's channels)")
+    t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
+    if not guided:
+      return model_fn(x_BHWC, t_B, cond).astype(jnp.float32)
+    _check_null_cond(cond, null_cond, B)
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, null_cond)
+    out = model_fn(jnp.concatenate([x_BHWC, x_BHWC]), jnp.concatenate([t_B, t_B]), both)
+    out_cond, out_null = jnp.split(out.astype(jnp.float32), 2)
+    scale = jnp.asarray(cfg_scale, jnp.float32)
+    scale = scale.reshape(scale.shape + (1,) * (x_BHWC.ndim - scale.ndim))
+    mixed = out_null[..., :k] + scale * (out_cond[..., :k] - out_null[..., :k])
+    return jnp.concatenate([mixed, out_cond[..., k:]], axis=-1)
+
+  return fn
+
+
+def sample_ddpm_learned(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
+                        grid_T: jax.Array, *, path: VPPath | None = None,
+                        eta: float | None = None, null_cond: Any = None,
+                        cfg_scale: float | jax.Array = 1.0,
+                        guide_channels: int | None = None) -> jax.Array:
+  """Sampling a model that outputs (eps, v), 2C channels, as the published DiT does:
+  ancestral DDPM with the learned variance (eta=None), or DDIM(eta), which ignores v.
+  Use `respaced_grid(250)` for the paper's 250 steps; see `guided_output_fn` for
+  guide_channels."""
+  path = VPPath() if path is None else path
+  fn = guided_output_fn(model_fn, cond, null_cond, cfg_scale, guide_channels)
+  table = path.alpha_bar_table()
+  n_T = t_to_ddpm_step(grid_T, path.num_steps)
+  C = x0_BHWC.shape[-1]
+  deterministic = eta is not None and _concrete_value(eta) == 0.0
+
+  def body(x, inputs):
+    n, m, key = inputs
+    out = fn(x, ddpm_step_to_t(n, path.num_steps))
+    if out.shape[-1] != 2 * C:
+      raise ValueError(f"sample_ddpm_learned needs a learn_sigma model with 2C={2 * C} output "
+                       f"channels, got {out.shape[-1]}: use sample_ddpm for eps-only models")
+    eps, v = out[..., :C], out[..., C:]
+    abar_n, abar_m = table[n + 1], table[m + 1]
+    z = jnp.zeros_like(x) if deterministic else jax.random.normal(key, x.shape, jnp.float32)
+    if eta is None:
+      return ddpm_learned_step(eps, v, x, abar_n, abar_m, z), None
+    return ddim_step(eps, x, abar_n, abar_m, z, eta), None
+
+  if deterministic:
+    keys = jnp.zeros(n_T.shape[0] - 1)
+  elif rng is None:
+    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
+  else:
+    keys = jax.random.split(rng, n_T.shape[0] - 1)
+  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
+  return x

@@ -88,6 +88,7 @@ class Dense(nn.Module):
   axis: int | tuple[int, ...] = -1
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -102,19 +103,21 @@ class Dense(nn.Module):
         "kernel", nn.with_logical_partitioning(_flat_init(self.kernel_init, len(in_shape)),
                                                self.names),
         in_shape + features, self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
+    if not self.use_bias:
+      return y
     bias = self.param(
         "bias", nn.with_logical_partitioning(self.bias_init, self.names[len(in_shape):]),
         features, self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
-    return y + bias
+    return y + bias.astype(y.dtype)
 
 
 def dense(features, names, kernel_init, *, dtype, param_dtype, name, axis=-1,
-          bias_init=nn.initializers.zeros):
+          bias_init=nn.initializers.zeros, use_bias=True):
   """A Dense layer whose kernel and bias carry logical axis names (kernel names: in..., out...)."""
   return Dense(features, tuple(names), kernel_init, bias_init, axis, dtype, param_dtype,
-               name=name)
+               use_bias, name=name)
 
 
 class TimestepEmbedder(nn.Module):

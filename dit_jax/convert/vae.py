@@ -1,0 +1,212 @@
+"""VAE weights in the diffusers `AutoencoderKL` layout: import, export, and checks.
+
+A VAE directory is what diffusers writes with `save_pretrained` (also the `vae/` folder of a
+pipeline): `config.json` plus `diffusion_pytorch_model.safetensors`. `dit-jax train-vae` writes
+the same layout, so a trained VAE and a published one load the same way:
+
+    vae, params = load_vae("path/to/sd-vae-ft-mse")        # or a pipeline dir with vae/
+    save_vae("out/vae", vae, params)
+
+Names map by renaming only (see dit_jax/models/vae.py): the flax path `a.foo_N.b` is the
+diffusers key `a.foo.N.b`; flax `kernel` is diffusers `weight` (conv HWIO <-> OIHW, dense
+(in, out) <-> (out, in)) and GroupNorm `scale` is `weight`. Older diffusers files name the
+attention projections query/key/value/proj_attn; those are accepted too.
+"""
+import json
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.convert.io import load_tensors, save_tensors
+from dit_jax.models.vae import AutoencoderKL
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def flax_path_to_key(path: tuple[str, ...]) -> str:
+  """('encoder', 'down_blocks_0', 'resnets_1', 'conv1', 'kernel') -> 'encoder.down_blocks.0.
+  resnets.1.conv1.weight'."""
+  *modules, leaf = path
+  parts = [re.sub(r"_(\d+)$", r".\1", m) for m in modules]
+  return ".".join(parts + ["bias" if leaf == "bias" else "weight"])
+
+
+def to_diffusers_array(leaf: str, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value)
+  if leaf == "kernel" and value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+  if leaf == "kernel" and value.ndim == 2:
+    return value.T
+  return value
+
+
+def from_diffusers_array(leaf: str, value: np.ndarray, ndim: int) -> np.ndarray:
+  if leaf == "kernel" and ndim == 4:
+    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  if leaf == "kernel" and ndim == 2:
+    if value.ndim == 4:  # LDM-era attention stored as 1x1 convs
+      value = value[:, :, 0, 0]
+    return value.T
+  return value
+
+
+def _flat(tree) -> dict[tuple[str, ...], object]:
+  return {tuple(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def export_params(params) -> dict[str, np.ndarray]:
+  """Flax VAE params -> {diffusers key: array in diffusers layout}."""
+  return {flax_path_to_key(path): to_diffusers_array(path[-1], value)
+          for path, value in _flat(nn.unbox(params)).items()}
+
+
+def abstract_params(vae: AutoencoderKL, image_size: int | None = None):
+  """Shapes of the VAE's params, without memory."""
+  side = image_size or 8 * vae.downsample
+  x = jax.ShapeDtypeStruct((1, side, side, vae.in_channels), jnp.float32)
+  return nn.unbox(jax.eval_shape(lambda x: vae.init(jax.random.PRNGKey(0), x), x)["params"])
+
+
+def diffusers_shapes(vae: AutoencoderKL) -> dict[str, tuple[int, ...]]:
+  """{diffusers key: PyTorch-layout shape} that `vae` expects."""
+  return {flax_path_to_key(path): _torch_shape(path[-1], value.shape)
+          for path, value in _flat(abstract_params(vae)).items()}
+
+
+def _torch_shape(leaf: str, shape) -> tuple[int, ...]:
+  return to_diffusers_array(leaf, np.zeros(shape, np.int8)).shape
+
+
+def _normalise_key(key: str) -> str:
+  for old, new in LEGACY_ATTENTION.items():
+    key = re.sub(rf"\.attentions\.0\.{old}\.", f".attentions.0.{new}.", key)
+  return key.removeprefix("vae.")
+
+
+def import_params(state_dict: dict[str, np.ndarray], vae: AutoencoderKL, dtype=None):
+  """{diffusers key: array} -> flax params of `vae`.
+
+  Raises ValueError listing every missing key, unexpected key and shape mismatch at once.
+  """
+  state = {_normalise_key(k): np.asarray(v) for k, v in state_dict.items()}
+  expected = _flat(abstract_params(vae))
+  keys = {flax_path_to_key(path): path for path in expected}
+  missing = sorted(set(keys) - set(state))
+  unexpected = sorted(set(state) - set(keys))
+  converted, mismatched = {}, []
+  for key in sorted(set(keys) & set(state)):
+    path = keys[key]
+    want = expected[path]
+    value = from_diffusers_array(path[-1], state[key], len(want.shape))
+    if value.shape != tuple(want.shape):
+      theirs = _torch_shape(path[-1], want.shape)
+      mismatched.append(f"{key}: file {state[key].shape}, model {theirs}")
+      continue
+    converted[path] = value.astype(dtype or want.dtype)
+  if missing or unexpected or mismatched:
+    lines = [f"VAE weights do not match the architecture {arch_summary(vae)}:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", mismatched)):
+      if items:
+        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
+                     + (" ..." if len(items) > 20 else ""))
+    lines.append("  check the VAE config (config.json: block_out_channels, layers_per_block, "
+                 "latent_channels, use_quant_conv) against the weight file")
+    raise ValueError("\n".join(lines))
+  nested: dict = {}
+  for path, value in converted.items():
+    node = nested
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = jnp.asarray(value)
+  return nested
+
+
+def arch_summary(vae: AutoencoderKL) -> str:
+  return (f"(block_out_channels={tuple(vae.block_out_channels)}, layers_per_block="
+          f"{vae.layers_per_block}, latent_channels={vae.latent_channels}, use_quant_conv="
+          f"{vae.use_quant_conv}, use_post_quant_conv={vae.use_post_quant_conv})")
+
+
+def diffusers_config(vae: AutoencoderKL) -> dict:
+  """The diffusers AutoencoderKL config.json of `vae`."""
+  n = len(vae.block_out_channels)
+  return {
+      "_class_name": "AutoencoderKL", "in_channels": vae.in_channels,
+      "out_channels": vae.out_channels, "down_block_types": ["DownEncoderBlock2D"] * n,
+      "up_block_types": ["UpDecoderBlock2D"] * n,
+      "block_out_channels": list(vae.block_out_channels),
+      "layers_per_block": vae.layers_per_block, "act_fn": "silu",
+      "latent_channels": vae.latent_channels, "norm_num_groups": vae.norm_num_groups,
+      "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor or None,
+      "use_quant_conv": vae.use_quant_conv, "use_post_quant_conv": vae.use_post_quant_conv,
+      "mid_block_add_attention": vae.mid_block_attention}
+
+
+def vae_from_config(config: dict, **overrides) -> AutoencoderKL:
+  """An AutoencoderKL from a diffusers config.json dict; other architectures are refused."""
+  n = len(config.get("block_out_channels", ()))
+  for field, block in (("down_block_types", "DownEncoderBlock2D"),
+                       ("up_block_types", "UpDecoderBlock2D")):
+    types = config.get(field, [block] * n)
+    if any(t != block for t in types):
+      raise ValueError(f"VAE config {field}={types}: only {block} blocks are supported")
+  if config.get("act_fn", "silu") != "silu":
+    raise ValueError(f"VAE config act_fn={config['act_fn']!r}: only 'silu' is supported")
+  if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+    raise ValueError(f"VAE config _class_name={config['_class_name']!r}: only AutoencoderKL")
+  fields = dict(
+      in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3),
+      block_out_channels=tuple(config.get("block_out_channels", (64,))),
+      layers_per_block=config.get("layers_per_block", 1),
+      latent_channels=config.get("latent_channels", 4),
+      norm_num_groups=config.get("norm_num_groups", 32),
+      scaling_factor=float(config.get("scaling_factor", 0.18215)),
+      shift_factor=float(config.get("shift_factor") or 0.0),
+      use_quant_conv=bool(config.get("use_quant_conv", True)),
+      use_post_quant_conv=bool(config.get("use_post_quant_conv", True)),
+      mid_block_attention=bool(config.get("mid_block_add_attention", True)))
+  vae = AutoencoderKL(**{**fields, **overrides})
+  vae.check_config()
+  return vae
+
+
+def resolve_vae_dir(path: str | Path) -> Path:
+  """The folder holding config.json: `path`, or its `vae/` subfolder (a pipeline folder or a
+  `train-vae` workdir)."""
+  path = Path(path)
+  for candidate in (path, path / "vae"):
+    if (candidate / "config.json").is_file() and _weights_file(candidate):
+      return candidate
+  raise FileNotFoundError(
+      f"--vae {path}: no VAE there. Expected a diffusers AutoencoderKL folder (config.json + "
+      f"{WEIGHTS}), a pipeline folder with vae/, or a `dit-jax train-vae` workdir")
+
+
+def _weights_file(folder: Path) -> Path | None:
+  for name in (WEIGHTS, "diffusion_pytorch_model.bin", "diffusion_pytorch_model.npz"):
+    if (folder / name).is_file():
+      return folder / name
+  return None
+
+
+def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
+  """(AutoencoderKL, params) from a diffusers-layout VAE folder (see `resolve_vae_dir`)."""
+  folder = resolve_vae_dir(path)
+  config = json.loads((folder / "config.json").read_text())
+  vae = vae_from_config(config, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
+  return vae, import_params(load_tensors(_weights_file(folder)), vae)
+
+
+def save_vae(path: str | Path, vae: AutoencoderKL, params):
+  """Writes config.json + diffusion_pytorch_model.safetensors (float32) to folder `path`."""
+  folder = Path(path)
+  folder.mkdir(parents=True, exist_ok=True)
+  tensors = {k: np.asarray(v, np.float32) for k, v in export_params(params).items()}
+  save_tensors(folder / WEIGHTS, tensors)
+  (folder / "config.json").write_text(json.dumps(diffusers_config(vae), indent=2))

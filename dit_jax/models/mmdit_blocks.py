@@ -1,0 +1,200 @@
+"""Blocks of text-conditioned transformers: joint attention (MM-DiT) and its baselines.
+
+  DoubleStreamBlock     SD3 MM-DiT block: text and image keep their own weights (adaLN
+                        modulation, q/k/v, output, MLP) and meet in one attention over the
+                        concatenated [text; image] sequence.
+  SingleStreamBlock     Z-Image style: one adaLN-Zero transformer block over [text; image],
+                        both modalities through the same weights.
+  ParallelSingleBlock   FLUX single block: attention and MLP computed in parallel from one
+                        modulated input (the fused projection [qkv | mlp_in]) and summed.
+  CrossAttnBlock        PixArt-style DiT block: adaLN-Zero from the timestep, self-attention
+                        over image tokens, then cross-attention from image to text tokens.
+
+Shapes: B batch, S text tokens, T image tokens, L = S + T, D width, N heads, H head width,
+F MLP width. Position ids are (B, L, 3) (index, row, col); `mask_BL` is True for valid keys.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from dit_jax.nn import axes
+from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
+from dit_jax.nn.attention import Attention, attention
+from dit_jax.nn.embed import dense, xavier_uniform
+from dit_jax.nn.mlp import Mlp
+from dit_jax.nn.norms import RMSNorm
+from dit_jax.nn.posenc import apply_rope, axial_rope_angles
+
+Dtype = Any
+
+
+def default_rope_dims(head_dim: int) -> tuple[int, int, int]:
+  """(index, row, col) features of axial RoPE: 7/16 of the head to each of row and col (even),
+  the rest to the index axis; (16, 56, 56) for FLUX's 128-wide heads."""
+  rc = (head_dim * 7 // 16) // 2 * 2
+  return (head_dim - 2 * rc, rc, rc)
+
+
+def rope_qk(q_BLNH, k_BLNH, ids_BL3, axes_dims, base):
+  """Rotates q and k by axial RoPE of the ids; ids None: no rotation."""
+  if ids_BL3 is None:
+    return q_BLNH, k_BLNH
+  angles = axial_rope_angles(ids_BL3, tuple(axes_dims), base)[:, :, None, :]  # (B, L, 1, H/2)
+  return apply_rope(q_BLNH, angles), apply_rope(k_BLNH, angles)
+
+
+def joint_attention(qkvs, ids_BL3, mask_BL, *, rope_dims=(), rope_base=10_000.0,
+                    backend="xla"):
+  """One attention over the concatenation of several streams' (q, k, v), each (B, L_i, N, H),
+  in the given order; returns the per-stream outputs (B, L_i, N, H). Equal to attention over
+  the concatenated sequence: every query sees every valid key of every stream."""
+  lengths = [q.shape[1] for q, _, _ in qkvs]
+  q, k, v = (jnp.concatenate([s[i] for s in qkvs], axis=1) for i in range(3))
+  q, k = rope_qk(q, k, ids_BL3, rope_dims or default_rope_dims(q.shape[-1]), rope_base)
+  out_BLNH = attention(q, k, v, mask_BL, backend)
+  splits = [sum(lengths[:i + 1]) for i in range(len(lengths) - 1)]
+  return jnp.split(out_BLNH, splits, axis=1)
+
+
+class QKV(nn.Module):
+  """x (B, L, D) -> q, k, v (B, L, N, H) from one fused kernel (D, 3, N, H); optional per-head
+  RMSNorm of q and k (SD3.5 / FLUX)."""
+  num_heads: int
+  qk_norm: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    D = x_BLD.shape[-1]
+    N, H = self.num_heads, D // self.num_heads
+    qkv = dense((3, N, H), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV), xavier_uniform(),
+                name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)(x_BLD)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.qk_norm:
+      q = RMSNorm(param_dtype=self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(param_dtype=self.param_dtype, name="k_norm")(k)
+    return q, k, v
+
+
+def out_proj(name, features, kw, use_bias=True):
+  """(B, L, N, H) -> (B, L, D) attention output projection."""
+  return dense(features, (axes.HEADS, axes.KV, axes.EMBED), xavier_uniform(), axis=(-2, -1),
+               use_bias=use_bias, name=name, **kw)
+
+
+class BlockBase(nn.Module):
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qk_norm: bool = False
+  rope_dims: tuple[int, ...] = ()
+  rope_base: float = 10_000.0
+  attention_backend: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def attend(self, qkvs, ids_BL3, mask_BL):
+    return joint_attention(qkvs, ids_BL3, mask_BL, rope_dims=self.rope_dims,
+                           rope_base=self.rope_base, backend=self.attention_backend)
+
+
+class DoubleStreamBlock(BlockBase):
+  """(img (B, T, D), txt (B, S, D), vec (B, D)) -> (img, txt). With `text_pre_only` (the last
+  SD3 block) the text stream only supplies keys and values: its modulation has 2 chunks
+  (shift, scale), it has no output projection and no MLP, and txt is returned unchanged."""
+  text_pre_only: bool = False
+
+  @nn.compact
+  def __call__(self, img_BTD, txt_BSD, vec_BD, ids_BL3, mask_BL):
+    D = img_BTD.shape[-1]
+    img_mod = Modulation(D, 6, True, name="img_mod", **self.kw)(vec_BD)
+    txt_mod = Modulation(D, 2 if self.text_pre_only else 6, True, name="txt_mod",
+                         **self.kw)(vec_BD)
+    img_qkv = QKV(self.num_heads, self.qk_norm, name="img_attn", **self.kw)(
+        modulate(img_BTD, img_mod[0], img_mod[1]))
+    txt_qkv = QKV(self.num_heads, self.qk_norm, name="txt_attn", **self.kw)(
+        modulate(txt_BSD, txt_mod[0], txt_mod[1]))
+    txt_a, img_a = self.attend([txt_qkv, img_qkv], ids_BL3, mask_BL)
+    img_BTD = self._residuals(img_BTD, img_a, img_mod, "img")
+    if not self.text_pre_only:
+      txt_BSD = self._residuals(txt_BSD, txt_a, txt_mod, "txt")
+    return img_BTD, txt_BSD
+
+  def _residuals(self, x_BLD, a_BLNH, mod, prefix):
+    _, _, gate1, shift2, scale2, gate2 = mod
+    a = checkpoint_name(out_proj(f"{prefix}_out", x_BLD.shape[-1], self.kw)(a_BLNH), "attn_out")
+    x_BLD = gated_residual(x_BLD, gate1, a)
+    m = Mlp(self.mlp_ratio, name=f"{prefix}_mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
+    return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
+
+
+class SingleStreamBlock(BlockBase):
+  """adaLN-Zero block over x = [text; image] (B, L, D): shared weights for both modalities."""
+
+  @nn.compact
+  def __call__(self, x_BLD, vec_BD, ids_BL3, mask_BL):
+    D = x_BLD.shape[-1]
+    shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="mod",
+                                                              **self.kw)(vec_BD)
+    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
+        modulate(x_BLD, shift1, scale1))
+    (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
+    x_BLD = gated_residual(x_BLD, gate1, out_proj("attn_out", D, self.kw)(a_BLNH))
+    m = Mlp(self.mlp_ratio, name="mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
+    return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
+
+
+class ParallelSingleBlock(BlockBase):
+  """FLUX single block: h = modulate(x); [q k v | u] = h [W_qkv | W_in] (the fused projection,
+  stored as two column blocks so tensor parallelism splits heads and MLP separately);
+  x += gate * ([attn(q, k, v) | gelu(u)] [W_out; W_mlp_out]), one bias."""
+
+  @nn.compact
+  def __call__(self, x_BLD, vec_BD, ids_BL3, mask_BL):
+    D = x_BLD.shape[-1]
+    shift, scale, gate = Modulation(D, 3, True, name="mod", **self.kw)(vec_BD)
+    h_BLD = modulate(x_BLD, shift, scale)
+    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(h_BLD)
+    u_BLF = dense(int(D * self.mlp_ratio), (axes.EMBED, axes.MLP), xavier_uniform(),
+                  name="mlp_in", **self.kw)(h_BLD)
+    u_BLF = nn.gelu(nn.with_logical_constraint(u_BLF, (axes.BATCH, axes.LENGTH, axes.MLP)),
+                    approximate=True)
+    (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
+    out = out_proj("attn_out", D, self.kw)(a_BLNH)
+    out = out + dense(D, (axes.MLP, axes.EMBED), xavier_uniform(), use_bias=False,
+                      name="mlp_out", **self.kw)(u_BLF)
+    return gated_residual(x_BLD, gate, out)
+
+
+class CrossAttnBlock(BlockBase):
+  """adaLN-Zero self-attention over image tokens (2D RoPE of `ids_BT3`), a pre-LN
+  cross-attention to the text tokens (key mask `text_mask_BS`), adaLN-Zero MLP."""
+
+  @nn.compact
+  def __call__(self, x_BTD, txt_BSD, vec_BD, ids_BT3, text_mask_BS):
+    D = x_BTD.shape[-1]
+    shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="mod",
+                                                              **self.kw)(vec_BD)
+    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
+        modulate(x_BTD, shift1, scale1))
+    (a_BTNH,) = self.attend([qkv], ids_BT3, None)
+    x_BTD = gated_residual(x_BTD, gate1, out_proj("attn_out", D, self.kw)(a_BTNH))
+    h = affine_layer_norm("norm_cross", self.param_dtype)(x_BTD).astype(self.dtype)
+    cross = Attention(self.num_heads, self.attention_backend, name="cross_attn", **self.kw)
+    x_BTD = x_BTD + cross(h, txt_BSD, text_mask_BS)
+    m = Mlp(self.mlp_ratio, name="mlp", **self.kw)(modulate(x_BTD, shift2, scale2))
+    return gated_residual(x_BTD, gate2, checkpoint_name(m, "mlp_out"))
+
+
+def check_heads(hidden_size: int, num_heads: int):
+  if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+    raise ValueError(f"hidden_size={hidden_size} must split into num_heads={num_heads} heads of "
+                     "even width (RoPE rotates pairs): pick a head count that divides the width")
+
+

@@ -1,0 +1,190 @@
+"""Learned-variance DDPM sampling (Improved DDPM, as the published DiT samples) against a numpy
+re-derivation of the original respaced Gaussian-diffusion loop: respaced betas from ratios of
+abar, posterior mean coefficients, log variance interpolated between log beta and the clipped
+log posterior variance, no noise on the last step, guidance on the first three channels."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dit_jax.flow import objectives, samplers
+from dit_jax.flow.paths import VPPath, t_to_ddpm_step
+
+C, NULL = 4, 3
+
+
+def toy_outputs(x, n, labels):
+  """A deterministic (eps, v) 'model' of x (B, H, W, C), steps n (B,), labels (B,); works on
+  numpy and jax arrays alike."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  n = n.astype(x.dtype)[:, None, None, None]
+  lab = labels.astype(x.dtype)[:, None, None, None]
+  eps = 0.4 * x + 0.2 * lab - 0.1 + 0.05 * xp.sin(n / 100.0)
+  v = xp.tanh(0.5 * x + lab - 1.0 + n / 1000.0)
+  return xp.concatenate([eps, v], axis=-1)
+
+
+def jax_model(x, t, cond):
+  return toy_outputs(x, t_to_ddpm_step(t), cond["label"])
+
+
+def reference_loop(x, labels, steps, noises, cfg_scale, ddim=False):
+  """The original loop, respaced to `steps` of 1000, float64."""
+  betas = np.linspace(1e-4, 0.02, 1000)
+  base = np.cumprod(1.0 - betas)
+  use = [round(i * 999 / (steps - 1)) for i in range(steps)]
+  new_betas, last = [], 1.0
+  for i, a in enumerate(base):
+    if i in use:
+      new_betas.append(1.0 - a / last)
+      last = a
+  b = np.array(new_betas)
+  acp = np.cumprod(1.0 - b)
+  acp_prev = np.append(1.0, acp[:-1])
+  post_var = b * (1.0 - acp_prev) / (1.0 - acp)
+  post_logvar = np.log(np.append(post_var[1], post_var[1:]))
+  coef1 = b * np.sqrt(acp_prev) / (1.0 - acp)
+  coef2 = (1.0 - acp_prev) * np.sqrt(1.0 - b) / (1.0 - acp)
+  x = np.asarray(x, np.float64)
+  for k, i in enumerate(reversed(range(steps))):
+    n = np.full(len(x), use[i])
+    out_c = toy_outputs(x, n, labels)
+    out_u = toy_outputs(x, n, np.full_like(labels, NULL))
+    eps, v = out_c[..., :C].copy(), out_c[..., C:]
+    eps[..., :3] = out_u[..., :3] + cfg_scale * (out_c[..., :3] - out_u[..., :3])
+    x0 = np.sqrt(1.0 / acp[i]) * x - np.sqrt(1.0 / acp[i] - 1.0) * eps
+    if ddim:
+      x = x0 * np.sqrt(acp_prev[i]) + np.sqrt(1.0 - acp_prev[i]) * eps
+      continue
+    frac = (v + 1.0) / 2.0
+    logvar = frac * np.log(b[i]) + (1.0 - frac) * post_logvar[i]
+    mean = coef1[i] * x0 + coef2[i] * x
+    x = mean + (i != 0) * np.exp(0.5 * logvar) * noises[k]
+  return x
+
+
+@pytest.mark.parametrize("ddim", [False, True])
+def test_matches_the_original_respaced_loop(ddim):
+  steps, cfg = 25, 2.5
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, C))
+  labels = jnp.array([0, 2])
+  rng = jax.random.PRNGKey(1)
+  noises = [np.asarray(jax.random.normal(k, x0.shape), np.float64)
+            for k in jax.random.split(rng, steps)]
+  grid = samplers.respaced_grid(steps)
+  kw = {"eta": 0.0 if ddim else None, "null_cond": {"label": jnp.full(2, NULL)}, "cfg_scale": cfg}
+  got = samplers.sample_ddpm_learned(jax_model, rng, x0, {"label": labels}, grid,
+                                     guide_channels=3, **kw)
+  want = reference_loop(np.asarray(x0), np.asarray(labels), steps, noises, cfg, ddim)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  # guiding all four channels is a different sampler
+  other = samplers.sample_ddpm_learned(jax_model, rng, x0, {"label": labels}, grid, **kw)
+  assert np.abs(np.asarray(other) - want).max() > 1e-2
+
+
+def test_respaced_steps_keep_both_ends():
+  n = samplers.respaced_steps(250)
+  assert len(n) == 251 and n[0] == 999 and n[-2:].tolist() == [0, -1]
+  assert n[:-1].tolist() == sorted({round(i * 999 / 249) for i in range(250)}, reverse=True)
+  assert samplers.respaced_steps(1000)[:-1].tolist() == list(range(999, -1, -1))
+  with pytest.raises(ValueError, match="steps=1001 must be in 1..1000"):
+    samplers.respaced_steps(1001)
+
+
+def test_learned_variance_endpoints():
+  """v = 1 gives the respaced beta, v = -1 the posterior variance (DDPM's 'fixed small'), for
+  which the learned step equals ddpm_step."""
+  table = VPPath().alpha_bar_table()
+  abar_n, abar_m = table[501], table[497]
+  beta = 1 - abar_n / abar_m
+  tilde = (1 - abar_m) / (1 - abar_n) * beta
+  log_var = samplers.learned_log_variance
+  np.testing.assert_allclose(np.exp(log_var(1.0, abar_n, abar_m)), beta, rtol=1e-5)
+  np.testing.assert_allclose(np.exp(log_var(-1.0, abar_n, abar_m)), tilde, rtol=1e-5)
+  x, eps, z = (jax.random.normal(jax.random.PRNGKey(i), (2, 2, 2, 1)) for i in range(3))
+  step = samplers.ddpm_learned_step
+  np.testing.assert_allclose(step(eps, -jnp.ones_like(x), x, abar_n, abar_m, z),
+                             samplers.ddpm_step(eps, x, abar_n, abar_m, z), rtol=1e-5, atol=1e-6)
+  # the last step (to clean data, abar_m = 1) adds no noise whatever v is
+  last = samplers.ddpm_learned_step(eps, jnp.ones_like(x), x, table[5], table[0], z)
+  np.testing.assert_allclose(last, samplers.ddpm_step(eps, x, table[5], table[0], 0 * z), rtol=1e-6)
+
+
+def test_guided_output_keeps_variance_of_the_conditional_branch():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 2, C))
+  cond, null = {"label": jnp.array([0, 1])}, {"label": jnp.full(2, NULL)}
+  out = samplers.guided_output_fn(jax_model, cond, null, 3.0)(x, 0.3)
+  t = jnp.full(2, 0.3)
+  c, u = jax_model(x, t, cond), jax_model(x, t, null)
+  np.testing.assert_allclose(out[..., :C], u[..., :C] + 3.0 * (c[..., :C] - u[..., :C]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(out[..., C:], c[..., C:])
+  with pytest.raises(ValueError, match="guide_channels=5 must be in 1..4"):
+    samplers.guided_output_fn(jax_model, cond, null, 3.0, guide_channels=5)(x, 0.3)
+
+
+# The variational-bound term (DDPMHybrid).
+
+
+def test_discretized_likelihood_is_a_distribution_over_256_levels():
+  levels = jnp.linspace(-1.0, 1.0, 256)
+  for mean, log_scale in ((0.0, -2.0), (0.7, -4.0), (-0.95, -1.0)):
+    p = jnp.exp(objectives.discretized_gaussian_log_likelihood(levels, mean, log_scale))
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-4)
+    if log_scale < -1.0:  # narrow: the bin of the mean is the most likely one
+      assert int(jnp.argmax(p)) == int(jnp.argmin(jnp.abs(levels - mean)))
+
+
+def test_vb_is_zero_at_the_true_posterior_and_trains_only_v():
+  path = VPPath()
+  x1 = jax.random.uniform(jax.random.PRNGKey(0), (3, 2, 2, 1), minval=-1, maxval=1)
+  eps = jax.random.normal(jax.random.PRNGKey(1), x1.shape)
+  n = jnp.array([1, 400, 999])
+  abar = path.alpha_bar_at_step(n)[:, None, None, None]
+  x_t = jnp.sqrt(abar) * x1 + jnp.sqrt(1 - abar) * eps
+  vb = lambda e, v: objectives.learned_variance_vb(e, v, x_t, x1, n, path)
+  # exact eps and v = -1 (the posterior variance): p equals q, the KL vanishes
+  np.testing.assert_allclose(vb(eps, -jnp.ones_like(x1)), 0.0, atol=1e-5)
+  # v = 1 (variance beta) costs most where beta and beta~ differ most, near the data
+  assert float(vb(eps, jnp.ones_like(x1))[0]) > 0.1
+  # an eps error d moves the mean by c1 sqrt((1 - abar) / abar) d: KL = shift^2 / (2 var~)
+  betas = np.linspace(1e-4, 0.02, 1000)
+  ab = np.cumprod(1 - betas)
+  nn_ = np.asarray(n)
+  var = (1 - ab[nn_ - 1]) / (1 - ab[nn_]) * betas[nn_]
+  shift = betas[nn_] * np.sqrt(ab[nn_ - 1]) / (1 - ab[nn_]) * np.sqrt((1 - ab[nn_]) / ab[nn_]) * 0.1
+  np.testing.assert_allclose(vb(eps + 0.1, -jnp.ones_like(x1)),
+                             shift ** 2 / (2 * var) / np.log(2), rtol=2e-3)
+  grad_eps, grad_v = jax.grad(lambda e, v: vb(e, v).sum(), argnums=(0, 1))(eps,
+                                                                           jnp.zeros_like(x1))
+  assert float(jnp.abs(grad_eps).max()) == 0.0 and float(jnp.abs(grad_v).max()) > 0.0
+
+
+def test_vb_at_step_zero_is_the_decoder_nll():
+  path = VPPath()
+  x1 = jnp.full((1, 1, 1, 1), 0.5)
+  x_t = jnp.sqrt(path.alpha_bar_at_step(0)) * x1  # eps = 0
+  vb = objectives.learned_variance_vb(jnp.zeros_like(x1), jnp.zeros_like(x1), x_t, x1,
+                                      jnp.array([0]), path)
+  # the model mean is x1 itself: -log2 P(|z| < (1/255) / std), std from the chain's
+  # beta_0 and clipped beta~_1 (v = 0: their geometric mean)
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  beta0, beta1 = 1 - abar[0], 1 - abar[1] / abar[0]
+  post_var1 = (1 - abar[0]) / (1 - abar[1]) * beta1
+  std = (beta0 * post_var1) ** 0.25
+  half = (1 / 255) / std
+  want = -math.log2(math.erf(half / math.sqrt(2)))
+  assert float(vb[0]) == pytest.approx(want, rel=1e-2)
+
+
+def test_hybrid_objective_is_mse_plus_vb():
+  objective = objectives.DDPMHybrid()
+  x1 = jax.random.uniform(jax.random.PRNGKey(0), (4, 2, 2, C), minval=-1, maxval=1)
+  model = lambda x, t, cond: jnp.concatenate([0.5 * x, jnp.tanh(x)], -1)
+  loss, metrics = objective.loss(model, jax.random.PRNGKey(3), x1, None)
+  assert float(loss) == pytest.approx(float(metrics["mse"] + metrics["vb"]), rel=1e-6)
+  assert float(metrics["vb"]) > 0
+  with pytest.raises(ValueError, match="needs a learn_sigma model"):
+    objective.loss(lambda x, t, c: x, jax.random.PRNGKey(3), x1, None)
