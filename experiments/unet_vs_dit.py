@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 import matplotlib
 import numpy as np
-from posenc_resolution import NUM_CLASSES, class_labels, final_metrics, fit_classifier, score
+from posenc_resolution import (NUM_CLASSES, class_labels, final_metrics, fit_classifier, score,
+                               tile)
 
 from dit_jax import flops, flow, images, train
 from dit_jax.config import load_config
@@ -118,16 +119,6 @@ def markdown(results: dict) -> str:
       *[f"- {note}" for note in notes],
       "",
   ])
-
-
-def tile(images_NHW: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
-  n, h, w = images_NHW.shape
-  cols = n // rows
-  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 128, np.uint8)
-  for i, image in enumerate(images_NHW):
-    r, c = divmod(i, cols)
-    grid[pad + r * (h + pad):][:h, pad + c * (w + pad):][:, :w] = image
-  return grid
 
 
 def plot(results: dict, samples: dict, path: Path):

@@ -80,14 +80,19 @@ class DDPM:
   def path(self) -> VPPath:
     return VPPath(self.num_steps, self.beta_start, self.beta_end)
 
-  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
-           cond: Any) -> tuple[jax.Array, dict]:
-    """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
+  def noised(self, rng: jax.Array, x1_BHWC: jax.Array):
+    """A uniform step n per example and x_n = sqrt(abar_n) x1 + sqrt(1 - abar_n) eps:
+    (x1 float32, eps, n_B, x_n)."""
     rng_n, rng_noise = jax.random.split(rng)
     x1, eps = _noise_like(rng_noise, x1_BHWC)
     n_B = jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
     abar = self.path.alpha_bar_at_step(n_B).reshape((-1,) + (1,) * (x1.ndim - 1))
-    x_t = jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+    return x1, eps, n_B, jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+
+  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
+           cond: Any) -> tuple[jax.Array, dict]:
+    """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
+    x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
     t_B = ddpm_step_to_t(n_B, self.num_steps)
     target = from_x1_eps(self.prediction, x1, eps, self.path.coefficients(t_B))
     loss = regression_loss(model_fn, x_t, t_B, cond, target)
@@ -214,11 +219,7 @@ class DDPMHybrid(DDPM):
 
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:
-    rng_n, rng_noise = jax.random.split(rng)
-    x1, eps = _noise_like(rng_noise, x1_BHWC)
-    n_B = jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
-    abar = self.path.alpha_bar_at_step(n_B).reshape((-1,) + (1,) * (x1.ndim - 1))
-    x_t = jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+    x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
     C = x1.shape[-1]
     out = model_fn(x_t, ddpm_step_to_t(n_B, self.num_steps), cond).astype(jnp.float32)
     if out.shape[-1] != 2 * C:
