@@ -24,10 +24,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from dit_jax import checkpoint, data, images
+from dit_jax import checkpoint, data, images, parallel
 from dit_jax.convert.vae import save_vae
 from dit_jax.models.vae import AutoencoderKL, create_vae
-from dit_jax.train import PreemptionGuard, make_optimizer
+from dit_jax.train import PreemptionGuard, StepFn, make_optimizer, with_shardings
 from dit_jax.training_log import MetricsLog
 
 
@@ -81,6 +81,16 @@ def create_state(vae, optimizer, rng, image_shape) -> VAETrainState:
                        opt_state=optimizer.init(params), rng=base_rng)
 
 
+def state_shardings(vae, optimizer, image_shape, plan: parallel.ShardingPlan):
+  """(abstract VAETrainState, its shardings under `plan`): parameters by their logical axis
+  names, as for the denoisers (train.state_shardings)."""
+  abstract = jax.eval_shape(lambda rng: create_state(vae, optimizer, rng, image_shape),
+                            jax.random.PRNGKey(0))
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  boxed = jax.eval_shape(vae.init, jax.random.PRNGKey(0), x)
+  return abstract, plan.state_shardings(abstract, nn.get_partition_spec(boxed)["params"])
+
+
 def evaluate(vae, params, data_config, num_batches: int):
   """Mean PSNR / L1 of mode reconstructions, latent std, and one batch of (x, x')."""
   it = data.make_iterator(dict(data_config, shuffle=False), process_index=0, process_count=1)
@@ -111,19 +121,25 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
   if image_shape[-1] != vae.in_channels:
     vae = vae.clone(in_channels=image_shape[-1], out_channels=image_shape[-1])
   optimizer, schedule = make_optimizer(config.optim, config.train.steps)
-  state = create_state(vae, optimizer, jax.random.PRNGKey(config.seed), image_shape)
+  plan = parallel.ShardingPlan.create(config.get("mesh"))  # the same mesh rules as train.py
+  plan.check_batch(config.data.batch_size)
+  abstract, shardings = state_shardings(vae, optimizer, image_shape, plan)
   data_iter = data.make_iterator(config.data)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  (workdir / "config.json").write_text(config.to_json(indent=2))
-  restored = ckpt.restore(checkpoint.abstract_like(state))
-  if restored is not None:
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+  restored = ckpt.restore(with_shardings(abstract, shardings))
+  if restored is None:
+    state = jax.jit(lambda key: create_state(vae, optimizer, key, image_shape),
+                    out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+  else:
     state, data_state = restored
     if data_state is not None:
       data_iter.set_state(data_state)
-  step_fn = jax.jit(functools.partial(
+  step_fn = StepFn(functools.partial(
       train_step, vae=vae, optimizer=optimizer, schedule=schedule,
       ema_decay=config.train.ema_decay, reconstruction=vt.reconstruction,
-      kl_weight=vt.kl_weight), donate_argnums=0)
+      kl_weight=vt.kl_weight), plan, shardings)
   total = config.train.steps
   log = MetricsLog(workdir, enabled=jax.process_index() == 0, total_steps=total,
                    images_per_step=config.data.batch_size)
@@ -132,7 +148,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
     step = int(state.step)
     log.start(step)
     while step < total:
-      state, metrics = step_fn(state, jnp.asarray(next(data_iter)["image"]))
+      batch = plan.global_batch({"image": next(data_iter)["image"]})
+      state, metrics = step_fn(state, batch["image"])
       step += 1
       log.add(step, metrics)
       stopping = guard.requested()
@@ -149,14 +166,17 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
     ckpt.close()
     log.close()
   params = state.ema_params if config.train.ema_decay > 0 else state.params
+  # Gathered onto every device so each process can evaluate and process 0 can export.
+  params = jax.jit(lambda p: p, out_shardings=plan.replicated())(params)
   eval_data = {**config.data.to_dict(), "split": vt.eval_split}
   stats, (x, recon) = evaluate(vae, params, eval_data, vt.eval_batches)
   if vt.auto_scale:
     vae = vae.clone(scaling_factor=round(1.0 / stats["latent_std"], 5), shift_factor=0.0)
   stats.update(step=int(state.step), scaling_factor=vae.scaling_factor)
-  save_vae(workdir / "vae", vae, params)
-  (workdir / "eval.json").write_text(json.dumps(stats, indent=2))
-  pairs = images.to_uint8(np.concatenate([x[:16], recon[:16]]))
-  images.save_png(images.make_grid(pairs, rows=2), workdir / "reconstructions.png",
-                  upscale=max(1, 64 // x.shape[1]))
+  if jax.process_index() == 0:
+    save_vae(workdir / "vae", vae, jax.device_get(params))
+    (workdir / "eval.json").write_text(json.dumps(stats, indent=2))
+    pairs = images.to_uint8(np.concatenate([x[:16], recon[:16]]))
+    images.save_png(images.make_grid(pairs, rows=2), workdir / "reconstructions.png",
+                    upscale=max(1, 64 // x.shape[1]))
   return vae, params

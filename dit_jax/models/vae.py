@@ -307,7 +307,7 @@ class AutoencoderKL(nn.Module):
                 mid_block_attention=self.mid_block_attention, **kw)
     self.encoder = Encoder(latent_channels=self.latent_channels, **arch)
     self.decoder = Decoder(out_channels=self.out_channels, **arch)
-    latent = dict(in_axis=axes.PATCH, out_axis=axes.PATCH, **kw)
+    latent = dict(in_axis=axes.PATCH, out_axis=None, **kw)  # one name may not repeat
     if self.use_quant_conv:
       self.quant_conv = conv(2 * self.latent_channels, 1, "quant_conv", **latent)
     if self.use_post_quant_conv:
