@@ -241,6 +241,30 @@ def cmd_sample_converted(args):
   print(f"wrote {len(labels)} samples to {args.out}")
 
 
+def _sample_captions(args, config, sampler, state):
+  """A caption-conditioned run: --per-class samples for each ';'-separated caption."""
+  import jax
+
+  from dit_jax import images, text
+  if not args.captions:
+    raise ValueError("this model is conditioned on captions: pass --captions 'a red circle at "
+                     "the top left;a blue square in the centre' (';' between captions)")
+  captions = [c.strip() for c in args.captions.split(";") if c.strip()]
+  tokens, mask = text.make_tokenizer(config.data.text_tokenizer).encode_batch(
+      captions, config.data.text_length)
+  cond = {"text_tokens": np.repeat(tokens, args.per_class, axis=0),
+          "text_mask": np.repeat(mask, args.per_class, axis=0)}
+  samples = images.to_uint8(sampler.sample(state.ema_params, cond, jax.random.PRNGKey(args.seed),
+                                           args.cfg_scale))
+  if args.out.endswith(".npz"):
+    np.savez(args.out, arr_0=samples, captions=np.repeat(np.array(captions), args.per_class))
+  else:
+    images.save_png(images.make_grid(samples, rows=len(captions)), args.out,
+                    upscale=max(1, 64 // samples.shape[1]))
+  print(f"wrote {len(samples)} samples of step {int(state.step)} for {len(captions)} captions "
+        f"to {args.out}")
+
+
 def cmd_sample(args, overrides):
   import jax
   if args.converted:
@@ -257,8 +281,10 @@ def cmd_sample(args, overrides):
   model = create_model(config.model)
   sampler = ImageSampler(model, flow.make_objective(config.objective), config.sample,
                          model_input_shape(config.data), decode=latents.decoder_for(config))
-  labels = _sample_labels(args, model.num_classes)
   rng = jax.random.PRNGKey(args.seed)
+  if "text_tokens" in model.condition_keys:
+    return _sample_captions(args, config, sampler, state)
+  labels = _sample_labels(args, model.num_classes)
   batch = min(args.batch_size, len(labels))
   chunks = []
   for start in range(0, len(labels), batch):
@@ -358,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--vae", metavar="DIR", help="VAE folder that decodes latents: for "
                  "--converted the diffusers SD VAE (sd-vae-ft-ema; without it the .npz holds "
                  "the latents); for a latent --workdir it replaces config.data.vae")
+  p.add_argument("--captions", help="caption-conditioned runs: ';'-separated captions, one "
+                 "grid row (--per-class samples) each")
   p.add_argument("--guide-channels", type=int, help="--converted: guide only the first K latent "
                  "channels (3 reproduces the original sampler exactly; default all)")
   p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (uint8 NHWC "

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from dit_jax import checkpoint, flow, parallel, plots
 from dit_jax.config import model_input_shape
 from dit_jax.models import create_model, model_fn
-from dit_jax.sample import ImageSampler
+from dit_jax.sample import ImageSampler, grid_condition
 from dit_jax.training_log import MetricsLog
 
 
@@ -279,6 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                          shardings)
   sampler = ImageSampler(model, objective, config.sample, image_shape, plan,
                          decode=latents.decoder_for(config))
+  rows_cond = None  # caption-conditioned models: grid rows are the first captions of the data
+  if not model.num_classes and model.condition_keys:
+    first = next(data.make_iterator(dict(config.data.to_dict(), shuffle=False),
+                                    process_index=0, process_count=1))
+    rows_cond = grid_condition(model, first)
   log = MetricsLog(workdir, enabled=is_main, total_steps=total_steps,
                    images_per_step=config.data.batch_size)
   guard = PreemptionGuard()
@@ -301,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # Every process samples (the parameters are spread over all); process 0 writes.
         sampler.write_grid(state.ema_params, jax.random.PRNGKey(config.seed + 1),
                            workdir / "samples" / f"step_{step:07d}.png",
-                           per_class=config.train.samples_per_class, write=is_main)
+                           per_class=config.train.samples_per_class, write=is_main,
+                           rows_cond=rows_cond)
         if is_main:
           plots.plot_loss_curve(log.history, workdir / "loss.png")
       if stopping:
