@@ -134,6 +134,19 @@ def ddpm_step(eps, x, abar_n, abar_m, z):
   return mean + jnp.sqrt(var) * z
 
 
+def _scan_steps(body, x0_BHWC, n_T, rng, deterministic: bool):
+  """lax.scan of body((x, ...), (n, m, key)) over consecutive step pairs (n_T[i], n_T[i+1]),
+  with one key per step (placeholders when the steps draw no noise)."""
+  if deterministic:
+    keys = jnp.zeros(n_T.shape[0] - 1)  # unused placeholders: DDIM(eta=0) needs no rng
+  elif rng is None:
+    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
+  else:
+    keys = jax.random.split(rng, n_T.shape[0] - 1)
+  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
+  return x
+
+
 def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
                 grid_T: jax.Array, *, path: VPPath = VPPath(), eta: float | None = None,
                 null_cond: Any = None, cfg_scale: float | jax.Array = 1.0) -> jax.Array:
@@ -153,14 +166,7 @@ def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: An
       return ddpm_step(eps, x, abar_n, abar_m, z), None
     return ddim_step(eps, x, abar_n, abar_m, z, eta), None
 
-  if deterministic:
-    keys = jnp.zeros(n_T.shape[0] - 1)  # unused placeholders: DDIM(eta=0) needs no rng
-  elif rng is None:
-    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
-  else:
-    keys = jax.random.split(rng, n_T.shape[0] - 1)
-  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
-  return x
+  return _scan_steps(body, x0_BHWC, n_T, rng, deterministic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,11 +328,4 @@ def sample_ddpm_learned(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, 
       return ddpm_learned_step(eps, v, x, abar_n, abar_m, z), None
     return ddim_step(eps, x, abar_n, abar_m, z, eta), None
 
-  if deterministic:
-    keys = jnp.zeros(n_T.shape[0] - 1)
-  elif rng is None:
-    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
-  else:
-    keys = jax.random.split(rng, n_T.shape[0] - 1)
-  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
-  return x
+  return _scan_steps(body, x0_BHWC, n_T, rng, deterministic)
