@@ -115,19 +115,41 @@ def count_params(model: DiT, height: int, width: int, channels: int) -> int:
   return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 
 
+def compiled_forward_flops(model, x, t, cond) -> float:
+  """XLA's flop count of `model.apply` compiled for abstract inputs (multiply-add = 2 flops)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  cost = jax.jit(model.apply).lower(variables, x, t, cond).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def report_row(name: str, *, patch_size: int, conditioning: str, size: tuple[int, int, int],
+               tokens: int, flops: dict[str, int], params: int,
+               params_by_component: dict[str, int] | None = None) -> dict:
+  """One row of `dit-jax flops`, the same keys for every model family."""
+  row = {
+      "model": name,
+      "patch_size": patch_size,
+      "conditioning": conditioning,
+      "input": list(size),
+      "tokens": tokens,
+      "gflops": sum(flops.values()) / 1e9,
+      "params": params,
+      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
+  }
+  if params_by_component is not None:
+    row["params_by_component"] = params_by_component
+  return row
+
+
 def xla_flops(model: DiT, height: int, width: int, channels: int) -> float:
   """XLA's flop count of the compiled forward of one example (multiply-add = 2 flops).
 
   Layers are unrolled here because XLA's cost analysis counts a scanned body only once.
   """
   model = dataclasses.replace(model, scan_layers=False, remat_policy="none")
-  x, t, cond = abstract_inputs(model, height, width, channels)
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  compiled = jax.jit(model.apply).lower(variables, x, t, cond).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
-    cost = cost[0]
-  return float(cost["flops"])
+  return compiled_forward_flops(model, *abstract_inputs(model, height, width, channels))
 
 
 def dit_report(model: DiT, name: str, height: int, width: int, channels: int,
@@ -135,17 +157,9 @@ def dit_report(model: DiT, name: str, height: int, width: int, channels: int,
   """One row of `dit-jax flops`: Gflops and parameters in total and per component."""
   flops = dit_flops(model, height, width, channels)
   params = dit_params(model, channels)
-  row = {
-      "model": name,
-      "patch_size": model.patch_size,
-      "conditioning": model.conditioning,
-      "input": [height, width, channels],
-      "tokens": _tokens(model, height, width),
-      "gflops": sum(flops.values()) / 1e9,
-      "params": sum(params.values()),
-      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
-      "params_by_component": params,
-  }
+  row = report_row(name, patch_size=model.patch_size, conditioning=model.conditioning,
+                   size=(height, width, channels), tokens=_tokens(model, height, width),
+                   flops=flops, params=sum(params.values()), params_by_component=params)
   if with_xla:
     row["xla_gflops"] = xla_flops(model, height, width, channels) / 2 / 1e9
   return row
@@ -237,27 +251,16 @@ def unet_abstract_inputs(model, height: int, width: int, channels: int, batch: i
 
 def unet_xla_flops(model, height: int, width: int, channels: int) -> float:
   """XLA's flop count of a U-Net's compiled forward of one example (multiply-add = 2 flops)."""
-  x, t, cond = unet_abstract_inputs(model, height, width, channels)
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  cost = jax.jit(model.apply).lower(variables, x, t, cond).compile().cost_analysis()
-  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  return compiled_forward_flops(model, *unet_abstract_inputs(model, height, width, channels))
 
 
 def unet_report(model, name: str, height: int, width: int, channels: int,
                 with_xla: bool = False) -> dict:
   """One row of `dit-jax flops` for a U-Net (the keys of dit_report)."""
   flops, params = unet_counts(model, height, width, channels)
-  row = {
-      "model": name,
-      "patch_size": 1,
-      "conditioning": model.conditioning,
-      "input": [height, width, channels],
-      "tokens": height * width,
-      "gflops": sum(flops.values()) / 1e9,
-      "params": sum(params.values()),
-      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
-      "params_by_component": params,
-  }
+  row = report_row(name, patch_size=1, conditioning=model.conditioning,
+                   size=(height, width, channels), tokens=height * width, flops=flops,
+                   params=sum(params.values()), params_by_component=params)
   if with_xla:
     row["xla_gflops"] = unet_xla_flops(model, height, width, channels) / 2 / 1e9
   return row
@@ -331,19 +334,11 @@ def text_model_report(model, name: str, height: int, width: int, channels: int,
   cond = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                       jax.eval_shape(lambda: model.example_condition(1)))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  row = {
-      "model": name,
-      "patch_size": model.patch_size,
-      "conditioning": type(model).__name__,
-      "input": [height, width, channels],
-      "tokens": (height // model.patch_size) * (width // model.patch_size),
-      "gflops": sum(flops.values()) / 1e9,
-      "params": sum(l.size for l in jax.tree.leaves(nn.unbox(variables["params"]))),
-      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
-  }
+  params = sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(variables["params"])))
+  row = report_row(name, patch_size=model.patch_size, conditioning=type(model).__name__,
+                   size=(height, width, channels),
+                   tokens=(height // model.patch_size) * (width // model.patch_size),
+                   flops=flops, params=params)
   if with_xla:
-    compiled = jax.jit(model.apply).lower(variables, x, t, cond).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    row["xla_gflops"] = float(cost["flops"]) / 2 / 1e9
+    row["xla_gflops"] = compiled_forward_flops(model, x, t, cond) / 2 / 1e9
   return row
