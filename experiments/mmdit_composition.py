@@ -25,6 +25,7 @@ circle ~0.785, triangle ~0.5) are compared with the caption; empty cells must st
 machine; `prepare` and `report` use the `shapes` generator.
 """
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -131,9 +132,9 @@ def train_variant(variant, data, args):
     ema = jax.tree.map(lambda e, p: args.ema * e + (1 - args.ema) * p, ema, params)
     return params, opt_state, ema, loss
 
-  losses, start, steps_done = [], time.time(), 0
+  losses, curve, start, steps_done, eval_s = [], [], time.time(), 0, 0.0
   for i in range(args.steps):
-    if time.time() - start > args.max_train_seconds:  # safety on a shared machine: say so
+    if time.time() - start - eval_s > args.max_train_seconds:  # safety on a shared machine
       print(f"{variant}: stopped at step {i} after {args.max_train_seconds}s", flush=True)
       break
     params, opt_state, ema, loss = step(params, opt_state, ema, i, images, tokens, mask)
@@ -141,29 +142,43 @@ def train_variant(variant, data, args):
     if i % 100 == 0 or i == args.steps - 1:
       losses.append((i, float(loss)))
       print(f"{variant} step {i} loss {float(loss):.4f} {time.time() - start:.0f}s", flush=True)
-  train_s = time.time() - start
-  samples = sample(model, ema, data, args)
+    if args.eval_every and steps_done % args.eval_every == 0 and steps_done < args.steps:
+      eval_start = time.time()  # learning curve: a few captions, EMA weights, checked exactly
+      scores = check(sample(model, ema, data, args, args.eval_samples), data)
+      curve.append(dict(step=steps_done, **scores))
+      eval_s += time.time() - eval_start
+      print(f"{variant} step {steps_done} eval {json.dumps(scores)}", flush=True)
+  train_s = time.time() - start - eval_s
+  samples = sample(model, ema, data, args, args.num_samples)
   n_params = sum(p.size for p in jax.tree.leaves(params))
   return samples, dict(variant=variant, params=int(n_params), gflops=gflops(model, images.shape[1]),
-                       train_seconds=train_s, steps=steps_done, batch=args.batch,
-                       final_loss=float(np.mean([l for _, l in losses[-5:]])), losses=losses)
+                       train_seconds=train_s, steps=steps_done, batch=args.batch, lr=args.lr,
+                       sample_steps=args.sample_steps, cfg_scale=args.cfg_scale,
+                       final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
+                       curve=curve)
 
 
-def sample(model, params, data, args) -> np.ndarray:
-  """Test captions -> (N, H, W, 3) uint8 samples (Euler, classifier-free guidance)."""
+def sample(model, params, data, args, n: int) -> np.ndarray:
+  """The first n test captions -> (n, H, W, 3) uint8 samples (Euler, classifier-free
+  guidance; the same starting noise for every model)."""
   import jax
   import jax.numpy as jnp
-  from dit_jax import flow, images
-  from dit_jax.models import model_fn
-  sampler = flow.make_sampler({"method": "euler", "steps": args.sample_steps,
-                               "cfg_scale": args.cfg_scale})
-  n = args.num_samples
+  from dit_jax import images
   cond = {"text_tokens": jnp.asarray(data["test_tokens"][:n]),
           "text_mask": jnp.asarray(data["test_mask"][:n])}
   x0 = jax.random.normal(jax.random.PRNGKey(args.seed + 1),
                          (cond["text_mask"].shape[0], *data["test_images"].shape[1:]))
-  run = jax.jit(lambda p, x, c: sampler(model_fn(model, p), None, x, c, model.null_condition(c)))
+  run = _sampler(model, args.sample_steps, args.cfg_scale)
   return images.to_uint8(np.asarray(run(params, x0, cond)))
+
+
+@functools.cache  # one compiled sampler per model, reused by every evaluation
+def _sampler(model, steps: int, cfg_scale: float):
+  import jax
+  from dit_jax import flow
+  from dit_jax.models import model_fn
+  sampler = flow.make_sampler({"method": "euler", "steps": steps, "cfg_scale": cfg_scale})
+  return jax.jit(lambda p, x, c: sampler(model_fn(model, p), None, x, c, model.null_condition(c)))
 
 
 def train(args):
@@ -214,7 +229,7 @@ def check(samples, data, split="test") -> dict:
       break
     wanted = {(int(r), int(c)): (int(s), int(k)) for s, k, r, c in zip(
         data[f"{split}_shape"][i], data[f"{split}_colour"][i], data[f"{split}_row"][i],
-        data[f"{split}_col"][i]) if s >= 0}
+        data[f"{split}_col"][i], strict=True) if s >= 0}
     all_ok = True
     for r in range(GRID):
       for c in range(GRID):
@@ -249,7 +264,10 @@ def report(args):
   entries.sort(key=lambda e: order.index(e["variant"]))
   log = dict(device=device, logs=entries)
   out = Path(args.out)
-  rows = [dict(variant="real test images (checker sanity)", **check(data["test_images"], data))]
+  rows = [dict(variant="real test images (checker sanity)", **check(data["test_images"], data)),
+          # A perfect generator that ignores the caption: real images of the wrong captions.
+          dict(variant="caption-blind baseline", **check(np.roll(data["test_images"], 1, 0),
+                                                         data))]
   grids = [data["test_images"][:args.grid]]
   for entry in log["logs"]:
     samples = np.load(entry.pop("folder") / f"samples_{entry['variant']}.npy")
@@ -264,18 +282,42 @@ def report(args):
       f"{fmt(r, 'final_loss', '{:.4f}')} | {r['colour']:.3f} | {r['shape']:.3f} | "
       f"{r['object']:.3f} | {r['empty_cells']:.3f} | {r['all_objects']:.3f} |\n" for r in rows)
   res = data["test_images"].shape[1]
-  setup = (f"{len(samples)} held-out captions of shapes with 2-3 objects at {res}x{res}, "
-           f"batch {log['logs'][0]['batch']}, Euler {args.sample_steps_label} steps with "
-           f"guidance, device {log['device']}.")
+  first = log["logs"][0]
+  setup = (f"{len(samples)} held-out captions of shapes with 2-3 objects at {res}x{res}; batch "
+           f"{first['batch']}, learning rate {first.get('lr', '?')}; Euler "
+           f"{first.get('sample_steps', '?')} steps with guidance {first.get('cfg_scale', '?')}; "
+           f"device {log['device']}.")
   (out / "mmdit_composition.md").write_text(f"{setup}\n\n{table}")
   (out / "mmdit_composition.json").write_text(json.dumps(
       [{k: v for k, v in r.items() if k != "losses"} for r in rows], indent=1))
   grid = images.make_grid(np.concatenate(grids), rows=len(grids))
   images.save_png(grid, out / "mmdit_composition.png", upscale=3)
+  if any(r.get("curve") for r in rows):
+    plot_curves(rows[2:], rows[1], out / "mmdit_composition_curve.png")
   print(setup)
   print(table)
   print("rows: real test images, " + ", ".join(e["variant"] for e in log["logs"]))
   print("captions:", *data["test_captions"][:args.grid], sep="\n  ")
+
+
+def plot_curves(logs: list[dict], blind: dict, path: Path):
+  """Object and whole-image accuracy of each variant against training steps."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = (("object", "object right (colour + shape)"), ("all_objects", "whole image right"))
+  fig, axs = plt.subplots(1, len(keys), figsize=(10, 3.8))
+  for ax, (key, title) in zip(axs, keys, strict=True):
+    for entry in logs:
+      steps = [c["step"] for c in entry["curve"]] + [entry["steps"]]
+      ax.plot(steps, [c[key] for c in entry["curve"]] + [entry[key]], marker=".",
+              label=entry["variant"])
+    ax.axhline(blind[key], color="gray", linestyle="--", label="caption-blind")
+    ax.set(xlabel="training step", ylabel="fraction of test captions", title=title, ylim=(0, 1))
+    ax.grid(True, alpha=0.3)
+  axs[0].legend(fontsize=8)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
 
 
 def main():
@@ -302,13 +344,16 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max-train-seconds", type=float, default=float("inf"))
   p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the sampled weights")
+  p.add_argument("--eval-every", type=int, default=0,
+                 help="score samples of --eval-samples test captions every this many steps "
+                      "(a learning curve; needs the shapes module, i.e. TFDS)")
+  p.add_argument("--eval-samples", type=int, default=64)
   p.set_defaults(func=train)
   p = sub.add_parser("report")
   p.add_argument("--data", default="runs/mmdit_data/data.npz")
   p.add_argument("--samples", default="runs/mmdit_run")
   p.add_argument("--out", default="experiments/results")
   p.add_argument("--grid", type=int, default=10)
-  p.add_argument("--sample-steps-label", default="40")
   p.set_defaults(func=report)
   args = parser.parse_args()
   args.func(args)
