@@ -1,8 +1,8 @@
 """Why MM-DiT exists: compositional prompts on the captioned `shapes` data set.
 
 Five text-conditioned models of (nearly) equal forward FLOPs are trained with flow matching on
-24x24 (or 32x32) images of 2-3 coloured shapes on a 3x3 grid, with captions such as "a red circle at the
-top left and a blue square in the centre":
+24x24 (or 32x32) images of 2-3 coloured shapes on a 3x3 grid, with captions such as "a red
+circle at the top left and a blue square in the centre":
 
   dit_pooled      DiT, pooled text only (added to the timestep vector, adaLN-Zero)
   dit_cross       DiT, adaLN-Zero from t + pooled text and cross-attention to the text tokens
