@@ -2,7 +2,9 @@
 
 Five text-conditioned models of (nearly) equal forward FLOPs are trained with flow matching on
 24x24 (or 32x32) images of 2-3 coloured shapes on a 3x3 grid, with captions such as "a red
-circle at the top left and a blue square in the centre":
+circle at the top left and a blue square in the centre". By default (`prepare --layout fixed`)
+every object fills 80% of its cell, centred, so the image is a function of the caption and the
+checker measures binding (right colour and shape in the right place), not size or placement:
 
   dit_pooled      DiT, pooled text only (added to the timestep vector, adaLN-Zero)
   dit_cross       DiT, adaLN-Zero from t + pooled text and cross-attention to the text tokens
@@ -14,8 +16,10 @@ All share the same small word-level text encoder, trained with the model (10% ca
 Samples for held-out test captions are checked exactly: in each captioned cell the dominant
 palette colour and a shape classifier (fill ratio of the colour's bounding box: square ~1,
 circle ~0.785, triangle ~0.5) are compared with the caption; empty cells must stay empty.
-The report adds a caption-blind baseline (real images scored against the wrong captions) and,
-when `train --eval-every N` recorded one, a learning curve of the accuracies.
+The report adds a caption-blind baseline (real images scored against the wrong captions), a
+guidance sweep when `train --cfg-scales` named several scales and, when `train --eval-every N`
+recorded one, a learning curve of the accuracies. Samples come from EMA weights with a warm-up,
+so short runs do not keep a share of the (zero-output) initial weights.
 
     python experiments/mmdit_composition.py prepare --out runs/mmdit_data      # seconds
     python experiments/mmdit_composition.py train --data runs/mmdit_data/data.npz \\
@@ -25,7 +29,8 @@ when `train --eval-every N` recorded one, a learning curve of the accuracies.
 
 `train` needs only JAX/Flax/Optax and this package (no TFDS, unless --eval-every), so it runs
 on a bare accelerator machine; `prepare` and `report` use the `shapes` generator. On a 2-core
-CPU a 3000-step variant at batch 64 takes about 12 minutes and is not enough (README).
+CPU two variants train side by side at 0.3-0.6 s/step each (batch 64, one XLA thread each:
+XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"); see README.
 """
 import argparse
 import functools
@@ -60,22 +65,31 @@ def build_model(variant: str, vocab_size: int, size: str = "cpu"):
 # ---------------------------------------------------------------------------------------------
 # prepare: captioned shapes -> one compressed npz (images, tokens, test objects)
 
-def prepare(args):
+def split_arrays(split: str, count: int, resolution: int, fixed_layout: bool) -> dict:
+  """`count` captioned shapes examples (2-3 objects) of one split: images, captions and the
+  per-object arrays (shape, colour, row, col; padded with -1) that `check` reads."""
   from dit_jax.data import shapes
+  config = shapes.ShapesConfig(name="multi", resolution=resolution, min_objects=2,
+                               max_objects=3, fixed_layout=fixed_layout)
+  exs = [shapes.example(config, split, i) for i in range(count)]
+  out = {f"{split}_images": np.stack([e["image"] for e in exs]),
+         f"{split}_captions": np.array([e["caption"] for e in exs])}
+  for key in ("shape", "colour", "row", "col"):
+    out[f"{split}_{key}"] = np.stack([e["objects"][key] for e in exs])
+  return out
+
+
+def prepare(args):
   from dit_jax.text import make_tokenizer
   tok = make_tokenizer("words:shapes")
-  config = shapes.ShapesConfig(name="multi", resolution=args.resolution, min_objects=2,
-                               max_objects=3)
   out = {}
   for split, count in (("train", args.num_train), ("test", NUM_TEST)):
-    exs = [shapes.example(config, split, i) for i in range(count)]
-    out[f"{split}_images"] = np.stack([e["image"] for e in exs])
+    out.update(split_arrays(split, count, args.resolution, args.layout == "fixed"))
     out[f"{split}_tokens"], out[f"{split}_mask"] = tok.encode_batch(
-        [e["caption"] for e in exs], _variants().TEXT_LENGTH)
-    for key in ("shape", "colour", "row", "col"):
-      out[f"{split}_{key}"] = np.stack([e["objects"][key] for e in exs])
-  out["test_captions"] = np.array([e["caption"] for e in exs])
+        list(out[f"{split}_captions"]), _variants().TEXT_LENGTH)
+  del out["train_captions"]
   out["vocab_size"] = np.int32(tok.vocab_size)
+  out["layout"] = np.array(args.layout)
   Path(args.out).mkdir(parents=True, exist_ok=True)
   np.savez_compressed(Path(args.out) / "data.npz", **out)
   print(f"wrote {args.out}/data.npz: {args.num_train} train, {NUM_TEST} test examples")
@@ -132,7 +146,10 @@ def train_variant(variant, data, args):
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    ema = jax.tree.map(lambda e, p: args.ema * e + (1 - args.ema) * p, ema, params)
+    # Warm-up (decay (1+i)/(10+i) until it reaches args.ema): a plain EMA of a short run still
+    # holds 0.999^steps of the zero-output initial weights and leaves noise in the samples.
+    decay = jnp.minimum(args.ema, (1.0 + i) / (10.0 + i))
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
     return params, opt_state, ema, loss
 
   losses, curve, start, steps_done, eval_s = [], [], time.time(), 0, 0.0
@@ -147,21 +164,24 @@ def train_variant(variant, data, args):
       print(f"{variant} step {i} loss {float(loss):.4f} {time.time() - start:.0f}s", flush=True)
     if args.eval_every and steps_done % args.eval_every == 0 and steps_done < args.steps:
       eval_start = time.time()  # learning curve: a few captions, EMA weights, checked exactly
-      scores = check(sample(model, ema, data, args, args.eval_samples), data)
+      scores = check(sample(model, ema, data, args, args.eval_samples, args.cfg_scales[0]),
+                     data)
       curve.append(dict(step=steps_done, **scores))
       eval_s += time.time() - eval_start
       print(f"{variant} step {steps_done} eval {json.dumps(scores)}", flush=True)
   train_s = time.time() - start - eval_s
-  samples = sample(model, ema, data, args, args.num_samples)
+  samples = {scale: sample(model, ema, data, args, args.num_samples, scale)
+             for scale in args.cfg_scales}
   n_params = sum(p.size for p in jax.tree.leaves(params))
   return samples, dict(variant=variant, params=int(n_params), gflops=gflops(model, images.shape[1]),
                        train_seconds=train_s, steps=steps_done, batch=args.batch, lr=args.lr,
-                       sample_steps=args.sample_steps, cfg_scale=args.cfg_scale,
+                       sample_steps=args.sample_steps, cfg_scale=args.cfg_scales[0],
+                       cfg_scales=args.cfg_scales,
                        final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
-                       curve=curve)
+                       curve=curve), ema
 
 
-def sample(model, params, data, args, n: int) -> np.ndarray:
+def sample(model, params, data, args, n: int, cfg_scale: float) -> np.ndarray:
   """The first n test captions -> (n, H, W, 3) uint8 samples (Euler, classifier-free
   guidance; the same starting noise for every model)."""
   import jax
@@ -171,7 +191,7 @@ def sample(model, params, data, args, n: int) -> np.ndarray:
           "text_mask": jnp.asarray(data["test_mask"][:n])}
   x0 = jax.random.normal(jax.random.PRNGKey(args.seed + 1),
                          (cond["text_mask"].shape[0], *data["test_images"].shape[1:]))
-  run = _sampler(model, args.sample_steps, args.cfg_scale)
+  run = _sampler(model, args.sample_steps, cfg_scale)
   return images.to_uint8(np.asarray(run(params, x0, cond)))
 
 
@@ -188,12 +208,16 @@ def train(args):
   data = dict(np.load(args.data))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  import flax.serialization
   import jax
   print("devices:", jax.devices(), flush=True)
   logs = []
   for variant in args.variants.split(","):
-    samples, log = train_variant(variant, data, args)
-    np.save(out / f"samples_{variant}.npy", samples)
+    samples, log, ema = train_variant(variant, data, args)
+    (out / f"ema_{variant}.msgpack").write_bytes(flax.serialization.to_bytes(ema))
+    np.save(out / f"samples_{variant}.npy", samples[args.cfg_scales[0]])  # the table's samples
+    for scale, arr in samples.items():
+      np.save(out / f"samples_{variant}_cfg{scale:g}.npy", arr)
     logs.append(log)
     print(json.dumps({k: v for k, v in log.items() if k != "losses"}), flush=True)
     (out / "train_log.json").write_text(json.dumps(
@@ -223,17 +247,17 @@ def classify_cell(cell_HW3: np.ndarray, palette: np.ndarray, min_pixels: int = 4
   return colour, shape
 
 
-def check(samples, data, split="test") -> dict:
-  """Per-object and per-image accuracy of samples against the test captions' objects."""
+def check_images(samples, data, split="test") -> dict[str, np.ndarray]:
+  """Per-image counts: captioned objects, how many have the right colour / shape / both,
+  empty cells and how many stayed empty, and whether the whole image is right."""
   from dit_jax.data.shapes import GRID, PALETTE, cell_bounds
-  colour_ok, shape_ok, both_ok, images_ok, empty_ok = [], [], [], [], []
-  for i, img in enumerate(samples):
-    if i >= len(data[f"{split}_shape"]):
-      break
+  n = min(len(samples), len(data[f"{split}_shape"]))
+  keys = ("objects", "colour", "shape", "object", "empty_total", "empty_cells", "all_objects")
+  out = {key: np.zeros(n, np.int64) for key in keys}
+  for i, img in enumerate(samples[:n]):
     wanted = {(int(r), int(c)): (int(s), int(k)) for s, k, r, c in zip(
         data[f"{split}_shape"][i], data[f"{split}_colour"][i], data[f"{split}_row"][i],
         data[f"{split}_col"][i], strict=True) if s >= 0}
-    all_ok = True
     for r in range(GRID):
       for c in range(GRID):
         res = img.shape[0]
@@ -241,17 +265,44 @@ def check(samples, data, split="test") -> dict:
         colour, shape = classify_cell(img[y0:y1, x0:x1], PALETTE)
         if (r, c) in wanted:
           s, k = wanted[(r, c)]
-          colour_ok.append(colour == k)
-          shape_ok.append(shape == s)
-          both_ok.append(colour == k and shape == s)
-          all_ok &= both_ok[-1]
+          out["objects"][i] += 1
+          out["colour"][i] += colour == k
+          out["shape"][i] += shape == s
+          out["object"][i] += colour == k and shape == s
         else:
-          empty_ok.append(colour == -1)
-          all_ok &= empty_ok[-1]
-    images_ok.append(all_ok)
-  mean = lambda v: float(np.mean(v))
-  return dict(colour=mean(colour_ok), shape=mean(shape_ok), object=mean(both_ok),
-              empty_cells=mean(empty_ok), all_objects=mean(images_ok))
+          out["empty_total"][i] += 1
+          out["empty_cells"][i] += colour == -1
+    out["all_objects"][i] = (out["object"][i] == out["objects"][i]
+                             and out["empty_cells"][i] == out["empty_total"][i])
+  return out
+
+
+def accuracies(per_image: dict[str, np.ndarray], index=slice(None)) -> dict[str, float]:
+  """Fractions of objects (colour, shape, object), empty cells and whole images that are right,
+  over the images `index` selects."""
+  sums = {key: float(np.sum(v[index])) for key, v in per_image.items()}
+  return dict(colour=sums["colour"] / sums["objects"], shape=sums["shape"] / sums["objects"],
+              object=sums["object"] / sums["objects"],
+              empty_cells=sums["empty_cells"] / sums["empty_total"],
+              all_objects=sums["all_objects"] / len(per_image["objects"][index]))
+
+
+def check(samples, data, split="test") -> dict[str, float]:
+  """Per-object and per-image accuracy of samples against the test captions' objects."""
+  return accuracies(check_images(samples, data, split))
+
+
+def paired_difference(a: dict, b: dict, key: str, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+  """Accuracy `key` of a minus that of b on the same captions and starting noise, with a 95%
+  interval from a paired bootstrap over test images (objects of one image are not
+  independent, images are)."""
+  rng = np.random.default_rng(seed)
+  n = len(a["objects"])
+  diffs = [accuracies(a, idx)[key] - accuracies(b, idx)[key]
+           for idx in rng.integers(0, n, (resamples, n))]
+  lo, hi = np.percentile(diffs, [2.5, 97.5])
+  return accuracies(a)[key] - accuracies(b)[key], float(lo), float(hi)
 
 
 def report(args):
@@ -267,15 +318,23 @@ def report(args):
   entries.sort(key=lambda e: order.index(e["variant"]))
   log = dict(device=device, logs=entries)
   out = Path(args.out)
-  rows = [dict(variant="real test images (checker sanity)", **check(data["test_images"], data)),
-          # A perfect generator that ignores the caption: real images of the wrong captions.
-          dict(variant="caption-blind baseline", **check(np.roll(data["test_images"], 1, 0),
-                                                         data))]
-  grids = [data["test_images"][:args.grid]]
+  first = log["logs"][0]
+  n = len(np.load(first["folder"] / f"samples_{first['variant']}.npy", mmap_mode="r"))
+  real = data["test_images"][:n]  # the captions the models were sampled for
+  # A perfect generator that ignores the caption: real images of the wrong captions.
+  per_image = {"real test images (checker sanity)": check_images(real, data),
+               "caption-blind baseline": check_images(np.roll(real, 1, 0), data)}
+  rows = [dict(variant=name, **accuracies(v)) for name, v in per_image.items()]
+  grids, sweep = [real[:args.grid]], {}
   for entry in log["logs"]:
-    samples = np.load(entry.pop("folder") / f"samples_{entry['variant']}.npy")
-    rows.append(dict(entry, **check(samples, data)))
+    folder, variant = entry.pop("folder"), entry["variant"]
+    samples = np.load(folder / f"samples_{variant}.npy")
+    per_image[variant] = check_images(samples, data)
+    rows.append(dict(entry, **accuracies(per_image[variant])))
     grids.append(samples[:args.grid])
+    if len(entry.get("cfg_scales", [])) > 1:
+      sweep[variant] = {scale: check(np.load(folder / f"samples_{variant}_cfg{scale:g}.npy"), data)
+                        for scale in sorted(entry["cfg_scales"])}
   header = ("| model | Gflops | params | steps | final loss | colour | shape | object (colour+shape)"
             " | empty cells | all objects |\n|---|---|---|---|---|---|---|---|---|---|\n")
   fmt = lambda r, k, f: f.format(r[k]) if k in r else "-"
@@ -285,11 +344,16 @@ def report(args):
       f"{fmt(r, 'final_loss', '{:.4f}')} | {r['colour']:.3f} | {r['shape']:.3f} | "
       f"{r['object']:.3f} | {r['empty_cells']:.3f} | {r['all_objects']:.3f} |\n" for r in rows)
   res = data["test_images"].shape[1]
-  first = log["logs"][0]
-  setup = (f"{len(samples)} held-out captions of shapes with 2-3 objects at {res}x{res}; batch "
+  layout = str(data.get("layout", "jittered"))  # files written before --layout: jittered
+  setup = (f"{n} held-out captions of shapes with 2-3 objects ({layout} layout) at "
+           f"{res}x{res}; batch "
            f"{first['batch']}, learning rate {first.get('lr', '?')}; Euler "
            f"{first.get('sample_steps', '?')} steps with guidance {first.get('cfg_scale', '?')}; "
            f"device {log['device']}.")
+  if "dit_pooled" in per_image:
+    table += "\n" + difference_table(per_image, "dit_pooled")
+  if sweep:
+    table += "\n" + guidance_table(sweep)
   (out / "mmdit_composition.md").write_text(f"{setup}\n\n{table}")
   (out / "mmdit_composition.json").write_text(json.dumps(
       [{k: v for k, v in r.items() if k != "losses"} for r in rows], indent=1))
@@ -301,6 +365,34 @@ def report(args):
   print(table)
   print("rows: real test images, " + ", ".join(e["variant"] for e in log["logs"]))
   print("captions:", *data["test_captions"][:args.grid], sep="\n  ")
+
+
+def difference_table(per_image: dict, reference: str) -> str:
+  """Each model's colour and object accuracy minus the reference's on the same test captions,
+  with paired-bootstrap 95% intervals: an interval above 0 means it binds words to places
+  better than the reference beyond sampling noise."""
+  lines = [f"| minus {reference} (95% interval) | colour | object |", "|---|---|---|"]
+  for name, per in per_image.items():
+    if name == reference or name.startswith("real"):
+      continue
+    cells = []
+    for key in ("colour", "object"):
+      diff, lo, hi = paired_difference(per, per_image[reference], key)
+      cells.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    lines.append(f"| {name} | {' | '.join(cells)} |")
+  return "\n".join(lines) + "\n"
+
+
+def guidance_table(sweep: dict) -> str:
+  """Object accuracy / whole-image accuracy of each variant at each guidance scale."""
+  scales = sorted({scale for by_scale in sweep.values() for scale in by_scale})
+  head = " | ".join(f"guidance {scale:g}" for scale in scales)
+  lines = [f"| model (object / all objects) | {head} |", "|---" * (len(scales) + 1) + "|"]
+  for variant, by_scale in sweep.items():
+    cells = " | ".join(f"{by_scale[scale]['object']:.3f} / {by_scale[scale]['all_objects']:.3f}"
+                       if scale in by_scale else "-" for scale in scales)
+    lines.append(f"| {variant} | {cells} |")
+  return "\n".join(lines) + "\n"
 
 
 def plot_curves(logs: list[dict], blind: dict, path: Path):
@@ -331,6 +423,9 @@ def main():
   p.add_argument("--out", default="runs/mmdit_data")
   p.add_argument("--num-train", type=int, default=20_000)
   p.add_argument("--resolution", type=int, default=24)
+  p.add_argument("--layout", default="fixed", choices=("fixed", "jittered"),
+                 help="objects 80%% of their cell and centred (the image is a function of the "
+                      "caption), or of random size and place within the cell")
   p.set_defaults(func=prepare)
   p = sub.add_parser("train")
   p.add_argument("--data", default="runs/mmdit_data/data.npz")
@@ -339,11 +434,13 @@ def main():
                  "mmdit_hybrid")
   p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
   p.add_argument("--steps", type=int, default=6000)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--lr", type=float, default=5e-4)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--sample-steps", type=int, default=40)
   p.add_argument("--num-samples", type=int, default=NUM_TEST, help="test captions to sample")
-  p.add_argument("--cfg-scale", type=float, default=3.0)
+  p.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")],
+                 default=[3.0], help="guidance scales to sample at (comma-separated); the "
+                 "first is the table's and the learning curve's, the others a sweep")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max-train-seconds", type=float, default=float("inf"))
   p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the sampled weights")

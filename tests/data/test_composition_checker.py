@@ -19,16 +19,6 @@ def composition():
   return module
 
 
-def _split(resolution: int, count: int) -> dict:
-  """The arrays `prepare` writes for one split (images and per-object metadata)."""
-  config = shapes.ShapesConfig(name="t", resolution=resolution, min_objects=2, max_objects=3)
-  exs = [shapes.example(config, "test", i) for i in range(count)]
-  data = {"test_images": np.stack([e["image"] for e in exs])}
-  for key in ("shape", "colour", "row", "col"):
-    data[f"test_{key}"] = np.stack([e["objects"][key] for e in exs])
-  return data
-
-
 @pytest.mark.parametrize("resolution", [24, 32])
 def test_classify_cell_reads_every_shape_colour_and_size(composition, resolution):
   config = shapes.ShapesConfig(name="t", resolution=resolution)
@@ -47,7 +37,7 @@ def test_classify_cell_reads_every_shape_colour_and_size(composition, resolution
 
 
 def test_check_scores_real_images_perfectly_and_wrong_captions_low(composition):
-  data = _split(24, 64)
+  data = composition.split_arrays("test", 64, 24, fixed_layout=False)
   scores = composition.check(data["test_images"], data)
   assert scores == dict(colour=1.0, shape=1.0, object=1.0, empty_cells=1.0, all_objects=1.0)
   blind = composition.check(np.roll(data["test_images"], 1, 0), data)
@@ -61,3 +51,18 @@ def test_check_scores_real_images_perfectly_and_wrong_captions_low(composition):
   scores = composition.check(broken, data)
   assert scores["all_objects"] == pytest.approx(63 / 64)
   assert scores["shape"] == 1.0 and scores["colour"] < 1.0
+
+
+def test_paired_difference_separates_real_from_caption_blind(composition):
+  data = composition.split_arrays("test", 64, 24, fixed_layout=True)
+  real = composition.check_images(data["test_images"], data)
+  blind = composition.check_images(np.roll(data["test_images"], 1, 0), data)
+  assert real["objects"].sum() == (data["test_shape"] >= 0).sum()
+  assert composition.paired_difference(real, real, "object") == (0.0, 0.0, 0.0)
+  diff, lo, hi = composition.paired_difference(real, blind, "object")
+  assert diff == pytest.approx(1.0 - composition.accuracies(blind)["object"])
+  assert 0.85 < lo < diff < hi <= 1.0
+  # An interval, not a point: half the images swapped for blind ones widen it around ~0.5.
+  mixed = {key: np.where(np.arange(64) % 2 == 0, real[key], blind[key]) for key in real}
+  diff, lo, hi = composition.paired_difference(mixed, blind, "object")
+  assert 0.3 < lo < diff < hi < 0.7

@@ -10,6 +10,8 @@ from dit_jax.data import shapes
 SMALL = data.ShapesConfig(name="small", resolution=15, min_objects=1, max_objects=9)
 MULTI_64 = data.ShapesConfig(name="m", resolution=64, min_objects=1, max_objects=9)
 SINGLE_32 = data.ShapesConfig(name="s", resolution=32)
+FIXED_24 = data.ShapesConfig(name="f", resolution=24, min_objects=2, max_objects=3,
+                             fixed_layout=True)
 
 
 def template(shape: int, side: int) -> np.ndarray:
@@ -48,7 +50,7 @@ def check(ex: dict, resolution: int):
   assert len({(r, c) for r, c in zip(objs["row"][:n], objs["col"][:n])}) == n  # one per cell
 
 
-@pytest.mark.parametrize("config", [SMALL, SINGLE_32, MULTI_64], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [SMALL, SINGLE_32, MULTI_64, FIXED_24], ids=lambda c: c.name)
 def test_generated_pixels_match_caption_and_metadata(config):
   for i in range(60):
     ex = shapes.example(config, "train", i)
@@ -64,6 +66,18 @@ def test_examples_are_a_function_of_seed_split_and_index(tiny_multi):
   others = [shapes.example(tiny_multi, "test", 5), shapes.example(tiny_multi, "train", 6),
             shapes.example(dataclasses.replace(tiny_multi, seed=4), "train", 5)]
   assert all(not np.array_equal(a["image"], o["image"]) for o in others)
+
+
+def test_fixed_layout_image_is_a_function_of_the_caption():
+  config = dataclasses.replace(FIXED_24, min_objects=1, max_objects=1)
+  by_caption = {}
+  for i in range(400):  # 162 possible captions: many repeat
+    ex = shapes.example(config, "train", i)
+    y0, x0, y1, x1 = ex["objects"]["bbox"][0]
+    assert y1 - y0 == x1 - x0 == 6 and y0 % 8 == x0 % 8 == 1  # 80% of an 8 px cell, centred
+    first = by_caption.setdefault(ex["caption"], ex["image"])
+    np.testing.assert_array_equal(first, ex["image"])
+  assert len(by_caption) < 200
 
 
 def test_single_object_label_is_shape_times_colours_plus_colour(tiny_single):
