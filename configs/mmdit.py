@@ -6,8 +6,9 @@ experiments/mmdit_composition.py), and the published MM-DiT shapes for FLOP coun
     dit-jax train --config configs/mmdit.py:mmdit_double --workdir runs/mmdit_double
 
 arg: a variant of VARIANTS, optionally '@gpu' for the larger size (e.g. 'mmdit_hybrid@gpu'), or
-a published preset name (models.mmdit.PRESETS). Variant configs read shapes/multi_32 with its
-captions tokenized by the data pipeline (data.text_tokenizer).
+a published preset name (models.mmdit.PRESETS). Variant configs read shapes/multi_fixed_24 (the
+data of experiments/mmdit_composition.py) with its captions tokenized by the data pipeline
+(data.text_tokenizer).
 """
 from pathlib import Path
 
@@ -60,9 +61,9 @@ def get_config(arg: str = "mmdit_hybrid"):
     return config
   variant, _, size = arg.partition("@")
   config.model = ml_collections.ConfigDict(model_fields(variant, size or "cpu"))
-  config.data.update(name="shapes/multi_32", batch_size=64, text_tokenizer="words:shapes",
+  config.data.update(name="shapes/multi_fixed_24", batch_size=64, text_tokenizer="words:shapes",
                      text_length=TEXT_LENGTH)
-  config.optim.update(lr=5e-4, warmup_steps=200, schedule="cosine")
+  config.optim.update(lr=1e-3, warmup_steps=200, schedule="cosine")
   config.train.update(steps=5000, sample_every=5000, samples_per_class=8)
   config.sample.update(method="euler", steps=40, cfg_scale=3.0)
   return config

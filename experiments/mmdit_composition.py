@@ -324,29 +324,37 @@ def report(args):
   # A perfect generator that ignores the caption: real images of the wrong captions.
   per_image = {"real test images (checker sanity)": check_images(real, data),
                "caption-blind baseline": check_images(np.roll(real, 1, 0), data)}
-  rows = [dict(variant=name, **accuracies(v)) for name, v in per_image.items()]
+  # Captions never seen in training: a model that memorised captions fails these.
+  seen = {row.tobytes() for row in data["train_tokens"]}
+  unseen = np.array([row.tobytes() not in seen for row in data["test_tokens"][:n]])
+  scores = lambda v: dict(accuracies(v), all_objects_unseen=accuracies(v, unseen)["all_objects"])
+  rows = [dict(variant=name, **scores(v)) for name, v in per_image.items()]
   grids, sweep = [real[:args.grid]], {}
   for entry in log["logs"]:
     folder, variant = entry.pop("folder"), entry["variant"]
     samples = np.load(folder / f"samples_{variant}.npy")
     per_image[variant] = check_images(samples, data)
-    rows.append(dict(entry, **accuracies(per_image[variant])))
+    rows.append(dict(entry, **scores(per_image[variant])))
     grids.append(samples[:args.grid])
     if len(entry.get("cfg_scales", [])) > 1:
-      sweep[variant] = {scale: check(np.load(folder / f"samples_{variant}_cfg{scale:g}.npy"), data)
-                        for scale in sorted(entry["cfg_scales"])}
+      sweep[variant] = {
+          scale: check(np.load(folder / f"samples_{variant}_cfg{scale:g}.npy"), data)
+          for scale in sorted(entry["cfg_scales"])}
   header = ("| model | Gflops | params | steps | final loss | colour | shape | object (colour+shape)"
-            " | empty cells | all objects |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            " | empty cells | all objects | all objects, unseen captions |\n"
+            + "|---" * 11 + "|\n")
   fmt = lambda r, k, f: f.format(r[k]) if k in r else "-"
   table = header + "".join(
       f"| {r['variant']} | {fmt(r, 'gflops', '{:.4f}')} | {fmt(r, 'params', '{:,}')} | "
       f"{fmt(r, 'steps', '{}')} | "
       f"{fmt(r, 'final_loss', '{:.4f}')} | {r['colour']:.3f} | {r['shape']:.3f} | "
-      f"{r['object']:.3f} | {r['empty_cells']:.3f} | {r['all_objects']:.3f} |\n" for r in rows)
+      f"{r['object']:.3f} | {r['empty_cells']:.3f} | {r['all_objects']:.3f} | "
+      f"{r['all_objects_unseen']:.3f} |\n" for r in rows)
   res = data["test_images"].shape[1]
   layout = str(data.get("layout", "jittered"))  # files written before --layout: jittered
-  setup = (f"{n} held-out captions of shapes with 2-3 objects ({layout} layout) at "
-           f"{res}x{res}; batch "
+  setup = (f"{n} held-out captions ({unseen.sum()} of them absent from the training set) of "
+           f"shapes "
+           f"with 2-3 objects ({layout} layout) at {res}x{res}; batch "
            f"{first['batch']}, learning rate {first.get('lr', '?')}; Euler "
            f"{first.get('sample_steps', '?')} steps with guidance {first.get('cfg_scale', '?')}; "
            f"device {log['device']}.")

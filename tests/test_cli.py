@@ -76,7 +76,7 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
   of the data, and `sample --captions` writes one group per caption."""
   from dit_jax import data
   data_dir = str(tmp_path / "tfds")
-  data.prepare("shapes/multi_32", data_dir)
+  data.prepare("shapes/multi_fixed_24", data_dir)
   run = tmp_path / "run"
   cli.main(["train", "--config", "configs/mmdit.py:mmdit_hybrid", "--workdir", str(run),
             f"--config.data.data_dir={data_dir}", "--config.data.batch_size=8",
@@ -85,13 +85,13 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
             "--config.train.sample_every=2", "--config.train.samples_per_class=2",
             "--config.sample.steps=2"])
   grid = np.asarray(Image.open(run / "samples" / "step_0000002.png"))
-  assert grid.shape[:2] == ((8 * 33 + 1) * 2, (2 * 33 + 1) * 2)  # 8 captions x 2, 32px at 2x
+  assert grid.shape[:2] == ((8 * 25 + 1) * 2, (2 * 25 + 1) * 2)  # 8 captions x 2, 24px at 2x
   out = tmp_path / "captions.npz"
   cli.main(["sample", "--workdir", str(run), "--captions",
             "a red circle at the top left;a blue square in the centre", "--per-class", "2",
             "--steps", "2", "--out", str(out)])
   saved = np.load(out)
-  assert saved["arr_0"].shape == (4, 32, 32, 3) and saved["arr_0"].dtype == np.uint8
+  assert saved["arr_0"].shape == (4, 24, 24, 3) and saved["arr_0"].dtype == np.uint8
   assert list(saved["captions"][::2]) == ["a red circle at the top left",
                                           "a blue square in the centre"]
   with pytest.raises(SystemExit, match="conditioned on captions: pass --captions"):

@@ -125,9 +125,10 @@ def example(config: ShapesConfig, split: str, index: int) -> dict:
   return ex
 
 
-def _config(name, resolution, min_objects, max_objects, description):
+def _config(name, resolution, min_objects, max_objects, description, fixed_layout=False):
   return ShapesConfig(name=name, resolution=resolution, min_objects=min_objects,
-                      max_objects=max_objects, description=description)
+                      max_objects=max_objects, description=description,
+                      fixed_layout=fixed_layout)
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -140,6 +141,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       _config("multi_32", 32, 2, 3, "two or three objects, 32x32"),
       _config("single_64", 64, 1, 1, "one object, 64x64, class label = shape * 6 + colour"),
       _config("multi_64", 64, 2, 3, "two or three objects, 64x64"),
+      _config("multi_fixed_24", 24, 2, 3, "two or three objects, 24x24, each 80% of its cell "
+              "and centred: the image is a function of the caption", fixed_layout=True),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -115,8 +115,13 @@ def test_prepared_single_config_has_class_labels(data_dir, tiny_single):
 
 def test_named_configs_and_their_image_shapes():
   names = [c.name for c in data.Shapes.BUILDER_CONFIGS]
-  assert names == ["single_32", "multi_32", "single_64", "multi_64"]
+  assert names == ["single_32", "multi_32", "single_64", "multi_64", "multi_fixed_24"]
   assert data.image_shape({"name": "shapes/multi_64"}) == (64, 64, 3)
+  assert data.image_shape({"name": "shapes/multi_fixed_24"}) == (24, 24, 3)
+  fixed = data.Shapes.BUILDER_CONFIGS[-1]
+  np.testing.assert_array_equal(  # the experiment's data: same generator, same examples
+      shapes.example(fixed, "test", 3)["image"],
+      shapes.example(dataclasses.replace(FIXED_24, name="multi_fixed_24"), "test", 3)["image"])
 
 
 def test_too_small_resolution_is_rejected(tmp_path):
