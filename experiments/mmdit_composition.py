@@ -173,8 +173,9 @@ def train_variant(variant, data, args):
   samples = {scale: sample(model, ema, data, args, args.num_samples, scale)
              for scale in args.cfg_scales}
   n_params = sum(p.size for p in jax.tree.leaves(params))
-  return samples, dict(variant=variant, params=int(n_params), gflops=gflops(model, images.shape[1]),
-                       train_seconds=train_s, steps=steps_done, batch=args.batch, lr=args.lr,
+  return samples, dict(variant=variant, seed=args.seed, params=int(n_params),
+                       gflops=gflops(model, images.shape[1]), train_seconds=train_s,
+                       steps=steps_done, batch=args.batch, lr=args.lr,
                        sample_steps=args.sample_steps, cfg_scale=args.cfg_scales[0],
                        cfg_scales=args.cfg_scales,
                        final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
@@ -315,7 +316,7 @@ def report(args):
     log = json.loads(path.read_text())
     device = log["device"]
     entries += [dict(e, folder=path.parent) for e in log["logs"]]
-  entries.sort(key=lambda e: order.index(e["variant"]))
+  entries.sort(key=lambda e: (order.index(e["variant"]), e.get("seed", 0)))
   log = dict(device=device, logs=entries)
   out = Path(args.out)
   first = log["logs"][0]
@@ -332,16 +333,17 @@ def report(args):
   grids, sweep = [real[:args.grid]], {}
   for entry in log["logs"]:
     folder, variant = entry.pop("folder"), entry["variant"]
+    name = variant + (f" (seed {entry['seed']})" if entry.get("seed") else "")
     samples = np.load(folder / f"samples_{variant}.npy")
-    per_image[variant] = check_images(samples, data)
-    rows.append(dict(entry, **scores(per_image[variant])))
+    per_image[name] = check_images(samples, data)
+    rows.append(dict(entry, **scores(per_image[name]), variant=name))
     grids.append(samples[:args.grid])
     if len(entry.get("cfg_scales", [])) > 1:
-      sweep[variant] = {
+      sweep[name] = {
           scale: check(np.load(folder / f"samples_{variant}_cfg{scale:g}.npy"), data)
           for scale in sorted(entry["cfg_scales"])}
-  header = ("| model | Gflops | params | steps | final loss | colour | shape | object (colour+shape)"
-            " | empty cells | all objects | all objects, unseen captions |\n"
+  header = ("| model | Gflops | params | steps | final loss | colour | shape "
+            "| object (colour+shape) | empty cells | all objects | all objects, unseen captions |\n"
             + "|---" * 11 + "|\n")
   fmt = lambda r, k, f: f.format(r[k]) if k in r else "-"
   table = header + "".join(
