@@ -319,6 +319,7 @@ def report(args):
   entries.sort(key=lambda e: (order.index(e["variant"]), e.get("seed", 0)))
   log = dict(device=device, logs=entries)
   out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
   first = log["logs"][0]
   n = len(np.load(first["folder"] / f"samples_{first['variant']}.npy", mmap_mode="r"))
   real = data["test_images"][:n]  # the captions the models were sampled for
@@ -355,9 +356,8 @@ def report(args):
   res = data["test_images"].shape[1]
   layout = str(data.get("layout", "jittered"))  # files written before --layout: jittered
   setup = (f"{n} held-out captions ({unseen.sum()} of them absent from the training set) of "
-           f"shapes "
-           f"with 2-3 objects ({layout} layout) at {res}x{res}; batch "
-           f"{first['batch']}, learning rate {first.get('lr', '?')}; Euler "
+           f"shapes with 2-3 objects ({layout} layout) at {res}x{res}; batch {first['batch']}, "
+           f"learning rate {first.get('lr', '?')}; Euler "
            f"{first.get('sample_steps', '?')} steps with guidance {first.get('cfg_scale', '?')}; "
            f"device {log['device']}.")
   if "dit_pooled" in per_image:
