@@ -121,10 +121,26 @@ def cmd_train(args, overrides):
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from dit_jax import train
   config = apply_overrides(load_config(args.config), overrides)
-  start = time.perf_counter()
-  state = train.train_and_evaluate(config, args.workdir)
-  print(f"trained to step {int(state.step)} in {time.perf_counter() - start:.0f} s; samples, "
-        f"loss.png, metrics.jsonl, tensorboard/ and checkpoints/ are in {args.workdir}")
+  start, first = time.perf_counter(), []
+  state = _until_preempted(lambda: train.train_and_evaluate(
+      config, args.workdir, on_start=lambda s: first.append(int(s.step))))
+  if int(state.step) == first[0]:
+    print(f"nothing was trained: {args.workdir} is at step {first[0]} and train.steps="
+          f"{config.train.steps}; raise --config.train.steps to train further")
+    return
+  print(f"trained steps {first[0]}..{int(state.step)} in {time.perf_counter() - start:.0f} s; "
+        f"samples, loss.png, metrics.jsonl, tensorboard/ and checkpoints/ are in {args.workdir}")
+
+
+def _until_preempted(train_fn):
+  """train_fn(); after SIGTERM / SIGINT (saved, stopped) exits with status 128 + signal, as a
+  process killed by the signal would, so that a scheduler sees an unfinished run."""
+  from dit_jax.engine import Preempted
+  try:
+    return train_fn()
+  except Preempted as stop:
+    print(f"dit-jax: {stop}", file=sys.stderr)
+    raise SystemExit(stop.exit_status) from None
 
 
 def _mesh_fields(spec: str) -> dict:
@@ -168,8 +184,7 @@ def cmd_train_vae(args, overrides):
   from dit_jax import vae_train
   config = apply_overrides(load_config(args.config), overrides)
   start = time.perf_counter()
-  if vae_train.train_vae(config, args.workdir) is None:
-    return  # stopped by SIGTERM after saving; rerun to resume
+  _until_preempted(lambda: vae_train.train_vae(config, args.workdir))
   stats = json.loads((Path(args.workdir) / "eval.json").read_text())
   print(f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
         f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "

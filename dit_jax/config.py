@@ -84,7 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       steps=2000, log_every=100, checkpoint_every=500, keep_checkpoints=3,
       sample_every=1000,  # also at the end; 0: never
-      samples_per_class=8, ema_decay=0.999))
+      samples_per_class=8, ema_decay=0.999,
+      ema_warmup=False,   # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
+      spike_factor=0.0,   # > 0: stop (before saving) when loss > factor x median of the last
+      spike_window=100,   #   spike_window steps; non-finite steps always stop the run
+      profile_start=0, profile_steps=0))  # jax.profiler trace of these steps -> workdir/profile
   config.sample = ml_collections.ConfigDict(dict(method="heun", steps=25, cfg_scale=2.0,
                                                  shift=1.0))
   # Device mesh (parallel.MeshConfig): sizes of the data / fsdp / tensor axes within a slice
@@ -103,3 +107,26 @@ def model_input_shape(data_config) -> tuple[int, int, int]:
     return side, side, data_config.latent_channels
   from dit_jax import data  # imports TFDS: only when the shape comes from a data set
   return data.image_shape(data_config)
+
+
+# TEMPORARY (lead): replaced by the flow branch's schema version at merge.
+RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.sample_every", "train.samples_per_class",
+                    "sample", "mesh", "data.num_threads", "data.prefetch", "data.data_dir",
+                    "data.vae", "model.attention_backend", "model.remat_policy",
+                    "train.profile_start", "train.profile_steps", "train.spike_factor")
+
+
+def _leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _leaves(v, f"{prefix}{k}.")
+  else:
+    yield prefix[:-1], tree
+
+
+def meaning_changes(saved: dict, new: dict) -> list[tuple[str, object, object]]:
+  old, cur = dict(_leaves(saved)), dict(_leaves(new))
+  may = lambda f: any(f == r or f.startswith(r + ".") for r in RESUMABLE_FIELDS)
+  return [(f, old.get(f), cur.get(f)) for f in sorted(set(old) | set(cur))
+          if not may(f) and old.get(f) != cur.get(f)]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from dit_jax.convert.vae import load_vae, resolve_vae_dir
+from dit_jax.vae_files import load_vae, vae_dir
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
 from dit_jax.data.pipeline import preprocess
@@ -103,8 +103,8 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   if batch_size % len(devices):
     raise ValueError(f"--batch-size {batch_size} must be divisible by the {len(devices)} "
                      "local devices it is split over")
-  vae_dir = resolve_vae_dir(vae_path)
-  vae, params = load_vae(vae_dir, dtype=compute_dtype)
+  folder = vae_dir(vae_path)
+  vae, params = load_vae(folder, dtype=compute_dtype)
   source = sources.open_source(cfg.name, cfg.split, cfg.data_dir)
   first = preprocess(source[0], image_size=cfg.image_size, keep={})
   image_shape = first["image"].shape
@@ -112,7 +112,7 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   if image_shape[-1] != vae.in_channels:
     raise ValueError(f"{cfg.name} images have {image_shape[-1]} channels but the VAE takes "
                      f"in_channels={vae.in_channels}")
-  meta = _meta(cfg, vae, vae_dir, len(source), flip, chunk_size, image_shape,
+  meta = _meta(cfg, vae, folder, len(source), flip, chunk_size, image_shape,
                "label" in first, dtype)
   meta["compute_dtype"] = jnp.dtype(vae.dtype).name
   out = Path(out_dir)

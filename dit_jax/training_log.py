@@ -1,7 +1,7 @@
 """Metrics of a training run: progress bar, console lines, TensorBoard events, metrics.jsonl.
 
 Per-step metrics stay on the device until a flush, so logging never blocks a step; the flush
-also refuses non-finite losses, which is what keeps a NaN out of every checkpoint.
+returns them fetched, for the engine's divergence guard to check before anything is saved.
 """
 import json
 import math
@@ -13,10 +13,6 @@ import numpy as np
 from tqdm import tqdm
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
 class MetricsLog:
   def __init__(self, workdir: Path, *, enabled: bool, total_steps: int, images_per_step: int):
     self.workdir = Path(workdir)
@@ -24,18 +20,12 @@ class MetricsLog:
     self.total_steps = total_steps
     self.images_per_step = images_per_step
     self.pending: list[tuple[int, dict]] = []
-    self.history: list[dict] = self._read_history()
+    self.history: list[dict] = read_history(self.workdir)
     self.bar = None
     self.writer = None
     if enabled:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
-
-  def _read_history(self) -> list[dict]:
-    path = self.workdir / "metrics.jsonl"
-    if not path.exists():
-      return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
   def start(self, step: int):
     # A resumed run drops history written after its checkpoint (those steps are redone).
@@ -53,39 +43,44 @@ class MetricsLog:
     if self.bar is not None:
       self.bar.update(1)
 
-  def flush(self, step: int):
-    """Averages the pending metrics, checks the loss, and writes them everywhere."""
+  def flush(self, step: int) -> list[tuple[int, dict]]:
+    """Averages the pending metrics into one row, writes it everywhere, and returns the
+    per-step metrics as host floats [(step, {name: value})]."""
     if not self.pending:
-      return
-    fetched = jax.device_get([m for _, m in self.pending])
-    losses = np.array([float(m["loss"]) for m in fetched])
-    if not np.all(np.isfinite(losses)):
-      bad = self.pending[int(np.argmin(np.isfinite(losses)))][0]
-      raise NonFiniteLossError(
-          f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}: training stopped and no "
-          f"checkpoint was written after it (the last good one is kept in "
-          f"{self.workdir / 'checkpoints'}). Lower optim.lr, set optim.grad_clip, or check "
-          "the data")
+      return []
+    steps = [s for s, _ in self.pending]
+    fetched = [{k: float(v) for k, v in m.items()}
+               for m in jax.device_get([m for _, m in self.pending])]
     now = time.perf_counter()
-    steps = step - self.last_step
     elapsed = max(now - self.last_time, 1e-9)
     row = {"step": step}
     for key in fetched[0]:
-      row[key] = float(np.mean([float(m[key]) for m in fetched]))
-    row["steps_per_s"] = steps / elapsed
-    row["images_per_s"] = steps * self.images_per_step / elapsed
+      if key != "finite":  # a guard flag, not a metric
+        row[key] = float(np.mean([m[key] for m in fetched]))
+    row["steps_per_s"] = (step - self.last_step) / elapsed
+    row["images_per_s"] = row["steps_per_s"] * self.images_per_step
     self.pending.clear()
     self.last_time, self.last_step = now, step
+    self._write(row)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+    return list(zip(steps, fetched))
+
+  def scalars(self, step: int, values: dict):
+    """Extra metrics of a step (an evaluator's), as their own row."""
+    if values:
+      self._write({"step": step, **{k: float(v) for k, v in values.items()}})
+
+  def _write(self, row: dict):
     self.history.append(row)
     if not self.enabled:
       return
     for key, value in row.items():
       if key != "step":
-        self.writer.add_scalar(key, value, step)
+        self.writer.add_scalar(key, value, row["step"])
     self.writer.flush()
     with open(self.workdir / "metrics.jsonl", "a") as f:
       f.write(json.dumps(row) + "\n")
-    self.bar.set_postfix(loss=f"{row['loss']:.4f}")
     self.message(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
 
   def message(self, text: str):
@@ -97,6 +92,14 @@ class MetricsLog:
       self.bar.close()
     if self.writer is not None:
       self.writer.close()
+
+
+def read_history(workdir) -> list[dict]:
+  """The rows of workdir/metrics.jsonl (training rows have a 'loss', evaluator rows not)."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _fmt(value) -> str:

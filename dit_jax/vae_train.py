@@ -14,30 +14,16 @@ vae_train.auto_scale the exported scaling_factor is 1 / std of the latents (the 
 import functools
 import json
 from pathlib import Path
-from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from dit_jax import checkpoint, data, images, parallel
-from dit_jax.convert.vae import save_vae
+from dit_jax import data, engine, images, parallel
+from dit_jax.vae_files import save_vae
 from dit_jax.models.vae import AutoencoderKL, create_vae
-from dit_jax.train import PreemptionGuard, StepFn, make_optimizer, with_shardings
-from dit_jax.training_log import MetricsLog
-
-
-@flax.struct.dataclass
-class VAETrainState:
-  step: jax.Array
-  params: Any
-  ema_params: Any  # equals params when train.ema_decay == 0
-  opt_state: Any
-  rng: jax.Array
 
 
 def psnr(x, y) -> jax.Array:
@@ -58,37 +44,15 @@ def vae_loss(params, vae: AutoencoderKL, x_BHWC, rng, *, reconstruction: str,
   return loss, dict(rec=rec, kl=kl, psnr=jnp.mean(psnr(jnp.clip(recon, -1, 1), x_BHWC)))
 
 
-def train_step(state: VAETrainState, x_BHWC, *, vae, optimizer, schedule, ema_decay: float,
-               reconstruction: str, kl_weight: float):
-  rng = jax.random.fold_in(state.rng, state.step)
-  loss_fn = functools.partial(vae_loss, vae=vae, x_BHWC=x_BHWC, rng=rng,
-                              reconstruction=reconstruction, kl_weight=kl_weight)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
-  metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
-  return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                       opt_state=opt_state), metrics
+def vae_task(vae: AutoencoderKL, image_shape, *, reconstruction: str,
+             kl_weight: float) -> engine.Task:
+  def init(rng):
+    return vae.init(rng, jnp.zeros((1, *image_shape), jnp.float32))["params"]
 
-
-def create_state(vae, optimizer, rng, image_shape) -> VAETrainState:
-  init_rng, base_rng = jax.random.split(rng)
-  x = jnp.zeros((1, *image_shape), jnp.float32)
-  params = nn.unbox(vae.init(init_rng, x)["params"])
-  return VAETrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       ema_params=jax.tree.map(jnp.copy, params),
-                       opt_state=optimizer.init(params), rng=base_rng)
-
-
-def state_shardings(vae, optimizer, image_shape, plan: parallel.ShardingPlan):
-  """(abstract VAETrainState, its shardings under `plan`): parameters by their logical axis
-  names, as for the denoisers (train.state_shardings)."""
-  abstract = jax.eval_shape(lambda rng: create_state(vae, optimizer, rng, image_shape),
-                            jax.random.PRNGKey(0))
-  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-  boxed = jax.eval_shape(vae.init, jax.random.PRNGKey(0), x)
-  return abstract, plan.state_shardings(abstract, nn.get_partition_spec(boxed)["params"])
+  def loss(params, batch, rng):
+    return vae_loss(params, vae, batch["image"], rng, reconstruction=reconstruction,
+                    kl_weight=kl_weight)
+  return engine.Task(init=init, loss=loss, batch_keys=("image",))
 
 
 def evaluate(vae, params, data_config, num_batches: int):
@@ -120,51 +84,11 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
   vae.check_config(*image_shape[:2])
   if image_shape[-1] != vae.in_channels:
     vae = vae.clone(in_channels=image_shape[-1], out_channels=image_shape[-1])
-  optimizer, schedule = make_optimizer(config.optim, config.train.steps)
   plan = parallel.ShardingPlan.create(config.get("mesh"))  # the same mesh rules as train.py
-  plan.check_batch(config.data.batch_size)
-  abstract, shardings = state_shardings(vae, optimizer, image_shape, plan)
-  data_iter = data.make_iterator(config.data)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json(indent=2))
-  restored = ckpt.restore(with_shardings(abstract, shardings))
-  if restored is None:
-    state = jax.jit(lambda key: create_state(vae, optimizer, key, image_shape),
-                    out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-  else:
-    state, data_state = restored
-    if data_state is not None:
-      data_iter.set_state(data_state)
-  step_fn = StepFn(functools.partial(
-      train_step, vae=vae, optimizer=optimizer, schedule=schedule,
-      ema_decay=config.train.ema_decay, reconstruction=vt.reconstruction,
-      kl_weight=vt.kl_weight), plan, shardings)
-  total = config.train.steps
-  log = MetricsLog(workdir, enabled=jax.process_index() == 0, total_steps=total,
-                   images_per_step=config.data.batch_size)
-  guard = PreemptionGuard()
-  try:
-    step = int(state.step)
-    log.start(step)
-    while step < total:
-      batch = plan.global_batch({"image": next(data_iter)["image"]})
-      state, metrics = step_fn(state, batch["image"])
-      step += 1
-      log.add(step, metrics)
-      stopping = guard.requested()
-      saving = step == total or stopping or step % config.train.checkpoint_every == 0
-      if saving or step % config.train.log_every == 0:
-        log.flush(step)
-      if saving:
-        ckpt.save(step, state, data_iter.get_state())
-      if stopping:
-        log.message(f"SIGTERM: saved step {step}, stopping")
-        return None
-  finally:
-    guard.restore()
-    ckpt.close()
-    log.close()
+  task = vae_task(vae, image_shape, reconstruction=vt.reconstruction, kl_weight=vt.kl_weight)
+  data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  state = engine.run(task, engine.Run(config=config, workdir=workdir, data=data_iter, plan=plan))
   params = state.ema_params if config.train.ema_decay > 0 else state.params
   # Gathered onto every device so each process can evaluate and process 0 can export.
   params = jax.jit(lambda p: p, out_shardings=plan.replicated())(params)

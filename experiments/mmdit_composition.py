@@ -27,8 +27,9 @@ so short runs do not keep a share of the (zero-output) initial weights.
     python experiments/mmdit_composition.py report --data runs/mmdit_data/data.npz \\
         --samples runs/mmdit_run --out experiments/results
 
-`train` needs only JAX/Flax/Optax and this package (no TFDS, unless --eval-every), so it runs
-on a bare accelerator machine; `prepare` and `report` use the `shapes` generator. On a 2-core
+`train` runs each variant on the library's engine (`dit_jax.engine`: the same loop, state,
+EMA with warm-up, Orbax checkpoints and resume as `dit-jax train`) in --out/<variant>/, over
+the in-memory arrays of data.npz; `prepare` and `report` use the `shapes` generator. On a 2-core
 CPU two variants train side by side at 0.3-0.6 s/step each (batch 64, one XLA thread each:
 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"); see README.
 """
@@ -111,75 +112,64 @@ def gflops(model, resolution: int) -> float:
   return float(cost["flops"]) / 2 / 1e9
 
 
+def variant_config(variant: str, args):
+  """configs/mmdit.py's config of a variant with this run's settings: the engine trains it."""
+  from dit_jax.config import load_config
+  config = load_config(f"{CONFIG}:{variant}@{args.size}")
+  config.seed = args.seed
+  config.data.batch_size = args.batch
+  config.optim.update(lr=args.lr, warmup_steps=min(200, args.steps // 10), schedule="cosine",
+                      end_lr_factor=0.05, grad_clip=1.0, weight_decay=0.0)
+  # EMA with warm-up: a plain EMA of a short run still holds 0.999^steps of the zero-output
+  # initial weights and leaves noise in the samples.
+  config.train.update(steps=args.steps, log_every=100, checkpoint_every=500, sample_every=0,
+                      ema_decay=args.ema, ema_warmup=True)
+  return config
+
+
 def train_variant(variant, data, args):
-  import flax.linen as nn
+  """Trains one variant with the engine in --out/<variant>/ (checkpoints, metrics.jsonl;
+  rerunning resumes), then samples the test captions from its EMA weights."""
   import jax
-  import jax.numpy as jnp
-  import optax
-  from dit_jax import flow
-  from dit_jax.models import model_fn
+  from dit_jax import engine, flow, parallel, train
+  from dit_jax.data.arrays import ArrayIterator
+  config = variant_config(variant, args)
   vocab = int(data["vocab_size"])
   model = build_model(variant, vocab, args.size)
-  objective = flow.make_objective({"kind": "flow", "t_dist": "logit_normal"})
-  images = jnp.asarray(data["train_images"], jnp.float32) / 127.5 - 1.0
-  tokens, mask = jnp.asarray(data["train_tokens"]), jnp.asarray(data["train_mask"])
-  n = images.shape[0]
-  rng = jax.random.PRNGKey(args.seed)
-  cond0 = {"text_tokens": tokens[:2], "text_mask": mask[:2]}
-  params = nn.unbox(jax.jit(model.init)(rng, images[:2], jnp.zeros((2,)), cond0)["params"])
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, args.lr, min(200, args.steps // 10), args.steps, args.lr * 0.05)
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-  opt_state = optimizer.init(params)
-  ema = params
+  images = data["train_images"].astype(np.float32) / 127.5 - 1.0
+  arrays = {"image": images, "text_tokens": data["train_tokens"], "text_mask": data["train_mask"]}
+  curve, eval_s = [], []
 
-  @jax.jit
-  def step(params, opt_state, ema, i, images, tokens, mask):  # data as arguments, not constants
-    key = jax.random.fold_in(rng, i)
-    idx_key, loss_key, drop_key = jax.random.split(key, 3)
-    idx = jax.random.randint(idx_key, (args.batch,), 0, n)
-    cond = {"text_tokens": tokens[idx], "text_mask": mask[idx]}
-
-    def loss_fn(p):
-      return objective.loss(model_fn(model, p, train=True, rng=drop_key), loss_key, images[idx],
-                            cond)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    # Warm-up (decay (1+i)/(10+i) until it reaches args.ema): a plain EMA of a short run still
-    # holds 0.999^steps of the zero-output initial weights and leaves noise in the samples.
-    decay = jnp.minimum(args.ema, (1.0 + i) / (10.0 + i))
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-    return params, opt_state, ema, loss
-
-  losses, curve, start, steps_done, eval_s = [], [], time.time(), 0, 0.0
-  for i in range(args.steps):
-    if time.time() - start - eval_s > args.max_train_seconds:  # safety on a shared machine
-      print(f"{variant}: stopped at step {i} after {args.max_train_seconds}s", flush=True)
-      break
-    params, opt_state, ema, loss = step(params, opt_state, ema, i, images, tokens, mask)
-    steps_done = i + 1
-    if i % 100 == 0 or i == args.steps - 1:
-      losses.append((i, float(loss)))
-      print(f"{variant} step {i} loss {float(loss):.4f} {time.time() - start:.0f}s", flush=True)
-    if args.eval_every and steps_done % args.eval_every == 0 and steps_done < args.steps:
-      eval_start = time.time()  # learning curve: a few captions, EMA weights, checked exactly
-      scores = check(sample(model, ema, data, args, args.eval_samples, args.cfg_scales[0]),
-                     data)
-      curve.append(dict(step=steps_done, **scores))
-      eval_s += time.time() - eval_start
-      print(f"{variant} step {steps_done} eval {json.dumps(scores)}", flush=True)
-  train_s = time.time() - start - eval_s
-  samples = {scale: sample(model, ema, data, args, args.num_samples, scale)
+  def evaluate(step, state):  # learning curve: a few captions, EMA weights, checked exactly
+    eval_start = time.time()
+    scores = check(sample(model, state.ema_params, data, args, args.eval_samples,
+                          args.cfg_scales[0]), data)
+    curve.append(dict(step=step, **scores))
+    eval_s.append(time.time() - eval_start)
+    return {f"eval_{k}": v for k, v in scores.items()}
+  hooks = [engine.Periodic("composition", args.eval_every, evaluate, at_end=False)] \
+      if args.eval_every else []
+  workdir = Path(args.out) / variant
+  run = engine.Run(config=config, workdir=workdir, plan=parallel.ShardingPlan.create(config.mesh),
+                   data=ArrayIterator(arrays, args.batch, seed=args.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()), hooks=hooks)
+  start = time.time()
+  task = train.denoiser_task(model, flow.make_objective(config.objective), images.shape[1:])
+  state = engine.run(task, run)
+  train_s = time.time() - start - sum(eval_s)  # evaluation is not training time
+  samples = {scale: sample(model, state.ema_params, data, args, args.num_samples, scale)
              for scale in args.cfg_scales}
-  n_params = sum(p.size for p in jax.tree.leaves(params))
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
+  losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+  n_params = sum(p.size for p in jax.tree.leaves(state.params))
   return samples, dict(variant=variant, seed=args.seed, params=int(n_params),
                        gflops=gflops(model, images.shape[1]), train_seconds=train_s,
-                       steps=steps_done, batch=args.batch, lr=args.lr,
+                       steps=int(state.step), batch=args.batch, lr=args.lr,
                        sample_steps=args.sample_steps, cfg_scale=args.cfg_scales[0],
                        cfg_scales=args.cfg_scales,
                        final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
-                       curve=curve), ema
+                       curve=curve)
 
 
 def sample(model, params, data, args, n: int, cfg_scale: float) -> np.ndarray:
@@ -209,13 +199,11 @@ def train(args):
   data = dict(np.load(args.data))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  import flax.serialization
   import jax
   print("devices:", jax.devices(), flush=True)
   logs = []
   for variant in args.variants.split(","):
-    samples, log, ema = train_variant(variant, data, args)
-    (out / f"ema_{variant}.msgpack").write_bytes(flax.serialization.to_bytes(ema))
+    samples, log = train_variant(variant, data, args)  # EMA weights: --out/<variant>/checkpoints
     np.save(out / f"samples_{variant}.npy", samples[args.cfg_scales[0]])  # the table's samples
     for scale, arr in samples.items():
       np.save(out / f"samples_{variant}_cfg{scale:g}.npy", arr)
@@ -452,7 +440,6 @@ def main():
                  default=[3.0], help="guidance scales to sample at (comma-separated); the "
                  "first is the table's and the learning curve's, the others a sweep")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max-train-seconds", type=float, default=float("inf"))
   p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the sampled weights")
   p.add_argument("--eval-every", type=int, default=0,
                  help="score samples of --eval-samples test captions every this many steps "

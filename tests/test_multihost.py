@@ -64,9 +64,8 @@ def test_two_processes_equal_one_process(two_process_run):
   plan = parallel.ShardingPlan.create(MESH)
   _, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan)
   state = train.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed), (8, 8, 1),
-                                 plan)
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, config.train.ema_decay,
-                               plan, shardings)
+                                 plan, train.engine.ema_of(config.train))
+  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   halves = [data.make_iterator(config.data, process_index=i, process_count=2) for i in (0, 1)]
   for _ in range(config.train.steps):
     parts = [next(it) for it in halves]
@@ -78,3 +77,24 @@ def test_two_processes_equal_one_process(two_process_run):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                                        atol=1e-6),
                restored.opt_state, state.opt_state)
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+  """VAE training on 2 processes; only process 1 gets SIGTERM. Both save the same step and
+  exit with 128 + SIGTERM (without agreement process 0 would wait forever in a collective)."""
+  data_dir = str(tmp_path / "tfds")
+  data.prepare("digits/8", data_dir)
+  port = str(free_port())
+  worker = Path(__file__).parent / "multihost" / "vae_worker.py"
+  procs = [subprocess.Popen([sys.executable, str(worker), port, "2", str(i), data_dir,
+                             str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 128 + 15, out[-3000:]
+  steps = [json.loads(out.strip().splitlines()[-1])["step"] for out in outputs]
+  assert steps[0] == steps[1] and 0 < steps[0] < 400
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved == [steps[0]]

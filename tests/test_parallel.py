@@ -48,7 +48,7 @@ def run_steps(model, optimizer, schedule, objective, plan, data, state=None):
   _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
   if state is None:
     state = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE, plan)
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9, plan, shardings)
+  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   losses = []
   for batch in data:
     state, metrics = step_fn(state, plan.global_batch(batch))
@@ -66,7 +66,7 @@ def reference():
   """Two single-device steps (no mesh at all): the numbers every mesh must reproduce."""
   model, optimizer, schedule, objective = setup()
   state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE)
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9)
+  step_fn = train.make_step_fn(model, objective, schedule)
   losses = []
   for batch in batches(2):
     state, metrics = step_fn(state, jax.tree.map(jnp.asarray, batch))
@@ -165,7 +165,7 @@ def collectives(sizes, rules):
   abstract = jax.eval_shape(
       lambda: train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE,
                                      plan))
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9, plan, shardings)
+  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   batch = plan.global_batch(batches(1)[0])
   hlo = step_fn.lower(train.with_shardings(abstract, shardings), batch).compile().as_text()
   return {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")

@@ -49,7 +49,7 @@ def test_backbone_sharded_step_equals_single_device(backbone):
   batch = random_batch(model, shape)
 
   state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), shape)
-  reference, ref_metrics = train.make_step_fn(model, objective, optimizer, schedule, 0.9)(
+  reference, ref_metrics = train.make_step_fn(model, objective, schedule)(
       state, jax.tree.map(jnp.asarray, batch))
   reference = jax.device_get(reference)
 
@@ -57,7 +57,7 @@ def test_backbone_sharded_step_equals_single_device(backbone):
     plan = parallel.ShardingPlan.create(dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules))
     _, shardings = train.state_shardings(model, optimizer, shape, plan)
     sharded = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), shape, plan)
-    step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9, plan, shardings)
+    step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
     sharded, metrics = step_fn(sharded, plan.global_batch(batch))
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5,
                                err_msg=rules)

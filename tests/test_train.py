@@ -35,7 +35,8 @@ def pieces(config):
   model = create_model(config.model)
   optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)
-  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), (8, 8, 1))
+  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), (8, 8, 1),
+                                   ema=train.EMA(0.9))
   return model, optimizer, schedule, objective, state
 
 
@@ -49,7 +50,7 @@ def test_one_step_updates_params_and_ema(data_dir):
   config = tiny_config(data_dir)
   model, optimizer, schedule, objective, state = pieces(config)
   before = jax.device_get(state)
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9)
+  step_fn = train.make_step_fn(model, objective, schedule)
   state, metrics = step_fn(state, random_batch())
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
   assert float(metrics["lr"]) == 0.0  # warmup starts at 0
@@ -75,7 +76,7 @@ def test_weight_decay_mask_skips_biases_and_norms():
 def test_checkpoint_round_trip_is_bit_exact(data_dir, tmp_path):
   config = tiny_config(data_dir)
   model, optimizer, schedule, objective, state = pieces(config)
-  state, _ = train.make_step_fn(model, objective, optimizer, schedule, 0.9)(state, random_batch())
+  state, _ = train.make_step_fn(model, objective, schedule)(state, random_batch())
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
   ckpt.save(1, state, {"position": 7})
   ckpt.wait()
@@ -87,7 +88,14 @@ def test_checkpoint_round_trip_is_bit_exact(data_dir, tmp_path):
 
 
 def _params(workdir):
-  return jax.device_get(train.load_run(workdir)[1])
+  """The whole train state of a run's newest checkpoint (params, EMA, optimizer, key)."""
+  config, _ = train.load_run(workdir)
+  model = create_model(config.model)
+  optimizer, _ = train.make_optimizer(config.optim, config.train.steps)
+  abstract = train.state_shardings(model, optimizer, (8, 8, 1), train.single_device_plan(),
+                                   train.engine.ema_of(config.train))
+  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+    return jax.device_get(ckpt.restore(train.engine.with_shardings(*abstract))[0])
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
@@ -98,11 +106,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path, monkey
 
   def sigterm_at_step_3(self):
     calls["n"] += 1
-    return calls["n"] == 3
+    return signal.SIGTERM if calls["n"] == 3 else None
   with monkeypatch.context() as m:
-    m.setattr(train.PreemptionGuard, "requested", sigterm_at_step_3)
-    stopped = train.train_and_evaluate(config, tmp_path / "resumed")
-  assert int(stopped.step) == 3  # saved at the interruption, not only every 4 steps
+    m.setattr(train.engine.StopSignals, "requested", sigterm_at_step_3)
+    with pytest.raises(train.Preempted) as stopped:
+      train.train_and_evaluate(config, tmp_path / "resumed")
+  assert stopped.value.step == 3 and stopped.value.exit_status == 128 + signal.SIGTERM
+  assert int(stopped.value.state.step) == 3  # saved at the interruption, not every 4 steps
   assert train.checkpoint.Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 3
   train.train_and_evaluate(config, tmp_path / "resumed")
 
@@ -114,12 +124,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path, monkey
   assert steps == sorted(steps) and steps[-1] == 8
 
 
-def test_sigterm_sets_the_guard():
-  guard = train.PreemptionGuard()
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_set_the_guard(signum):
+  guard = train.engine.StopSignals()
   try:
-    assert not guard.requested()
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert guard.requested()
+    assert guard.requested() is None
+    os.kill(os.getpid(), signum)
+    assert guard.requested() == signum
   finally:
     guard.restore()
 
@@ -143,7 +154,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
       self.it.set_state(state)
 
   monkeypatch.setattr(data, "make_iterator", Poisoned)
-  with pytest.raises(FloatingPointError, match="at step 6: training stopped"):
+  with pytest.raises(FloatingPointError, match="step 6 is not finite"):
     train.train_and_evaluate(tiny_config(data_dir, steps=8), tmp_path)
   config, state = train.load_run(tmp_path)
   assert int(state.step) == 4
@@ -198,5 +209,24 @@ def test_resume_with_another_model_is_refused(data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(data_dir, steps=2), tmp_path)
   config = tiny_config(data_dir, steps=2)
   config.model.hidden_size = 64
-  with pytest.raises(ValueError, match="different config.model"):
+  with pytest.raises(ValueError, match="model.hidden_size: 32 -> 64"):
     train.train_and_evaluate(config, tmp_path)
+
+
+def test_refused_resume_keeps_the_run_sampleable(data_dir, tmp_path):
+  """The issue's repro: rerunning a finished run with another optimizer structure or objective
+  used to rewrite config.json first and brick `sample`. Now it is refused, naming the field,
+  and the run samples as before (sampling reads only the EMA parameters)."""
+  config = tiny_config(data_dir, steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  recorded = (tmp_path / "config.json").read_bytes()
+  for field, value, message in (("optim", "grad_clip", "optim.grad_clip: 1.0 -> 0.0"),
+                                ("objective", "kind", "objective.kind: 'flow' -> 'ddpm'")):
+    changed = tiny_config(data_dir, steps=4)
+    changed[field][value] = 0.0 if value == "grad_clip" else "ddpm"
+    with pytest.raises(ValueError, match=message):
+      train.train_and_evaluate(changed, tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == recorded
+  cli.main(["sample", "--workdir", str(tmp_path), "--labels", "1,2", "--out",
+            str(tmp_path / "s.npz")])
+  assert np.load(tmp_path / "s.npz")["arr_0"].shape == (2, 8, 8, 1)

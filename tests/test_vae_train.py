@@ -43,10 +43,10 @@ def test_vae_training_runs_sharded_and_exports_what_it_trained(tmp_path):
   import importlib.util
 
   from dit_jax import data, parallel
-  from dit_jax.convert.vae import load_vae
+  from dit_jax.vae_files import load_vae
   from dit_jax.models.vae import create_vae
-  from dit_jax.train import make_optimizer
-  from dit_jax.vae_train import create_state, state_shardings, train_step, train_vae
+  from dit_jax import engine
+  from dit_jax.vae_train import train_vae, vae_task
 
   spec = importlib.util.spec_from_file_location("vae_config", "configs/vae.py")
   module = importlib.util.module_from_spec(spec)
@@ -63,21 +63,21 @@ def test_vae_training_runs_sharded_and_exports_what_it_trained(tmp_path):
   vae, params = train_vae(config, tmp_path / "run")
 
   # The same two steps on one device, from the same data.
-  optimizer, schedule = make_optimizer(config.optim, 2)
-  state = create_state(create_vae(config.vae), optimizer, jax.random.PRNGKey(config.seed),
-                       (8, 8, 1))
+  optimizer, schedule = engine.make_optimizer(config.optim, 2)
+  task = vae_task(create_vae(config.vae), (8, 8, 1), reconstruction="l2",
+                  kl_weight=config.vae_train.kl_weight)
+  state = engine.create_state(task, optimizer, jax.random.PRNGKey(config.seed), engine.EMA(0.0))
   it = data.make_iterator(config.data)
-  step = jax.jit(lambda s, x: train_step(
-      s, x, vae=create_vae(config.vae), optimizer=optimizer, schedule=schedule,
-      ema_decay=0.0, reconstruction="l2", kl_weight=config.vae_train.kl_weight))
+  step = engine.make_step_fn(task, schedule)
   for _ in range(2):
-    state, _ = step(state, jnp.asarray(next(it)["image"]))
+    state, _ = step(state, {"image": jnp.asarray(next(it)["image"])})
   # Adam turns a gradient at rounding-noise level into a full +-lr step, so parameters whose
   # gradient is ~0 may differ by the two warm-up steps (lr <= 8e-5 here); the rest agree.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
                                                        atol=1e-4), params, state.params)
   plan = parallel.ShardingPlan.create(config.mesh)
-  _, shardings = state_shardings(vae, optimizer, (8, 8, 1), plan)
+  _, shardings = engine.state_shardings(vae_task(vae, (8, 8, 1), reconstruction="l2",
+                                                kl_weight=0.0), optimizer, plan)
   assert any(not s.is_fully_replicated for s in jax.tree.leaves(shardings.params))
   _, loaded = load_vae(tmp_path / "run" / "vae")
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),

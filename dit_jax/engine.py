@@ -1,0 +1,472 @@
+"""The one training engine: a train state, a pure jitted step, and the loop with its hooks.
+
+Everything that trains runs here: denoisers (`train.py`), the VAE (`vae_train.py`) and the
+experiments. A job is a `Task`: an init function (rng -> parameters carrying logical axis
+names) and a loss function ((params, batch, rng) -> (loss, aux metrics)). The engine adds the
+optimizer, EMA, sharding plan, data iterator (anything with `get_state` / `set_state`), logs,
+checkpoints, preemption, guards against divergence, profiling and periodic hooks (sample
+grids, evaluators).
+
+Restarting with the same command resumes exactly: the step, the optimizer and EMA state, the
+data iterator position and the per-step random keys (fold_in(seed key, step)) all come back.
+Guarantees (README "Reliability"): checkpoints are atomic and written only from a finite,
+checked state; a damaged newest checkpoint falls back to the newest intact one; the recorded
+config changes only after a resume succeeded; one writer per workdir; SIGTERM/SIGINT save and
+stop with exit status 128 + signal.
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import signal
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from dit_jax import checkpoint, parallel
+from dit_jax.config import meaning_changes
+from dit_jax.training_log import MetricsLog
+from dit_jax.workdir_lock import WorkdirLock
+
+# ------------------------------------------------------------------------------------------
+# State, optimizer, EMA
+
+
+@dataclasses.dataclass(frozen=True)
+class EMA:
+  """Exponential moving average of the parameters: ema = d * ema + (1 - d) * params.
+
+  With `warmup` the decay is min(decay, (1 + step) / (10 + step)), so a short run does not keep
+  a large share of its initial weights (0.999^1000 = 37% after 1,000 steps without it)."""
+  decay: float = 0.999
+  warmup: bool = False
+
+  def decay_at(self, step):
+    if not self.warmup:
+      return jnp.float32(self.decay)
+    step = step.astype(jnp.float32)
+    return jnp.minimum(jnp.float32(self.decay), (1.0 + step) / (10.0 + step))
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Parameters, their EMA, the optimizer state and the base key; `tx` and `ema` are static."""
+  step: jax.Array        # number of completed steps
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array         # base key; step s uses fold_in(rng, s)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+  ema: EMA = flax.struct.field(pytree_node=False, default=EMA())
+
+  @classmethod
+  def create(cls, params, tx, rng, ema: EMA = EMA()) -> "TrainState":
+    ema_params = jax.tree.map(jnp.copy, params)  # own buffers: the step donates both
+    return cls(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+               opt_state=tx.init(params), rng=rng, tx=tx, ema=ema)
+
+  def apply_gradients(self, grads) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    d = self.ema.decay_at(self.step)
+    ema_params = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, self.ema_params, params)
+    return self.replace(step=self.step + 1, params=params, ema_params=ema_params,
+                        opt_state=opt_state)
+
+
+def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
+  """Linear warmup to optim.lr, then constant or cosine decay to lr * end_lr_factor."""
+  warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
+  if optim.schedule == "constant":
+    after = optax.constant_schedule(optim.lr)
+  elif optim.schedule == "cosine":
+    decay_steps = max(total_steps - optim.warmup_steps, 1)
+    after = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.end_lr_factor)
+  else:
+    raise ValueError(f"optim.schedule={optim.schedule!r} is not one of ('constant', 'cosine')")
+  return optax.join_schedules([warmup, after], [optim.warmup_steps])
+
+
+def decay_mask(params):
+  """Weight decay on matrices (kernels, tables) only: not on biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(optim, total_steps: int):
+  """AdamW with warmup + schedule and gradient clipping; returns (optimizer, schedule)."""
+  if not optim.lr > 0:
+    raise ValueError(f"optim.lr={optim.lr} must be positive")
+  schedule = learning_rate_schedule(optim, total_steps)
+  adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                      weight_decay=optim.weight_decay, mask=decay_mask)
+  chain = [adamw] if not optim.grad_clip else [optax.clip_by_global_norm(optim.grad_clip), adamw]
+  return optax.chain(*chain), schedule
+
+
+def ema_of(train_config) -> EMA:
+  return EMA(decay=float(train_config.ema_decay),
+             warmup=bool(train_config.get("ema_warmup", False)))
+
+
+# ------------------------------------------------------------------------------------------
+# Task: what is trained
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """`init(rng)` -> parameters (flax `variables["params"]`, boxed with logical axis names);
+  `loss(params, batch, rng)` -> (scalar loss, dict of scalar metrics); `batch_keys`: the keys
+  of a data batch the loss reads (sent to the devices, split along the batch axis)."""
+  init: Callable[[jax.Array], Any]
+  loss: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+  batch_keys: tuple[str, ...] = ("image",)
+
+
+class CheckpointableIterator(Protocol):
+  def __next__(self) -> dict: ...
+  def get_state(self) -> dict: ...
+  def set_state(self, state: dict) -> None: ...
+
+
+def create_state(task: Task, optimizer, rng, ema: EMA = EMA()) -> TrainState:
+  init_rng, base_rng = jax.random.split(rng)
+  return TrainState.create(nn.unbox(task.init(init_rng)), optimizer, base_rng, ema)
+
+
+def logical_param_specs(task: Task):
+  """PartitionSpecs of logical axis names for every parameter (shapes only, no memory)."""
+  return nn.get_partition_spec(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+
+
+def state_shardings(task: Task, optimizer, plan: parallel.ShardingPlan, ema: EMA = EMA()):
+  """(abstract TrainState, its NamedShardings under `plan`), computed without memory."""
+  abstract = jax.eval_shape(lambda rng: create_state(task, optimizer, rng, ema),
+                            jax.random.PRNGKey(0))
+  return abstract, plan.state_shardings(abstract, logical_param_specs(task))
+
+
+def abstract_params(task: Task, plan: parallel.ShardingPlan):
+  """ShapeDtypeStructs of the parameters with their shardings under `plan` (no memory)."""
+  abstract = nn.unbox(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+  return with_shardings(abstract, plan.param_shardings(logical_param_specs(task), abstract))
+
+
+def init_state(task: Task, optimizer, rng, plan: parallel.ShardingPlan,
+               ema: EMA = EMA()) -> TrainState:
+  """The train state created directly in its shards: no device ever holds all of it."""
+  _, shardings = state_shardings(task, optimizer, plan, ema)
+  init = jax.jit(lambda key: create_state(task, optimizer, key, ema), out_shardings=shardings)
+  return init(rng)
+
+
+def with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def train_step(state: TrainState, batch: dict, *, task: Task, schedule=None):
+  """One optimizer step; pure, so it is jitted once and its state donated.
+
+  A step whose loss, gradient norm or updated parameters are not finite is not applied (the
+  state keeps its old values, only the step count moves) and reports finite=0: the loop stops
+  before it saves, so no checkpoint ever holds a diverged state."""
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch,
+                                                                   step_rng)
+  grad_norm = optax.tree.norm(grads)
+  updated = state.apply_gradients(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updated.params)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1)
+  metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+  if schedule is not None:
+    metrics["lr"] = schedule(state.step)
+  return new_state, metrics
+
+
+class StepFn:
+  """train_step jitted once with the old state donated (updated in place); under a plan, with
+  explicit state shardings and the mesh + logical rules active while it traces."""
+
+  def __init__(self, step, plan: parallel.ShardingPlan | None = None, shardings=None):
+    self.plan = plan
+    if plan is None:
+      self.jitted = jax.jit(step, donate_argnums=0)
+    else:  # every batch array is split along its first (batch) dimension
+      self.jitted = jax.jit(step, in_shardings=(shardings, plan.batch_sharding()),
+                            out_shardings=(shardings, plan.replicated()), donate_argnums=0)
+
+  def _context(self):
+    return self.plan.context() if self.plan is not None else contextlib.nullcontext()
+
+  def __call__(self, state, batch):
+    with self._context():
+      return self.jitted(state, batch)
+
+  def lower(self, state, batch):
+    with self._context():
+      return self.jitted.lower(state, batch)
+
+  def _cache_size(self) -> int:
+    return self.jitted._cache_size()
+
+
+def make_step_fn(task: Task, schedule=None, plan: parallel.ShardingPlan | None = None,
+                 shardings=None) -> StepFn:
+  return StepFn(functools.partial(train_step, task=task, schedule=schedule), plan, shardings)
+
+
+# ------------------------------------------------------------------------------------------
+# Stopping: signals, divergence
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM / SIGINT made the loop save and stop; `exit_status` is what a
+  scheduler sees (128 + signal number, as for a process the signal killed)."""
+
+  def __init__(self, step: int, signum: int, state=None):
+    self.step, self.signum, self.state = step, signum, state
+    self.exit_status = 128 + signum
+    super().__init__(f"{signal.Signals(signum).name}: saved step {step} and stopped; rerun the "
+                     "same command to resume")
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop at the next step
+  boundary. A second Ctrl-C interrupts at once (the last saved checkpoint stays)."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def requested(self) -> int | None:
+    return self.signum
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class DivergenceError(FloatingPointError):
+  pass
+
+
+class DivergenceGuard:
+  """Checks fetched per-step metrics before anything is saved: a non-finite step (loss,
+  gradient norm or parameters) always stops the run; with `spike_factor` > 0 so does a loss
+  above spike_factor x the median of the last `window` losses (after `window` steps)."""
+
+  def __init__(self, spike_factor: float = 0.0, window: int = 100, where: str = ""):
+    self.spike_factor = spike_factor
+    self.recent = deque(maxlen=window)
+    self.where = where
+
+  def check(self, steps_metrics: list[tuple[int, dict]]):
+    for step, m in steps_metrics:
+      loss = float(m["loss"])
+      if not m.get("finite", 1.0) or not np.isfinite(loss):
+        raise DivergenceError(
+            f"step {step} is not finite (loss {loss:.4g}, grad_norm {float(m['grad_norm']):.4g}): "
+            f"training stopped and no checkpoint was written after it (the last good one is "
+            f"kept{self.where}). Lower optim.lr, set optim.grad_clip, or check the data")
+      full = len(self.recent) == self.recent.maxlen
+      if self.spike_factor > 0 and full:
+        median = float(np.median(self.recent))
+        if loss > self.spike_factor * median:
+          raise DivergenceError(
+              f"loss {loss:.4g} at step {step} is above train.spike_factor={self.spike_factor} "
+              f"x the median {median:.4g} of the last {len(self.recent)} steps: training "
+              f"stopped before saving (the last good checkpoint is kept{self.where}). Lower "
+              "optim.lr or set optim.grad_clip; train.spike_factor=0 turns this guard off")
+      self.recent.append(loss)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if it is true on any (a signal may reach hosts at different
+  steps; all must save the same step together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
+def first_signal(signum: int | None) -> int | None:
+  """The signal any process received (the largest number, the same on every process)."""
+  if jax.process_count() == 1:
+    return signum
+  got = multihost_utils.process_allgather(np.array(signum or 0))
+  return int(got.max()) or None
+
+
+# ------------------------------------------------------------------------------------------
+# Hooks
+
+
+@dataclasses.dataclass
+class Periodic:
+  """`action(step, state)` every `every` steps (and at the last step when `at_end`); a dict it
+  returns is logged as metrics (evaluators). Every process calls it (sharded parameters)."""
+  name: str
+  every: int
+  action: Callable[[int, TrainState], dict | None]
+  at_end: bool = True
+
+  def due(self, step: int, total: int) -> bool:
+    return (self.every > 0 and step % self.every == 0) or (self.at_end and step == total)
+
+
+class Profile:
+  """A jax.profiler trace of steps [start, start + steps) into workdir/profile (TensorBoard's
+  profile plugin or Perfetto read it)."""
+
+  def __init__(self, workdir: Path, start: int, steps: int):
+    self.dir, self.start, self.stop = Path(workdir) / "profile", start, start + steps
+    self.active = False
+
+  def before(self, step: int):  # step = steps completed so far
+    if not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(str(self.dir))
+      self.active = True
+
+  def after(self, step: int, state):
+    if self.active and step >= self.stop:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+# ------------------------------------------------------------------------------------------
+# The run: restore, loop, save
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def read_run_config(workdir: Path) -> dict | None:
+  path = Path(workdir) / "config.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):
+  """A resumed run must mean the same thing: refuses every differing field that is not in
+  config.RESUMABLE_FIELDS, naming old and new values."""
+  if saved is None:
+    return
+  changes = meaning_changes(saved, json.loads(config.to_json()))
+  if changes:
+    lines = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
+    raise ValueError(
+        f"workdir {workdir} holds a run with a different config ({lines}). These fields change "
+        "what the checkpoint means: resume with the recorded values (config.json) or pick a new "
+        "--workdir")
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything `run` needs besides the task; built by train.py, vae_train.py, experiments."""
+  config: ml_collections.ConfigDict   # the whole config: recorded, checked on resume
+  workdir: Path
+  data: CheckpointableIterator
+  plan: parallel.ShardingPlan
+  hooks: list = dataclasses.field(default_factory=list)   # Periodic
+  on_start: Callable[[TrainState], None] | None = None
+
+
+def run(task: Task, r: Run) -> TrainState:
+  """Trains `task` for config.train.steps on r.data; writes checkpoints, logs, config.json and
+  what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
+  made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
+  the last good step)."""
+  config, workdir, plan = r.config, Path(r.workdir), r.plan
+  tc = config.train
+  total_steps = int(tc.steps)
+  is_main = jax.process_index() == 0
+  optimizer, schedule = make_optimizer(config.optim, total_steps)
+  ema = ema_of(tc)
+  plan.check_batch(config.data.batch_size)
+  abstract, shardings = state_shardings(task, optimizer, plan, ema)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  with WorkdirLock(workdir, enabled=is_main), \
+       checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints) as ckpt:
+    saved_config = read_run_config(workdir) if ckpt.all_steps() else None
+    check_resume(saved_config, config, workdir)
+    restored = ckpt.restore_latest_intact(with_shardings(abstract, shardings),
+                                          quarantine=is_main, report=print if is_main else None)
+    if restored is None:
+      state = init_state(task, optimizer, jax.random.PRNGKey(config.seed), plan, ema)
+    else:
+      state, data_state = restored
+      if data_state is not None:
+        r.data.set_state(data_state)
+    if is_main:  # only now: a refused or failed resume leaves the recorded config as it was
+      (workdir / "config.json").write_text(config.to_json(indent=2))
+    if r.on_start is not None:
+      r.on_start(state)
+    return _loop(task, r, state, ckpt, optimizer, schedule, shardings, total_steps)
+
+
+def _loop(task, r: Run, state, ckpt, optimizer, schedule, shardings, total_steps):
+  tc, plan = r.config.train, r.plan
+  is_main = jax.process_index() == 0
+  step_fn = make_step_fn(task, schedule, plan, shardings)
+  log = MetricsLog(r.workdir, enabled=is_main, total_steps=total_steps,
+                   images_per_step=r.config.data.batch_size)
+  guard = DivergenceGuard(float(tc.get("spike_factor", 0.0)), int(tc.get("spike_window", 100)),
+                          where=f" in {r.workdir / 'checkpoints'}")
+  profile = Profile(r.workdir, int(tc.get("profile_start", 0)), int(tc.get("profile_steps", 0)))
+  signals = StopSignals()
+  step = int(state.step)
+  if step >= total_steps:
+    log.message(f"nothing to train: the run is at step {step} and train.steps={total_steps}")
+  try:
+    log.start(step)
+    while step < total_steps:
+      profile.before(step)
+      local = next(r.data)
+      batch = plan.global_batch({key: local[key] for key in task.batch_keys})
+      state, metrics = step_fn(state, batch)
+      step += 1
+      log.add(step, metrics)
+      profile.after(step, state)
+      signum = first_signal(signals.requested())
+      saving = _is_due(step, tc.checkpoint_every, total_steps) or signum is not None
+      if saving or _is_due(step, tc.log_every, total_steps):
+        guard.check(log.flush(step))  # raises before anything of a bad step is saved
+      if saving:
+        ckpt.save(step, state, r.data.get_state())
+      for hook in r.hooks:
+        if hook.due(step, total_steps):
+          log.scalars(step, hook.action(step, state) or {})
+      if signum is not None:
+        raise Preempted(step, signum, state)
+  finally:
+    profile.close()
+    signals.restore()
+    log.close()
+  return state
