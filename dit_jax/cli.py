@@ -369,13 +369,20 @@ def _label_list(text: str) -> list[int]:
   return labels
 
 
-def _existing_dir(text: str) -> str:
-  path = Path(text)
-  if not path.exists():
-    raise argparse.ArgumentTypeError(f"{text} does not exist")
-  if not path.is_dir():
-    raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
-  return text
+def _existing_dir(what: str):
+  def parse(text: str) -> str:
+    path = Path(text)
+    if not path.is_dir():
+      problem = "is a file, not a directory" if path.exists() else "does not exist"
+      raise argparse.ArgumentTypeError(f"{text} {problem}: pass {what}")
+    return text
+  return parse
+
+
+_RUN_DIR = _existing_dir("the directory of a `dit-jax train` run")
+_CONVERTED_DIR = _existing_dir("a directory written by `dit-jax convert --from pytorch`")
+_VAE_DIR = _existing_dir("a VAE folder: diffusers AutoencoderKL, a pipeline folder with vae/, "
+                         "or a `dit-jax train-vae` workdir")
 
 
 def _check_parents(path: Path, text: str):
@@ -475,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "latent data set (resumable; each process encodes its own chunks)")
   p.add_argument("--config", required=True, help="a training config: its data.name, "
                  "data.split, data.data_dir and data.image_size say what to encode")
-  p.add_argument("--vae", required=True, type=_existing_dir,
+  p.add_argument("--vae", required=True, type=_VAE_DIR,
                  help="diffusers AutoencoderKL folder, pipeline folder "
                  "with vae/, or a `train-vae` workdir")
   p.add_argument("--out", required=True, type=_new_or_dir,
@@ -494,10 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("sample", help="sample a trained run's EMA model to PNG or NPZ")
   source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", type=_existing_dir, help="a training run's directory")
-  source.add_argument("--converted", metavar="DIR", type=_existing_dir, help="a published DiT converted with "
+  source.add_argument("--workdir", type=_RUN_DIR, help="a training run's directory")
+  source.add_argument("--converted", metavar="DIR", type=_CONVERTED_DIR, help="a published DiT converted with "
                       "`dit-jax convert` (250-step DDPM with learned variance by default)")
-  p.add_argument("--vae", metavar="DIR", type=_existing_dir,
+  p.add_argument("--vae", metavar="DIR", type=_VAE_DIR,
                  help="VAE folder that decodes latents: for "
                  "--converted the diffusers SD VAE (sd-vae-ft-ema; without it the .npz holds "
                  "the latents); for a latent --workdir it replaces config.data.vae")

@@ -6,6 +6,7 @@ pickled code), otherwise the error says how to make a .safetensors or .npz inste
 here ever unpickles: an .npz holding Python objects is refused. A file that is empty, damaged
 or of another format gives a ValueError naming the file and what is wrong.
 """
+import pickle
 import zipfile
 import zlib
 from pathlib import Path
@@ -84,7 +85,10 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         f"reading {path} needs PyTorch, which is not installed: `pip install torch`, or convert "
         "it once elsewhere to .safetensors or .npz (numpy arrays keyed by state-dict name)"
     ) from None
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+  except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    raise ValueError(f"{path} is not a readable PyTorch state dict of tensors ({e})") from None
   for key in ("ema", "model"):  # training checkpoints wrap the state dicts: prefer the EMA
     if isinstance(state, dict) and isinstance(state.get(key), dict):
       state = state[key]
