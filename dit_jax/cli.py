@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--xla", action="store_true",
                  help="add XLA's cost analysis of the compiled forward (compiles each model)")
   p.add_argument("--format", default="table", choices=FORMATS)
-  p.add_argument("--plot", metavar="FILE.png", type=_output_file(".png", ".pdf", ".svg"), help="draw Gflops vs patch and params vs Gflops")
+  p.add_argument("--plot", metavar="FILE.png", type=_output_file(".png", ".pdf", ".svg"),
+                 help="draw Gflops vs patch and params vs Gflops")
   p.set_defaults(func=cmd_flops)
 
   p = commands.add_parser("train", help="train a model from a config; resumes from its workdir")
@@ -483,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="a training config: its data.name, "
                  "data.split, data.data_dir and data.image_size say what to encode")
   p.add_argument("--vae", required=True, type=_VAE_DIR,
-                 help="diffusers AutoencoderKL folder, pipeline folder "
-                 "with vae/, or a `train-vae` workdir")
+                 help="diffusers AutoencoderKL folder, pipeline folder with vae/, or a "
+                 "`train-vae` workdir")
   p.add_argument("--out", required=True, type=_new_or_dir,
                  help="folder for the latents (data.latents)")
   p.add_argument("--split", help="override data.split")
@@ -502,19 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
   p = commands.add_parser("sample", help="sample a trained run's EMA model to PNG or NPZ")
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--workdir", type=_RUN_DIR, help="a training run's directory")
-  source.add_argument("--converted", metavar="DIR", type=_CONVERTED_DIR, help="a published DiT converted with "
-                      "`dit-jax convert` (250-step DDPM with learned variance by default)")
+  source.add_argument("--converted", metavar="DIR", type=_CONVERTED_DIR,
+                      help="a published DiT converted with `dit-jax convert` (250-step "
+                      "DDPM with learned variance by default)")
   p.add_argument("--vae", metavar="DIR", type=_VAE_DIR,
-                 help="VAE folder that decodes latents: for "
-                 "--converted the diffusers SD VAE (sd-vae-ft-ema; without it the .npz holds "
-                 "the latents); for a latent --workdir it replaces config.data.vae")
+                 help="VAE folder that decodes latents: for --converted the diffusers SD "
+                 "VAE (sd-vae-ft-ema; without it the .npz holds the latents); for a latent "
+                 "--workdir it replaces config.data.vae")
   p.add_argument("--captions", help="caption-conditioned runs: ';'-separated captions, one "
                  "grid row (--per-class samples) each")
-  p.add_argument("--guide-channels", type=_positive, help="--converted: guide only the first K latent "
-                 "channels (3 reproduces the original sampler exactly; default all)")
+  p.add_argument("--guide-channels", type=_positive,
+                 help="--converted: guide only the first K latent channels (3 reproduces "
+                 "the original sampler exactly; default all)")
   p.add_argument("--out", required=True, type=_output_file(".png", ".npz"),
-                 help="FILE.png (grid) or FILE.npz (uint8 NHWC "
-                 "images in arr_0, labels in labels)")
+                 help="FILE.png (grid) or FILE.npz (uint8 NHWC images in arr_0, labels in "
+                 "labels; written batch by batch); missing folders are created")
   which = p.add_mutually_exclusive_group()
   which.add_argument("--per-class", type=_positive, default=8,
                      help="samples per class (one row each)")
