@@ -10,23 +10,37 @@
     dit-jax convert --from pytorch --in DiT-XL-2-256x256.pt --out ckpt/DiT-XL-2-256
     dit-jax sample --converted ckpt/DiT-XL-2-256 --vae sd-vae-ft-ema --out samples.png
     dit-jax bench --model DiT-XL/2 --batch-size 32 --attention cudnn --mesh fsdp=8,rules=fsdp
+
+A user error never shows a Python traceback: it prints `dit-jax <command>: <message>` on
+stderr, naming the flag, field or file and the fix. Exit status:
+    0    done
+    1    the command ran and failed: training diverged (FloatingPointError), an I/O error
+         such as a full disk, or an internal error (a bug: the traceback is shown)
+    2    bad input, as argparse uses it: a bad flag or flag value, a bad --config override
+         or config value, a missing, unreadable or malformed file, a missing optional package
+    130  interrupted (Ctrl-C)
+`--debug`, anywhere on the command line, re-raises the error to show its traceback.
 """
 import argparse
 import csv
 import io
 import json
+import math
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 
 from dit_jax import flops
 from dit_jax.config import apply_overrides, load_config, model_input_shape
 from dit_jax.models import create_model
-from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
+from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
 from dit_jax.models.unet import UNet
 from dit_jax.models.mmdit import MMDiT, TextDiT
+from dit_jax.nn.attention import BACKENDS
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -147,8 +161,9 @@ def _mesh_fields(spec: str) -> dict:
   fields = {}
   for item in filter(None, spec.split(",")):
     key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--mesh {spec!r}: expected key=value items such as data=2,fsdp=4")
+    if not sep or not (key == "rules" or value.lstrip("-").isdigit()):
+      raise ValueError(f"--mesh {spec!r}: expected key=value items with whole-number sizes, "
+                       "such as data=2,fsdp=4,rules=fsdp")
     fields[key] = value if key == "rules" else int(value)
   return fields
 
@@ -208,12 +223,31 @@ def cmd_extract_latents(args, overrides):
 
 
 def _sample_labels(args, num_classes: int) -> np.ndarray:
+  """--labels (parsed by _label_list), checked against the model, or --per-class of each class."""
   if args.labels:
-    labels = np.array([int(v) for v in args.labels.split(",")], np.int32)
-    if num_classes and (labels.min() < 0 or labels.max() > num_classes):
-      raise ValueError(f"--labels must lie in 0..{num_classes} ({num_classes} is the null class)")
+    labels = np.array(args.labels, np.int32)
+    if num_classes and labels.max() > num_classes:
+      raise ValueError(f"--labels {','.join(map(str, args.labels))}: this model has "
+                       f"{num_classes} classes, so labels lie in 0..{num_classes} "
+                       f"({num_classes} is the null class, unconditional samples)")
     return labels
   return np.repeat(np.arange(max(num_classes, 1)), args.per_class).astype(np.int32)
+
+
+def _sample_chunks(sampler, params, labels, batch_size: int, rng, cfg_scale):
+  """uint8 samples of `labels`, one compiled batch at a time, with a progress bar on stderr."""
+  import jax
+  from tqdm import tqdm
+
+  from dit_jax import images
+  batch = min(batch_size, len(labels))
+  with tqdm(total=len(labels), desc="sample", unit="image", dynamic_ncols=True) as bar:
+    for start in range(0, len(labels), batch):
+      chunk = labels[start:start + batch]
+      padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
+      out = sampler(params, padded, jax.random.fold_in(rng, start), cfg_scale)
+      yield images.to_uint8(out[:len(chunk)])
+      bar.update(len(chunk))
 
 
 def cmd_convert(args, overrides):
@@ -234,7 +268,7 @@ def cmd_sample_converted(args):
   from dit_jax.convert.dit import load_converted
   from dit_jax.convert.dit_sample import PAPER_LABELS, decode_latents, sample_latents
   params, info = load_converted(args.converted)
-  labels = (np.array([int(v) for v in args.labels.split(",")], np.int32) if args.labels
+  labels = (np.array(args.labels, np.int32) if args.labels
             else np.array(PAPER_LABELS, np.int32) % max(info["num_classes"], 1))
   start = time.perf_counter()
   latents = sample_latents(params, info, labels, jax.random.PRNGKey(args.seed),
@@ -300,69 +334,155 @@ def cmd_sample(args, overrides):
   if "text_tokens" in model.condition_keys:
     return _sample_captions(args, config, sampler, state)
   labels = _sample_labels(args, model.num_classes)
-  batch = min(args.batch_size, len(labels))
-  chunks = []
-  for start in range(0, len(labels), batch):
-    chunk = labels[start:start + batch]
-    padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
-    out = sampler(state.ema_params, padded, jax.random.fold_in(rng, start), args.cfg_scale)
-    chunks.append(images.to_uint8(out[:len(chunk)]))
-  samples = np.concatenate(chunks)
-  if args.out.endswith(".npz"):
-    images.save_npz(samples, labels, args.out)
+  chunks = _sample_chunks(sampler, state.ema_params, labels, args.batch_size, rng, args.cfg_scale)
+  if args.out.endswith(".npz"):  # streamed: memory holds one batch of samples
+    images.save_npz_chunks(chunks, labels, args.out)
   else:
+    samples = np.concatenate(list(chunks))
     rows = max(model.num_classes, 1) if not args.labels else 1
     images.save_png(images.make_grid(samples, rows), args.out,
                     upscale=max(1, 64 // samples.shape[1]))
-  print(f"wrote {len(samples)} samples of step {int(state.step)} to {args.out}")
+  print(f"wrote {len(labels)} samples of step {int(state.step)} to {args.out}")
+
+
+# Flag types: argparse turns their ArgumentTypeError into "argument --flag: <message>", exit 2.
+
+def _int_at_least(low: int):
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+  return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _finite_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"expected a finite number such as 1.5, got {text!r}")
+  return value
+
+
+def _label_list(text: str) -> list[int]:
+  try:
+    labels = [int(v) for v in text.split(",")]
+  except ValueError:
+    labels = []
+  if not labels or min(labels) < 0:
+    raise argparse.ArgumentTypeError(f"expected class labels >= 0 separated by commas, such as "
+                                     f"3,1,4; got {text!r}")
+  return labels
+
+
+def _existing_dir(what: str):
+  def parse(text: str) -> str:
+    path = Path(text)
+    if not path.is_dir():
+      problem = "is a file, not a directory" if path.exists() else "does not exist"
+      raise argparse.ArgumentTypeError(f"{text} {problem}: pass {what}")
+    return text
+  return parse
+
+
+_RUN_DIR = _existing_dir("the directory of a `dit-jax train` run")
+_CONVERTED_DIR = _existing_dir("a directory written by `dit-jax convert --from pytorch`")
+_VAE_DIR = _existing_dir("a VAE folder: diffusers AutoencoderKL, a pipeline folder with vae/, "
+                         "or a `dit-jax train-vae` workdir")
+
+
+def _check_parents(path: Path, text: str):
+  """Missing parent folders are created when writing; an existing one must be a folder."""
+  parent = next(p for p in path.absolute().parents if p.exists())
+  if not parent.is_dir():
+    raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, so nothing can be written "
+                                     "under it; choose another path")
+
+
+def _new_or_dir(text: str) -> str:
+  """A directory that is written to (created if missing)."""
+  path = Path(text)
+  if path.exists() and not path.is_dir():
+    raise argparse.ArgumentTypeError(f"{text} is a file: pass a directory (created if missing)")
+  _check_parents(path, text)
+  return text
+
+
+def _output_file(*suffixes: str):
+  def parse(text: str) -> str:
+    path = Path(text)
+    if path.suffix not in suffixes:
+      raise argparse.ArgumentTypeError(f"{text!r} has no known extension: name the file "
+                                       f"{' or '.join('FILE' + s for s in suffixes)}")
+    if path.is_dir():
+      raise argparse.ArgumentTypeError(f"{text} is a directory: name a file in it, such as "
+                                       f"{path / ('samples' + suffixes[0])}")
+    _check_parents(path, text)
+    return text
+  return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="dit-jax", description=__doc__.split("\n")[0])
+  parser.add_argument("--debug", action="store_true", help="show the Python traceback of an "
+                      "error (this flag may stand anywhere on the command line)")
   commands = parser.add_subparsers(dest="command", required=True)
   p = commands.add_parser("flops", help="analytic forward Gflops and parameters of DiT models",
                           description=flops.__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--models", default="all", help="comma list, e.g. XL/2,B/4 (default: all 12)")
-  p.add_argument("--image-size", type=int, default=256, help="image side in pixels")
-  p.add_argument("--latent-downsample", type=int, default=8,
+  p.add_argument("--image-size", type=_positive, default=256, help="image side in pixels")
+  p.add_argument("--latent-downsample", type=_positive, default=8,
                  help="VAE downsampling factor (1 for pixel-space models)")
-  p.add_argument("--channels", type=int, default=4, help="channels the model sees")
+  p.add_argument("--channels", type=_positive, default=4, help="channels the model sees")
   p.add_argument("--conditioning", default="adaln_zero", choices=CONDITIONINGS)
-  p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--num-classes", type=_non_negative, default=1000)
   p.add_argument("--no-learn-sigma", action="store_true", help="output C, not 2C, channels")
   p.add_argument("--config", help="count the model of an ml-collections config instead, "
                  "e.g. configs/dit.py:DiT-B/4, with --config.model.FIELD=VALUE overrides")
   p.add_argument("--xla", action="store_true",
                  help="add XLA's cost analysis of the compiled forward (compiles each model)")
   p.add_argument("--format", default="table", choices=FORMATS)
-  p.add_argument("--plot", metavar="FILE.png", help="draw Gflops vs patch and params vs Gflops")
+  p.add_argument("--plot", metavar="FILE.png", type=_output_file(".png", ".pdf", ".svg"),
+                 help="draw Gflops vs patch and params vs Gflops")
   p.set_defaults(func=cmd_flops)
 
   p = commands.add_parser("train", help="train a model from a config; resumes from its workdir")
   p.add_argument("--config", required=True, help="e.g. configs/quickstart.py, with "
                  "--config.section.field=value overrides")
-  p.add_argument("--workdir", required=True, help="checkpoints, logs and samples go here")
+  p.add_argument("--workdir", required=True, type=_new_or_dir,
+                 help="checkpoints, logs and samples go here")
   p.add_argument("--multihost", action="store_true", help="join a multi-process run (TPU pod "
                  "slice, SLURM, ...): jax.distributed.initialize() before anything else; "
                  "every process runs the same command")
   p.add_argument("--coordinator", help="host:port of process 0 (--multihost without "
                  "auto-detection)")
-  p.add_argument("--num-processes", type=int, help="with --coordinator")
-  p.add_argument("--process-id", type=int, help="with --coordinator")
+  p.add_argument("--num-processes", type=_positive, help="with --coordinator")
+  p.add_argument("--process-id", type=_non_negative, help="with --coordinator")
   p.set_defaults(func=cmd_train)
 
   p = commands.add_parser("bench", help="time the sharded train step of a DiT on random data")
   p.add_argument("--model", default="DiT-XL/2", help="a DiT preset")
-  p.add_argument("--image-size", type=int, default=256)
-  p.add_argument("--latent-downsample", type=int, default=8, help="1 for pixel space")
-  p.add_argument("--channels", type=int, default=4)
-  p.add_argument("--batch-size", type=int, default=32, help="global batch")
-  p.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
-  p.add_argument("--dtype", default="bfloat16", help="compute dtype (params stay float32)")
-  p.add_argument("--attention", default="auto", help="attention backend: xla, jax, cudnn, "
-                 "splash, auto")
+  p.add_argument("--image-size", type=_positive, default=256)
+  p.add_argument("--latent-downsample", type=_positive, default=8, help="1 for pixel space")
+  p.add_argument("--channels", type=_positive, default=4)
+  p.add_argument("--batch-size", type=_positive, default=32, help="global batch")
+  p.add_argument("--steps", type=_positive, default=10,
+                 help="timed steps (after 2 warm-up steps)")
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                 help="compute dtype (params stay float32)")
+  p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend")
   p.add_argument("--scan", action="store_true", help="scan over layers (one compiled block)")
-  p.add_argument("--remat", default="none", help="none, full, dots, save_block_outputs")
+  p.add_argument("--remat", default="none", choices=tuple(REMAT_POLICIES),
+                 help="rematerialisation policy")
   p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=4,rules=fsdp (default: data "
                  "parallel over all devices)")
   p.add_argument("--format", choices=("table", "json"), default="table")
@@ -370,49 +490,59 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("train-vae", help="train a KL autoencoder (VAE) on a TFDS data set")
   p.add_argument("--config", required=True, help="e.g. configs/vae.py")
-  p.add_argument("--workdir", required=True, help="checkpoints, logs and the exported vae/")
+  p.add_argument("--workdir", required=True, type=_new_or_dir,
+                 help="checkpoints, logs and the exported vae/")
   p.set_defaults(func=cmd_train_vae)
 
   p = commands.add_parser("extract-latents", help="encode a TFDS split with a VAE into a "
                           "latent data set (resumable; each process encodes its own chunks)")
   p.add_argument("--config", required=True, help="a training config: its data.name, "
                  "data.split, data.data_dir and data.image_size say what to encode")
-  p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder, pipeline folder "
-                 "with vae/, or a `train-vae` workdir")
-  p.add_argument("--out", required=True, help="folder for the latents (data.latents)")
+  p.add_argument("--vae", required=True, type=_VAE_DIR,
+                 help="diffusers AutoencoderKL folder, pipeline folder with vae/, or a "
+                 "`train-vae` workdir")
+  p.add_argument("--out", required=True, type=_new_or_dir,
+                 help="folder for the latents (data.latents)")
   p.add_argument("--split", help="override data.split")
   p.add_argument("--flip", action="store_true", help="also encode horizontal flips")
-  p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
-  p.add_argument("--chunk-size", type=int, default=1024, help="examples per file (resume unit)")
+  p.add_argument("--batch-size", type=_positive, default=64, help="images per encoder call")
+  p.add_argument("--chunk-size", type=_positive, default=1024,
+                 help="examples per file (resume unit)")
   p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                  help="storage dtype of the posterior moments")
   p.add_argument("--compute-dtype", choices=("float32", "bfloat16"),
                  help="encoder compute dtype (default float32)")
-  p.add_argument("--max-chunks", type=int, help="stop after this many chunks (rerun resumes)")
+  p.add_argument("--max-chunks", type=_positive, help="stop after this many chunks (rerun resumes)")
   p.set_defaults(func=cmd_extract_latents)
 
   p = commands.add_parser("sample", help="sample a trained run's EMA model to PNG or NPZ")
   source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="a training run's directory")
-  source.add_argument("--converted", metavar="DIR", help="a published DiT converted with "
-                      "`dit-jax convert` (250-step DDPM with learned variance by default)")
-  p.add_argument("--vae", metavar="DIR", help="VAE folder that decodes latents: for "
-                 "--converted the diffusers SD VAE (sd-vae-ft-ema; without it the .npz holds "
-                 "the latents); for a latent --workdir it replaces config.data.vae")
+  source.add_argument("--workdir", type=_RUN_DIR, help="a training run's directory")
+  source.add_argument("--converted", metavar="DIR", type=_CONVERTED_DIR,
+                      help="a published DiT converted with `dit-jax convert` (250-step "
+                      "DDPM with learned variance by default)")
+  p.add_argument("--vae", metavar="DIR", type=_VAE_DIR,
+                 help="VAE folder that decodes latents: for --converted the diffusers SD "
+                 "VAE (sd-vae-ft-ema; without it the .npz holds the latents); for a latent "
+                 "--workdir it replaces config.data.vae")
   p.add_argument("--captions", help="caption-conditioned runs: ';'-separated captions, one "
                  "grid row (--per-class samples) each")
-  p.add_argument("--guide-channels", type=int, help="--converted: guide only the first K latent "
-                 "channels (3 reproduces the original sampler exactly; default all)")
-  p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (uint8 NHWC "
-                 "images in arr_0, labels in labels)")
+  p.add_argument("--guide-channels", type=_positive,
+                 help="--converted: guide only the first K latent channels (3 reproduces "
+                 "the original sampler exactly; default all)")
+  p.add_argument("--out", required=True, type=_output_file(".png", ".npz"),
+                 help="FILE.png (grid) or FILE.npz (uint8 NHWC images in arr_0, labels in "
+                 "labels; written batch by batch); missing folders are created")
   which = p.add_mutually_exclusive_group()
-  which.add_argument("--per-class", type=int, default=8, help="samples per class (one row each)")
-  which.add_argument("--labels", help="comma list of class labels, e.g. 3,1,4")
-  p.add_argument("--cfg-scale", type=float, help="guidance scale (default: config.sample)")
-  p.add_argument("--steps", type=int, help="sampler steps (default: config.sample)")
+  which.add_argument("--per-class", type=_positive, default=8,
+                     help="samples per class (one row each)")
+  which.add_argument("--labels", type=_label_list, help="comma list of class labels, e.g. 3,1,4")
+  p.add_argument("--cfg-scale", type=_finite_float,
+                 help="guidance scale (default: config.sample)")
+  p.add_argument("--steps", type=_positive, help="sampler steps (default: config.sample)")
   p.add_argument("--method", choices=("euler", "heun", "ddpm", "ddim"))
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--batch-size", type=int, default=256, help="samples per compiled call")
+  p.add_argument("--batch-size", type=_positive, default=256, help="samples per compiled call")
   p.set_defaults(func=cmd_sample)
 
   p = commands.add_parser("convert", help="published PyTorch DiT checkpoint <-> dit_jax")
@@ -423,20 +553,75 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--in", dest="inp", required=True, help="the file (--from) or directory (--to)")
   p.add_argument("--out", required=True, help="the directory (--from) or file (--to)")
   p.add_argument("--model", help="expected preset, e.g. DiT-XL/2 (default: inferred)")
-  p.add_argument("--num-heads", type=int, help="head count of a non-preset size")
+  p.add_argument("--num-heads", type=_positive, help="head count of a non-preset size")
   p.set_defaults(func=cmd_convert)
   return parser
 
 
+STATUS_FAILED, STATUS_BAD_INPUT, STATUS_INTERRUPTED = 1, 2, 130
+
+# Errors that mean the input is wrong (ConfigError is a ValueError); see the module docstring.
+BAD_INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                    IsADirectoryError, PermissionError, EOFError, zipfile.BadZipFile,
+                    SafetensorError, NotImplementedError, ImportError)
+# Errors of a run that started well: divergence, I/O failures (a full disk, a lost mount).
+RUN_FAILED_ERRORS = (FloatingPointError, OSError)
+
+
+class CommandError(SystemExit):
+  """The exit of a reported error: str() is the message printed on stderr, .code the status
+  (so `pytest.raises(SystemExit, match=...)` sees the message, and the shell the status)."""
+
+  def __init__(self, message: str, status: int):
+    super().__init__(message)
+    self.code = status
+
+
+def error_status(error: BaseException) -> int | None:
+  """The exit status of an expected error, None for an unexpected one (a bug)."""
+  if isinstance(error, BAD_INPUT_ERRORS):
+    return STATUS_BAD_INPUT
+  if isinstance(error, RUN_FAILED_ERRORS):
+    return STATUS_FAILED
+  if isinstance(error, KeyboardInterrupt):
+    return STATUS_INTERRUPTED
+  if isinstance(error, SystemExit) and isinstance(error.code, str):  # raise SystemExit("...")
+    return STATUS_BAD_INPUT
+  return None
+
+
+def error_message(error: BaseException) -> str:
+  """One paragraph: the error's own text, without the quotes KeyError adds or blank lines."""
+  if isinstance(error, KeyboardInterrupt):
+    return "interrupted"
+  if isinstance(error, (KeyError, SystemExit)) and error.args:
+    text = str(error.args[0])
+  elif isinstance(error, OSError) and error.filename and error.strerror:
+    text = f"{error.filename}: {error.strerror}"
+  else:
+    text = str(error)
+  lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+  return "\n".join(lines) or type(error).__name__
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
+  debug = "--debug" in argv
   overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-  args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+  args = build_parser().parse_args(
+      [a for a in argv if not a.startswith("--config.") and a != "--debug"])
   try:
     args.func(args, overrides)
-  except (ValueError, KeyError, FileNotFoundError, NotImplementedError, FloatingPointError,
-          ImportError) as e:
-    raise SystemExit(f"dit-jax {args.command}: {e}") from None
+  except (Exception, KeyboardInterrupt, SystemExit) as e:
+    status = None if isinstance(e, CommandError) else error_status(e)
+    if status is None or debug:
+      if status is None and not isinstance(e, SystemExit):
+        e.add_note(f"dit-jax {args.command}: unexpected error, likely a bug in dit-jax; please "
+                   "report it with this traceback")
+      raise
+    message = f"dit-jax {args.command}: {error_message(e)}"
+    print(message, file=sys.stderr)
+    raise CommandError(message, status) from None
 
 
 if __name__ == "__main__":

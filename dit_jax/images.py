@@ -1,4 +1,7 @@
 """Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
+import os
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,45 @@ def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
 
 def save_npz(images_NHWC: np.ndarray, labels, path):
   """uint8 NHWC images in `arr_0` and labels in `labels`, as evaluation suites read them."""
+  save_npz_chunks([images_NHWC], labels, path)
+
+
+def save_npz_chunks(chunks_NHWC: Iterable[np.ndarray], labels, path):
+  """Like save_npz for images that arrive in chunks (n_i, H, W, C), n_i summing to
+  len(labels): each chunk goes into `arr_0` as it comes, so memory holds one chunk however
+  many images there are. The file is written under a temporary name and renamed when whole,
+  so an interrupted run leaves no truncated .npz behind."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  np.savez(path, arr_0=images_NHWC, labels=np.asarray(labels))
+  labels = np.asarray(labels)
+  tmp = path.with_name(f".{path.name}.partial")
+  try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:  # np.savez's layout
+      with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+        _write_npy_chunks(member, chunks_NHWC, len(labels))
+      with archive.open("labels.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, labels, allow_pickle=False)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _write_npy_chunks(stream, chunks, num: int):
+  """One .npy of shape (num, ...) from chunks along the first axis: the header, sized from
+  the first chunk, then each chunk's bytes in turn (no concatenation)."""
+  first, written = None, 0
+  for chunk in chunks:
+    chunk = np.ascontiguousarray(chunk)
+    if first is None:
+      first = chunk
+      header = np.lib.format.header_data_from_array_1_0(chunk)
+      np.lib.format.write_array_header_1_0(stream, dict(header, shape=(num, *chunk.shape[1:])))
+    if chunk.shape[1:] != first.shape[1:] or chunk.dtype != first.dtype:
+      raise ValueError(f"chunk of shape {chunk.shape} {chunk.dtype} after chunks of "
+                       f"{first.shape[1:]} {first.dtype}: every chunk must hold the same images")
+    written += len(chunk)
+    if written > num:
+      raise ValueError(f"chunks hold more than the {num} images the labels announce")
+    stream.write(chunk.data.cast("B"))
+  if written != num:
+    raise ValueError(f"chunks held {written} images, the labels {num}: one label per image")

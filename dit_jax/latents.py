@@ -94,6 +94,10 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   cfg = DataConfig.from_config(data_config)
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
+  for flag, value in (("--batch-size", batch_size), ("--chunk-size", chunk_size),
+                      ("--max-chunks", 1 if max_chunks is None else max_chunks)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{flag} {value!r}: must be a whole number >= 1")
   if dtype not in ("float32", "float16"):
     raise ValueError(f"--dtype {dtype!r}: use float32 or float16")
   if chunk_size % batch_size:

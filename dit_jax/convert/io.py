@@ -2,8 +2,13 @@
 
 Everything comes back as numpy arrays in the file's own layout; converters rearrange them.
 PyTorch is optional: a .pt file is read with torch when it is installed (weights only, no
-pickled code), otherwise the error says how to make a .safetensors or .npz instead.
+pickled code), otherwise the error says how to make a .safetensors or .npz instead. Nothing
+here ever unpickles: an .npz holding Python objects is refused. A file that is empty, damaged
+or of another format gives a ValueError naming the file and what is wrong.
 """
+import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +19,62 @@ FORMATS = (".safetensors", ".npz", ".pt", ".pth", ".bin")
 def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
   """The flat {name: array} in a weight file, by its extension (see FORMATS)."""
   path = Path(path)
+  if path.is_dir():
+    raise IsADirectoryError(f"weight file {path} is a directory: pass the file itself")
   if not path.is_file():
     raise FileNotFoundError(f"weight file {path} not found")
   suffix = path.suffix.lower()
+  if path.stat().st_size == 0:
+    raise ValueError(f"weight file {path} is empty (0 bytes): an interrupted download or copy? "
+                     "Fetch or write it again")
   if suffix == ".safetensors":
-    from safetensors.numpy import load_file
-    return dict(load_file(str(path)))
+    return _load_safetensors(path)
   if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as archive:
-      return {name: archive[name] for name in archive.files}
+    return _load_npz(path)
   if suffix in (".pt", ".pth", ".bin"):
     return _load_torch(path)
   raise ValueError(f"{path}: unknown weight format {suffix!r}; use one of {FORMATS}")
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  try:
+    return dict(load_file(str(path)))
+  except SafetensorError as e:
+    raise ValueError(f"{path} is not a readable .safetensors file ({e}): it is damaged, "
+                     "truncated or of another format; write it again") from None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+  """The arrays of an .npz (a zip of .npy files); object arrays are refused, never unpickled."""
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not an .npz file (a zip archive of .npy arrays, as np.savez "
+                     "writes): it is damaged or of another format")
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return {member.removesuffix(".npy"): _npy_member(path, archive, member)
+              for member in archive.namelist()}
+  except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path}: damaged .npz archive ({e}); write it again") from None
+
+
+def _npy_member(path: Path, archive: zipfile.ZipFile, member: str) -> np.ndarray:
+  with archive.open(member) as f:
+    try:
+      version = np.lib.format.read_magic(f)
+    except ValueError:
+      raise ValueError(f"{path}: member {member!r} is not a .npy array; an .npz of weights "
+                       "holds numeric arrays only") from None
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    dtype = read_header(f)[2]  # checked before any data is read
+    if dtype.hasobject:
+      raise ValueError(f"{path}: array {member.removesuffix('.npy')!r} holds Python objects "
+                       f"(dtype {dtype}), which dit-jax never loads (unpickling can run code); "
+                       "save the weights as numeric arrays, e.g. np.asarray(v, np.float32)")
+    f.seek(0)
+    return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _load_torch(path: Path) -> dict[str, np.ndarray]:
@@ -36,7 +85,10 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         f"reading {path} needs PyTorch, which is not installed: `pip install torch`, or convert "
         "it once elsewhere to .safetensors or .npz (numpy arrays keyed by state-dict name)"
     ) from None
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+  except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    raise ValueError(f"{path} is not a readable PyTorch state dict of tensors ({e})") from None
   for key in ("ema", "model"):  # training checkpoints wrap the state dicts: prefer the EMA
     if isinstance(state, dict) and isinstance(state.get(key), dict):
       state = state[key]
