@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OSError):
   pass
 
 

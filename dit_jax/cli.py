@@ -18,7 +18,9 @@ stderr, naming the flag, field or file and the fix. Exit status:
          such as a full disk, or an internal error (a bug: the traceback is shown)
     2    bad input, as argparse uses it: a bad flag or flag value, a bad --config override
          or config value, a missing, unreadable or malformed file, a missing optional package
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C) outside training
+    128 + signal (143 SIGTERM, 130 SIGINT): `train` / `train-vae` saved the current step and
+         stopped on a signal; rerun the same command to resume
 `--debug`, anywhere on the command line, re-raises the error to show its traceback.
 """
 import argparse
@@ -136,7 +138,7 @@ def cmd_train(args, overrides):
   from dit_jax import train
   config = apply_overrides(load_config(args.config), overrides)
   start, first = time.perf_counter(), []
-  state = _until_preempted(lambda: train.train_and_evaluate(
+  state = _until_preempted("train", lambda: train.train_and_evaluate(
       config, args.workdir, on_start=lambda s: first.append(int(s.step))))
   if int(state.step) == first[0]:
     print(f"nothing was trained: {args.workdir} is at step {first[0]} and train.steps="
@@ -146,15 +148,16 @@ def cmd_train(args, overrides):
         f"samples, loss.png, metrics.jsonl, tensorboard/ and checkpoints/ are in {args.workdir}")
 
 
-def _until_preempted(train_fn):
+def _until_preempted(command: str, train_fn):
   """train_fn(); after SIGTERM / SIGINT (saved, stopped) exits with status 128 + signal, as a
   process killed by the signal would, so that a scheduler sees an unfinished run."""
   from dit_jax.engine import Preempted
   try:
     return train_fn()
   except Preempted as stop:
-    print(f"dit-jax: {stop}", file=sys.stderr)
-    raise SystemExit(stop.exit_status) from None
+    message = f"dit-jax {command}: {stop}"
+    print(message, file=sys.stderr)
+    raise CommandError(message, stop.exit_status) from None
 
 
 def _mesh_fields(spec: str) -> dict:
@@ -199,7 +202,7 @@ def cmd_train_vae(args, overrides):
   from dit_jax import vae_train
   config = apply_overrides(load_config(args.config), overrides)
   start = time.perf_counter()
-  _until_preempted(lambda: vae_train.train_vae(config, args.workdir))
+  _until_preempted("train-vae", lambda: vae_train.train_vae(config, args.workdir))
   stats = json.loads((Path(args.workdir) / "eval.json").read_text())
   print(f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
         f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "

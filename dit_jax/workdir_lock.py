@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(FileExistsError):
   pass
 
 

@@ -230,3 +230,21 @@ def test_refused_resume_keeps_the_run_sampleable(data_dir, tmp_path):
   cli.main(["sample", "--workdir", str(tmp_path), "--labels", "1,2", "--out",
             str(tmp_path / "s.npz")])
   assert np.load(tmp_path / "s.npz")["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_cli_exit_status_after_sigterm_and_nothing_to_train(data_dir, tmp_path, monkeypatch,
+                                                            capsys):
+  argv = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),
+          f"--config.data.data_dir={data_dir}", "--config.model.depth=1",
+          "--config.model.hidden_size=16", "--config.model.num_heads=2",
+          "--config.train.sample_every=0", "--config.data.batch_size=8"]
+  with monkeypatch.context() as m:
+    m.setattr(train.engine.StopSignals, "requested", lambda self: signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+      cli.main(argv + ["--config.train.steps=3"])
+  assert stopped.value.code == 128 + signal.SIGTERM
+  assert "SIGTERM: saved step 1 and stopped" in capsys.readouterr().err
+  cli.main(argv + ["--config.train.steps=1"])
+  out = capsys.readouterr().out
+  assert "nothing was trained" in out and "at step 1 and train.steps=1" in out
+  assert "samples" not in out
