@@ -24,15 +24,7 @@ class ImageSampler:
     self.model = model
     self.objective = objective
     # The DDPM chain and the learned variance (ddpm_hybrid) are the objective's.
-    chain = objective.sampler_fields()
-    self.sampler = flow.make_sampler(sample_config, **chain)
-    if "path" in chain and self.sampler.method == "heun":
-      raise ValueError("sample.method='heun' evaluates t = 1, where a DDPM model's velocity is "
-                       "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
-    if "path" not in chain and self.sampler.method in ("ddpm", "ddim"):
-      raise ValueError(f"sample.method={self.sampler.method!r} walks a DDPM chain, which a "
-                       "flow-matching model (objective.kind='flow') was not trained on: use "
-                       "'euler' or 'heun'")
+    self.sampler = flow.sampler_for(sample_config, objective)
     self.image_shape = tuple(image_shape)
     self.decode = decode  # latents -> images in [-1, 1] for models trained on VAE latents
     # Under a sharding plan the images come back replicated, readable on every process.

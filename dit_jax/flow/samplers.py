@@ -277,6 +277,21 @@ def make_sampler(config, prefix: str = "sample", *, path: VPPath = VPPath(),
   return Sampler(path=path, learned_variance=learned_variance, **fields).check(prefix)
 
 
+def sampler_for(config, objective, prefix: str = "sample") -> Sampler:
+  """make_sampler for a model trained with `objective` (flow.make_objective): its DDPM chain
+  and learned variance, and only the methods that fit it."""
+  chain = objective.sampler_fields()
+  sampler = make_sampler(config, prefix, **chain)
+  if "path" in chain and sampler.method == "heun":
+    raise ValueError(f"{prefix}.method='heun' evaluates t = 1, where a DDPM model's velocity is "
+                     "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
+  if "path" not in chain and sampler.method in ("ddpm", "ddim"):
+    raise ValueError(f"{prefix}.method={sampler.method!r} walks a DDPM chain, which a "
+                     "flow-matching model (objective.kind='flow') was not trained on: use "
+                     "'euler' or 'heun'")
+  return sampler
+
+
 # Learned-variance DDPM (Improved DDPM, Nichol & Dhariwal 2021), as the published DiT samples.
 
 
