@@ -22,8 +22,8 @@ class ConfigError(ValueError):
 
 
 def _error(field: str, value, need: str) -> ConfigError:
-  return ConfigError(f"config.{field}={value!r} is not valid: {need}. Fix it in the config file "
-                     f"or pass --config.{field}=VALUE.")
+  return ConfigError(f"config.{field}={value!r} {need}; fix it in the config file or pass "
+                     f"--config.{field}=VALUE")
 
 
 # Schema: sections and their defaults.
@@ -241,7 +241,7 @@ _RULES = (
     ("data.latent_downsample", lambda v: v >= 1, ">= 1 (1: pixels)"),
     ("data.latent_channels", lambda v: v >= 1, ">= 1"),
     ("data.text_length", lambda v: v >= 1, ">= 1"),
-    ("optim.lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("optim.lr", lambda v: math.isfinite(v) and v > 0, "positive and finite"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("optim.schedule", lambda v: v in OPTIM_SCHEDULES, f"one of {OPTIM_SCHEDULES}"),
     ("optim.end_lr_factor", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of optim.lr)"),
@@ -298,7 +298,7 @@ def _check_type(field, value, default):
   else:
     return
   if not ok:
-    raise _error(field, value, f"expected {need}, like the default {default!r}")
+    raise _error(field, value, f"must be {need}, like the default {default!r}")
 
 
 def _check_sections(config):
@@ -318,7 +318,7 @@ def _check_sections(config):
   except ConfigError:
     raise
   except ValueError as e:
-    raise ConfigError(f"{e}. Fix it in the config file or with --config.SECTION.FIELD=VALUE.") \
+    raise ConfigError(f"{e}; fix it in the config file or with --config.SECTION.FIELD=VALUE") \
         from None
 
 
@@ -327,7 +327,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   the sections' cross-field rules. Returns config; raises ConfigError naming the field, the
   value and the fix."""
   if "model" in config and "name" not in config.model:
-    raise _error("model.name", None, "name the model, e.g. 'DiT-XL/2', 'UNet-small', 'MMDiT'")
+    raise _error("model.name", None, "must name the model, e.g. 'DiT-XL/2', 'UNet-small'")
   try:
     schema = _leaves(_schema(config))
   except ValueError as e:  # an unknown model name
