@@ -215,61 +215,77 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
 
 _INT, _NUMBER = "an integer", "a number"
 _UNTYPED = ("mesh.rules",)  # a preset name or a tuple of (logical, mesh axis) pairs
+def _at_least(low, note: str = ""):
+  return (lambda v: v >= low), f">= {low}{note}"
+
+
+def _positive(note: str = ""):
+  return (lambda v: v > 0), f"> 0{note}"
+
+
+def _one_of(options):
+  return (lambda v: v in options), f"one of {tuple(options)}"
+
+
+def _within(low, high, upper_open: bool = False, note: str = ""):
+  if upper_open:
+    return (lambda v: low <= v < high), f"in [{low}, {high}){note}"
+  return (lambda v: low <= v <= high), f"in [{low}, {high}]{note}"
+
+
 # (field, test, requirement): each applies where the field is present.
 _RULES = (
-    ("seed", lambda v: v >= 0, ">= 0"),
-    ("model.depth", lambda v: v >= 1, ">= 1 (blocks in the stack)"),
-    ("model.hidden_size", lambda v: v >= 1, ">= 1"),
-    ("model.num_heads", lambda v: v >= 1, ">= 1"),
-    ("model.patch_size", lambda v: v >= 1, ">= 1"),
-    ("model.num_classes", lambda v: v >= 0, ">= 0 (0: unconditional)"),
-    ("model.class_dropout_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("model.mlp_ratio", lambda v: v > 0, "> 0"),
-    ("model.depth_double", lambda v: v >= 0, ">= 0"),
-    ("model.depth_single", lambda v: v >= 0, ">= 0"),
-    ("model.text_dropout_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("model.base_channels", lambda v: v >= 1, ">= 1"),
-    ("model.num_res_blocks", lambda v: v >= 1, ">= 1"),
-    ("objective.kind", lambda v: v in flow.objectives.KINDS,
-     f"one of {flow.objectives.KINDS}"),
-    ("data.batch_size", lambda v: v >= 1, ">= 1 (the global batch)"),
-    ("data.image_size", lambda v: v is None or v >= 1, ">= 1, or None for the stored size"),
-    ("data.seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
-    ("data.num_threads", lambda v: v >= 0, ">= 0"),
-    ("data.prefetch", lambda v: v >= 0, ">= 0"),
-    ("data.worker_count", lambda v: v >= 0, ">= 0"),
-    ("data.latent_downsample", lambda v: v >= 1, ">= 1 (1: pixels)"),
-    ("data.latent_channels", lambda v: v >= 1, ">= 1"),
-    ("data.text_length", lambda v: v >= 1, ">= 1"),
+    ("seed", *_at_least(0)),
+    ("model.depth", *_at_least(1, " (blocks in the stack)")),
+    ("model.hidden_size", *_at_least(1)),
+    ("model.num_heads", *_at_least(1)),
+    ("model.patch_size", *_at_least(1)),
+    ("model.num_classes", *_at_least(0, " (0: unconditional)")),
+    ("model.class_dropout_prob", *_within(0, 1)),
+    ("model.mlp_ratio", *_positive()),
+    ("model.depth_double", *_at_least(0)),
+    ("model.depth_single", *_at_least(0)),
+    ("model.text_dropout_prob", *_within(0, 1)),
+    ("model.base_channels", *_at_least(1)),
+    ("model.num_res_blocks", *_at_least(1)),
+    ("objective.kind", *_one_of(flow.objectives.KINDS)),
+    ("data.batch_size", *_at_least(1, " (the global batch)")),
+    ("data.image_size", *_at_least(1, ", or None for the stored size")),
+    ("data.seed", *_within(0, 2 ** 32, upper_open=True)),
+    ("data.num_threads", *_at_least(0)),
+    ("data.prefetch", *_at_least(0)),
+    ("data.worker_count", *_at_least(0)),
+    ("data.latent_downsample", *_at_least(1, " (1: pixels)")),
+    ("data.latent_channels", *_at_least(1)),
+    ("data.text_length", *_at_least(1)),
     ("optim.lr", lambda v: math.isfinite(v) and v > 0, "positive and finite"),
-    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
-    ("optim.schedule", lambda v: v in OPTIM_SCHEDULES, f"one of {OPTIM_SCHEDULES}"),
-    ("optim.end_lr_factor", lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of optim.lr)"),
-    ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("optim.eps", lambda v: v > 0, "> 0"),
-    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
-    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
-    ("train.steps", lambda v: v >= 0, ">= 0"),
-    ("train.log_every", lambda v: v >= 1, ">= 1"),
-    ("train.checkpoint_every", lambda v: v >= 1, ">= 1"),
-    ("train.keep_checkpoints", lambda v: v >= 1, ">= 1 (0 would delete every checkpoint)"),
-    ("train.sample_every", lambda v: v >= 0, ">= 0 (0: only at the end)"),
-    ("train.samples_per_class", lambda v: v >= 1, ">= 1"),
-    ("train.ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
-    ("sample.method", lambda v: v in flow.METHODS, f"one of {flow.METHODS}"),
-    ("sample.steps", lambda v: v >= 1, ">= 1"),
+    ("optim.warmup_steps", *_at_least(0)),
+    ("optim.schedule", *_one_of(OPTIM_SCHEDULES)),
+    ("optim.end_lr_factor", *_within(0, 1, note=" (a fraction of optim.lr)")),
+    ("optim.b1", *_within(0, 1, upper_open=True)),
+    ("optim.b2", *_within(0, 1, upper_open=True)),
+    ("optim.eps", *_positive()),
+    ("optim.weight_decay", *_at_least(0)),
+    ("optim.grad_clip", *_at_least(0, " (0: no clipping)")),
+    ("train.steps", *_at_least(0)),
+    ("train.log_every", *_at_least(1)),
+    ("train.checkpoint_every", *_at_least(1)),
+    ("train.keep_checkpoints", *_at_least(1, " (0 would delete every checkpoint)")),
+    ("train.sample_every", *_at_least(0, " (0: only at the end)")),
+    ("train.samples_per_class", *_at_least(1)),
+    ("train.ema_decay", *_within(0, 1, upper_open=True, note=" (0: no EMA)")),
+    ("sample.method", *_one_of(flow.METHODS)),
+    ("sample.steps", *_at_least(1)),
     ("sample.cfg_scale", lambda v: math.isfinite(v) and v >= 0,
      "a guidance scale >= 0 (0: unconditional, 1: conditional without guidance, > 1: "
      "stronger guidance)"),
-    ("sample.shift", lambda v: v > 0, "> 0 (1: the uniform grid)"),
-    ("sample.eta", lambda v: 0 <= v <= 1, "in [0, 1] (ddim: 0 deterministic, 1 DDPM noise)"),
+    ("sample.shift", *_positive(" (1: the uniform grid)")),
+    ("sample.eta", *_within(0, 1, note=" (ddim: 0 deterministic, 1 DDPM noise)")),
     *((f"mesh.{axis}", lambda v: v == -1 or v >= 1, "-1 (the devices left) or >= 1")
       for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")),
-    ("vae_train.reconstruction", lambda v: v in VAE_RECONSTRUCTIONS,
-     f"one of {VAE_RECONSTRUCTIONS}"),
-    ("vae_train.kl_weight", lambda v: v >= 0, ">= 0"),
-    ("vae_train.eval_batches", lambda v: v >= 1, ">= 1"),
+    ("vae_train.reconstruction", *_one_of(VAE_RECONSTRUCTIONS)),
+    ("vae_train.kl_weight", *_at_least(0)),
+    ("vae_train.eval_batches", *_at_least(1)),
 )
 
 
