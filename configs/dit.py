@@ -16,13 +16,13 @@ Training reads VAE latents that you extract once from your own manual download o
 Blocks are unrolled (scan_layers=False): on one H100 the unrolled DiT-XL/2 step is 1.53x faster
 than the scanned one (experiments/results/gpu_bench_h100.md) for 14 s more compilation.
 """
-from dit_jax.config import base_config
+from dit_jax.config import base_config, model_section
 
 
 def get_config(arg: str = "DiT-XL/2"):
   config = base_config()
-  config.model.update(name=arg, num_classes=1000, class_dropout_prob=0.1, learn_sigma=True,
-                      attention_backend="auto", dtype="bfloat16", scan_layers=False)
+  config.model = model_section(arg, num_classes=1000, class_dropout_prob=0.1, learn_sigma=True,
+                               dtype="bfloat16", scan_layers=False)
   config.objective.update(kind="flow", t_dist="uniform")
   config.data.update(name="imagenet2012", image_size=256, batch_size=256, num_threads=16,
                      latent_downsample=8, latent_channels=4)

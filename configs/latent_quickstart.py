@@ -9,14 +9,14 @@ the tiny VAE of configs/vae.py): the whole latent pipeline, with no download.
 `extract-latents` reads data.name / split / image_size; `train` reads the latents from
 data.latents (the encoder never runs) and decodes its sample grids with the VAE in data.vae.
 """
-from dit_jax.config import base_config
+from dit_jax.config import base_config, model_section
 
 
 def get_config(arg: str = ""):
   del arg
   config = base_config()
-  config.model.update(name="DiT", patch_size=2, hidden_size=128, depth=4, num_heads=4,
-                      num_classes=18, learn_sigma=False)
+  config.model = model_section("DiT", patch_size=2, hidden_size=128, depth=4, num_heads=4,
+                               num_classes=18, learn_sigma=False)
   config.data.update(name="shapes/single_32", image_size=32, batch_size=64,
                      latent_downsample=4, latent_channels=4)
   config.data.latents = "runs/latents"  # written by extract-latents

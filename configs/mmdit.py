@@ -12,9 +12,7 @@ data of experiments/mmdit_composition.py) with its captions tokenized by the dat
 """
 from pathlib import Path
 
-import ml_collections
-
-from dit_jax.config import load_config
+from dit_jax.config import load_config, model_section
 from dit_jax.models.mmdit import PRESET_INPUT, PRESETS
 
 TEXT_LENGTH = 24     # a 3-object shapes caption is at most 22 words with BOS
@@ -54,13 +52,14 @@ def model_fields(variant: str, size: str = "cpu") -> dict:
 def get_config(arg: str = "mmdit_hybrid"):
   config = load_config(str(Path(__file__).with_name("quickstart.py")))
   if arg in PRESETS:  # published shapes: for `dit-jax flops` (no weights, eval_shape only)
-    config.model = ml_collections.ConfigDict({"name": arg})
+    config.model = model_section(arg, attention_backend="xla")
     side, _, channels = PRESET_INPUT[arg]
     config.data.update(name="imagenet2012", image_size=side * 8, latent_downsample=8,
                        latent_channels=channels)
     return config
   variant, _, size = arg.partition("@")
-  config.model = ml_collections.ConfigDict(model_fields(variant, size or "cpu"))
+  # attention_backend='xla': what the recorded composition runs used
+  config.model = model_section(**model_fields(variant, size or "cpu"), attention_backend="xla")
   config.data.update(name="shapes/multi_fixed_24", batch_size=64, text_tokenizer="words:shapes",
                      text_length=TEXT_LENGTH)
   config.optim.update(lr=1e-3, warmup_steps=200, schedule="cosine")

@@ -3,14 +3,14 @@
     dit-jax train --config configs/quickstart.py --workdir runs/quickstart
     dit-jax sample --workdir runs/quickstart --per-class 8 --out digits.png
 """
-from dit_jax.config import base_config
+from dit_jax.config import base_config, model_section
 
 
 def get_config(arg: str = ""):
   del arg
   config = base_config()
-  config.model.update(name="DiT", patch_size=1, hidden_size=64, depth=4, num_heads=4,
-                      num_classes=10, learn_sigma=False)
+  config.model = model_section("DiT", patch_size=1, hidden_size=64, depth=4, num_heads=4,
+                               num_classes=10, learn_sigma=False)
   config.data.update(name="digits/8", batch_size=64)
   config.optim.update(lr=1e-3, warmup_steps=100, schedule="cosine")
   config.train.update(steps=2000, log_every=100, checkpoint_every=500, sample_every=1000,

@@ -9,20 +9,14 @@ dit_jax/models/unet.py). Data, objective, optimizer, steps and sampler are the q
 """
 from pathlib import Path
 
-import ml_collections
-
-from dit_jax.config import load_config
-from dit_jax.models.unet import CONDITIONINGS, PRESETS
+from dit_jax.config import load_config, model_section
+from dit_jax.models.unet import CONDITIONINGS
 
 
 def get_config(arg: str = "scale_shift"):
   if arg not in CONDITIONINGS:
     raise ValueError(f"configs/unet.py:{arg!r}: the argument must be one of {CONDITIONINGS}")
   config = load_config(str(Path(__file__).with_name("quickstart.py")))
-  # A new model section (the DiT fields of the base config do not apply to a U-Net) that
-  # spells out the preset, so that --config.model.FIELD=VALUE can override any of it.
-  config.model = ml_collections.ConfigDict(
-      {"name": "UNet-small", **PRESETS["UNet-small"], "conditioning": arg,
-       "downsample": "conv", "upsample": "transpose", "class_dropout_prob": 0.1,
-       "attention_backend": "auto", "dtype": "float32", "param_dtype": "float32"})
+  # The U-Net's section spells out the preset, so --config.model.FIELD=VALUE overrides any of it.
+  config.model = model_section("UNet-small", conditioning=arg)
   return config

@@ -37,7 +37,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from dit_jax import flops
-from dit_jax.config import apply_overrides, load_config, model_input_shape
+from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
 from dit_jax.models import create_model
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
 from dit_jax.models.unet import UNet
@@ -325,9 +325,11 @@ def cmd_sample(args, overrides):
   from dit_jax import flow, images, latents, train
   from dit_jax.sample import ImageSampler
   config, state = train.load_run(args.workdir)
-  for key, value in (("steps", args.steps), ("method", args.method)):
+  for key, value in (("steps", args.steps), ("method", args.method),
+                     ("cfg_scale", args.cfg_scale)):
     if value is not None:
       config.sample[key] = value
+  validate(config)  # e.g. --method heun on a DDPM run, a negative --cfg-scale
   if args.vae:
     config.data.vae = args.vae
   model = create_model(config.model)

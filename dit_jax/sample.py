@@ -23,10 +23,8 @@ class ImageSampler:
   def __init__(self, model, objective, sample_config, image_shape, plan=None, decode=None):
     self.model = model
     self.objective = objective
-    self.sampler = flow.make_sampler(sample_config)
-    if isinstance(objective.path, flow.VPPath) and self.sampler.method == "heun":
-      raise ValueError("sample.method='heun' evaluates t = 1, where a DDPM model's velocity is "
-                       "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
+    # The DDPM chain and the learned variance (ddpm_hybrid) are the objective's.
+    self.sampler = flow.sampler_for(sample_config, objective)
     self.image_shape = tuple(image_shape)
     self.decode = decode  # latents -> images in [-1, 1] for models trained on VAE latents
     # Under a sharding plan the images come back replicated, readable on every process.

@@ -1,8 +1,24 @@
+import dataclasses
+import importlib.util
+import json
+
 import jax.numpy as jnp
 import pytest
 
-from dit_jax.config import apply_overrides, load_config
+from dit_jax import flow
+from dit_jax.config import (ABSENT, RESUMABLE_FIELDS, ConfigError, apply_overrides, base_config,
+                            load_config, meaning_changes, model_input_shape, vae_config)
 from dit_jax.models import create_model
+from dit_jax.models.dit import POSENCS, DiT
+from dit_jax.models.mmdit import PRESET_INPUT
+from dit_jax.models.mmdit import PRESETS as MMDIT_PRESETS
+from dit_jax.models.unet import CONDITIONINGS as UNET_CONDITIONINGS
+from dit_jax.models.unet import PRESETS as UNET_PRESETS
+from dit_jax.models.vae import create_vae, vae_preset
+
+_spec = importlib.util.spec_from_file_location("mmdit_config", "configs/mmdit.py")
+mmdit_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mmdit_config)
 
 
 def test_dit_config_builds_the_named_model():
@@ -33,3 +49,265 @@ def test_unknown_model_fields_and_names():
     create_model({"name": "NoSuchNet"})
   with pytest.raises(FileNotFoundError, match="config file 'nope.py' not found"):
     load_config("nope.py:x")
+
+
+# Every config file with every documented argument: the values each file sets, written out.
+
+def _built(config):
+  """The fields of the model config.model builds (dtypes by name)."""
+  model = create_model(config.model)
+  return {f.name: (jnp.dtype(v).name if f.name.endswith("dtype") else v)
+          for f in dataclasses.fields(model) if f.name not in ("parent", "name")
+          for v in [getattr(model, f.name)]}
+
+
+# depth, width, heads of Table 1 of the DiT paper
+DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+
+@pytest.mark.parametrize("size,patch", [(s, p) for s in DIT_SIZES for p in (2, 4, 8)])
+def test_dit_config_for_every_preset(size, patch):
+  name = f"DiT-{size}/{patch}"
+  config = load_config(f"configs/dit.py:{name}")
+  built = _built(config)
+  assert config.model.name == name
+  assert (built["depth"], built["hidden_size"], built["num_heads"]) == DIT_SIZES[size]
+  assert built["patch_size"] == patch
+  assert (built["num_classes"], built["learn_sigma"], built["dtype"], built["param_dtype"],
+          built["scan_layers"], built["attention_backend"]) == (
+              1000, True, "bfloat16", "float32", False, "auto")
+  assert (config.data.latent_downsample, config.data.latent_channels, config.data.batch_size,
+          config.data.image_size) == (8, 4, 256, 256)
+  assert (config.optim.lr, config.optim.schedule, config.optim.warmup_steps) == (
+      1e-4, "constant", 0)
+  assert (config.train.steps, config.train.ema_decay) == (400_000, 0.9999)
+  assert (config.objective.kind, config.objective.t_dist) == ("flow", "uniform")
+  assert (config.sample.method, config.sample.steps, config.sample.cfg_scale) == (
+      "heun", 50, 1.5)
+
+
+def test_quickstart_and_posenc_configs():
+  for spec in ["configs/quickstart.py", *(f"configs/posenc.py:{p}" for p in POSENCS)]:
+    config = load_config(spec)
+    built = _built(config)
+    assert (built["patch_size"], built["hidden_size"], built["depth"], built["num_heads"],
+            built["num_classes"], built["learn_sigma"]) == (1, 64, 4, 4, 10, False)
+    assert (config.data.name, config.data.batch_size, config.train.ema_decay) == (
+        "digits/8", 64, 0.995)
+    assert (config.objective.kind, config.objective.t_dist) == ("flow", "logit_normal")
+    if spec.startswith("configs/posenc.py"):
+      posenc = spec.split(":")[1]
+      assert built["posenc"] == posenc and config.train.steps == 1000
+      assert built["rope_reference_size"] == (8 if posenc == "rope_scaled" else 0)
+
+
+def test_latent_quickstart_config():
+  config = load_config("configs/latent_quickstart.py")
+  built = _built(config)
+  assert (built["patch_size"], built["hidden_size"], built["num_classes"]) == (2, 128, 18)
+  assert model_input_shape(config.data) == (8, 8, 4)
+  assert (config.data.latents, config.data.vae) == ("runs/latents", "runs/vae")
+
+
+@pytest.mark.parametrize("arg", UNET_CONDITIONINGS)
+def test_unet_config_spells_out_the_preset(arg):
+  config = load_config(f"configs/unet.py:{arg}")
+  assert config.model.name == "UNet-small" and config.model.conditioning == arg
+  for key, value in UNET_PRESETS["UNet-small"].items():
+    assert config.model[key] == value
+  assert _built(config)["attention_backend"] == "auto"
+  assert config.data.name == "digits/8" and config.sample.method == "heun"
+
+
+@pytest.mark.parametrize("arg", ["dit_pooled", "dit_cross", "mmdit_double", "mmdit_single",
+                                 "mmdit_hybrid", "mmdit_hybrid@gpu", "dit_pooled@gpu"])
+def test_mmdit_variant_configs(arg):
+  config = load_config(f"configs/mmdit.py:{arg}")
+  variant, _, size = arg.partition("@")
+  built = _built(config)
+  fields = mmdit_config.model_fields(variant, size or "cpu")
+  assert config.model.name == fields.pop("name")
+  assert {k: built[k] for k in fields} == fields
+  assert built["hidden_size"] == (96 if size == "gpu" else 64)
+  assert (config.data.text_tokenizer, config.data.text_length) == ("words:shapes", 24)
+  assert (config.sample.method, config.sample.steps, config.sample.cfg_scale) == (
+      "euler", 40, 3.0)
+
+
+@pytest.mark.parametrize("name", list(MMDIT_PRESETS))
+def test_mmdit_preset_configs(name):
+  config = load_config(f"configs/mmdit.py:{name}")
+  built = _built(config)
+  for key, value in MMDIT_PRESETS[name].items():
+    assert built[key] == value, key
+  side, _, channels = PRESET_INPUT[name]
+  assert model_input_shape(config.data) == (side, side, channels)
+
+
+@pytest.mark.parametrize("arg", ["", "SD"])
+def test_vae_config_names_its_preset(arg):
+  config = load_config(f"configs/vae.py:{arg}" if arg else "configs/vae.py")
+  name = arg or "tiny"
+  assert config.vae.name == name and "model" not in config and "sample" not in config
+  assert create_vae(config.vae) == vae_preset(name)
+  assert (config.vae_train.reconstruction, config.vae_train.kl_weight) == ("l2", 1e-6)
+  assert (config.train.steps, config.train.ema_decay, config.optim.lr) == (1200, 0.0, 2e-3)
+
+
+def test_vae_preset_field_still_reads_with_a_message():
+  with pytest.warns(UserWarning, match="config.vae.preset is now config.vae.name"):
+    assert create_vae({"preset": "tiny"}) == vae_preset("tiny")
+  with pytest.raises(ValueError, match="both name and preset"):
+    create_vae({"preset": "tiny", "name": "SD"})
+
+
+def test_every_section_field_has_a_default_in_base_config():
+  config = base_config()
+  for key in ("latent_channels", "text_tokenizer", "text_length", "worker_count", "latents",
+              "vae"):
+    assert key in config.data
+  # the model section lists every field of the family, so any can be overridden
+  dit_fields = {f.name for f in dataclasses.fields(DiT)} - {"parent", "name"}
+  assert set(config.model) == dit_fields | {"name"}
+  # the DDPM schedule lives in the objective only
+  assert {"num_steps", "beta_start", "beta_end"} <= set(config.objective)
+  assert not {"num_steps", "beta_start", "beta_end"} & set(config.sample)
+
+
+def test_the_sampler_reads_the_schedule_of_the_objective():
+  config = load_config("configs/quickstart.py")
+  apply_overrides(config, ["objective.kind=ddpm_hybrid", "objective.num_steps=500",
+                           "sample.method=ddpm"])
+  sampler = flow.sampler_for(config.sample, flow.make_objective(config.objective))
+  assert sampler.path == flow.VPPath(500) and sampler.learned_variance
+  with pytest.raises(ConfigError, match="sample.steps=600 exceeds the 500 steps"):
+    apply_overrides(config, ["sample.steps=600"])
+
+
+def test_a_new_model_name_rebases_the_section():
+  config = load_config("configs/dit.py:DiT-XL/2")
+  apply_overrides(config, ["model.name=DiT-B/4"])
+  built = _built(config)
+  assert (built["depth"], built["hidden_size"], built["patch_size"]) == (12, 768, 4)
+  assert built["dtype"] == "bfloat16"  # set by the config file: kept
+  config = load_config("configs/quickstart.py")
+  apply_overrides(config, ["model.name=UNet-small"])
+  assert create_model(config.model).base_channels == UNET_PRESETS["UNet-small"]["base_channels"]
+
+
+# Validation.
+
+def test_override_parsing_is_strict():
+  config = load_config("configs/quickstart.py")
+  apply_overrides(config, ["data.batch_size=1e2", "optim.lr=3e-4", "sample.cfg_scale=4"])
+  assert config.data.batch_size == 100 and isinstance(config.data.batch_size, int)
+  assert config.optim.lr == 3e-4 and config.sample.cfg_scale == 4.0
+  with pytest.raises(ConfigError, match=r"data.batch_size='6.5': expected an integer .* not "
+                                        r"rounded"):
+    apply_overrides(config, ["data.batch_size=6.5"])
+  with pytest.raises(ConfigError, match=r"optim.lr='abc': expected a number"):
+    apply_overrides(config, ["optim.lr=abc"])
+
+
+BAD = [
+    ("data.batch_size=6.5", "data.batch_size"),
+    ("data.batch_size=abc", "data.batch_size"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=-4", "data.batch_size"),
+    ("optim.lr=nan", "optim.lr"),
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1e-3", "optim.lr"),
+    ("optim.lr=abc", "optim.lr"),
+    ("model.depth=0", "model.depth"),
+    ("model.num_heads=0", "model.num_heads"),
+    ("model.scan_layers=maybe", "model.scan_layers"),
+    ("train.ema_decay=1.0", "train.ema_decay"),
+    ("train.ema_decay=-0.1", "train.ema_decay"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("train.steps=-1", "train.steps"),
+    ("train.log_every=-5", "train.log_every"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every"),
+    ("train.sample_every=-1", "train.sample_every"),
+    ("sample.cfg_scale=-1", "sample.cfg_scale"),
+    ("sample.steps=0", "sample.steps"),
+    ("sample.eta=0.5", "sample.eta"),  # heun: eta only applies to ddim
+    ("objective.kind=score_sde", "objective.kind"),
+    ("objective.kind=ddpm", "sample.method"),  # heun on a DDPM chain
+    ("sample.method=rk4", "sample.method"),
+    ("optim.schedule=linear", "optim.schedule"),
+    ("data.image_size=0", "data.image_size"),
+    ("seed=1.5", "seed"),
+    ("mesh.fsdp=0", "mesh.fsdp"),
+]
+
+
+@pytest.mark.parametrize("override,field", BAD)
+def test_bad_values_raise_config_error_naming_the_field(override, field):
+  config = load_config("configs/quickstart.py")
+  with pytest.raises(ConfigError) as info:
+    apply_overrides(config, [override])
+  message = str(info.value)
+  assert field in message and "\n" not in message
+
+
+def test_guidance_scale_message_says_what_scales_mean():
+  with pytest.raises(ConfigError, match=r"0: unconditional, 1: conditional without guidance"):
+    apply_overrides(load_config("configs/quickstart.py"), ["sample.cfg_scale=-2"])
+
+
+def test_config_files_are_validated_when_loaded(tmp_path):
+  path = tmp_path / "bad.py"
+  path.write_text("from dit_jax.config import base_config\n\n\ndef get_config():\n"
+                  "  config = base_config()\n  config.train.keep_checkpoints = 0\n"
+                  "  return config\n")
+  with pytest.raises(ConfigError, match="train.keep_checkpoints=0 must be >= 1"):
+    load_config(str(path))
+
+
+# Resuming.
+
+def test_resumable_fields_do_not_change_the_meaning():
+  saved = load_config("configs/quickstart.py")
+  new = load_config("configs/quickstart.py")
+  assert meaning_changes(saved, new) == []
+  apply_overrides(new, ["train.steps=9000", "train.log_every=7", "train.checkpoint_every=9",
+                        "train.keep_checkpoints=5", "train.sample_every=0",
+                        "sample.cfg_scale=4.0", "sample.steps=3", "mesh.fsdp=2",
+                        "data.num_threads=8", "data.prefetch=1", "model.attention_backend=xla",
+                        "model.remat_policy=full", "model.dtype=bfloat16"])
+  assert meaning_changes(saved, new) == []
+  # a JSON round trip (tuples become lists) changes nothing either
+  assert meaning_changes(json.loads(saved.to_json()), saved) == []
+
+
+def test_meaning_changes_lists_every_other_field():
+  saved = load_config("configs/quickstart.py")
+  new = load_config("configs/quickstart.py")
+  apply_overrides(new, ["optim.lr=3e-4", "model.scan_layers=true", "train.ema_decay=0.9",
+                        "objective.shift=3.0", "seed=1", "data.batch_size=32"])
+  assert meaning_changes(saved.to_dict(), new.to_dict()) == [
+      ("data.batch_size", 64, 32), ("model.scan_layers", False, True),
+      ("objective.shift", 1.0, 3.0), ("optim.lr", 1e-3, 3e-4), ("seed", 0, 1),
+      ("train.ema_decay", 0.995, 0.9)]
+  new = new.to_dict()
+  del new["objective"]["beta_end"]
+  new["model"]["extra"] = 1
+  changes = dict((field, (a, b)) for field, a, b in meaning_changes(saved.to_dict(), new))
+  assert changes["objective.beta_end"] == (0.02, ABSENT)
+  assert changes["model.extra"] == (ABSENT, 1)
+
+
+def test_resumable_fields_name_existing_fields():
+  fields = set(_leaves_of(base_config())) | set(_leaves_of(vae_config()))
+  for field in RESUMABLE_FIELDS:
+    assert field in fields or any(f.startswith(field + ".") for f in fields), field
+
+
+def _leaves_of(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _leaves_of(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"

@@ -17,7 +17,7 @@ import numpy as np
 
 from dit_jax.convert.dit import converted_model_fn, make_model
 from dit_jax.flow.paths import VPPath
-from dit_jax.flow.samplers import respaced_grid, sample_ddpm, sample_ddpm_learned
+from dit_jax.flow.samplers import respaced_grid, sample_ddpm
 
 METHODS = ("ddpm", "ddim")
 PAPER_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # the classes of the DiT sample script
@@ -37,12 +37,9 @@ def _sample(params, labels, rng, cfg_scale, *, info_items, method, steps, guided
   path = VPPath(info.get("num_ddpm_steps", 1000))
   grid = respaced_grid(steps, path.num_steps)
   eta = None if method == "ddpm" else 0.0
-  kw = {"path": path, "eta": eta, "null_cond": null_cond, "cfg_scale": cfg_scale}
-  if info["learn_sigma"]:
-    return sample_ddpm_learned(fn, step_rng, x0, cond, grid, guide_channels=guide_channels, **kw)
-  if guide_channels is not None:
-    raise ValueError("guide_channels needs a learn_sigma model here; leave it out")
-  return sample_ddpm(fn, step_rng, x0, cond, grid, **kw)
+  return sample_ddpm(fn, step_rng, x0, cond, grid, path=path, eta=eta, null_cond=null_cond,
+                     cfg_scale=cfg_scale, learned_variance=bool(info["learn_sigma"]),
+                     guide_channels=guide_channels)
 
 
 def sample_latents(params, info: dict, labels, rng, *, method: str = "ddpm", steps: int = 250,

@@ -49,6 +49,10 @@ class FlowMatching:
   def path(self) -> LinearPath:
     return LinearPath()
 
+  def sampler_fields(self) -> dict:
+    """What `flow.make_sampler` takes from the objective: nothing (no DDPM chain)."""
+    return {}
+
   def sample_t(self, rng: jax.Array, batch: int) -> jax.Array:
     """(batch,) training times."""
     return timesteps.sample_t(rng, (batch,), self.t_dist, self.logit_mean, self.logit_std,
@@ -80,6 +84,10 @@ class DDPM:
   def path(self) -> VPPath:
     return VPPath(self.num_steps, self.beta_start, self.beta_end)
 
+  def sampler_fields(self) -> dict:
+    """What `flow.make_sampler` takes from the objective: the chain the model learned."""
+    return {"path": self.path}
+
   def noised(self, rng: jax.Array, x1_BHWC: jax.Array):
     """A uniform step n per example and x_n = sqrt(abar_n) x1 + sqrt(1 - abar_n) eps:
     (x1 float32, eps, n_B, x_n)."""
@@ -104,6 +112,13 @@ _FIELDS = {
     "ddpm": {f.name: f.default for f in dataclasses.fields(DDPM)},
 }
 _FIELDS["ddpm_hybrid"] = _FIELDS["ddpm"]
+# config.objective's defaults (config.base_config): the fields of every kind, DDPM's chain
+# included, so that this section is the one home of the diffusion schedule (the sampler reads
+# it through `sampler_fields`). Another kind's field at this value or at its own default counts
+# as unset, so `--config.objective.kind=ddpm` works on any config.
+CONFIG_DEFAULTS = dict(kind="flow", t_dist="logit_normal", logit_mean=0.0, logit_std=1.0,
+                       shift=1.0, prediction=None, num_steps=1000, beta_start=1e-4,
+                       beta_end=0.02)
 
 
 def _choice(prefix, name, value, options):
@@ -135,7 +150,7 @@ def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
                      f"{sorted(known | {'kind'})}")
   for name in sorted(set(fields) - set(own)):
     other = next(k for k in KINDS if name in _FIELDS[k])
-    if fields[name] != _FIELDS[other][name]:
+    if fields[name] not in (_FIELDS[other][name], CONFIG_DEFAULTS[name]):
       raise ValueError(f"{prefix}.{name}={fields[name]!r} only applies to kind={other!r}, "
                        f"but {prefix}.kind={kind!r}: remove it or change the kind")
   kw = {**own, **{name: fields[name] for name in own if name in fields}}
@@ -191,20 +206,17 @@ def learned_variance_vb(eps, v, x_t, x1, n_B, path: VPPath) -> jax.Array:
   f log beta_n + (1 - f) log beta~_n, f = (v + 1) / 2, with beta~_0 clipped to beta~_1."""
   abar = np.concatenate([[1.0], paths.alphas_cumprod(path.num_steps, path.beta_start,
                                                       path.beta_end)])  # index n + 1
-  beta = 1.0 - abar[1:] / abar[:-1]
-  post_var = (1.0 - abar[:-1]) / (1.0 - abar[1:]) * beta
-  post_log_var = np.log(np.append(post_var[1], post_var[1:]))
-  coef_x1 = beta * np.sqrt(abar[:-1]) / (1.0 - abar[1:])
-  coef_xt = (1.0 - abar[:-1]) * np.sqrt(1.0 - beta) / (1.0 - abar[1:])
+  post = paths.ddpm_posterior(abar[1:], abar[:-1])  # float64 tables of n = 0 .. N-1
+  post_log_var = np.log(np.append(post.variance[1], post.variance[1:]))
   take = lambda table: jnp.asarray(table, jnp.float32)[n_B].reshape((-1,) + (1,) * (x_t.ndim - 1))
   eps = jax.lax.stop_gradient(eps)
   abar_n = take(abar[1:])
   x1_hat = (x_t - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
-  model_mean = take(coef_x1) * x1_hat + take(coef_xt) * x_t
-  true_mean = take(coef_x1) * x1 + take(coef_xt) * x_t
-  min_log, max_log = take(post_log_var), take(np.log(beta))
-  frac = (v + 1.0) / 2.0
-  model_log_var = frac * max_log + (1.0 - frac) * min_log
+  coef_x1, coef_xt = take(post.coef_x1), take(post.coef_xt)
+  model_mean = coef_x1 * x1_hat + coef_xt * x_t
+  true_mean = coef_x1 * x1 + coef_xt * x_t
+  min_log = take(post_log_var)
+  model_log_var = paths.mix_log_variance(v, min_log, take(np.log(post.beta)))
   axes = tuple(range(1, x_t.ndim))
   kl = normal_kl(true_mean, min_log, model_mean, model_log_var).mean(axes) / np.log(2.0)
   nll = -discretized_gaussian_log_likelihood(x1, model_mean, 0.5 * model_log_var).mean(axes)
@@ -216,6 +228,10 @@ class DDPMHybrid(DDPM):
   """DDPM with a learned variance, as DiT trains: mse(eps) + L_vb (`learned_variance_vb`).
   The model outputs 2C channels (eps, v). A converted published DiT takes DDPM steps: train it
   through `convert.dit.converted_model_fn`."""
+
+  def sampler_fields(self) -> dict:
+    """The chain, and that ancestral steps take the model's learned variance."""
+    return {"path": self.path, "learned_variance": True}
 
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:

@@ -74,6 +74,32 @@ def t_to_ddpm_step(t: jax.Array, num_steps: int = 1000) -> jax.Array:
   return jnp.round(num_steps * (1.0 - t) - 1.0).astype(jnp.int32)
 
 
+class Posterior(NamedTuple):
+  """q(x_m | x_n, x1) = N(coef_x1 x1 + coef_xt x_n, variance) on a DDPM chain, m < n."""
+  coef_x1: jax.Array
+  coef_xt: jax.Array
+  variance: jax.Array  # beta~ = (1 - abar_m) / (1 - abar_n) beta ("fixed small")
+  beta: jax.Array      # 1 - abar_n / abar_m: the (respaced) beta of the step ("fixed large")
+
+
+def ddpm_posterior(abar_n, abar_m) -> Posterior:
+  """The Gaussian posterior of the step n -> m (m < n; m = -1 is data, abar_m = 1) from the two
+  abar values alone, so one formula serves the full chain (m = n - 1) and respaced chains.
+  Plain arithmetic: numpy float64 tables stay float64, jax arrays stay jax."""
+  alpha = abar_n / abar_m  # abar_n = abar_m alpha: the signal kept from m to n
+  beta = 1.0 - alpha
+  return Posterior(coef_x1=abar_m ** 0.5 * beta / (1.0 - abar_n),
+                   coef_xt=alpha ** 0.5 * (1.0 - abar_m) / (1.0 - abar_n),
+                   variance=(1.0 - abar_m) / (1.0 - abar_n) * beta, beta=beta)
+
+
+def mix_log_variance(v, log_small, log_large):
+  """Improved DDPM's learned variance: f log_large + (1 - f) log_small with f = (v + 1) / 2,
+  v in [-1, 1] the model's extra channels (log_small from beta~, log_large from beta)."""
+  frac = (v + 1.0) / 2.0
+  return frac * log_large + (1.0 - frac) * log_small
+
+
 @dataclasses.dataclass(frozen=True)
 class VPPath:
   """DDPM's variance-preserving path: alpha = sqrt(abar), sigma = sqrt(1 - abar).

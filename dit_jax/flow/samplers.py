@@ -16,6 +16,8 @@ Guidance: u = u_null + s (u_cond - u_null), with cond and null_cond concatenated
 batch so the model runs once per evaluation on 2B examples. `null_cond=None` is the static
 switch that turns guidance off (B examples, no doubling); with a `null_cond`, the scale s is a
 traced value, so sweeping it does not recompile. A concrete s == 1 skips the doubling too.
+Scales are >= 0: s = 0 samples the unconditional model, s = 1 the conditional one without
+guidance, s > 1 strengthens the condition.
 """
 import dataclasses
 from typing import Any, Callable
@@ -24,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.flow.paths import VPPath, ddpm_step_to_t, t_to_ddpm_step
+from dit_jax.flow.paths import (VPPath, ddpm_posterior, ddpm_step_to_t, mix_log_variance,
+                                t_to_ddpm_step)
 from dit_jax.flow.timesteps import shifted_grid
 
 METHODS = ("euler", "heun", "ddpm", "ddim")
@@ -61,25 +64,34 @@ def _check_null_cond(cond, null_cond, batch):
 
 
 def guided_fn(model_fn: Callable, cond: Any, null_cond: Any = None,
-              cfg_scale: float | jax.Array = 1.0) -> PredictFn:
-  """model_fn -> f(x_BHWC, t) giving the (guided) prediction, C channels, float32.
+              cfg_scale: float | jax.Array = 1.0, *, all_channels: bool = False,
+              guide_channels: int | None = None) -> PredictFn:
+  """model_fn -> f(x_BHWC, t) giving the (guided) prediction in float32: its C channels, or
+  with `all_channels` every output channel (eps and the learned variance v).
 
-  cfg_scale is a scalar or one scale per example (B,).
+  cfg_scale is a scalar or one scale per example (B,). The first `guide_channels` (default
+  all C of x) are guided, the rest come from the conditional branch: guide_channels=3 on
+  4-channel latents reproduces the original DiT sampler, which guided only three channels.
   """
   guided = uses_guidance(null_cond, cfg_scale)
 
   def fn(x_BHWC, t):
     B, C = x_BHWC.shape[0], x_BHWC.shape[-1]
+    k = C if guide_channels is None else guide_channels
+    if not 0 < k <= C:
+      raise ValueError(f"guide_channels={guide_channels} must be in 1..{C} (x's channels)")
+    keep = slice(None) if all_channels else slice(0, C)
     t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
     if not guided:
-      return model_fn(x_BHWC, t_B, cond)[..., :C].astype(jnp.float32)
+      return model_fn(x_BHWC, t_B, cond)[..., keep].astype(jnp.float32)
     _check_null_cond(cond, null_cond, B)
     both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, null_cond)
     out = model_fn(jnp.concatenate([x_BHWC, x_BHWC]), jnp.concatenate([t_B, t_B]), both)
-    out_cond, out_null = jnp.split(out[..., :C].astype(jnp.float32), 2)
+    out_cond, out_null = jnp.split(out[..., keep].astype(jnp.float32), 2)
     scale = jnp.asarray(cfg_scale, jnp.float32)
     scale = scale.reshape(scale.shape + (1,) * (x_BHWC.ndim - scale.ndim))  # () or (B,)
-    return out_null + scale * (out_cond - out_null)
+    mixed = out_null[..., :k] + scale * (out_cond[..., :k] - out_null[..., :k])
+    return jnp.concatenate([mixed, out_cond[..., k:]], axis=-1)
 
   return fn
 
@@ -115,23 +127,23 @@ def sample_ode(model_fn: Callable, x0_BHWC: jax.Array, cond: Any, grid_T: jax.Ar
   return x
 
 
+def _x1_hat(eps, x, abar_n):
+  return (x - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
+
+
 def ddim_step(eps, x, abar_n, abar_m, z, eta=0.0):
   """DDIM (Song et al. 2021) from step n to an earlier step m; eta=1 is DDPM's posterior."""
-  x1 = (x - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
-  var = eta ** 2 * (1.0 - abar_m) / (1.0 - abar_n) * (1.0 - abar_n / abar_m)
+  var = eta ** 2 * ddpm_posterior(abar_n, abar_m).variance
   direction = jnp.sqrt(jnp.maximum(1.0 - abar_m - var, 0.0))
-  return jnp.sqrt(abar_m) * x1 + direction * eps + jnp.sqrt(var) * z
+  return jnp.sqrt(abar_m) * _x1_hat(eps, x, abar_n) + direction * eps + jnp.sqrt(var) * z
 
 
 def ddpm_step(eps, x, abar_n, abar_m, z):
   """Ancestral step x_n -> x_m ~ q(x_m | x_n, x1_hat) with the posterior ("fixed small")
   variance; for m = n - 1 this is Ho et al.'s update, for m < n - 1 its respaced form."""
-  x1 = (x - jnp.sqrt(1.0 - abar_n) * eps) / jnp.sqrt(abar_n)
-  alpha_nm = abar_n / abar_m
-  mean = (jnp.sqrt(abar_m) * (1.0 - alpha_nm) * x1
-          + jnp.sqrt(alpha_nm) * (1.0 - abar_m) * x) / (1.0 - abar_n)
-  var = (1.0 - abar_m) / (1.0 - abar_n) * (1.0 - alpha_nm)
-  return mean + jnp.sqrt(var) * z
+  post = ddpm_posterior(abar_n, abar_m)
+  mean = post.coef_x1 * _x1_hat(eps, x, abar_n) + post.coef_xt * x
+  return mean + jnp.sqrt(post.variance) * z
 
 
 def _scan_steps(body, x0_BHWC, n_T, rng, deterministic: bool):
@@ -149,24 +161,48 @@ def _scan_steps(body, x0_BHWC, n_T, rng, deterministic: bool):
 
 def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
                 grid_T: jax.Array, *, path: VPPath = VPPath(), eta: float | None = None,
-                null_cond: Any = None, cfg_scale: float | jax.Array = 1.0) -> jax.Array:
+                null_cond: Any = None, cfg_scale: float | jax.Array = 1.0,
+                learned_variance: bool = False, guide_channels: int | None = None) -> jax.Array:
   """Ancestral DDPM (eta=None) or DDIM(eta) with an eps model, over the integer steps
-  n = N (1 - t) - 1 of grid_T (N-1 at t = 0, -1 = clean data at t = 1)."""
-  fn = guided_fn(model_fn, cond, null_cond, cfg_scale)
+  n = N (1 - t) - 1 of grid_T (N-1 at t = 0, -1 = clean data at t = 1).
+
+  learned_variance: the model outputs (eps, v), 2C channels, and ancestral steps take the
+  learned variance (`ddpm_learned_step`, as the published DiT samples); DDIM ignores v. See
+  `guided_fn` for guide_channels.
+  """
+  fn = guided_fn(model_fn, cond, null_cond, cfg_scale, all_channels=learned_variance,
+                 guide_channels=guide_channels)
   table = path.alpha_bar_table()
   n_T = t_to_ddpm_step(grid_T, path.num_steps)
+  C = x0_BHWC.shape[-1]
   deterministic = eta is not None and _concrete_value(eta) == 0.0
 
   def body(x, inputs):
     n, m, key = inputs
-    eps = fn(x, ddpm_step_to_t(n, path.num_steps))
+    out = fn(x, ddpm_step_to_t(n, path.num_steps))
+    if learned_variance and out.shape[-1] != 2 * C:
+      raise ValueError(f"learned-variance sampling needs a learn_sigma model with 2C={2 * C} "
+                       f"output channels, got {out.shape[-1]}: sample eps-only models without "
+                       "learned_variance")
+    eps = out[..., :C]
     abar_n, abar_m = table[n + 1], table[m + 1]
     z = jnp.zeros_like(x) if deterministic else jax.random.normal(key, x.shape, jnp.float32)
-    if eta is None:
-      return ddpm_step(eps, x, abar_n, abar_m, z), None
-    return ddim_step(eps, x, abar_n, abar_m, z, eta), None
+    if eta is not None:
+      return ddim_step(eps, x, abar_n, abar_m, z, eta), None
+    if learned_variance:
+      return ddpm_learned_step(eps, out[..., C:], x, abar_n, abar_m, z), None
+    return ddpm_step(eps, x, abar_n, abar_m, z), None
 
   return _scan_steps(body, x0_BHWC, n_T, rng, deterministic)
+
+
+def sample_ddpm_learned(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
+                        grid_T: jax.Array, *, path: VPPath | None = None, **kw) -> jax.Array:
+  """`sample_ddpm` of a model that outputs (eps, v), as the published DiT samples: ancestral
+  DDPM with the learned variance (eta=None), or DDIM(eta), which ignores v. Use
+  `respaced_grid(250)` for the paper's 250 steps."""
+  return sample_ddpm(model_fn, rng, x0_BHWC, cond, grid_T, path=path or VPPath(),
+                     learned_variance=True, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +210,8 @@ class Sampler:
   """A configured sampler: `sampler(model_fn, rng, x0_BHWC, cond, null_cond, cfg_scale)`.
 
   Hashable (plain fields), so it can be closed over or passed as a static argument to jit.
+  The DDPM chain (`path`) and whether the model learned its variance come from the objective
+  the model was trained with, never from the sample config (see `make_sampler`).
   """
   method: str = "euler"       # one of METHODS
   steps: int = 50             # steps of the time grid (model evaluations: x2 for heun)
@@ -181,6 +219,7 @@ class Sampler:
   cfg_scale: float = 1.0      # default guidance scale when the call gives none
   eta: float = 0.0            # ddim: 0 deterministic, 1 DDPM's posterior variance
   path: VPPath = VPPath()     # ddpm/ddim: the chain the eps model was trained on
+  learned_variance: bool = False  # ddpm/ddim: the model outputs (eps, v) (objective ddpm_hybrid)
 
   def grid(self) -> jax.Array:
     """(steps + 1,) times from 0 (noise) to 1 (data)."""
@@ -200,7 +239,8 @@ class Sampler:
       raise ValueError(f"{prefix}.eta={self.eta!r} must be in [0, 1] (0: DDIM, 1: DDPM noise)")
     if self.method in ("ddpm", "ddim") and self.steps > self.path.num_steps:
       raise ValueError(f"{prefix}.steps={self.steps} exceeds the {self.path.num_steps} steps of "
-                       f"the DDPM chain ({prefix}.num_steps): use at most {self.path.num_steps}")
+                       f"the DDPM chain (objective.num_steps): use at most "
+                       f"{self.path.num_steps}")
     return self
 
   def __call__(self, model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
@@ -213,21 +253,43 @@ class Sampler:
     if self.method in ODE_STEPS:
       return sample_ode(model_fn, x0_BHWC, cond, self.grid(), method=self.method, **kw)
     eta = None if self.method == "ddpm" else self.eta
-    return sample_ddpm(model_fn, rng, x0_BHWC, cond, self.grid(), path=self.path, eta=eta, **kw)
+    return sample_ddpm(model_fn, rng, x0_BHWC, cond, self.grid(), path=self.path, eta=eta,
+                       learned_variance=self.learned_variance, **kw)
 
 
-def make_sampler(config, prefix: str = "sample") -> Sampler:
-  """Builds a Sampler from a ConfigDict or dict: method, steps, cfg_scale, shift, eta (ddim),
-  and num_steps, beta_start, beta_end (the DDPM chain, ddpm/ddim)."""
+def make_sampler(config, prefix: str = "sample", *, path: VPPath = VPPath(),
+                 learned_variance: bool = False) -> Sampler:
+  """Builds a Sampler from a ConfigDict or dict (method, steps, cfg_scale, shift, eta) and
+  what the training objective fixes: the DDPM chain `path` and `learned_variance` (use
+  `objective.sampler_fields()`). The schedule lives in config.objective only."""
   fields = dict(config)
-  path_fields = {f.name for f in dataclasses.fields(VPPath)}
-  known = ({f.name for f in dataclasses.fields(Sampler)} - {"path"}) | path_fields
+  known = {f.name for f in dataclasses.fields(Sampler)} - {"path", "learned_variance"}
+  schedule = sorted(set(fields) & ({f.name for f in dataclasses.fields(VPPath)}
+                                   | {"path", "learned_variance"}))
+  if schedule:
+    raise ValueError(f"{prefix} has fields {schedule}: the DDPM chain is defined once, in "
+                     "config.objective (num_steps, beta_start, beta_end, kind='ddpm_hybrid' "
+                     "for a learned variance); remove them here")
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(f"{prefix} has fields {unknown} that the sampler does not take; known "
                      f"fields: {sorted(known)}")
-  path = VPPath(**{k: fields.pop(k) for k in sorted(path_fields) if k in fields})
-  return Sampler(path=path, **fields).check(prefix)
+  return Sampler(path=path, learned_variance=learned_variance, **fields).check(prefix)
+
+
+def sampler_for(config, objective, prefix: str = "sample") -> Sampler:
+  """make_sampler for a model trained with `objective` (flow.make_objective): its DDPM chain
+  and learned variance, and only the methods that fit it."""
+  chain = objective.sampler_fields()
+  sampler = make_sampler(config, prefix, **chain)
+  if "path" in chain and sampler.method == "heun":
+    raise ValueError(f"{prefix}.method='heun' evaluates t = 1, where a DDPM model's velocity is "
+                     "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
+  if "path" not in chain and sampler.method in ("ddpm", "ddim"):
+    raise ValueError(f"{prefix}.method={sampler.method!r} walks a DDPM chain, which a "
+                     "flow-matching model (objective.kind='flow') was not trained on: use "
+                     "'euler' or 'heun'")
+  return sampler
 
 
 # Learned-variance DDPM (Improved DDPM, Nichol & Dhariwal 2021), as the published DiT samples.
@@ -253,14 +315,11 @@ def respaced_grid(steps: int, num_steps: int = 1000) -> jax.Array:
 
 
 def learned_log_variance(v, abar_n, abar_m):
-  """log variance of the step n -> m from the model's v in [-1, 1]: with f = (v + 1) / 2,
-  f log beta + (1 - f) log beta~, beta = 1 - abar_n / abar_m (the respaced beta) and
-  beta~ = (1 - abar_m) / (1 - abar_n) beta the posterior variance. beta~ is 0 at the last step
+  """log variance of the step n -> m from the model's v in [-1, 1] (`paths.mix_log_variance`
+  of the respaced beta and the posterior variance beta~). beta~ is 0 at the last step
   (m = -1, abar_m = 1), where no noise is added; it is clipped there to stay finite."""
-  beta = 1.0 - abar_n / abar_m
-  beta_tilde = (1.0 - abar_m) / (1.0 - abar_n) * beta
-  frac = (v + 1.0) / 2.0
-  return frac * jnp.log(beta) + (1.0 - frac) * jnp.log(jnp.maximum(beta_tilde, 1e-20))
+  post = ddpm_posterior(abar_n, abar_m)
+  return mix_log_variance(v, jnp.log(jnp.maximum(post.variance, 1e-20)), jnp.log(post.beta))
 
 
 def ddpm_learned_step(eps, v, x, abar_n, abar_m, z):
@@ -268,64 +327,3 @@ def ddpm_learned_step(eps, v, x, abar_n, abar_m, z):
   mean = ddpm_step(eps, x, abar_n, abar_m, jnp.zeros_like(x))
   std = jnp.exp(0.5 * learned_log_variance(v, abar_n, abar_m))
   return mean + jnp.where(abar_m < 1.0, std, 0.0) * z
-
-
-def guided_output_fn(model_fn: Callable, cond: Any, null_cond: Any = None,
-                     cfg_scale: float | jax.Array = 1.0,
-                     guide_channels: int | None = None) -> PredictFn:
-  """Like `guided_fn`, but returns every output channel (eps and variance): the first
-  `guide_channels` (default all C of x) are guided, the rest come from the conditional branch.
-  guide_channels=3 on 4-channel latents reproduces the original DiT sampler exactly, which
-  guided only the first three channels."""
-  guided = uses_guidance(null_cond, cfg_scale)
-
-  def fn(x_BHWC, t):
-    B, C = x_BHWC.shape[0], x_BHWC.shape[-1]
-    k = C if guide_channels is None else guide_channels
-    if not 0 < k <= C:
-      raise ValueError(f"guide_channels={guide_channels} must be in 1..{C} (x's channels)")
-    t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
-    if not guided:
-      return model_fn(x_BHWC, t_B, cond).astype(jnp.float32)
-    _check_null_cond(cond, null_cond, B)
-    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, null_cond)
-    out = model_fn(jnp.concatenate([x_BHWC, x_BHWC]), jnp.concatenate([t_B, t_B]), both)
-    out_cond, out_null = jnp.split(out.astype(jnp.float32), 2)
-    scale = jnp.asarray(cfg_scale, jnp.float32)
-    scale = scale.reshape(scale.shape + (1,) * (x_BHWC.ndim - scale.ndim))
-    mixed = out_null[..., :k] + scale * (out_cond[..., :k] - out_null[..., :k])
-    return jnp.concatenate([mixed, out_cond[..., k:]], axis=-1)
-
-  return fn
-
-
-def sample_ddpm_learned(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
-                        grid_T: jax.Array, *, path: VPPath | None = None,
-                        eta: float | None = None, null_cond: Any = None,
-                        cfg_scale: float | jax.Array = 1.0,
-                        guide_channels: int | None = None) -> jax.Array:
-  """Sampling a model that outputs (eps, v), 2C channels, as the published DiT does:
-  ancestral DDPM with the learned variance (eta=None), or DDIM(eta), which ignores v.
-  Use `respaced_grid(250)` for the paper's 250 steps; see `guided_output_fn` for
-  guide_channels."""
-  path = VPPath() if path is None else path
-  fn = guided_output_fn(model_fn, cond, null_cond, cfg_scale, guide_channels)
-  table = path.alpha_bar_table()
-  n_T = t_to_ddpm_step(grid_T, path.num_steps)
-  C = x0_BHWC.shape[-1]
-  deterministic = eta is not None and _concrete_value(eta) == 0.0
-
-  def body(x, inputs):
-    n, m, key = inputs
-    out = fn(x, ddpm_step_to_t(n, path.num_steps))
-    if out.shape[-1] != 2 * C:
-      raise ValueError(f"sample_ddpm_learned needs a learn_sigma model with 2C={2 * C} output "
-                       f"channels, got {out.shape[-1]}: use sample_ddpm for eps-only models")
-    eps, v = out[..., :C], out[..., C:]
-    abar_n, abar_m = table[n + 1], table[m + 1]
-    z = jnp.zeros_like(x) if deterministic else jax.random.normal(key, x.shape, jnp.float32)
-    if eta is None:
-      return ddpm_learned_step(eps, v, x, abar_n, abar_m, z), None
-    return ddim_step(eps, x, abar_n, abar_m, z, eta), None
-
-  return _scan_steps(body, x0_BHWC, n_T, rng, deterministic)

@@ -29,6 +29,7 @@ the activation. The latent scaling: a diffusion model sees (z - shift_factor) * 
 and its samples are decoded with decode(z / scaling_factor + shift_factor).
 """
 import dataclasses
+import warnings
 
 import flax
 import flax.linen as nn
@@ -354,13 +355,19 @@ ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(AutoencoderKL)
 
 
 def create_vae(vae_config) -> AutoencoderKL:
-  """From a dict/ConfigDict: `preset` (optional) plus any AutoencoderKL fields."""
+  """From a dict/ConfigDict: `name` (a preset, optional) plus any AutoencoderKL fields."""
   fields = dict(vae_config)
-  preset_name = fields.pop("preset", None)
+  if "preset" in fields:  # the field's old name (runs saved before it was renamed)
+    if "name" in fields:
+      raise ValueError("config.vae has both name and preset: preset is the old name of "
+                       "config.vae.name; remove it")
+    warnings.warn("config.vae.preset is now config.vae.name: rename it in your config")
+    fields["name"] = fields.pop("preset")
+  preset_name = fields.pop("name", None)
   unknown = sorted(set(fields) - set(ARCH_FIELDS) - {"dtype", "param_dtype"})
   if unknown:
     raise ValueError(f"config.vae has fields {unknown} that AutoencoderKL does not take; "
-                     f"known: {sorted(ARCH_FIELDS)} and preset, dtype, param_dtype")
+                     f"known: {sorted(ARCH_FIELDS)} and name, dtype, param_dtype")
   for key in ("dtype", "param_dtype"):
     if key in fields:
       fields[key] = jnp.dtype(fields[key])

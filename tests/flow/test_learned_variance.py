@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax.flow import objectives, samplers
-from dit_jax.flow.paths import VPPath, t_to_ddpm_step
+from dit_jax.config import base_config
+from dit_jax.flow import make_objective, objectives, samplers
+from dit_jax.flow.paths import VPPath, ddpm_posterior, t_to_ddpm_step
 
 C, NULL = 4, 3
 
@@ -30,11 +31,12 @@ def jax_model(x, t, cond):
   return toy_outputs(x, t_to_ddpm_step(t), cond["label"])
 
 
-def reference_loop(x, labels, steps, noises, cfg_scale, ddim=False):
-  """The original loop, respaced to `steps` of 1000, float64."""
+def reference_loop(x, labels, steps, noises, cfg_scale, ddim=False, use=None, guided=3):
+  """The original loop, respaced to `steps` of 1000 (or to the ascending steps `use`),
+  guiding the first `guided` channels, float64."""
   betas = np.linspace(1e-4, 0.02, 1000)
   base = np.cumprod(1.0 - betas)
-  use = [round(i * 999 / (steps - 1)) for i in range(steps)]
+  use = [round(i * 999 / (steps - 1)) for i in range(steps)] if use is None else list(use)
   new_betas, last = [], 1.0
   for i, a in enumerate(base):
     if i in use:
@@ -53,7 +55,8 @@ def reference_loop(x, labels, steps, noises, cfg_scale, ddim=False):
     out_c = toy_outputs(x, n, labels)
     out_u = toy_outputs(x, n, np.full_like(labels, NULL))
     eps, v = out_c[..., :C].copy(), out_c[..., C:]
-    eps[..., :3] = out_u[..., :3] + cfg_scale * (out_c[..., :3] - out_u[..., :3])
+    g = slice(0, guided)
+    eps[..., g] = out_u[..., g] + cfg_scale * (out_c[..., g] - out_u[..., g])
     x0 = np.sqrt(1.0 / acp[i]) * x - np.sqrt(1.0 / acp[i] - 1.0) * eps
     if ddim:
       x = x0 * np.sqrt(acp_prev[i]) + np.sqrt(1.0 - acp_prev[i]) * eps
@@ -82,6 +85,53 @@ def test_matches_the_original_respaced_loop(ddim):
   # guiding all four channels is a different sampler
   other = samplers.sample_ddpm_learned(jax_model, rng, x0, {"label": labels}, grid, **kw)
   assert np.abs(np.asarray(other) - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_sampler_built_from_a_ddpm_hybrid_config_is_the_learned_variance_loop(method):
+  """What `dit-jax sample` builds for a ddpm_hybrid run (objective and sample sections of the
+  run's config) samples with the learned variance: the reference loop on the uniform grid's
+  steps, all four channels guided."""
+  config = base_config()
+  config.objective.update(kind="ddpm_hybrid")
+  config.sample.update(method=method, steps=20, cfg_scale=2.5)
+  objective = make_objective(config.objective)
+  sampler = samplers.make_sampler(config.sample, **objective.sampler_fields())
+  assert sampler.learned_variance and sampler.path == VPPath(1000)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, C))
+  labels, rng = jnp.array([0, 2]), jax.random.PRNGKey(1)
+  got = sampler(jax_model, rng, x0, {"label": labels}, {"label": jnp.full(2, NULL)})
+  noises = [np.asarray(jax.random.normal(k, x0.shape), np.float64)
+            for k in jax.random.split(rng, 20)]
+  use = sorted(np.asarray(t_to_ddpm_step(sampler.grid()))[:-1].tolist())
+  assert use[-1] == 999 and len(use) == 20
+  want = reference_loop(np.asarray(x0), np.asarray(labels), 20, noises, 2.5,
+                        ddim=method == "ddim", use=use, guided=C)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  if method == "ddpm":  # the fixed-small variance of a plain eps model is another sampler
+    plain = samplers.make_sampler(config.sample, path=VPPath(1000))
+    fixed = plain(jax_model, rng, x0, {"label": labels}, {"label": jnp.full(2, NULL)})
+    assert np.abs(np.asarray(fixed) - want).max() > 1e-2
+
+
+def test_ddpm_posterior_is_bayes_rule():
+  """q(x_m | x_n, x1) from q(x_n | x_m) = N(sqrt(a) x_m, 1 - a), a = abar_n / abar_m, and
+  q(x_m | x1) = N(sqrt(abar_m) x1, 1 - abar_m): precisions add, means weight by precision."""
+  table = np.concatenate([[1.0], np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))])
+  for n, m in ((999, 998), (500, 480), (40, -1), (0, -1)):
+    abar_n, abar_m = table[n + 1], table[m + 1]
+    a = abar_n / abar_m
+    precision = (1.0 / (1.0 - abar_m) if m >= 0 else np.inf) + a / (1.0 - a)
+    var = 1.0 / precision
+    post = ddpm_posterior(abar_n, abar_m)
+    np.testing.assert_allclose(post.variance, var, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(post.coef_xt, var * np.sqrt(a) / (1.0 - a), rtol=1e-10)
+    if m >= 0:
+      np.testing.assert_allclose(post.coef_x1, var * np.sqrt(abar_m) / (1.0 - abar_m),
+                                 rtol=1e-10)
+    else:  # the last step lands on x1 itself
+      assert post.coef_x1 == pytest.approx(1.0) and post.coef_xt == 0.0
+    assert post.beta == pytest.approx(1.0 - a)
 
 
 def test_respaced_steps_keep_both_ends():
@@ -115,14 +165,14 @@ def test_learned_variance_endpoints():
 def test_guided_output_keeps_variance_of_the_conditional_branch():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 2, C))
   cond, null = {"label": jnp.array([0, 1])}, {"label": jnp.full(2, NULL)}
-  out = samplers.guided_output_fn(jax_model, cond, null, 3.0)(x, 0.3)
+  out = samplers.guided_fn(jax_model, cond, null, 3.0, all_channels=True)(x, 0.3)
   t = jnp.full(2, 0.3)
   c, u = jax_model(x, t, cond), jax_model(x, t, null)
   np.testing.assert_allclose(out[..., :C], u[..., :C] + 3.0 * (c[..., :C] - u[..., :C]),
                              rtol=1e-5)
   np.testing.assert_allclose(out[..., C:], c[..., C:])
   with pytest.raises(ValueError, match="guide_channels=5 must be in 1..4"):
-    samplers.guided_output_fn(jax_model, cond, null, 3.0, guide_channels=5)(x, 0.3)
+    samplers.guided_fn(jax_model, cond, null, 3.0, guide_channels=5)(x, 0.3)
 
 
 # The variational-bound term (DDPMHybrid).

@@ -210,8 +210,9 @@ def test_eps_model_through_the_probability_flow_ode(gaussian):
 
 def test_make_sampler():
   config = ml_collections.ConfigDict(dict(method="ddim", steps=50, cfg_scale=4.0, shift=1.0,
-                                          eta=0.5, num_steps=1000))
+                                          eta=0.5))
   assert make_sampler(config) == Sampler("ddim", 50, 1.0, 4.0, 0.5, VPPath(1000))
+  assert make_sampler(config, path=VPPath(500)).path == VPPath(500)
   assert make_sampler({"method": "heun", "steps": 25}).grid().shape == (26,)
   for fields, message in [
       ({"method": "rk4"}, r"sample.method='rk4' is not one of"),
@@ -220,6 +221,8 @@ def test_make_sampler():
       ({"method": "euler", "eta": 1.0}, r"sample.eta=1.0 only applies to method='ddim'"),
       ({"method": "ddpm", "steps": 2000}, r"sample.steps=2000 exceeds the 1000 steps"),
       ({"solver": "euler"}, r"fields \['solver'\] that the sampler does not take"),
+      ({"num_steps": 500}, r"fields \['num_steps'\]: the DDPM chain is defined once, in "
+                           r"config.objective"),
       ({"method": "ddim", "eta": 2.0}, r"sample.eta=2.0 must be in \[0, 1\]"),
   ]:
     with pytest.raises(ValueError, match=message):
