@@ -150,6 +150,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   if not Path(path).is_file():
     raise FileNotFoundError(f"config file {path!r} not found: pass --config path/to/file.py[:arg]")
   module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  if module_spec is None or module_spec.loader is None or not path.endswith(".py"):
+    raise ConfigError(f"--config {path} is not a Python config file: pass a .py file with a "
+                      "get_config(arg) function, e.g. configs/quickstart.py")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return validate(module.get_config(arg) if arg else module.get_config())
@@ -335,7 +338,12 @@ def _check_sections(config):
         flow.sampler_for(config.sample, objective)
     if "model" in config:
       from dit_jax.models import create_model
-      create_model(config.model)
+      model = create_model(config.model)
+      width, heads = getattr(model, "hidden_size", None), getattr(model, "num_heads", None)
+      if width and heads and width % heads:
+        raise ConfigError(f"config.model.hidden_size={width} is not divisible by "
+                          f"model.num_heads={heads}: change either, e.g. --config.model."
+                          f"hidden_size={width - width % heads or heads}")
     if "vae" in config:
       from dit_jax.models.vae import create_vae
       create_vae(config.vae)

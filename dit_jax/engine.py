@@ -33,7 +33,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from dit_jax import checkpoint, parallel
-from dit_jax.config import meaning_changes
+from dit_jax.config import meaning_changes, validate
 from dit_jax.training_log import MetricsLog
 from dit_jax.workdir_lock import WorkdirLock
 
@@ -402,7 +402,7 @@ def run(task: Task, r: Run) -> TrainState:
   what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
   made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
   the last good step)."""
-  config, workdir, plan = r.config, Path(r.workdir), r.plan
+  config, workdir, plan = validate(r.config), Path(r.workdir), r.plan
   tc = config.train
   total_steps = int(tc.steps)
   is_main = jax.process_index() == 0
