@@ -206,7 +206,7 @@ def cmd_train_vae(args, overrides):
   stats = json.loads((Path(args.workdir) / "eval.json").read_text())
   print(f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
         f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
-        f"{args.workdir} (diffusers layout in {Path(args.workdir) / 'vae'})")
+        f"{args.workdir} (the VAE folder is {Path(args.workdir) / 'vae'})")
 
 
 def cmd_extract_latents(args, overrides):

@@ -7,8 +7,8 @@ of the pixel NLL and kl_weight * KL per image) divided by H*W*C, so LDM's kl_wei
 carries over. No perceptual or adversarial term: nothing to download.
 
 The run directory holds what `train` writes (checkpoints/, metrics.jsonl, tensorboard/,
-config.json) plus, at the end, `vae/` in the diffusers AutoencoderKL layout (what `--vae`
-takes), `reconstructions.png` and `eval.json` (PSNR on the evaluation split). With
+config.json) plus, at the end, `vae/` in dit_jax's own VAE folder format (`vae_files`: what
+`--vae` takes; `convert.vae.save_vae` writes the diffusers layout), `reconstructions.png` and `eval.json` (PSNR on the evaluation split). With
 vae_train.auto_scale the exported scaling_factor is 1 / std of the latents (the SD recipe).
 """
 import functools
