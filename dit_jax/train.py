@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from dit_jax import checkpoint, flow, parallel, plots
 from dit_jax.config import model_input_shape
-from dit_jax.models import create_model, model_fn
+from dit_jax.models import contract, create_model, model_fn
 from dit_jax.sample import ImageSampler, grid_condition
 from dit_jax.training_log import MetricsLog
 
@@ -66,9 +66,7 @@ def make_optimizer(optim, total_steps: int):
 
 
 def example_inputs(model, image_shape, batch: int = 1):
-  x = jnp.zeros((batch, *image_shape), jnp.float32)
-  t = jnp.zeros((batch,), jnp.float32)
-  return x, t, model.example_condition(batch)
+  return contract.example_inputs(model, image_shape, batch, abstract=False)
 
 
 def create_train_state(model, optimizer, rng, image_shape) -> TrainState:
@@ -280,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   sampler = ImageSampler(model, objective, config.sample, image_shape, plan,
                          decode=latents.decoder_for(config))
   rows_cond = None  # caption-conditioned models: grid rows are the first captions of the data
-  if not model.num_classes and model.condition_keys:
+  if model.condition_keys and "label" not in model.condition_spec:
     first = next(data.make_iterator(dict(config.data.to_dict(), shuffle=False),
                                     process_index=0, process_count=1))
     rows_cond = grid_condition(model, first)
