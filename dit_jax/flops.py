@@ -10,7 +10,6 @@ a fraction of a percent of the total for the paper's models. The per-family form
 XLA's `cost_analysis()["flops"]` counts a multiply-add as TWO flops and also counts every
 elementwise operation, so `xla_flops / 2` is slightly above the analytic number (0.3% for
 DiT-XL/2, about 1% for the smallest models).
-
 """
 import dataclasses
 
@@ -18,7 +17,7 @@ import jax
 
 from dit_jax.models.contract import example_inputs
 from dit_jax.models.flop_counts import (COMPONENTS, FREQUENCY_DIM, UNET_COMPONENTS, dit_flops,
-                                        dit_params)
+                                        dit_params)  # re-exported: the DiT tables
 
 # Forward Gflops at 256x256 (32x32x4 latents) from Table 4 of the DiT paper, and parameters
 # (millions) from its Table 1; the lecture's patch-4 column rounds these to one decimal.
