@@ -2,8 +2,9 @@
 
 The step is exactly the one `dit-jax train` runs (loss, gradients, AdamW, EMA) on random data
 already on the devices, so the figure isolates the model and its sharding from input loading.
-Achieved TFLOP/s counts 3 forward passes per image (forward + backward) with a multiply-add
-as 2 flops, from the analytic DiT count (`flops.dit_flops`).
+Any model of the contract can be timed (a DiT preset, or the model of a config). Achieved
+TFLOP/s counts 3 forward passes per image (forward + backward) with a multiply-add as 2 flops,
+from the model's analytic count (`model.forward_flops`).
 """
 import dataclasses
 import time
@@ -11,8 +12,9 @@ import time
 import jax
 import numpy as np
 
-from dit_jax import flops, flow, parallel, train
+from dit_jax import flow, parallel, train
 from dit_jax.config import base_config
+from dit_jax.models.contract import example_condition
 
 
 @dataclasses.dataclass
@@ -28,22 +30,25 @@ class BenchResult:
 
 
 def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
-                     mesh_config=None, seed: int = 0) -> BenchResult:
+                     mesh_config=None, seed: int = 0, config=None) -> BenchResult:
   """Compiles the train step for `model` on `batch_size` images of `image_shape` under
-  `mesh_config` (default: data parallel over all devices) and times `steps` steps."""
-  config = base_config()
+  `mesh_config` (default: data parallel over all devices) and times `steps` steps; the
+  optimizer and objective are those of `config` (default: the base config)."""
+  config = base_config() if config is None else config
   optimizer, schedule = train.make_optimizer(config.optim, 1000)
   objective = flow.make_objective(config.objective)
   plan = parallel.ShardingPlan.create(mesh_config)
   plan.check_batch(batch_size)
-  _, shardings = train.state_shardings(model, optimizer, image_shape, plan)
-  state = train.init_train_state(model, optimizer, jax.random.PRNGKey(seed), image_shape, plan)
+  ema = train.EMA(0.9999)
+  _, shardings = train.state_shardings(model, optimizer, image_shape, plan, ema)
+  state = train.init_train_state(model, optimizer, jax.random.PRNGKey(seed), image_shape, plan,
+                                 ema)
   rng = np.random.default_rng(seed)
   local = {"image": rng.standard_normal((batch_size, *image_shape)).astype(np.float32)}
-  if model.num_classes:
-    local["label"] = rng.integers(0, model.num_classes, batch_size).astype(np.int32)
+  # The condition's values do not change the step's cost: the contract's placeholders.
+  local.update({k: np.asarray(v) for k, v in (example_condition(model, batch_size) or {}).items()})
   batch = plan.global_batch(local)
-  step_fn = train.make_step_fn(model, objective, optimizer, schedule, 0.9999, plan, shardings)
+  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
 
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
@@ -61,7 +66,7 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
   if not np.isfinite(float(metrics["loss"])):
     raise FloatingPointError(f"non-finite loss {float(metrics['loss'])} while benchmarking")
 
-  macs = sum(flops.dit_flops(model, *image_shape).values())
+  macs = sum(model.forward_flops(*image_shape).values())
   devices = plan.mesh.devices.size
   tflops = 3 * 2 * macs * batch_size / seconds / devices / 1e12
   footprint = None

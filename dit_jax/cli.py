@@ -10,6 +10,7 @@
     dit-jax convert --from pytorch --in DiT-XL-2-256x256.pt --out ckpt/DiT-XL-2-256
     dit-jax sample --converted ckpt/DiT-XL-2-256 --vae sd-vae-ft-ema --out samples.png
     dit-jax bench --model DiT-XL/2 --batch-size 32 --attention cudnn --mesh fsdp=8,rules=fsdp
+    dit-jax bench --config configs/mmdit.py:mmdit_hybrid --config.model.dtype=bfloat16
 
 A user error never shows a Python traceback: it prints `dit-jax <command>: <message>` on
 stderr, naming the flag, field or file and the fix. Exit status:
@@ -24,8 +25,6 @@ stderr, naming the flag, field or file and the fix. Exit status:
 `--debug`, anywhere on the command line, re-raises the error to show its traceback.
 """
 import argparse
-import csv
-import io
 import json
 import math
 import sys
@@ -38,13 +37,10 @@ from safetensors import SafetensorError
 
 from dit_jax import flops
 from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
-from dit_jax.models import create_model
+from dit_jax.models import class_count, create_model
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
-from dit_jax.models.unet import UNet
-from dit_jax.models.mmdit import MMDiT, TextDiT
 from dit_jax.nn.attention import BACKENDS
-
-FORMATS = ("table", "json", "csv", "markdown")
+from dit_jax.reports import FORMATS, flops_row, format_rows
 
 
 def _model_names(spec: str) -> list[str]:
@@ -70,56 +66,7 @@ def flops_rows(args, overrides: list[str]) -> list[dict]:
               learn_sigma=not args.no_learn_sigma)
     models = [(name, dit(name, **kw)) for name in _model_names(args.models)]
     size, channels = (side, side), args.channels
-  rows = []
-  for name, model in models:
-    report = flops.unet_report if isinstance(model, UNet) else flops.dit_report
-    if isinstance(model, (MMDiT, TextDiT)):  # text-conditioned: MM-DiT presets, baselines
-      report = flops.text_model_report
-    row = report(model, name, *size, channels, with_xla=args.xla)
-    default_design = (getattr(model, "conditioning", None) == "adaln_zero" and model.learn_sigma
-                      and model.num_classes == 1000)
-    if (*size, channels) == (32, 32, 4) and default_design and name in flops.PAPER_GFLOPS_256:
-      row["paper_gflops"] = flops.PAPER_GFLOPS_256[name]
-    rows.append(row)
-  return rows
-
-
-def _columns(rows):
-  cols = [("model", "model", "{}"), ("patch", "patch_size", "{}"), ("tokens", "tokens", "{}"),
-          ("Gflops", "gflops", "{:.3f}")]
-  if any("paper_gflops" in r for r in rows):
-    cols.append(("paper Gflops", "paper_gflops", "{:.2f}"))
-  if any("xla_gflops" in r for r in rows):
-    cols += [("XLA Gflops/2", "xla_gflops", "{:.3f}"), ("XLA/analytic", "xla_ratio", "{:.4f}")]
-  cols.append(("params (M)", "params_m", "{:.2f}"))
-  return cols
-
-
-def _cells(row, cols):
-  values = dict(row, params_m=row["params"] / 1e6)
-  if "xla_gflops" in row:
-    values["xla_ratio"] = row["xla_gflops"] / row["gflops"]
-  return [fmt.format(values[key]) if key in values else "" for _, key, fmt in cols]
-
-
-def format_rows(rows: list[dict], fmt: str) -> str:
-  if fmt == "json":
-    return json.dumps(rows, indent=2)
-  cols = _columns(rows)
-  header = [title for title, _, _ in cols]
-  body = [_cells(r, cols) for r in rows]
-  if fmt == "csv":
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([key for _, key, _ in cols])
-    writer.writerows(body)
-    return out.getvalue().rstrip("\n")
-  if fmt == "markdown":
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
-  widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header)]
-  line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-  return "\n".join([line(header)] + [line(cells) for cells in body])
+  return [flops_row(model, name, *size, channels, with_xla=args.xla) for name, model in models]
 
 
 def cmd_flops(args, overrides):
@@ -171,28 +118,52 @@ def _mesh_fields(spec: str) -> dict:
   return fields
 
 
+BENCH_DEFAULTS = dict(model="DiT-XL/2", dtype="bfloat16", attention="auto", remat="none")
+
+
+def bench_model(args, overrides):
+  """(name, model, image shape, config or None) that `dit-jax bench` times: a DiT preset built
+  from the flags, or the model of --config (its fields from the config and overrides)."""
+  import jax.numpy as jnp
+  preset_flags = [f"--{k}" for k in BENCH_DEFAULTS if getattr(args, k) is not None]
+  preset_flags += ["--scan"] if args.scan else []
+  if args.config:
+    if preset_flags:
+      raise ValueError(f"{preset_flags} set a preset's fields; with --config set them in the "
+                       "config, e.g. --config.model.dtype=bfloat16 "
+                       "--config.model.attention_backend=cudnn")
+    config = apply_overrides(load_config(args.config), overrides)
+    return (config.model.name, create_model(config.model), model_input_shape(config.data),
+            config)
+  if overrides:
+    raise ValueError(f"--config.* overrides need --config: got {overrides}")
+  get = lambda k: BENCH_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
+  name = get("model") if get("model").startswith("DiT-") else f"DiT-{get('model')}"
+  model = dit(name, dtype=jnp.dtype(get("dtype")), attention_backend=get("attention"),
+              scan_layers=args.scan, remat_policy=get("remat"))
+  side = args.image_size // args.latent_downsample
+  return name, model, (side, side, args.channels), None
+
+
 def cmd_bench(args, overrides):
   import jax
-  import jax.numpy as jnp
 
   from dit_jax import bench
-  if overrides:
-    raise SystemExit(f"bench takes no --config.* overrides: got {overrides}")
-  name = args.model if args.model.startswith("DiT-") else f"DiT-{args.model}"
-  model = dit(name, dtype=jnp.dtype(args.dtype), attention_backend=args.attention,
-              scan_layers=args.scan, remat_policy=args.remat)
-  side = args.image_size // args.latent_downsample
-  result = bench.bench_train_step(model, (side, side, args.channels), args.batch_size,
-                                  steps=args.steps, mesh_config=_mesh_fields(args.mesh))
-  row = dict(model=name, batch=args.batch_size, dtype=args.dtype, attention=args.attention,
-             scan=args.scan, remat=args.remat, devices=len(jax.devices()),
-             device=jax.devices()[0].device_kind, **result.as_dict())
+  name, model, image_shape, config = bench_model(args, overrides)
+  result = bench.bench_train_step(model, image_shape, args.batch_size, steps=args.steps,
+                                  mesh_config=_mesh_fields(args.mesh), config=config)
+  # Fields a family may lack (the U-Net has no scan) are reported as None.
+  design = {k: getattr(model, f, None) for k, f in (("attention", "attention_backend"),
+            ("scan", "scan_layers"), ("remat", "remat_policy"))}
+  design["dtype"] = str(np.dtype(model.dtype))
+  row = dict(model=name, batch=args.batch_size, input=list(image_shape), **design,
+             devices=len(jax.devices()), device=jax.devices()[0].device_kind, **result.as_dict())
   if args.format == "json":
     print(json.dumps(row))
   else:
     memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
-    print(f"{name} batch {args.batch_size} {args.dtype} attention={args.attention} "
-          f"scan={args.scan} remat={args.remat} on {row['devices']} x {row['device']}: "
+    print(f"{name} batch {args.batch_size} {row['dtype']} attention={row['attention']} "
+          f"scan={row['scan']} remat={row['remat']} on {row['devices']} x {row['device']}: "
           f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
           f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
           f"compile {row['compile_s']:.1f} s")
@@ -297,12 +268,13 @@ def _sample_captions(args, config, sampler, state):
   """A caption-conditioned run: --per-class samples for each ';'-separated caption."""
   import jax
 
-  from dit_jax import images, text
+  from dit_jax import images
+  from dit_jax.data.tokenizers import make_tokenizer
   if not args.captions:
     raise ValueError("this model is conditioned on captions: pass --captions 'a red circle at "
                      "the top left;a blue square in the centre' (';' between captions)")
   captions = [c.strip() for c in args.captions.split(";") if c.strip()]
-  tokens, mask = text.make_tokenizer(config.data.text_tokenizer).encode_batch(
+  tokens, mask = make_tokenizer(config.data.text_tokenizer).encode_batch(
       captions, config.data.text_length)
   cond = {"text_tokens": np.repeat(tokens, args.per_class, axis=0),
           "text_mask": np.repeat(mask, args.per_class, axis=0)}
@@ -336,15 +308,24 @@ def cmd_sample(args, overrides):
   sampler = ImageSampler(model, flow.make_objective(config.objective), config.sample,
                          model_input_shape(config.data), decode=latents.decoder_for(config))
   rng = jax.random.PRNGKey(args.seed)
-  if "text_tokens" in model.condition_keys:
+  spec = model.condition_spec
+  if "text" in spec:
+    raise ValueError(f"{config.model.name} reads cond 'text' ({spec['text'].meaning}), which the "
+                     "CLI cannot make from --captions: it needs precomputed text embeddings; "
+                     "sample with ImageSampler.sample(params, cond) and cond from "
+                     "dit_jax.data.text_embeddings.load_text_embeddings(FILE.npz)")
+  if "text_tokens" in spec:
     return _sample_captions(args, config, sampler, state)
-  labels = _sample_labels(args, model.num_classes)
+  if set(spec) - {"label"}:
+    raise ValueError(f"{config.model.name} reads {sorted(spec)}: the CLI samples class labels "
+                     "(--labels, --per-class) or captions (--captions) only")
+  labels = _sample_labels(args, class_count(model))
   chunks = _sample_chunks(sampler, state.ema_params, labels, args.batch_size, rng, args.cfg_scale)
   if args.out.endswith(".npz"):  # streamed: memory holds one batch of samples
     images.save_npz_chunks(chunks, labels, args.out)
   else:
     samples = np.concatenate(list(chunks))
-    rows = max(model.num_classes, 1) if not args.labels else 1
+    rows = max(class_count(model), 1) if not args.labels else 1
     images.save_png(images.make_grid(samples, rows), args.out,
                     upscale=max(1, 64 // samples.shape[1]))
   print(f"wrote {len(labels)} samples of step {int(state.step)} to {args.out}")
@@ -474,20 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--process-id", type=_non_negative, help="with --coordinator")
   p.set_defaults(func=cmd_train)
 
-  p = commands.add_parser("bench", help="time the sharded train step of a DiT on random data")
-  p.add_argument("--model", default="DiT-XL/2", help="a DiT preset")
+  p = commands.add_parser("bench", help="time the sharded train step of a model on random data")
+  p.add_argument("--model", help="a DiT preset (default DiT-XL/2)")
+  p.add_argument("--config", help="time the model of this config instead (e.g. "
+                 "configs/mmdit.py:mmdit_hybrid), with --config.section.field=value overrides")
   p.add_argument("--image-size", type=_positive, default=256)
   p.add_argument("--latent-downsample", type=_positive, default=8, help="1 for pixel space")
   p.add_argument("--channels", type=_positive, default=4)
   p.add_argument("--batch-size", type=_positive, default=32, help="global batch")
   p.add_argument("--steps", type=_positive, default=10,
                  help="timed steps (after 2 warm-up steps)")
-  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                 help="compute dtype (params stay float32)")
-  p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend")
+  p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                 help="compute dtype, default bfloat16 (params stay float32)")
+  p.add_argument("--attention", choices=BACKENDS, help="attention backend (default auto)")
   p.add_argument("--scan", action="store_true", help="scan over layers (one compiled block)")
-  p.add_argument("--remat", default="none", choices=tuple(REMAT_POLICIES),
-                 help="rematerialisation policy")
+  p.add_argument("--remat", choices=tuple(REMAT_POLICIES),
+                 help="rematerialisation policy (default none)")
   p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=4,rules=fsdp (default: data "
                  "parallel over all devices)")
   p.add_argument("--format", choices=("table", "json"), default="table")

@@ -1,25 +1,23 @@
-"""Analytic FLOP and parameter counts for DiT, with XLA's cost analysis as a cross-check.
+"""Analytic FLOP and parameter counts of any model (through the model contract's
+`forward_flops`), with XLA's cost analysis as a cross-check, and the DiT paper's numbers.
 
 Convention (the DiT paper's): forward pass of one example, one multiply-add counts as ONE flop;
 only matrix products are counted (linear layers, attention scores q k^T and the weighted sum
 of values). Norms, activations, softmax and additions are left out: they are O(T D) per layer,
-a fraction of a percent of the total for the paper's models.
+a fraction of a percent of the total for the paper's models. The per-family formulas are in
+`dit_jax.models.flop_counts`.
 
 XLA's `cost_analysis()["flops"]` counts a multiply-add as TWO flops and also counts every
 elementwise operation, so `xla_flops / 2` is slightly above the analytic number (0.3% for
 DiT-XL/2, about 1% for the smallest models).
-
-Symbols: T image tokens, S condition tokens (t and y), D width, F MLP width, P = p*p*C patch
-features, L depth.
 """
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
-from dit_jax.models.dit import DiT
-
-COMPONENTS = ("embed", "attention", "mlp", "adaln", "norm", "final")
+from dit_jax.models.contract import example_inputs
+from dit_jax.models.flop_counts import (COMPONENTS, FREQUENCY_DIM, UNET_COMPONENTS, dit_flops,
+                                        dit_params)  # re-exported: the DiT tables
 
 # Forward Gflops at 256x256 (32x32x4 latents) from Table 4 of the DiT paper, and parameters
 # (millions) from its Table 1; the lecture's patch-4 column rounds these to one decimal.
@@ -30,87 +28,11 @@ PAPER_GFLOPS_256 = {
     "DiT-XL/8": 7.39, "DiT-XL/4": 29.05, "DiT-XL/2": 118.64,
 }
 PAPER_PARAMS_M = {"S": 33, "B": 130, "L": 458, "XL": 675}
-FREQUENCY_DIM = 256  # sinusoidal features of the timestep embedder
 
 
-def _tokens(model: DiT, height: int, width: int) -> int:
-  model.check_config(height, width)
-  return (height // model.patch_size) * (width // model.patch_size)
-
-
-def _cond_tokens(model: DiT) -> int:
-  return 2 if model.num_classes else 1
-
-
-def _out_channels(model: DiT, channels: int) -> int:
-  return 2 * channels if model.learn_sigma else channels
-
-
-def _adaln_chunks(model: DiT) -> tuple[int, int]:
-  """Modulation outputs per block and in the final layer (in units of D)."""
-  return {"adaln_zero": (6, 2), "adaln": (4, 2)}.get(model.conditioning, (0, 0))
-
-
-def dit_flops(model: DiT, height: int, width: int, channels: int) -> dict[str, int]:
-  """Forward multiply-adds per component for one (height, width, channels) input."""
-  D, L, p = model.hidden_size, model.depth, model.patch_size
-  F = int(D * model.mlp_ratio)
-  T = _tokens(model, height, width)
-  S = _cond_tokens(model)
-  P = p * p * channels
-  T_blocks = T + S if model.conditioning == "in_context" else T
-  attention = 4 * T_blocks * D * D + 2 * T_blocks * T_blocks * D  # qkv + out; scores + values
-  if model.conditioning == "cross_attn":
-    attention += 2 * T * D * D + 2 * S * D * D + 2 * T * S * D   # q + out, k/v, scores + values
-  per_block, final = _adaln_chunks(model)
-  return {
-      "embed": T * P * D + FREQUENCY_DIM * D + D * D,
-      "attention": L * attention,
-      "mlp": L * 2 * T_blocks * D * F,
-      "adaln": (L * per_block + final) * D * D,
-      "norm": 0,
-      "final": T * D * p * p * _out_channels(model, channels),
-  }
-
-
-def dit_params(model: DiT, channels: int) -> dict[str, int]:
-  """Trainable parameters per component (the fixed sin-cos table is not a parameter)."""
-  D, L, p = model.hidden_size, model.depth, model.patch_size
-  F = int(D * model.mlp_ratio)
-  P = p * p * channels
-  labels = (model.num_classes + 1) * D if model.num_classes else 0
-  attention = 4 * D * D + 4 * D
-  norms = 0
-  if model.conditioning == "cross_attn":
-    attention += 4 * D * D + 4 * D
-    norms = L * 3 * 2 * D + 2 * D
-  elif model.conditioning == "in_context":
-    norms = L * 2 * 2 * D + 2 * D
-  per_block, final = _adaln_chunks(model)
-  out = p * p * _out_channels(model, channels)
-  if model.posenc == "rope_mixed":  # learned (row, col) frequency per head and pair
-    attention += D
-  return {
-      "embed": P * D + D + FREQUENCY_DIM * D + D + D * D + D + labels,
-      "attention": L * attention,
-      "mlp": L * (2 * D * F + F + D),
-      "adaln": L * per_block * (D * D + D) + final * (D * D + D),
-      "norm": norms,
-      "final": D * out + out,
-  }
-
-
-def abstract_inputs(model: DiT, height: int, width: int, channels: int, batch: int = 1):
-  """ShapeDtypeStructs (x, t, cond) for tracing a forward pass without memory."""
-  x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)
-  t = jax.ShapeDtypeStruct((batch,), jnp.float32)
-  cond = {"label": jax.ShapeDtypeStruct((batch,), jnp.int32)} if model.num_classes else None
-  return x, t, cond
-
-
-def count_params(model: DiT, height: int, width: int, channels: int) -> int:
+def count_params(model, height: int, width: int, channels: int) -> int:
   """Parameters of the real module, from jax.eval_shape (no memory is allocated)."""
-  x, t, cond = abstract_inputs(model, height, width, channels)
+  x, t, cond = example_inputs(model, (height, width, channels))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 
@@ -124,221 +46,12 @@ def compiled_forward_flops(model, x, t, cond) -> float:
   return float(cost["flops"])
 
 
-def report_row(name: str, *, patch_size: int, conditioning: str, size: tuple[int, int, int],
-               tokens: int, flops: dict[str, int], params: int,
-               params_by_component: dict[str, int] | None = None) -> dict:
-  """One row of `dit-jax flops`, the same keys for every model family."""
-  row = {
-      "model": name,
-      "patch_size": patch_size,
-      "conditioning": conditioning,
-      "input": list(size),
-      "tokens": tokens,
-      "gflops": sum(flops.values()) / 1e9,
-      "params": params,
-      "gflops_by_component": {k: v / 1e9 for k, v in flops.items()},
-  }
-  if params_by_component is not None:
-    row["params_by_component"] = params_by_component
-  return row
-
-
-def xla_flops(model: DiT, height: int, width: int, channels: int) -> float:
+def xla_flops(model, height: int, width: int, channels: int) -> float:
   """XLA's flop count of the compiled forward of one example (multiply-add = 2 flops).
 
   Layers are unrolled here because XLA's cost analysis counts a scanned body only once.
   """
-  model = dataclasses.replace(model, scan_layers=False, remat_policy="none")
-  return compiled_forward_flops(model, *abstract_inputs(model, height, width, channels))
-
-
-def dit_report(model: DiT, name: str, height: int, width: int, channels: int,
-               with_xla: bool = False) -> dict:
-  """One row of `dit-jax flops`: Gflops and parameters in total and per component."""
-  flops = dit_flops(model, height, width, channels)
-  params = dit_params(model, channels)
-  row = report_row(name, patch_size=model.patch_size, conditioning=model.conditioning,
-                   size=(height, width, channels), tokens=_tokens(model, height, width),
-                   flops=flops, params=sum(params.values()), params_by_component=params)
-  if with_xla:
-    row["xla_gflops"] = xla_flops(model, height, width, channels) / 2 / 1e9
-  return row
-
-
-# U-Net (dit_jax.models.unet): same convention, convolutions counted as
-# out_pixels * k * k * C_in * C_out multiply-adds. Symbols: h, w the feature map of a level,
-# C its channels, E the embedding width, S condition tokens.
-
-UNET_COMPONENTS = ("embed", "res", "attention", "resample", "final")
-UNET_TEXT_TOKENS = 77  # text tokens assumed for a text-conditioned U-Net (CLIP's length)
-
-
-def _unet_attention(model, step, T: int, S: int) -> tuple[int, int]:
-  """(multiply-adds, parameters) of one attention block on T pixels of C channels."""
-  C, E = step.out_channels, model.emb_dim
-  flops = 4 * T * C * C + 2 * T * T * C               # qkv + out; scores + values
-  params = 4 * C * C + 4 * C + 2 * C                  # + GroupNorm
-  if model.uses_tokens:
-    flops += 2 * T * C * C + 8 * T * C * C            # proj in/out; MLP
-    flops += 2 * T * C * C + 2 * S * E * C + 2 * T * S * C  # cross: q, out; k, v; scores, values
-    params += 2 * (C * C + C) + (8 * C * C + 5 * C) + 3 * 2 * C  # proj, MLP, 3 LayerNorms
-    params += 2 * C * C + 2 * E * C + 4 * C           # cross q, out, kv
-  return flops, params
-
-
-def _unet_res(model, step, hw: int) -> tuple[int, int]:
-  """(multiply-adds, parameters) of one residual block at hw pixels."""
-  c_in, C, E = step.in_channels, step.out_channels, model.emb_dim
-  emb = {"add": C, "scale_shift": 2 * C, "cross_attn": 0}[model.conditioning]
-  flops = hw * 9 * (c_in * C + C * C) + E * emb
-  params = 9 * (c_in * C + C * C) + 2 * C + E * emb + emb + 2 * (c_in + C)  # convs, emb, norms
-  if c_in != C:
-    flops += hw * c_in * C
-    params += c_in * C + C
-  return flops, params
-
-
-def unet_counts(model, height: int, width: int, channels: int,
-                text_tokens: int = UNET_TEXT_TOKENS) -> tuple[dict, dict]:
-  """Forward multiply-adds and parameters per component of a U-Net for one input."""
-  from dit_jax.models.unet import layout
-  model.check_config(height, width)
-  E, c0 = model.emb_dim, model.base_channels * model.channel_mult[0]
-  S = (2 if model.num_classes else 1) if model.conditioning == "cross_attn" else 0
-  S += text_tokens if model.text_dim else 0
-  flops = dict.fromkeys(UNET_COMPONENTS, 0)
-  params = dict.fromkeys(UNET_COMPONENTS, 0)
-  flops["embed"] = FREQUENCY_DIM * E + E * E + (text_tokens * model.text_dim * E
-                                                if model.text_dim else 0)
-  params["embed"] = (FREQUENCY_DIM * E + E + E * E + E
-                     + ((model.num_classes + 1) * E if model.num_classes else 0)
-                     + ((model.text_dim + 1) * E if model.text_dim else 0))
-  hw = lambda level: (height >> level) * (width >> level)
-  for step in layout(model):
-    C = step.out_channels
-    if step.op == "res":
-      f, p = _unet_res(model, step, hw(step.level))
-    elif step.op == "attn":
-      f, p = _unet_attention(model, step, hw(step.level), S)
-    elif step.op == "down":  # a strided 3x3 conv, or pooling (no multiply-adds, no params)
-      conv = model.downsample == "conv"
-      f, p = (hw(step.level + 1) * 9 * C * C, 9 * C * C + C) if conv else (0, 0)
-    elif model.upsample == "transpose":  # 2x2 kernel, stride 2: one tap per output pixel
-      f, p = hw(step.level - 1) * C * C, 4 * C * C + C
-    else:                                # nearest resize, then a 3x3 conv
-      f, p = hw(step.level - 1) * 9 * C * C, 9 * C * C + C
-    component = {"res": "res", "attn": "attention"}.get(step.op, "resample")
-    flops[component] += f
-    params[component] += p
-  c_out = 2 * channels if model.learn_sigma else channels
-  flops["final"] = hw(0) * 9 * channels * c0 + hw(0) * c0 * c_out  # conv_in 3x3, conv_out 1x1
-  params["final"] = 9 * channels * c0 + c0 + 2 * c0 + c0 * c_out + c_out
-  return flops, params
-
-
-def unet_abstract_inputs(model, height: int, width: int, channels: int, batch: int = 1,
-                         text_tokens: int = UNET_TEXT_TOKENS):
-  """ShapeDtypeStructs (x, t, cond) of a U-Net forward pass."""
-  x = jax.ShapeDtypeStruct((batch, height, width, channels), jnp.float32)
-  t = jax.ShapeDtypeStruct((batch,), jnp.float32)
-  cond = {}
-  if model.num_classes:
-    cond["label"] = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  if model.text_dim:
-    cond["text_tokens"] = jax.ShapeDtypeStruct((batch, text_tokens, model.text_dim), jnp.float32)
-  return x, t, cond or None
-
-
-def unet_xla_flops(model, height: int, width: int, channels: int) -> float:
-  """XLA's flop count of a U-Net's compiled forward of one example (multiply-add = 2 flops)."""
-  return compiled_forward_flops(model, *unet_abstract_inputs(model, height, width, channels))
-
-
-def unet_report(model, name: str, height: int, width: int, channels: int,
-                with_xla: bool = False) -> dict:
-  """One row of `dit-jax flops` for a U-Net (the keys of dit_report)."""
-  flops, params = unet_counts(model, height, width, channels)
-  row = report_row(name, patch_size=1, conditioning=model.conditioning,
-                   size=(height, width, channels), tokens=height * width, flops=flops,
-                   params=sum(params.values()), params_by_component=params)
-  if with_xla:
-    row["xla_gflops"] = unet_xla_flops(model, height, width, channels) / 2 / 1e9
-  return row
-
-
-# Text-conditioned models (dit_jax.models.mmdit): same convention. Symbols: T image tokens (plus
-# conditioning-image tokens), S text tokens (model.text_length), L = S + T, K the text feature
-# width entering the model (text_width for the trained encoder, else context_dim).
-
-
-def _text_encoder_flops(model) -> int:
-  """The small trained text encoder (text_source='tokens'); 0 for precomputed embeddings."""
-  if model.text_source != "tokens":
-    return 0
-  S, Dt = model.text_length, model.text_width
-  F = int(Dt * model.mlp_ratio)
-  return model.text_depth * (4 * S * Dt * Dt + 2 * S * S * Dt + 2 * S * Dt * F)
-
-
-def text_model_flops(model, height: int, width: int, channels: int) -> dict[str, int]:
-  """Forward multiply-adds per component of an MMDiT or TextDiT for one example; 'text' is the
-  trained text encoder, 'embed' the patch, time, pooled, guidance and context embeddings."""
-  from dit_jax.models.mmdit import MMDiT
-  model.check_config(height, width)
-  D, p = model.hidden_size, model.patch_size
-  F = int(D * model.mlp_ratio)
-  T = (height // p) * (width // p)
-  if getattr(model, "image_conditioning", False):
-    h, w, _ = model.cond_image_shape
-    T += (h // p) * (w // p)
-  S = model.text_length
-  K = model.text_width if model.text_source == "tokens" else model.context_dim
-  pooled_K = (model.text_width if model.text_source == "tokens" else model.pooled_dim)
-  per_token_text = isinstance(model, MMDiT) or model.text_conditioning == "cross_attn"
-  embed = T * p * p * channels * D + FREQUENCY_DIM * D + D * D + per_token_text * S * K * D
-  if model.use_pooled and pooled_K:
-    embed += pooled_K * D + D * D
-  if model.guidance_embed:
-    embed += FREQUENCY_DIM * D + D * D
-  stream = lambda n: 4 * n * D * D + 2 * n * D * F  # qkv + out, MLP of n tokens
-  attention = mlp = adaln = 0
-  if isinstance(model, MMDiT):
-    L = S + T
-    for i in range(model.depth_double):
-      pre_only = model.reduce_last_text and not model.depth_single and i == model.depth_double - 1
-      attention += 4 * T * D * D + (3 if pre_only else 4) * S * D * D + 2 * L * L * D
-      mlp += 2 * T * D * F + (0 if pre_only else 2 * S * D * F)
-      adaln += (6 + (2 if pre_only else 6)) * D * D
-    attention += model.depth_single * (4 * L * D * D + 2 * L * L * D)
-    mlp += model.depth_single * 2 * L * D * F
-    adaln += model.depth_single * (3 if model.single_block == "parallel" else 6) * D * D
-  else:
-    per_block = stream(T) - 2 * T * D * F + 2 * T * T * D
-    if model.text_conditioning == "cross_attn":
-      per_block += 2 * T * D * D + 2 * S * D * D + 2 * T * S * D
-    attention, mlp, adaln = (model.depth * per_block, model.depth * 2 * T * D * F,
-                             model.depth * 6 * D * D)
-  out = p * p * (2 * channels if model.learn_sigma else channels)
-  T_out = (height // p) * (width // p)
-  return {"text": _text_encoder_flops(model), "embed": embed, "attention": attention,
-          "mlp": mlp, "adaln": adaln + 2 * D * D, "norm": 0, "final": T_out * D * out}
-
-
-def text_model_report(model, name: str, height: int, width: int, channels: int,
-                      with_xla: bool = False) -> dict:
-  """One row of `dit-jax flops` for an MMDiT / TextDiT (parameters from jax.eval_shape)."""
-  import flax.linen as nn
-  flops = text_model_flops(model, height, width, channels)
-  x = jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
-  t = jax.ShapeDtypeStruct((1,), jnp.float32)
-  cond = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                      jax.eval_shape(lambda: model.example_condition(1)))
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  params = sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(variables["params"])))
-  row = report_row(name, patch_size=model.patch_size, conditioning=type(model).__name__,
-                   size=(height, width, channels),
-                   tokens=(height // model.patch_size) * (width // model.patch_size),
-                   flops=flops, params=params)
-  if with_xla:
-    row["xla_gflops"] = compiled_forward_flops(model, x, t, cond) / 2 / 1e9
-  return row
+  fields = {f.name for f in dataclasses.fields(model)}
+  unrolled = {k: v for k, v in (("scan_layers", False), ("remat_policy", "none")) if k in fields}
+  model = dataclasses.replace(model, **unrolled)
+  return compiled_forward_flops(model, *example_inputs(model, (height, width, channels)))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import flow, images
-from dit_jax.models import model_fn
+from dit_jax.models import class_count, model_fn
 
 SAMPLER_PREDICTION = {"euler": "velocity", "heun": "velocity", "ddpm": "eps", "ddim": "eps"}
 
@@ -56,12 +56,12 @@ class ImageSampler:
 
   def __call__(self, params, labels, rng, cfg_scale: float | None = None) -> np.ndarray:
     labels = jnp.asarray(labels, jnp.int32)
-    cond = {"label": labels} if self.model.num_classes else None
+    cond = {"label": labels} if "label" in self.model.condition_spec else None
     return self.sample(params, cond, rng, cfg_scale, count=len(labels))
 
   def grid_labels(self, per_class: int) -> np.ndarray:
     """One row per class (a single row of `per_class` samples when unconditional)."""
-    classes = max(self.model.num_classes, 1)
+    classes = max(class_count(self.model), 1)
     return np.repeat(np.arange(classes), per_class)
 
   def write_grid(self, params, rng, path, per_class: int = 8, cfg_scale=None, write=True,
@@ -70,7 +70,7 @@ class ImageSampler:
     one row per entry of `rows_cond` (e.g. captions, from `grid_condition`)."""
     if rows_cond is None:
       samples = self(params, self.grid_labels(per_class), rng, cfg_scale)
-      rows = max(self.model.num_classes, 1)
+      rows = max(class_count(self.model), 1)
     else:
       rows = len(next(iter(rows_cond.values())))
       cond = {key: np.repeat(np.asarray(value), per_class, axis=0)
@@ -86,6 +86,6 @@ class ImageSampler:
 def grid_condition(model, batch: dict, rows: int = 8) -> dict | None:
   """For models conditioned on something other than class labels (captions): the condition
   of the first `rows` examples of a data batch, one grid row each. None for class models."""
-  if model.num_classes or not model.condition_keys:
+  if "label" in model.condition_spec or not model.condition_keys:
     return None
   return {key: np.asarray(batch[key])[:rows] for key in model.condition_keys}

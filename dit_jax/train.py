@@ -16,15 +16,13 @@ import ml_collections
 from dit_jax import checkpoint, engine, flow, parallel, plots
 from dit_jax.config import model_input_shape
 from dit_jax.engine import EMA, Preempted, TrainState, decay_mask, make_optimizer  # noqa: F401
-from dit_jax.models import create_model, model_fn
+from dit_jax.models import contract, create_model, model_fn
 from dit_jax.sample import ImageSampler, grid_condition
 from dit_jax.training_log import read_history
 
 
 def example_inputs(model, image_shape, batch: int = 1):
-  x = jnp.zeros((batch, *image_shape), jnp.float32)
-  t = jnp.zeros((batch,), jnp.float32)
-  return x, t, model.example_condition(batch)
+  return contract.example_inputs(model, image_shape, batch, abstract=False)
 
 
 def _denoiser_loss(params, batch, rng, *, model, objective):
@@ -142,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
                                  process_count=jax.process_count())
   rows_cond = None  # caption-conditioned models: grid rows are the first captions of the data
-  if not model.num_classes and model.condition_keys:
+  if model.condition_keys and "label" not in model.condition_spec:
     first = next(data.make_iterator(dict(config.data.to_dict(), shuffle=False),
                                     process_index=0, process_count=1))
     rows_cond = grid_condition(model, first)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from dit_jax import flops
-from dit_jax.cli import format_rows
+from dit_jax.reports import flops_row, format_rows
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
 from dit_jax.plots import plot_flops
 
@@ -20,7 +20,7 @@ from dit_jax.plots import plot_flops
 def preset_rows(with_xla: bool) -> list[dict]:
   rows = []
   for name in PRESETS:
-    row = flops.dit_report(dit(name), name, 32, 32, 4, with_xla=with_xla)
+    row = flops_row(dit(name), name, 32, 32, 4, with_xla=with_xla)
     row["paper_gflops"] = flops.PAPER_GFLOPS_256[name]
     rows.append(row)
   return rows
@@ -28,9 +28,9 @@ def preset_rows(with_xla: bool) -> list[dict]:
 
 def design_table() -> str:
   lines = ["| conditioning | Gflops | vs adaLN-Zero | params (M) |", "|---|---|---|---|"]
-  base = flops.dit_report(dit("DiT-XL/2"), "DiT-XL/2", 32, 32, 4)["gflops"]
+  base = flops_row(dit("DiT-XL/2"), "DiT-XL/2", 32, 32, 4)["gflops"]
   for design in CONDITIONINGS:
-    row = flops.dit_report(dit("DiT-XL/2", conditioning=design), "DiT-XL/2", 32, 32, 4)
+    row = flops_row(dit("DiT-XL/2", conditioning=design), "DiT-XL/2", 32, 32, 4)
     lines.append(f"| {design} | {row['gflops']:.2f} | {row['gflops'] / base - 1:+.1%} | "
                  f"{row['params'] / 1e6:.1f} |")
   return "\n".join(lines)

@@ -81,7 +81,7 @@ def split_arrays(split: str, count: int, resolution: int, fixed_layout: bool) ->
 
 
 def prepare(args):
-  from dit_jax.text import make_tokenizer
+  from dit_jax.data.tokenizers import make_tokenizer
   tok = make_tokenizer("words:shapes")
   out = {}
   for split, count in (("train", args.num_train), ("test", NUM_TEST)):
@@ -101,15 +101,8 @@ def prepare(args):
 
 def gflops(model, resolution: int) -> float:
   """Forward Gflops of one example (multiply-adds), from XLA's cost analysis / 2."""
-  import jax
-  import jax.numpy as jnp
-  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
-  t = jax.ShapeDtypeStruct((1,), jnp.float32)
-  cond = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), model.example_condition(1))
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  cost = jax.jit(model.apply).lower(variables, x, t, cond).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) / 2 / 1e9
+  from dit_jax import flops
+  return flops.xla_flops(model, resolution, resolution, 3) / 2 / 1e9
 
 
 def variant_config(variant: str, args):

@@ -23,10 +23,9 @@ import numpy as np
 from posenc_resolution import (NUM_CLASSES, class_labels, final_metrics, fit_classifier, score,
                                tile)
 
-from dit_jax import flops, flow, images, train
+from dit_jax import flow, images, train
 from dit_jax.config import load_config
 from dit_jax.models import create_model
-from dit_jax.models.unet import UNet
 from dit_jax.sample import ImageSampler
 
 matplotlib.use("Agg")
@@ -63,10 +62,7 @@ def train_run(spec: str, steps: int, workdir: Path) -> dict:
 def analytic_counts(config) -> tuple[float, int]:
   """(forward Gflops of one 8x8x1 digit, parameters) of the config's model."""
   model = create_model(config.model)
-  if isinstance(model, UNet):
-    f, p = flops.unet_counts(model, 8, 8, 1)
-  else:
-    f, p = flops.dit_flops(model, 8, 8, 1), flops.dit_params(model, 1)
+  f, p = model.forward_flops(8, 8, 1), model.param_counts(8, 8, 1)
   return sum(f.values()) / 1e9, sum(p.values())
 
 

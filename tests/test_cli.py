@@ -96,3 +96,35 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
                                           "a blue square in the centre"]
   with pytest.raises(SystemExit, match="conditioned on captions: pass --captions"):
     cli.main(["sample", "--workdir", str(run), "--out", str(out)])
+
+
+def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path, monkeypatch):
+  """The U-Net's `text` is float features of a frozen encoder: captions cannot be tokenised
+  for it (an MM-DiT reading `text_tokens` can, test above)."""
+  from dit_jax import train
+  from dit_jax.config import base_config
+  config = base_config()
+  config.model = {"name": "UNet-small", "num_classes": 0, "text_dim": 6}
+  monkeypatch.setattr(train, "load_run", lambda workdir: (config, None))
+  with pytest.raises(SystemExit, match="precomputed text embeddings"):
+    cli.main(["sample", "--workdir", str(tmp_path), "--captions", "a red circle",
+              "--out", str(tmp_path / "x.png")])
+
+
+def test_bench_times_the_model_of_a_config(capsys):
+  """`bench --config` runs any family; its TFLOP/s come from that model's own flop count."""
+  from dit_jax.models import create_model
+  from dit_jax.config import load_config
+  overrides = ["--config.model.hidden_size=32", "--config.model.num_heads=2",
+               "--config.model.text_width=16", "--config.model.text_heads=2"]
+  row = json.loads(run(capsys, "bench", "--config", "configs/mmdit.py:mmdit_hybrid",
+                       *overrides, "--batch-size", "8", "--steps", "1", "--format", "json"))
+  config = cli.apply_overrides(load_config("configs/mmdit.py:mmdit_hybrid"),
+                               [o[len("--config."):] for o in overrides])
+  model = create_model(config.model)
+  assert row["model"] == config.model.name and row["input"] == [24, 24, 3]
+  macs = sum(model.forward_flops(24, 24, 3).values())
+  expected = 3 * 2 * macs * 8 / (row["step_ms"] / 1000) / row["devices"] / 1e12
+  assert row["train_tflops_per_s"] == pytest.approx(expected, rel=1e-6)
+  with pytest.raises(SystemExit, match="with --config set them in the config"):
+    cli.main(["bench", "--config", "configs/mmdit.py:mmdit_hybrid", "--dtype", "float32"])

@@ -2,6 +2,7 @@ import pytest
 
 from dit_jax import flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
+from dit_jax.reports import flops_row
 
 # Table 1 of the DiT paper (the lecture's table): patch 4 at 256x256, one decimal.
 LECTURE_GFLOPS_P4 = {"DiT-S/4": 1.4, "DiT-B/4": 5.6, "DiT-L/4": 19.7, "DiT-XL/4": 29.1}
@@ -66,7 +67,7 @@ def test_xla_cost_analysis_agrees(conditioning):
 
 
 def test_report_components_sum_to_total():
-  row = flops.dit_report(dit("DiT-B/2"), "DiT-B/2", 32, 32, 4)
+  row = flops_row(dit("DiT-B/2"), "DiT-B/2", 32, 32, 4)
   assert sum(row["gflops_by_component"].values()) == pytest.approx(row["gflops"])
   assert sum(row["params_by_component"].values()) == row["params"]
   assert row["gflops_by_component"]["mlp"] > row["gflops_by_component"]["attention"]

@@ -9,7 +9,7 @@ import pytest
 
 from dit_jax import flow, parallel, train
 from dit_jax.config import base_config
-from dit_jax.models import create_model
+from dit_jax.models import create_model, example_condition
 
 BACKBONES = {  # name -> (config.model, input shape)
     "UNet cross_attn": (dict(name="UNet-small", base_channels=16, num_groups=4, num_heads=2,
@@ -25,10 +25,10 @@ MESHES = {"fsdp_tp": (2, 2, 2)}
 
 
 def random_batch(model, shape, size=8, seed=0):
-  """Images plus a random value for every condition key, shaped like example_condition."""
+  """Images plus a random value for every condition key, shaped by the model's spec."""
   rng = np.random.default_rng(seed)
   batch = {"image": rng.standard_normal((size, *shape)).astype(np.float32)}
-  for key, value in (model.example_condition(size) or {}).items():
+  for key, value in (example_condition(model, size) or {}).items():
     value = np.asarray(value)
     if value.dtype == bool:
       batch[key] = np.arange(value.shape[-1]) < rng.integers(1, value.shape[-1] + 1, (size, 1))

@@ -2,7 +2,7 @@
 
     params, info = import_state(load_tensors("DiT-XL-2-256x256.pt"))   # or convert_file(...)
     model = make_model(info)
-    out = converted_model_fn(model, params)(x_BHWC, t_B, {"label": y_B})
+    out = model.apply({"params": params}, x_BHWC, t_B, {"label": y_B})   # t in [0, 1]
 
 Layouts (torch Linear weights are (out, in): our kernels are their transposes, reshaped):
   x_embedder.proj          Conv2d (D, C, p, p) -> dense kernel (p*p*C, D); our patch tokens
@@ -17,8 +17,9 @@ Layouts (torch Linear weights are (out, in): our kernels are their transposes, r
 
 Time. The published models embed the integer DDPM step n (999 = noisiest) directly, while our
 samplers and the DDPM objective call models with t = 1 - (n + 1) / N (flow.paths). A converted
-model therefore has time_scale=1 and is called through `converted_model_fn`, which maps t back
-to the (rounded) step n before the model sees it: info["time_input"] == "ddpm_step".
+model therefore has time_scale=1 and time_input='ddpm_step' (info["time_input"]): the DiT maps
+our t back to the (rounded) step n before embedding it, so it samples and fine-tunes like any
+model of the contract.
 
 A converted checkpoint directory holds params.npz (flat 'a/b/c' keys of the parameter tree) and
 dit.json (the DiT fields, the latent size the file was trained at, and the time convention).
@@ -32,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.convert.io import load_tensors, save_tensors
-from dit_jax.flow.paths import t_to_ddpm_step
 from dit_jax.models.dit import PRESETS, SIZES, DiT, preset
 from dit_jax.nn.posenc import sincos_2d
 
@@ -156,24 +156,18 @@ def preset_name(info: dict) -> str | None:
 
 
 def model_fields(info: dict) -> dict:
-  """DiT(**fields) of a converted model (the published design; time enters as the step n)."""
+  """DiT(**fields) of a converted model: the published design, whose time embedding takes the
+  DDPM step n = N (1 - t) - 1 (time_input='ddpm_step'; the model maps our t itself)."""
   keys = ("patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "num_classes",
           "learn_sigma")
   return dict({k: info[k] for k in keys}, conditioning="adaln_zero", posenc="sincos",
-              time_scale=1.0)
+              time_scale=1.0, time_input=info.get("time_input", TIME_INPUT),
+              num_ddpm_steps=info.get("num_ddpm_steps", NUM_DDPM_STEPS))
 
 
 def make_model(info: dict, **overrides) -> DiT:
   """The dit_jax DiT for a converted checkpoint (overrides: dtype, attention_backend, ...)."""
   return DiT(**{**model_fields(info), **overrides})
-
-
-def converted_model_fn(model: DiT, params):
-  """(x, t, cond) -> output for our time t: the model sees the DDPM step n = N(1 - t) - 1."""
-  def fn(x_BHWC, t_B, cond):
-    n_B = t_to_ddpm_step(t_B, NUM_DDPM_STEPS).astype(jnp.float32)
-    return model.apply({"params": params}, x_BHWC, n_B, cond)
-  return fn
 
 
 # Tensor layouts. These use only array methods so that jax.eval_shape can run them on shapes.

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.convert.dit import converted_model_fn, make_model
+from dit_jax.convert.dit import make_model
 from dit_jax.flow.paths import VPPath
 from dit_jax.flow.samplers import respaced_grid, sample_ddpm
+from dit_jax.models import model_fn
 
 METHODS = ("ddpm", "ddim")
 PAPER_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # the classes of the DiT sample script
@@ -29,7 +30,7 @@ def _sample(params, labels, rng, cfg_scale, *, info_items, method, steps, guided
             shape):
   info = dict(info_items)
   model = make_model(info)
-  fn = converted_model_fn(model, params)
+  fn = model_fn(model, params)  # the model maps our t to its DDPM step (time_input)
   noise_rng, step_rng = jax.random.split(rng)
   x0 = jax.random.normal(noise_rng, (labels.shape[0], *shape), jnp.float32)
   cond = {"label": labels} if info["num_classes"] else None

@@ -27,6 +27,7 @@ from PIL import Image
 
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
+from dit_jax.data.tokenizers import make_tokenizer
 
 
 def crop_resize(image_HWC: np.ndarray, size: int) -> np.ndarray:
@@ -87,7 +88,6 @@ def _text_tokenizer(cfg: DataConfig, source):
   if "caption" not in source.dataset_info.features:
     raise ValueError(f"data.text_tokenizer={cfg.text_tokenizer!r} but {cfg.name} has no "
                      "'caption' feature: unset data.text_tokenizer or use a captioned data set")
-  from dit_jax.text import make_tokenizer  # lazy: text imports flax
   return make_tokenizer(cfg.text_tokenizer), cfg.text_length
 
 

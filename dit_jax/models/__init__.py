@@ -1,8 +1,11 @@
-"""Backbones built from `dit_jax.nn`, created by name from a config."""
+"""Backbones built from `dit_jax.nn`, created by name from a config; every denoiser implements
+the model contract of `dit_jax.models.contract` (`Denoiser`)."""
 import dataclasses
 
 import jax.numpy as jnp
 
+from dit_jax.models.contract import (KEYS, CondSpec, Denoiser, check_denoiser, class_count,
+                                     cond_spec, example_condition, example_inputs)
 from dit_jax.models.dit import DiT, dit
 from dit_jax.models.mmdit import NAMES as MMDIT_NAMES
 from dit_jax.models.mmdit import MMDiT, TextDiT, mmdit

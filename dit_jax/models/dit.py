@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from dit_jax.models import flop_counts
+from dit_jax.models.contract import TIME_INPUTS, cond_spec, model_time
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -161,6 +163,8 @@ class DiT(nn.Module):
   rope_scaling: str = "canonical"  # rope_scaled: "canonical" (centres) or "interpolate"
   attention_backend: str = "xla"   # one of attention.BACKENDS
   time_scale: float = 1000.0       # t in [0, 1] is embedded as t * time_scale
+  time_input: str = "unit"         # contract.TIME_INPUTS; 'ddpm_step': published checkpoints
+  num_ddpm_steps: int = 1000       # ddpm_step: the N of step n = N (1 - t) - 1
   dtype: Dtype = jnp.float32       # compute dtype (bfloat16 on accelerators)
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = False        # one compiled block scanned over depth
@@ -185,6 +189,8 @@ class DiT(nn.Module):
                        f"{self.rope_reference_size}) and rope_scaling in {ROPE_SCALINGS}")
     if self.attention_backend not in BACKENDS:
       raise ValueError(f"attention_backend={self.attention_backend!r} is not one of {BACKENDS}")
+    if self.time_input not in TIME_INPUTS:
+      raise ValueError(f"time_input={self.time_input!r} is not one of {TIME_INPUTS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r} is not one of "
                        f"{tuple(REMAT_POLICIES)}")
@@ -193,15 +199,14 @@ class DiT(nn.Module):
                        f" use an image size that is a multiple of {self.patch_size} or another "
                        "patch size")
 
-  # The condition interface every backbone shares (training, sampling and guidance use it).
+  # The model contract (dit_jax.models.contract.Denoiser).
+  @property
+  def condition_spec(self) -> dict:
+    return {"label": cond_spec("label")} if self.num_classes else {}
+
   @property
   def condition_keys(self) -> tuple[str, ...]:
-    """Keys of `cond` (and of a data batch) this model reads."""
-    return ("label",) if self.num_classes else ()
-
-  def example_condition(self, batch: int) -> dict | None:
-    """A placeholder `cond` of the right shapes, for init and shape inference."""
-    return {"label": jnp.zeros((batch,), jnp.int32)} if self.num_classes else None
+    return tuple(self.condition_spec)
 
   def null_condition(self, cond: dict | None) -> dict | None:
     """The unconditional `cond` for classifier-free guidance: the null class."""
@@ -209,11 +214,20 @@ class DiT(nn.Module):
       return None
     return dict(cond, label=jnp.full_like(cond["label"], self.num_classes))
 
+  def output_channels(self, channels: int) -> int:
+    return 2 * channels if self.learn_sigma else channels
+
+  def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return flop_counts.dit_flops(self, height, width, channels)
+
+  def param_counts(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return flop_counts.dit_params(self, channels)
+
   def condition(self, t_B, cond, train):
     """The conditioning vector c (B, D) and the condition tokens (B, S, D), S = 1 or 2."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     t_emb_BD = TimestepEmbedder(self.hidden_size, time_scale=self.time_scale, name="t_embedder",
-                                **kw)(t_B)
+                                **kw)(model_time(t_B, self.time_input, self.num_ddpm_steps))
     if not self.num_classes:
       return t_emb_BD, t_emb_BD[:, None]
     if cond is None or "label" not in cond:

@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax import text as text_lib
+from dit_jax.models import flop_counts
+from dit_jax.models import text_encoder as text_lib
+from dit_jax.models.contract import cond_spec, example_condition
 from dit_jax.models.dit import DiTBlock, FinalLayer
 from dit_jax.models.mmdit_blocks import (CrossAttnBlock, DoubleStreamBlock, ParallelSingleBlock,
                                          SingleStreamBlock, check_heads, default_rope_dims)
@@ -124,31 +126,33 @@ class TextConditioned(nn.Module):
       raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
                        f" use a multiple of {self.patch_size} or another patch size")
 
-  # --- the condition interface ----------------------------------------------------------
+  # --- the model contract (dit_jax.models.contract.Denoiser) -----------------------------
+  time_input = "unit"
+
   @property
-  def num_classes(self) -> int:
-    """No class labels: samplers that draw per-class grids draw unconditional ones."""
-    return 0
+  def condition_spec(self) -> dict:
+    S = self.text_length
+    if self.text_source == "tokens":
+      spec = {"text_tokens": cond_spec("text_tokens", (S,)),
+              "text_mask": cond_spec("text_mask", (S,))}
+    else:
+      spec = {"text": cond_spec("text", (S, self.context_dim)),
+              "text_mask": cond_spec("text_mask", (S,))}
+      if self.pooled_dim:
+        spec["pooled"] = cond_spec("pooled", (self.pooled_dim,))
+    if self.guidance_embed:
+      spec["guidance"] = cond_spec("guidance")
+    return spec
 
   @property
   def condition_keys(self) -> tuple[str, ...]:
-    keys = (("text_tokens", "text_mask") if self.text_source == "tokens"
-            else ("text", "text_mask") + (("pooled",) if self.pooled_dim else ()))
-    return keys + (("guidance",) if self.guidance_embed else ())
+    return tuple(self.condition_spec)
 
-  def example_condition(self, batch: int) -> dict:
-    S = self.text_length
-    if self.text_source == "tokens":
-      tokens, mask = text_lib.null_tokens(batch, S)
-      cond = {"text_tokens": tokens, "text_mask": mask}
-    else:
-      cond = {"text": jnp.zeros((batch, S, self.context_dim)),
-              "text_mask": jnp.ones((batch, S), bool)}
-      if self.pooled_dim:
-        cond["pooled"] = jnp.zeros((batch, self.pooled_dim))
-    if self.guidance_embed:
-      cond["guidance"] = jnp.ones((batch,))
-    return cond
+  def output_channels(self, channels: int) -> int:
+    return 2 * channels if self.learn_sigma else channels
+
+  def param_counts(self, height: int, width: int, channels: int) -> None:
+    return None  # no closed form kept: count with jax.eval_shape
 
   def null_condition(self, cond: dict) -> dict:
     """The empty caption: BOS + padding for tokens; zero features, no valid token, zero pooled
@@ -166,7 +170,7 @@ class TextConditioned(nn.Module):
   def default_condition(self, cond: dict | None, batch: int) -> dict:
     """cond None means unconditional: the empty caption (the guidance null condition)."""
     if cond is None:
-      return self.null_condition(self.example_condition(batch))
+      return self.null_condition(example_condition(self, batch))
     return dict(cond)
 
   # --- pieces used by __call__ (called from compact methods) -------------------------------
@@ -257,20 +261,20 @@ class MMDiT(TextConditioned):
   qk_norm: bool = True             # per-head RMSNorm of q and k
   reduce_last_text: bool = True    # no single blocks: last text stream is keys/values only
   image_conditioning: bool = False  # cond 'cond_image' tokens appended with index id 1
-  cond_image_shape: tuple[int, ...] = ()  # (H', W', C) of cond_image, for example_condition
+  cond_image_shape: tuple[int, ...] = ()  # (H', W', C) of cond_image, for condition_spec
 
   @property
-  def condition_keys(self) -> tuple[str, ...]:
-    return super().condition_keys + (("cond_image",) if self.image_conditioning else ())
-
-  def example_condition(self, batch: int) -> dict:
-    cond = super().example_condition(batch)
+  def condition_spec(self) -> dict:
+    spec = super().condition_spec
     if self.image_conditioning:
       if len(self.cond_image_shape) != 3:
         raise ValueError(f"cond_image_shape={self.cond_image_shape}: image_conditioning needs "
                          "the (height, width, channels) of the conditioning image")
-      cond["cond_image"] = jnp.zeros((batch, *self.cond_image_shape))
-    return cond
+      spec["cond_image"] = cond_spec("cond_image", self.cond_image_shape)
+    return spec
+
+  def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return flop_counts.mmdit_flops(self, height, width, channels)
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)
@@ -334,6 +338,9 @@ class TextDiT(TextConditioned):
   from image tokens to text tokens in every block). Image tokens use 2D axial RoPE."""
   depth: int = 4
   text_conditioning: str = "pooled_adaln"
+
+  def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return flop_counts.text_dit_flops(self, height, width, channels)
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)

@@ -22,8 +22,9 @@ upsampling (transposed conv or nearest resize + conv); GroupNorm, SiLU and a fin
   scale_shift  h <- GroupNorm(h) (1 + scale) + shift, (scale, shift) = Linear(SiLU(e)) (ADM)
   cross_attn   the res blocks see nothing; attention blocks are spatial transformers whose
                pixels cross-attend to the condition tokens [t_emb, y_emb] (LDM/SD-style)
-With `text_dim > 0` the model also reads cond["text_tokens"] (B, S, text_dim), projects them
-to condition tokens and cross-attends to them (time and class still enter by `conditioning`):
+With `text_dim > 0` the model also reads cond["text"] (B, S, text_dim), precomputed features
+of a frozen text encoder (CLIP for SD), projects them to condition tokens and cross-attends
+to them (time and class still enter by `conditioning`):
 the Stable Diffusion arrangement is conditioning="add" with text cross-attention.
 
 Shapes: B batch, H/W image, C channels, E embedding width, S condition tokens, T = h*w pixels
@@ -36,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax.models import flop_counts
+from dit_jax.models.contract import cond_spec
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import affine_layer_norm
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -227,7 +230,9 @@ class UNet(nn.Module):
   embed_dim: int = 0                          # time/class embedding width; 0: 4 * base
   num_classes: int = 10                       # 0: unconditional
   class_dropout_prob: float = 0.1             # label -> null class in training (guidance)
-  text_dim: int = 0                           # > 0: cross-attend to cond["text_tokens"]
+  text_dim: int = 0                           # > 0: cross-attend to cond["text"]
+  text_length: int = 77                       # text tokens of example inputs and flop counts
+                                              # (CLIP's 77); any length runs
   learn_sigma: bool = False                   # output 2C channels
   time_scale: float = 1000.0                  # t in [0, 1] is embedded as t * time_scale
   attention_backend: str = "xla"
@@ -284,31 +289,44 @@ class UNet(nn.Module):
                        f"(len(channel_mult)={self.num_levels} levels): use an image size that "
                        f"is a multiple of {factor}, or fewer levels in channel_mult")
 
-  # The condition interface every backbone shares (training, sampling and guidance use it).
+  # The model contract (dit_jax.models.contract.Denoiser).
+  time_input = "unit"
+
+  @property
+  def condition_spec(self) -> dict:
+    spec = {"label": cond_spec("label")} if self.num_classes else {}
+    if self.text_dim:
+      spec["text"] = cond_spec("text", (self.text_length, self.text_dim))
+    return spec
+
   @property
   def condition_keys(self) -> tuple[str, ...]:
-    """Keys of `cond` (and of a data batch) this model reads."""
-    return (("label",) if self.num_classes else ()) + (("text_tokens",) if self.text_dim else ())
-
-  def example_condition(self, batch: int) -> dict | None:
-    """A placeholder `cond` of the right shapes, for init (one text token: any S works)."""
-    cond = {}
-    if self.num_classes:
-      cond["label"] = jnp.zeros((batch,), jnp.int32)
-    if self.text_dim:
-      cond["text_tokens"] = jnp.zeros((batch, 1, self.text_dim), jnp.float32)
-    return cond or None
+    return tuple(self.condition_spec)
 
   def null_condition(self, cond: dict | None) -> dict | None:
-    """The unconditional `cond` for guidance: null class, and all-zero text tokens."""
+    """The unconditional `cond` for guidance: null class, and all-zero text features."""
     if cond is None:
       return None
     out = dict(cond)
     if self.num_classes:
       out["label"] = jnp.full_like(cond["label"], self.num_classes)
     if self.text_dim:
-      out["text_tokens"] = jnp.zeros_like(cond["text_tokens"])
+      out["text"] = jnp.zeros_like(cond["text"])
     return out
+
+  def output_channels(self, channels: int) -> int:
+    return 2 * channels if self.learn_sigma else channels
+
+  def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return self.counts(height, width, channels)[0]
+
+  def param_counts(self, height: int, width: int, channels: int) -> dict[str, int]:
+    return self.counts(height, width, channels)[1]
+
+  def counts(self, height: int, width: int, channels: int) -> tuple[dict, dict]:
+    """(forward multiply-adds, parameters) per component (dit_jax.models.flop_counts)."""
+    return flop_counts.unet_counts(self, layout(self), height, width, channels,
+                                   self.text_length)
 
   def condition(self, t_B, cond, train):
     """The embedding e (B, E) for the res blocks (None with cross_attn) and the condition
@@ -326,11 +344,11 @@ class UNet(nn.Module):
                                 **kw)(cond["label"], train=train))
     tokens = [jnp.stack(embs, axis=1)] if self.conditioning == "cross_attn" else []
     if self.text_dim:
-      if cond is None or "text_tokens" not in cond:
-        raise ValueError(f"text_dim={self.text_dim}: pass cond['text_tokens'] of shape "
-                         f"(B, S, {self.text_dim}), or set text_dim=0")
+      if cond is None or "text" not in cond:
+        raise ValueError(f"text_dim={self.text_dim}: pass cond['text'] (precomputed text "
+                         f"embeddings) of shape (B, S, {self.text_dim}), or set text_dim=0")
       tokens.append(dense(E, (axes.EMBED, axes.MLP), nn.initializers.lecun_normal(),
-                          name="text_proj", **kw)(cond["text_tokens"].astype(self.dtype)))
+                          name="text_proj", **kw)(cond["text"].astype(self.dtype)))
     emb_BE = None if self.conditioning == "cross_attn" else sum(embs)
     return emb_BE, (jnp.concatenate(tokens, axis=1) if tokens else None)
 
@@ -356,7 +374,7 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False,
                zero_skips: bool = False):
-    """x (B, H, W, C), t (B,) or scalar in [0, 1], cond {'label': (B,) int, 'text_tokens':
+    """x (B, H, W, C), t (B,) or scalar in [0, 1], cond {'label': (B,) int, 'text':
     (B, S, text_dim) when text_dim > 0} -> (B, H, W, C'), C' = 2C with learn_sigma.
     `zero_skips` replaces every skip feature by zeros (to show what they carry)."""
     B, H, W, C = x_BHWC.shape

@@ -18,6 +18,7 @@ import pytest
 from dit_jax.convert import dit as convert
 from dit_jax.convert.io import save_tensors
 from dit_jax.flow.paths import ddpm_step_to_t
+from dit_jax.models import model_fn
 from dit_jax.models.dit import PRESETS, DiT, preset
 
 C = 4
@@ -155,7 +156,7 @@ def test_converted_model_matches_reference(tmp_path, patch, learn_sigma, input_s
   params, info = converted(state, tmp_path, suffix, scan_layers=scan)
   assert info["learn_sigma"] == learn_sigma and info["patch_size"] == patch
   model = convert.make_model(info, scan_layers=scan)
-  fn = jax.jit(convert.converted_model_fn(model, params))
+  fn = jax.jit(model_fn(model, params))  # the model maps our t to the step (time_input)
   rng = np.random.default_rng(1)
   n = np.array([0, 999, 437, 12])
   y = np.array([0, 5, 3, 1])  # 5 = the null class

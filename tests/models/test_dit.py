@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from dit_jax import flops
+from dit_jax.models import example_inputs
 from dit_jax.models.dit import CONDITIONINGS, POSENCS, PRESETS, REMAT_POLICIES, DiTBlock, dit
 from dit_jax.nn.posenc import grid_ids
 
@@ -41,7 +42,7 @@ def perturbed(variables, scale=0.05, seed=1):
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_shapes_and_params(name):
   model = dit(name)
-  x, t, cond = flops.abstract_inputs(model, 32, 32, 4, batch=2)
+  x, t, cond = example_inputs(model, (32, 32, 4), 2)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   out = jax.eval_shape(model.apply, variables, x, t, cond)
   assert out.shape == (2, 32, 32, 8) and out.dtype == jnp.float32
@@ -51,7 +52,7 @@ def test_every_preset_shapes_and_params(name):
 
 def test_xl2_scanned_stacks_layers_with_partition_name():
   model = dit("DiT-XL/2", scan_layers=True)
-  x, t, cond = flops.abstract_inputs(model, 32, 32, 4)
+  x, t, cond = example_inputs(model, (32, 32, 4))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   qkv = variables["params"]["blocks"]["attn"]["qkv"]["kernel"]
   assert qkv.value.shape == (28, 1152, 3, 16, 72)
@@ -239,7 +240,7 @@ def test_missing_label_and_bad_name():
 @pytest.mark.parametrize("conditioning", CONDITIONINGS)
 def test_every_parameter_has_logical_axis_names(conditioning):
   model = dit("DiT-S/2", conditioning=conditioning, scan_layers=True)
-  x, t, cond = flops.abstract_inputs(model, 32, 32, 4)
+  x, t, cond = example_inputs(model, (32, 32, 4))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   specs = nn.get_partition_spec(variables)
   shapes = jax.tree.leaves(nn.unbox(variables))

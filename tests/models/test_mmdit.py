@@ -7,14 +7,16 @@ import numpy as np
 import optax
 import pytest
 
-from dit_jax import flow, text
+from dit_jax import flow
 from dit_jax.data import shapes
-from dit_jax.models import create_model, model_fn
+from dit_jax.data.tokenizers import make_tokenizer
+from dit_jax.models import contract, create_model, example_condition, model_fn
+from dit_jax.models.text_encoder import text_positions
 from dit_jax.models.mmdit import PRESET_INPUT, PUBLISHED_PARAMS, MMDiT, TextDiT, mmdit
 from dit_jax.models.mmdit_blocks import DoubleStreamBlock, joint_attention
 
 RES, S = 24, 24
-TOK = text.make_tokenizer("words:shapes")
+TOK = make_tokenizer("words:shapes")
 SMALL = dict(patch_size=8, hidden_size=32, num_heads=2, vocab_size=TOK.vocab_size,
              text_length=S, text_width=16, text_depth=1, text_heads=2)
 VARIANTS = {
@@ -141,7 +143,7 @@ def test_permuting_text_with_its_position_ids_leaves_image_unchanged(source):
     cond = {"text": jnp.asarray(rng.normal(size=(2, S, 8)), jnp.float32),
             "text_mask": jnp.asarray(np.arange(S) < [[9], [S]]),
             "pooled": jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)}
-  cond["text_ids"] = text.text_positions(cond["text_mask"])
+  cond["text_ids"] = text_positions(cond["text_mask"])
   variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(2), cond))
   variables = perturbed(variables)
   perm = rng.permutation(S)
@@ -159,8 +161,8 @@ def test_null_condition_is_the_empty_caption_and_cond_none_means_it(trained):
   x, cond = shapes_batch()
   null = model.null_condition(cond)
   np.testing.assert_array_equal(null["text_mask"].sum(1), [1, 1, 1, 1])
-  np.testing.assert_array_equal(null["text_tokens"][:, 0], text.BOS)
-  np.testing.assert_array_equal(null["text_tokens"][:, 1:], text.PAD)
+  np.testing.assert_array_equal(null["text_tokens"][:, 0], contract.BOS)
+  np.testing.assert_array_equal(null["text_tokens"][:, 1:], contract.PAD)
   jitted = jax.jit(lambda c: model.apply({"params": params}, x, jnp.full((4,), 0.5), c))
   apply = lambda c: np.asarray(jitted(c))
   np.testing.assert_allclose(apply(None), apply(null), atol=1e-6)
@@ -182,7 +184,7 @@ def abstract_params_and_output(model, input_shape):
   x = jnp.zeros((1, h, w, c))
 
   def fn(rng):
-    cond = model.example_condition(1)
+    cond = example_condition(model, 1)
     variables = model.init(rng, x, jnp.zeros(1), cond)
     return variables, model.apply(variables, x, jnp.zeros(1), cond)
 
@@ -217,8 +219,8 @@ def test_create_model_by_name_and_kontext_shapes():
                     **dict(SMALL, hidden_size=128, patch_size=4)),
 ])
 def test_analytic_flops_match_xla_cost_analysis(make):
-  from dit_jax import flops
-  row = flops.text_model_report(make(), "m", 32, 32, 3, with_xla=True)
+  from dit_jax.reports import flops_row
+  row = flops_row(make(), "m", 32, 32, 3, with_xla=True)
   # XLA also counts elementwise work (norms, softmax, RoPE): a few percent at this width.
   assert 1.0 <= row["xla_gflops"] / row["gflops"] < 1.1, row
 

@@ -9,7 +9,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from dit_jax import flops
 from dit_jax.config import load_config
-from dit_jax.models import create_model
+from dit_jax.models import create_model, example_inputs
 from dit_jax.models.unet import CONDITIONINGS, PRESET_INPUTS, PRESETS, UNet, layout, unet
 
 B, SIDE, CLASSES = 2, 8, 4
@@ -27,7 +27,7 @@ def inputs(model, side=SIDE, seed=0):
   t = jnp.asarray([0.2, 0.7], jnp.float32)
   cond = {"label": jnp.array([1, 3])}
   if model.text_dim:
-    cond["text_tokens"] = jnp.asarray(rng.normal(size=(B, 3, model.text_dim)), jnp.float32)
+    cond["text"] = jnp.asarray(rng.normal(size=(B, 3, model.text_dim)), jnp.float32)
   return x, t, cond
 
 
@@ -61,12 +61,12 @@ def apply(model, variables, x, t, cond, **kw):
 def test_every_preset_keeps_the_input_shape_and_counts_its_params(name):
   model = unet(name)
   H, W, C = PRESET_INPUTS[name]
-  x, t, cond = flops.unet_abstract_inputs(model, H, W, C, batch=2)
+  x, t, cond = example_inputs(model, (H, W, C), 2)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   out = jax.eval_shape(model.apply, variables, x, t, cond)
   assert out.shape == (2, H, W, 2 * C if model.learn_sigma else C)
   params = sum(leaf.size for leaf in jax.tree.leaves(variables))
-  assert params == sum(flops.unet_counts(model, H, W, C)[1].values())
+  assert params == sum(model.counts(H, W, C)[1].values())
   # Every parameter carries logical axis names (the sharding rules read them).
   boxed = jax.tree.leaves(variables, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
   assert all(isinstance(v, nn.LogicallyPartitioned) for v in boxed)
@@ -78,9 +78,9 @@ def test_every_preset_keeps_the_input_shape_and_counts_its_params(name):
 def test_analytic_params_equal_the_module(conditioning, downsample, upsample, text_dim):
   model = tiny(conditioning=conditioning, downsample=downsample, upsample=upsample,
                channel_mult=(1, 2, 2), text_dim=text_dim, num_res_blocks=2)
-  x, t, cond = flops.unet_abstract_inputs(model, 16, 16, 3)
+  x, t, cond = example_inputs(model, (16, 16, 3))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
-  assert sum(flops.unet_counts(model, 16, 16, 3)[1].values()) == sum(
+  assert sum(model.counts(16, 16, 3)[1].values()) == sum(
       leaf.size for leaf in jax.tree.leaves(variables))
 
 
@@ -94,7 +94,7 @@ def test_flops_closed_form_by_hand():
   res = hw * 9 * (c * c + c * c) + E * c
   dec = hw * 9 * (2 * c * c + c * c) + E * c + hw * 2 * c * c
   expected = 256 * E + E * E + hw * 9 * 1 * c + 3 * res + 2 * dec + hw * c * 1
-  assert sum(flops.unet_counts(model, 6, 6, 1)[0].values()) == expected
+  assert sum(model.counts(6, 6, 1)[0].values()) == expected
 
 
 @pytest.mark.parametrize("conditioning,downsample,upsample", [
@@ -104,8 +104,8 @@ def test_xla_cost_analysis_agrees(conditioning, downsample, upsample):
   at borders) and adds elementwise work (norms, SiLU): at 64x64 the latter wins slightly."""
   model = unet("UNet-small", conditioning=conditioning, downsample=downsample,
                upsample=upsample)
-  analytic = sum(flops.unet_counts(model, 64, 64, 1)[0].values())
-  assert 1.0 < flops.unet_xla_flops(model, 64, 64, 1) / 2 / analytic < 1.05
+  analytic = sum(model.counts(64, 64, 1)[0].values())
+  assert 1.0 < flops.xla_flops(model, 64, 64, 1) / 2 / analytic < 1.05
 
 
 def test_output_is_zero_at_init_and_skips_balance():
@@ -147,20 +147,20 @@ def test_each_injection_makes_the_output_depend_on_time_and_class(conditioning, 
   assert max(changes(zero_params(variables, [path]))) < 1e-6
 
 
-def test_text_tokens_are_cross_attended_and_nulled():
+def test_text_features_are_cross_attended_and_nulled():
   model = tiny(conditioning="add", text_dim=6)
-  assert model.condition_keys == ("label", "text_tokens")
+  assert model.condition_keys == ("label", "text")
   variables = random_variables(model)
   x, t, cond = inputs(model)
   out = apply(model, variables, x, t, cond)
   null = model.null_condition(cond)
-  assert np.all(np.asarray(null["text_tokens"]) == 0) and np.all(null["label"] == CLASSES)
-  nulled = apply(model, variables, x, t, dict(cond, text_tokens=null["text_tokens"]))
+  assert np.all(np.asarray(null["text"]) == 0) and np.all(null["label"] == CLASSES)
+  nulled = apply(model, variables, x, t, dict(cond, text=null["text"]))
   assert np.abs(nulled - out).max() > 1e-4 * np.abs(out).max()  # float32 noise: ~1e-7
   cut = zero_params(variables, ["text_proj"])
-  null_text = dict(cond, text_tokens=null["text_tokens"])
+  null_text = dict(cond, text=null["text"])
   np.testing.assert_array_equal(apply(model, cut, x, t, cond), apply(model, cut, x, t, null_text))
-  with pytest.raises(ValueError, match="text_tokens"):
+  with pytest.raises(ValueError, match="precomputed text"):
     model.apply(variables, x, t, {"label": cond["label"]})
 
 
@@ -234,6 +234,6 @@ def test_cli_flops_reports_the_unet_config(capsys):
         "--config.model.channel_mult=(1, 2)"])
   (row,) = json.loads(capsys.readouterr().out)
   model = unet("UNet-small", conditioning="add")
-  counts, params = flops.unet_counts(model, 8, 8, 1)
+  counts, params = model.counts(8, 8, 1)
   assert row["model"] == "UNet-small" and row["params"] == sum(params.values())
   assert row["gflops"] == pytest.approx(sum(counts.values()) / 1e9)
