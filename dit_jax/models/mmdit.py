@@ -332,7 +332,6 @@ class MMDiT(TextConditioned):
       img_BTD = x_BLD[:, S:]
     return self.final(img_BTD[:, :T], vec_BD, C, H, W)
 
-
   def double_blocks(self, blk: dict):
     """The double-stream stack; without single blocks and with reduce_last_text, the last
     block (text stream keys/values only: other parameters) runs after the stack."""
