@@ -124,7 +124,7 @@ def test_mid_block_attention_memory_is_bounded_at_16384_tokens():
                     .temp_size_in_bytes)
   scores = (128 * 128) ** 2 * 4
   assert temp(block) < scores / 8
-  assert temp(block.replace(attention_backend="xla")) >= scores
+  assert temp(block.clone(attention_backend="xla")) >= scores
 
 
 def test_mid_block_attention_backends_agree():
@@ -132,6 +132,6 @@ def test_mid_block_attention_backends_agree():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 24, 24, 8))
   variables = block.init(jax.random.PRNGKey(1), x)
   ref = block.apply(variables, x)
-  out = block.replace(attention_backend="chunked").apply(variables, x)  # 576 tokens: 2 chunks
+  out = block.clone(attention_backend="chunked").apply(variables, x)  # 576 tokens: 2 chunks
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   assert float(jnp.abs(ref - x).max()) > 1e-3  # the attention path is not a no-op
