@@ -18,6 +18,9 @@ def get_config(arg: str = "sincos"):
     raise ValueError(f"configs/posenc.py:{arg!r}: the argument must be one of {POSENCS}")
   config = load_config(str(Path(__file__).with_name("quickstart.py")))
   config.model.update(posenc=arg)
+  if arg.startswith("rope"):  # the split the recorded study used: half the head to rows, half
+    head = config.model.hidden_size // config.model.num_heads  # to columns, none to the index
+    config.model.update(rope_axes_dims=(0, head // 2, head // 2))
   if arg == "rope_scaled":
     config.model.update(rope_reference_size=TRAIN_GRID, rope_scaling="canonical")
   config.train.update(steps=1000, sample_every=1000)

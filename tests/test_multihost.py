@@ -62,9 +62,10 @@ def test_two_processes_equal_one_process(two_process_run):
   optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)
   plan = parallel.ShardingPlan.create(MESH)
-  _, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan)
+  ema = train.engine.ema_of(config.train)
+  _, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan, ema)
   state = train.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed), (8, 8, 1),
-                                 plan, train.engine.ema_of(config.train))
+                                 plan, ema)
   step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   halves = [data.make_iterator(config.data, process_index=i, process_count=2) for i in (0, 1)]
   for _ in range(config.train.steps):

@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
@@ -26,6 +25,7 @@ from dit_jax.nn.embed import (LabelEmbedder, TimestepEmbedder, dense, patchify, 
                               xavier_uniform)
 from dit_jax.nn.mlp import Mlp
 from dit_jax.nn.posenc import add_sincos_2d, canonical_ids, grid_ids, interpolate_ids
+from dit_jax.nn.stack import REMAT_POLICIES, check_remat_policy, layer_stack  # noqa: F401
 
 Dtype = Any
 
@@ -44,14 +44,6 @@ CONDITIONINGS = ("adaln_zero", "adaln", "cross_attn", "in_context")
 POSENCS = ("sincos", "rope_axial", "rope_mixed", "rope_scaled", "none")
 ROPE_OF_POSENC = {"rope_axial": "axial", "rope_scaled": "axial", "rope_mixed": "mixed"}
 ROPE_SCALINGS = ("canonical", "interpolate")
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
-}
-
-
 def preset(name: str) -> dict:
   """'DiT-XL/2' (or 'XL/2') -> dict(depth, hidden_size, num_heads, patch_size)."""
   match = re.fullmatch(r"(?:DiT-)?(S|B|L|XL)/(\d+)", name)
@@ -115,13 +107,6 @@ class DiTBlock(nn.Module):
     return x_BTD + checkpoint_name(mlp(norm("norm2", x_BTD)), "mlp_out")
 
 
-class _ScanBlock(DiTBlock):
-  """DiTBlock with the (carry, output) signature that nn.scan expects."""
-
-  def __call__(self, x_BTD, c_BD, cond_BSD, positions_BT3=None, rotate_mask_BT=None):
-    return super().__call__(x_BTD, c_BD, cond_BSD, positions_BT3, rotate_mask_BT), None
-
-
 class FinalLayer(nn.Module):
   """(adaptive) LayerNorm then a zero-initialised linear to p*p*out_channels per token."""
   patch_size: int
@@ -158,7 +143,7 @@ class DiT(nn.Module):
   conditioning: str = "adaln_zero"  # one of CONDITIONINGS
   posenc: str = "sincos"           # one of POSENCS
   rope_base: float = 10_000.0      # RoPE frequencies base^(-2i/d) (NTK: posenc.ntk_base)
-  rope_axes_dims: tuple[int, ...] = ()  # features per (index, row, col); () = (0, H/2, H/2)
+  rope_axes_dims: tuple[int, ...] = ()  # features per (index, row, col); () = default
   rope_reference_size: int = 0     # rope_scaled: token grid side that positions map onto
   rope_scaling: str = "canonical"  # rope_scaled: "canonical" (centres) or "interpolate"
   attention_backend: str = "xla"   # one of attention.BACKENDS
@@ -168,7 +153,7 @@ class DiT(nn.Module):
   dtype: Dtype = jnp.float32       # compute dtype (bfloat16 on accelerators)
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = False        # one compiled block scanned over depth
-  remat_policy: str = "none"       # one of REMAT_POLICIES
+  remat_policy: str = "none"       # one of nn.stack.REMAT_POLICIES
 
   def check_config(self, height: int | None = None, width: int | None = None):
     """Raises ValueError naming the field and the fix for an inconsistent configuration."""
@@ -191,9 +176,7 @@ class DiT(nn.Module):
       raise ValueError(f"attention_backend={self.attention_backend!r} is not one of {BACKENDS}")
     if self.time_input not in TIME_INPUTS:
       raise ValueError(f"time_input={self.time_input!r} is not one of {TIME_INPUTS}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r} is not one of "
-                       f"{tuple(REMAT_POLICIES)}")
+    check_remat_policy(self.remat_policy)
     if height is not None and (height % self.patch_size or width % self.patch_size):
       raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
                        f" use an image size that is a multiple of {self.patch_size} or another "
@@ -256,21 +239,9 @@ class DiT(nn.Module):
                     conditioning=self.conditioning, attention_backend=self.attention_backend,
                     rope=ROPE_OF_POSENC.get(self.posenc), rope_axes_dims=self.rope_axes_dims,
                     rope_base=self.rope_base, dtype=self.dtype, param_dtype=self.param_dtype)
-    policy = REMAT_POLICIES[self.remat_policy]
-    block = _ScanBlock if self.scan_layers else DiTBlock
-    if self.remat_policy != "none":
-      block = nn.remat(block, policy=policy, prevent_cse=not self.scan_layers)
-    if not self.scan_layers:
-      for i in range(self.depth):
-        x_BTD = block(name=f"blocks_{i}", **block_kw)(x_BTD, c_BD, cond_BSD, positions_BT3,
-                                                      rotate_mask_BT)
-      return x_BTD
-    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(nn.broadcast,) * 4, length=self.depth,
-                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
-    x_BTD, _ = stack(name="blocks", **block_kw)(x_BTD, c_BD, cond_BSD, positions_BT3,
-                                                rotate_mask_BT)
-    return x_BTD
+    run = layer_stack(DiTBlock, block_kw, self.depth, scan=self.scan_layers,
+                      remat_policy=self.remat_policy, name="blocks")
+    return run(x_BTD, c_BD, cond_BSD, positions_BT3, rotate_mask_BT)
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False):

@@ -38,11 +38,12 @@ from dit_jax.models import text_encoder as text_lib
 from dit_jax.models.contract import cond_spec, example_condition
 from dit_jax.models.dit import DiTBlock, FinalLayer
 from dit_jax.models.mmdit_blocks import (CrossAttnBlock, DoubleStreamBlock, ParallelSingleBlock,
-                                         SingleStreamBlock, check_heads, default_rope_dims)
+                                         SingleStreamBlock, check_heads)
 from dit_jax.nn import axes
-from dit_jax.nn.attention import BACKENDS
+from dit_jax.nn.attention import BACKENDS, rope_axes_dims_for
 from dit_jax.nn.embed import TimestepEmbedder, dense, patchify, unpatchify, xavier_uniform
 from dit_jax.nn.posenc import grid_ids, msrope_ids, sincos_1d
+from dit_jax.nn.stack import check_remat_policy, layer_stack
 
 Dtype = Any
 TEXT_SOURCES = ("tokens", "embeddings")
@@ -98,12 +99,15 @@ class TextConditioned(nn.Module):
   image_posenc: str = "rope"       # one of IMAGE_POSENCS
   text_posenc: str = "1d"          # rope: text ids (j,0,0) '1d', 0 'zeros' (FLUX), 'msrope'
   pos_embed_max_size: int = 0      # sincos: centre crop of this grid (SD3: 192); 0: grid itself
-  rope_axes_dims: tuple[int, ...] = ()  # (index, row, col) features; () = default_rope_dims
+  rope_axes_dims: tuple[int, ...] = ()  # (index, row, col) features; () = the default,
+                                        # nn.attention.default_rope_axes_dims
   rope_base: float = 10_000.0
   time_scale: float = 1000.0
   attention_backend: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = False        # one compiled block per stack, scanned over its depth
+  remat_policy: str = "none"       # one of nn.stack.REMAT_POLICIES
 
   # --- configuration checks -------------------------------------------------------------
   def check_config(self, height: int | None = None, width: int | None = None):
@@ -118,13 +122,17 @@ class TextConditioned(nn.Module):
       raise ValueError(f"vocab_size={self.vocab_size}: text_source='tokens' needs the "
                        "tokenizer's vocabulary size (text.make_tokenizer(name).vocab_size)")
     if self.image_posenc == "rope":
-      dims = self.rope_axes_dims or default_rope_dims(self.hidden_size // self.num_heads)
-      if sum(dims) != self.hidden_size // self.num_heads or any(d % 2 for d in dims):
-        raise ValueError(f"rope_axes_dims={tuple(dims)} must be even and sum to the head width "
-                         f"{self.hidden_size // self.num_heads}")
+      rope_axes_dims_for(self.hidden_size // self.num_heads, self.rope_axes_dims)
+    check_remat_policy(self.remat_policy)
     if height is not None and (height % self.patch_size or width % self.patch_size):
       raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
                        f" use a multiple of {self.patch_size} or another patch size")
+
+  def stack(self, block_cls, block_kwargs, depth, name, scan=None, start=0):
+    """layer_stack with this model's scan_layers and remat_policy."""
+    return layer_stack(block_cls, block_kwargs, depth, name=name, start=start,
+                       scan=self.scan_layers if scan is None else scan,
+                       remat_policy=self.remat_policy)
 
   # --- the model contract (dit_jax.models.contract.Denoiser) -----------------------------
   time_input = "unit"
@@ -316,20 +324,27 @@ class MMDiT(TextConditioned):
     mask_BL = jnp.concatenate([text_mask_BS, jnp.ones(img_BTD.shape[:2], bool)], 1)
 
     blk = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qk_norm=self.qk_norm,
-               rope_dims=tuple(self.rope_axes_dims), rope_base=self.rope_base,
+               rope_axes_dims=tuple(self.rope_axes_dims), rope_base=self.rope_base,
                attention_backend=self.attention_backend, dtype=self.dtype,
                param_dtype=self.param_dtype)
-    for i in range(self.depth_double):
-      pre_only = self.reduce_last_text and not self.depth_single and i == self.depth_double - 1
-      img_BTD, txt_BSD = DoubleStreamBlock(text_pre_only=pre_only, name=f"double_{i}", **blk)(
-          img_BTD, txt_BSD, vec_BD, ids_BL3, mask_BL)
+    args = (vec_BD, ids_BL3, mask_BL)
+    img_BTD, txt_BSD = self.double_blocks(blk)((img_BTD, txt_BSD), *args)
     if self.depth_single:
-      x_BLD = jnp.concatenate([txt_BSD, img_BTD], 1)
       single = ParallelSingleBlock if self.single_block == "parallel" else SingleStreamBlock
-      for i in range(self.depth_single):
-        x_BLD = single(name=f"single_{i}", **blk)(x_BLD, vec_BD, ids_BL3, mask_BL)
+      x_BLD = self.stack(single, blk, self.depth_single, "single")(
+          jnp.concatenate([txt_BSD, img_BTD], 1), *args)
       img_BTD = x_BLD[:, S:]
     return self.final(img_BTD[:, :T], vec_BD, C, H, W)
+
+  def double_blocks(self, blk: dict):
+    """The double-stream stack; without single blocks and with reduce_last_text, the last
+    block (text stream keys/values only: other parameters) runs after the stack."""
+    pre_only = self.reduce_last_text and not self.depth_single and self.depth_double > 0
+    n = self.depth_double - pre_only
+    stack = self.stack(DoubleStreamBlock, blk, n, "double")
+    last = self.stack(DoubleStreamBlock, dict(blk, text_pre_only=True), int(pre_only), "double",
+                      scan=False, start=n)
+    return lambda carry, *args: last(stack(carry, *args), *args)
 
 
 class TextDiT(TextConditioned):
@@ -365,18 +380,17 @@ class TextDiT(TextConditioned):
       txt_BSD, mask_BS, pooled = self.encode_text(cond, train)
     vec_BD = self.vector(t_B, pooled, cond)
     ids_BT3 = self.image_ids(B, h, w)
-    dims = tuple(self.rope_axes_dims) or default_rope_dims(self.hidden_size // self.num_heads)
-    kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-              attention_backend=self.attention_backend, dtype=self.dtype,
-              param_dtype=self.param_dtype)
-    for i in range(self.depth):
-      if txt_BSD is None:
-        x_BTD = DiTBlock(conditioning="adaln_zero", rope="axial", rope_axes_dims=dims,
-                         rope_base=self.rope_base, name=f"blocks_{i}", **kw)(
-                             x_BTD, vec_BD, None, ids_BT3)
-      else:
-        x_BTD = CrossAttnBlock(rope_dims=dims, rope_base=self.rope_base, name=f"blocks_{i}",
-                               **kw)(x_BTD, txt_BSD, vec_BD, ids_BT3, mask_BS)
+    dims = rope_axes_dims_for(self.hidden_size // self.num_heads, self.rope_axes_dims)
+    kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, rope_axes_dims=dims,
+              rope_base=self.rope_base, attention_backend=self.attention_backend,
+              dtype=self.dtype, param_dtype=self.param_dtype)
+    if txt_BSD is None:
+      run = self.stack(DiTBlock, dict(kw, conditioning="adaln_zero", rope="axial"), self.depth,
+                       "blocks")
+      x_BTD = run(x_BTD, vec_BD, None, ids_BT3)
+    else:
+      x_BTD = self.stack(CrossAttnBlock, kw, self.depth, "blocks")(x_BTD, txt_BSD, vec_BD,
+                                                                    ids_BT3, mask_BS)
     return self.final(x_BTD, vec_BD, C, H, W)
 
   def pooled_text(self, cond, train):

@@ -21,75 +21,18 @@ from jax.ad_checkpoint import checkpoint_name
 
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
-from dit_jax.nn.attention import Attention, attention
+from dit_jax.nn.attention import QKV, Attention, axial_angles, joint_attention, out_projection
 from dit_jax.nn.embed import dense, xavier_uniform
 from dit_jax.nn.mlp import Mlp
-from dit_jax.nn.norms import RMSNorm
-from dit_jax.nn.posenc import apply_rope, axial_rope_angles
 
 Dtype = Any
-
-
-def default_rope_dims(head_dim: int) -> tuple[int, int, int]:
-  """(index, row, col) features of axial RoPE: 7/16 of the head to each of row and col (even),
-  the rest to the index axis; (16, 56, 56) for FLUX's 128-wide heads."""
-  rc = (head_dim * 7 // 16) // 2 * 2
-  return (head_dim - 2 * rc, rc, rc)
-
-
-def rope_qk(q_BLNH, k_BLNH, ids_BL3, axes_dims, base):
-  """Rotates q and k by axial RoPE of the ids; ids None: no rotation."""
-  if ids_BL3 is None:
-    return q_BLNH, k_BLNH
-  angles = axial_rope_angles(ids_BL3, tuple(axes_dims), base)[:, :, None, :]  # (B, L, 1, H/2)
-  return apply_rope(q_BLNH, angles), apply_rope(k_BLNH, angles)
-
-
-def joint_attention(qkvs, ids_BL3, mask_BL, *, rope_dims=(), rope_base=10_000.0,
-                    backend="xla"):
-  """One attention over the concatenation of several streams' (q, k, v), each (B, L_i, N, H),
-  in the given order; returns the per-stream outputs (B, L_i, N, H). Equal to attention over
-  the concatenated sequence: every query sees every valid key of every stream."""
-  lengths = [q.shape[1] for q, _, _ in qkvs]
-  q, k, v = (jnp.concatenate([s[i] for s in qkvs], axis=1) for i in range(3))
-  q, k = rope_qk(q, k, ids_BL3, rope_dims or default_rope_dims(q.shape[-1]), rope_base)
-  out_BLNH = attention(q, k, v, mask_BL, backend)
-  splits = [sum(lengths[:i + 1]) for i in range(len(lengths) - 1)]
-  return jnp.split(out_BLNH, splits, axis=1)
-
-
-class QKV(nn.Module):
-  """x (B, L, D) -> q, k, v (B, L, N, H) from one fused kernel (D, 3, N, H); optional per-head
-  RMSNorm of q and k (SD3.5 / FLUX)."""
-  num_heads: int
-  qk_norm: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BLD):
-    D = x_BLD.shape[-1]
-    N, H = self.num_heads, D // self.num_heads
-    qkv = dense((3, N, H), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV), xavier_uniform(),
-                name="qkv", dtype=self.dtype, param_dtype=self.param_dtype)(x_BLD)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if self.qk_norm:
-      q = RMSNorm(param_dtype=self.param_dtype, name="q_norm")(q)
-      k = RMSNorm(param_dtype=self.param_dtype, name="k_norm")(k)
-    return q, k, v
-
-
-def out_proj(name, features, kw, use_bias=True):
-  """(B, L, N, H) -> (B, L, D) attention output projection."""
-  return dense(features, (axes.HEADS, axes.KV, axes.EMBED), xavier_uniform(), axis=(-2, -1),
-               use_bias=use_bias, name=name, **kw)
 
 
 class BlockBase(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   qk_norm: bool = False
-  rope_dims: tuple[int, ...] = ()
+  rope_axes_dims: tuple[int, ...] = ()  # (): nn.attention.default_rope_axes_dims
   rope_base: float = 10_000.0
   attention_backend: str = "xla"
   dtype: Dtype = jnp.float32
@@ -100,8 +43,14 @@ class BlockBase(nn.Module):
     return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
   def attend(self, qkvs, ids_BL3, mask_BL):
-    return joint_attention(qkvs, ids_BL3, mask_BL, rope_dims=self.rope_dims,
-                           rope_base=self.rope_base, backend=self.attention_backend)
+    """Joint attention of the streams, RoPE from the ids (None: no rotation)."""
+    angles = None
+    if ids_BL3 is not None:
+      angles = axial_angles(ids_BL3, qkvs[0][0].shape[-1], self.rope_axes_dims, self.rope_base)
+    return joint_attention(qkvs, mask_BL, angles=angles, backend=self.attention_backend)
+
+  def out_proj(self, name, features):
+    return out_projection(features, name, **self.kw)
 
 
 class DoubleStreamBlock(BlockBase):
@@ -128,7 +77,7 @@ class DoubleStreamBlock(BlockBase):
 
   def _residuals(self, x_BLD, a_BLNH, mod, prefix):
     _, _, gate1, shift2, scale2, gate2 = mod
-    a = checkpoint_name(out_proj(f"{prefix}_out", x_BLD.shape[-1], self.kw)(a_BLNH), "attn_out")
+    a = checkpoint_name(self.out_proj(f"{prefix}_out", x_BLD.shape[-1])(a_BLNH), "attn_out")
     x_BLD = gated_residual(x_BLD, gate1, a)
     m = Mlp(self.mlp_ratio, name=f"{prefix}_mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
     return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
@@ -145,7 +94,7 @@ class SingleStreamBlock(BlockBase):
     qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
         modulate(x_BLD, shift1, scale1))
     (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
-    x_BLD = gated_residual(x_BLD, gate1, out_proj("attn_out", D, self.kw)(a_BLNH))
+    x_BLD = gated_residual(x_BLD, gate1, self.out_proj("attn_out", D)(a_BLNH))
     m = Mlp(self.mlp_ratio, name="mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
     return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
 
@@ -166,7 +115,7 @@ class ParallelSingleBlock(BlockBase):
     u_BLF = nn.gelu(nn.with_logical_constraint(u_BLF, (axes.BATCH, axes.LENGTH, axes.MLP)),
                     approximate=True)
     (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
-    out = out_proj("attn_out", D, self.kw)(a_BLNH)
+    out = self.out_proj("attn_out", D)(a_BLNH)
     out = out + dense(D, (axes.MLP, axes.EMBED), xavier_uniform(), use_bias=False,
                       name="mlp_out", **self.kw)(u_BLF)
     return gated_residual(x_BLD, gate, out)
@@ -184,7 +133,7 @@ class CrossAttnBlock(BlockBase):
     qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
         modulate(x_BTD, shift1, scale1))
     (a_BTNH,) = self.attend([qkv], ids_BT3, None)
-    x_BTD = gated_residual(x_BTD, gate1, out_proj("attn_out", D, self.kw)(a_BTNH))
+    x_BTD = gated_residual(x_BTD, gate1, self.out_proj("attn_out", D)(a_BTNH))
     h = affine_layer_norm("norm_cross", self.param_dtype)(x_BTD).astype(self.dtype)
     cross = Attention(self.num_heads, self.attention_backend, name="cross_attn", **self.kw)
     x_BTD = x_BTD + cross(h, txt_BSD, text_mask_BS)

@@ -42,6 +42,7 @@ from dit_jax.models.contract import cond_spec
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import affine_layer_norm
 from dit_jax.nn.attention import BACKENDS, Attention
+from dit_jax.nn.conv import conv, group_norm
 from dit_jax.nn.embed import LabelEmbedder, TimestepEmbedder, dense
 from dit_jax.nn.mlp import Mlp
 
@@ -50,7 +51,7 @@ Dtype = Any
 CONDITIONINGS = ("add", "scale_shift", "cross_attn")
 DOWNSAMPLES = ("conv", "max", "avg")
 UPSAMPLES = ("transpose", "resize")
-GN_EPS = 1e-5
+GN_EPS = 1e-5  # GroupNorm epsilon (flax / PyTorch default)
 
 PRESETS = {
     # The bundled 8x8 digits (1 channel): two levels, 8x8 and 4x4 (see configs/unet.py).
@@ -131,26 +132,7 @@ def layout(model: "UNet") -> list[Step]:
   return steps
 
 
-def conv(features: int, kernel: int, names, *, name, dtype, param_dtype, stride: int = 1,
-         kernel_init=None) -> nn.Conv:
-  """A 'same'-padded square conv whose kernel (k, k, in, out) and bias carry logical names
-  (kernel_init None: lecun normal, flax's default)."""
-  kernel_init = kernel_init or nn.initializers.lecun_normal()
-  return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype,
-                 param_dtype=param_dtype, name=name,
-                 kernel_init=nn.with_logical_partitioning(kernel_init, names),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
-
-
 WIDE = (None, None, axes.EMBED, axes.MLP)  # conv kernels between wide feature maps
-
-
-def group_norm(num_groups: int, name: str, param_dtype=jnp.float32) -> nn.GroupNorm:
-  """GroupNorm in float32 (statistics per example and group of channels); small, unsharded."""
-  return nn.GroupNorm(num_groups=num_groups, epsilon=GN_EPS, dtype=jnp.float32,
-                      param_dtype=param_dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (None,)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
 
 
 class ResBlock(nn.Module):
@@ -167,13 +149,14 @@ class ResBlock(nn.Module):
   def __call__(self, x_BHWC, emb_BE):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     C = self.out_channels
-    h = nn.silu(group_norm(self.num_groups, "norm1", self.param_dtype)(x_BHWC)).astype(self.dtype)
+    norm = lambda name, y: group_norm(self.num_groups, GN_EPS, name, self.param_dtype)(y)
+    h = nn.silu(norm("norm1", x_BHWC)).astype(self.dtype)
     h = conv(C, 3, WIDE, name="conv1", **kw)(h)
     e_BE = None if emb_BE is None else nn.silu(emb_BE)  # None: cross_attn conditioning
     if self.conditioning == "add":
       h = h + dense(C, (axes.EMBED, axes.MLP), nn.initializers.lecun_normal(), name="emb",
                     **kw)(e_BE)[:, None, None, :]
-    h = group_norm(self.num_groups, "norm2", self.param_dtype)(h)
+    h = norm("norm2", h)
     if self.conditioning == "scale_shift":
       ss = dense((2, C), (axes.EMBED, axes.MODULATION, axes.MLP), nn.initializers.lecun_normal(),
                  name="emb", **kw)(e_BE).astype(jnp.float32)
@@ -199,7 +182,8 @@ class AttentionBlock(nn.Module):
   def __call__(self, x_BHWC, tokens_BSE=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     B, H, W, C = x_BHWC.shape
-    h_BTC = group_norm(self.num_groups, "norm", self.param_dtype)(x_BHWC).astype(self.dtype)
+    h_BTC = group_norm(self.num_groups, GN_EPS, "norm", self.param_dtype)(x_BHWC)
+    h_BTC = h_BTC.astype(self.dtype)
     h_BTC = h_BTC.reshape(B, H * W, C)
     attn = lambda name: Attention(self.num_heads, self.attention_backend, name=name, **kw)
     if tokens_BSE is None:
@@ -400,7 +384,8 @@ class UNet(nn.Module):
                            self.attention_backend, name=step.name, **kw)(h, tokens_BSE)
       if step.push:
         stack.append(h)
-    h = nn.silu(group_norm(self.num_groups, "norm_out", self.param_dtype)(h)).astype(self.dtype)
+    h = nn.silu(group_norm(self.num_groups, GN_EPS, "norm_out", self.param_dtype)(h))
+    h = h.astype(self.dtype)
     out_channels = 2 * C if self.learn_sigma else C
     out = conv(out_channels, 1, (None, None, axes.EMBED, axes.PATCH), name="conv_out",
                kernel_init=nn.initializers.zeros, **kw)(h)

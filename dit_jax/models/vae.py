@@ -37,9 +37,12 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.nn import axes
+from dit_jax.nn import conv as conv_lib
+from dit_jax.nn.attention import BACKENDS, attention
 
 Dtype = jnp.dtype
-NORM_EPS = 1e-6
+NORM_EPS = 1e-6  # diffusers' GroupNorm epsilon
+TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's
 LOGVAR_RANGE = (-30.0, 20.0)  # clipped as in LDM, so exp(logvar) never overflows
 
 # Published architectures (numbers from the diffusers configs of each release).
@@ -92,21 +95,17 @@ def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 def conv(features: int, kernel: int, name: str, *, dtype, param_dtype, stride: int = 1,
          padding="SAME", in_axis: str = axes.EMBED, out_axis: str = axes.MLP) -> nn.Conv:
-  """A conv whose HWIO kernel carries logical names: feature widths EMBED in, MLP out; the
-  convs touching image or latent channels name that side PATCH (never sharded)."""
-  init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's default
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=param_dtype, name=name,
-                 kernel_init=nn.with_logical_partitioning(init, (None, None, in_axis, out_axis)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (out_axis,)))
+  """A conv with PyTorch's default init whose HWIO kernel carries logical names: feature
+  widths EMBED in, MLP out; the convs touching image or latent channels name that side PATCH
+  (never sharded)."""
+  return conv_lib.conv(features, kernel, (None, None, in_axis, out_axis), name=name,
+                       dtype=dtype, param_dtype=param_dtype, stride=stride, padding=padding,
+                       kernel_init=TORCH_CONV_INIT)
 
 
 def group_norm(groups: int, name: str, param_dtype) -> nn.GroupNorm:
-  names = (axes.MLP,)
-  return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, dtype=jnp.float32,
-                      param_dtype=param_dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, names),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names))
+  """diffusers' GroupNorm: epsilon 1e-6, scale and bias named MLP."""
+  return conv_lib.group_norm(groups, NORM_EPS, name, param_dtype, axis_name=axes.MLP)
 
 
 class ResnetBlock(nn.Module):
@@ -130,8 +129,11 @@ class ResnetBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-  """Single-head self-attention over all h*w positions, with a residual (mid block only)."""
+  """Single-head self-attention over all h*w positions, with a residual (mid block only).
+  Goes through the attention backend switch: "auto" picks the chunked backend for large grids
+  on CPU (a 128x128 latent has 16384 tokens: a 1 GiB float32 score matrix otherwise)."""
   groups: int = 32
+  attention_backend: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -145,12 +147,9 @@ class AttentionBlock(nn.Module):
         C, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(init, names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
-    q_BTC = proj("to_q", (axes.EMBED, axes.MLP))(h_BTC)
-    k_BSC = proj("to_k", (axes.EMBED, axes.MLP))(h_BTC)
-    v_BSC = proj("to_v", (axes.EMBED, axes.MLP))(h_BTC)
-    logits_BTS = jnp.einsum("BTC,BSC->BTS", q_BTC, k_BSC).astype(jnp.float32) / jnp.sqrt(C)
-    weights_BTS = jax.nn.softmax(logits_BTS, axis=-1).astype(self.dtype)
-    out_BTC = jnp.einsum("BTS,BSC->BTC", weights_BTS, v_BSC)
+    q_BT1C, k_BS1C, v_BS1C = (proj(f"to_{n}", (axes.EMBED, axes.MLP))(h_BTC)[:, :, None]
+                              for n in "qkv")  # one head of width C
+    out_BTC = attention(q_BT1C, k_BS1C, v_BS1C, backend=self.attention_backend)[:, :, 0]
     out_BTC = proj("to_out_0", (axes.MLP, axes.EMBED))(out_BTC)
     return x_BHWC + out_BTC.reshape(B, H, W, C).astype(x_BHWC.dtype)
 
@@ -159,6 +158,7 @@ class MidBlock(nn.Module):
   """resnet -> attention -> resnet at the lowest resolution."""
   groups: int = 32
   attention: bool = True
+  attention_backend: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -168,7 +168,8 @@ class MidBlock(nn.Module):
     kw = dict(groups=self.groups, dtype=self.dtype, param_dtype=self.param_dtype)
     x_BHWC = ResnetBlock(C, name="resnets_0", **kw)(x_BHWC)
     if self.attention:
-      x_BHWC = AttentionBlock(name="attentions_0", **kw)(x_BHWC)
+      x_BHWC = AttentionBlock(attention_backend=self.attention_backend, name="attentions_0",
+                              **kw)(x_BHWC)
     return ResnetBlock(C, name="resnets_1", **kw)(x_BHWC)
 
 
@@ -225,6 +226,7 @@ class Encoder(nn.Module):
   latent_channels: int
   groups: int = 32
   mid_block_attention: bool = True
+  attention_backend: str = "auto"  # of the mid-block attention; one of attention.BACKENDS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -237,7 +239,8 @@ class Encoder(nn.Module):
       last = i == len(blocks) - 1
       h = _Stage(channels, self.layers_per_block, None if last else "down", self.groups,
                  name=f"down_blocks_{i}", **kw)(h)
-    h = MidBlock(self.groups, self.mid_block_attention, name="mid_block", **kw)(h)
+    h = MidBlock(self.groups, self.mid_block_attention, self.attention_backend, name="mid_block",
+                 **kw)(h)
     h = nn.silu(group_norm(self.groups, "conv_norm_out", self.param_dtype)(h))
     return conv(2 * self.latent_channels, 3, "conv_out", out_axis=axes.PATCH,
                 **kw)(h.astype(self.dtype))
@@ -250,6 +253,7 @@ class Decoder(nn.Module):
   out_channels: int
   groups: int = 32
   mid_block_attention: bool = True
+  attention_backend: str = "auto"  # of the mid-block attention; one of attention.BACKENDS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -258,7 +262,8 @@ class Decoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     blocks = tuple(reversed(self.block_out_channels))
     h = conv(blocks[0], 3, "conv_in", in_axis=axes.PATCH, **kw)(z_BhwC.astype(self.dtype))
-    h = MidBlock(self.groups, self.mid_block_attention, name="mid_block", **kw)(h)
+    h = MidBlock(self.groups, self.mid_block_attention, self.attention_backend, name="mid_block",
+                 **kw)(h)
     for i, channels in enumerate(blocks):
       last = i == len(blocks) - 1
       h = _Stage(channels, self.layers_per_block + 1, None if last else "up", self.groups,
@@ -282,6 +287,7 @@ class AutoencoderKL(nn.Module):
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
   mid_block_attention: bool = True
+  attention_backend: str = "auto"  # of the mid-block attention; one of attention.BACKENDS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -295,6 +301,9 @@ class AutoencoderKL(nn.Module):
       if c % self.norm_num_groups:
         raise ValueError(f"vae.block_out_channels={tuple(self.block_out_channels)}: every "
                          f"width must be divisible by vae.norm_num_groups={self.norm_num_groups}")
+    if self.attention_backend not in BACKENDS:
+      raise ValueError(f"vae.attention_backend={self.attention_backend!r} is not one of "
+                       f"{BACKENDS}")
     for side in (height, width):
       if side is not None and side % self.downsample:
         raise ValueError(f"image side {side} is not divisible by the VAE downsampling factor "
@@ -305,7 +314,8 @@ class AutoencoderKL(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     arch = dict(block_out_channels=tuple(self.block_out_channels),
                 layers_per_block=self.layers_per_block, groups=self.norm_num_groups,
-                mid_block_attention=self.mid_block_attention, **kw)
+                mid_block_attention=self.mid_block_attention,
+                attention_backend=self.attention_backend, **kw)
     self.encoder = Encoder(latent_channels=self.latent_channels, **arch)
     self.decoder = Decoder(out_channels=self.out_channels, **arch)
     latent = dict(in_axis=axes.PATCH, out_axis=None, **kw)  # one name may not repeat

@@ -13,7 +13,8 @@ from dit_jax.data.tokenizers import make_tokenizer
 from dit_jax.models import contract, create_model, example_condition, model_fn
 from dit_jax.models.text_encoder import text_positions
 from dit_jax.models.mmdit import PRESET_INPUT, PUBLISHED_PARAMS, MMDiT, TextDiT, mmdit
-from dit_jax.models.mmdit_blocks import DoubleStreamBlock, joint_attention
+from dit_jax.models.mmdit_blocks import DoubleStreamBlock
+from dit_jax.nn.attention import joint_attention
 
 RES, S = 24, 24
 TOK = make_tokenizer("words:shapes")
@@ -55,7 +56,7 @@ def test_joint_attention_equals_attention_over_concatenation():
              for L in (5, 7)]
   mask = np.ones((2, 12), bool)
   mask[0, 3:5] = False  # two padded text keys in example 0
-  outs = joint_attention(streams, None, jnp.asarray(mask))
+  outs = joint_attention(streams, jnp.asarray(mask))
   q, k, v = (np.concatenate([s[i] for s in streams], 1) for i in range(3))
   want = numpy_attention(q, k, v, mask)
   np.testing.assert_allclose(np.concatenate(outs, 1), want, atol=1e-5)
@@ -192,10 +193,11 @@ def abstract_params_and_output(model, input_shape):
   return sum(l.size for l in jax.tree.leaves(nn.unbox(variables))), out.shape
 
 
+@pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
-def test_published_configs_match_parameter_counts(name):
-  # A small latent and text length: parameter counts do not depend on them.
-  model = mmdit(name, text_length=8)
+def test_published_configs_match_parameter_counts(name, scan):
+  # A small latent and text length: parameter counts do not depend on them (nor on scanning).
+  model = mmdit(name, text_length=8, scan_layers=scan)
   count, shape = abstract_params_and_output(model, (16, 16, 16))
   assert shape == (1, 16, 16, 16)
   published, rel_tol = PUBLISHED_PARAMS[name]

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax.nn.attention import Attention, attention, resolve_backend
+from dit_jax.nn.attention import (AUTO_CHUNKED_SCORES, Attention, attention, chunked_attention,
+                                  default_rope_axes_dims, resolve_backend)
 
 
 def _qkv(B=2, T=20, S=20, N=3, H=8, seed=0, dtype=jnp.float32):
@@ -34,7 +35,7 @@ def _mask(B=2, S=20):
   return mask
 
 
-@pytest.mark.parametrize("backend", ["xla", "jax", "splash"])
+@pytest.mark.parametrize("backend", ["xla", "chunked", "jax", "splash"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_backends_match_loop_reference(backend, masked):
   q, k, v = _qkv(T=20, S=37)
@@ -84,6 +85,11 @@ def test_backend_resolution(monkeypatch):
   platform["name"] = "tpu"
   assert resolve_backend("auto", jnp.float32) == "splash"
   assert resolve_backend("jax", jnp.float32) == "jax"
+  platform["name"] = "gpu"  # heads wider than cuDNN's limit (the VAE's 512): no cudnn
+  assert resolve_backend("auto", jnp.bfloat16, head_dim=512) == "xla"
+  platform["name"] = "cpu"  # no fused kernel: long sequences go to the chunked backend
+  assert resolve_backend("auto", jnp.float32, 64, AUTO_CHUNKED_SCORES) == "xla"
+  assert resolve_backend("auto", jnp.float32, 64, AUTO_CHUNKED_SCORES + 1) == "chunked"
   with pytest.raises(ValueError, match="attention_backend='flash'"):
     resolve_backend("flash", jnp.float32)
 
@@ -117,3 +123,28 @@ def test_attention_kernels_carry_logical_axes():
   specs = nn.get_partition_spec(jax.eval_shape(module.init, jax.random.PRNGKey(0), x))
   assert tuple(specs["params"]["qkv"]["kernel"]) == ("embed", "qkv", "heads", "kv")
   assert tuple(specs["params"]["out"]["kernel"]) == ("heads", "kv", "embed")
+
+
+@pytest.mark.parametrize("T, chunk", [(20, 8), (16, 4), (5, 8)])  # ragged, even, one chunk
+def test_chunked_equals_xla_values_and_gradients_with_masks(T, chunk):
+  q, k, v = _qkv(T=T, S=13, seed=4)
+  mask = jnp.asarray(_mask(S=13))
+  loss = lambda fn: lambda q, k, v: (fn(q, k, v) * jnp.cos(q)).sum()  # weights every output
+  xla = lambda q, k, v: attention(q, k, v, mask, "xla")
+  chunked = lambda q, k, v: chunked_attention(q, k, v, mask, chunk=chunk)
+  np.testing.assert_allclose(chunked(q, k, v), xla(q, k, v), rtol=1e-6, atol=1e-6)
+  g_xla = jax.grad(loss(xla), argnums=(0, 1, 2))(q, k, v)
+  g_chunked = jax.grad(loss(chunked), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_xla, g_chunked):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_default_rope_axes_dims():
+  assert default_rope_axes_dims(128) == (16, 56, 56)  # FLUX's split
+  for h in (8, 16, 24, 64, 72):
+    dims = default_rope_axes_dims(h)
+    assert sum(dims) == h and all(d % 2 == 0 for d in dims)
+  with pytest.raises(ValueError, match="rope_axes_dims"):
+    module = Attention(num_heads=2, rope="axial", rope_axes_dims=(2, 2, 2))
+    x = jnp.zeros((1, 4, 16))
+    module.init(jax.random.PRNGKey(0), x, positions=jnp.zeros((1, 4, 3)))
