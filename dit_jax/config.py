@@ -104,7 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
       ema_warmup=False,   # decay min(ema_decay, (1 + step) / (10 + step)): for short runs
       spike_factor=0.0,   # > 0: stop (before saving) when loss > factor x median of the last
       spike_window=100,   #   spike_window steps; non-finite steps always stop the run
-      profile_start=0, profile_steps=0))  # jax.profiler trace of these steps -> workdir/profile
+      profile_start=0, profile_steps=0,  # jax.profiler trace of these steps -> workdir/profile
+      init_from=None))  # a `dit-jax convert` folder: a fresh run fine-tunes its parameters
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
       eta=0.0))  # ddim only: 0 deterministic, 1 DDPM's posterior noise
@@ -386,7 +387,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 RESUMABLE_FIELDS = (
     "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.sample_every", "train.samples_per_class", "train.spike_factor", "train.spike_window",
-    "train.profile_start", "train.profile_steps",
+    "train.profile_start", "train.profile_steps", "train.init_from",
     "sample",  # every sample.* field: samples do not feed back into training
     "mesh",    # every mesh.* field: checkpoints restore onto another mesh
     "data.data_dir", "data.latents", "data.vae", "data.num_threads", "data.prefetch",

@@ -395,6 +395,7 @@ class Run:
   plan: parallel.ShardingPlan
   hooks: list = dataclasses.field(default_factory=list)   # Periodic
   on_start: Callable[[TrainState], None] | None = None
+  initial_params: Any = None   # a fresh run starts from these (fine-tuning), not from init
 
 
 def run(task: Task, r: Run) -> TrainState:
@@ -418,8 +419,13 @@ def run(task: Task, r: Run) -> TrainState:
     check_resume(saved_config, config, workdir)
     restored = ckpt.restore_latest_intact(with_shardings(abstract, shardings),
                                           quarantine=is_main, report=print if is_main else None)
+    if jax.process_count() > 1:  # every process sees the steps process 0 moved aside
+      multihost_utils.sync_global_devices("checkpoint restored")
+      ckpt.manager.reload()
     if restored is None:
       state = init_state(task, optimizer, jax.random.PRNGKey(config.seed), plan, ema)
+      if r.initial_params is not None:
+        state = start_from(state, r.initial_params, shardings)
     else:
       state, data_state = restored
       if data_state is not None:
@@ -429,6 +435,26 @@ def run(task: Task, r: Run) -> TrainState:
     if r.on_start is not None:
       r.on_start(state)
     return _loop(task, r, state, ckpt, optimizer, schedule, shardings, total_steps)
+
+
+def start_from(state: TrainState, params, shardings) -> TrainState:
+  """`state` with its parameters and EMA replaced by `params` (same tree and shapes, placed in
+  the state's shardings); the optimizer moments stay at their initial zeros."""
+  expected = {jax.tree_util.keystr(k): v.shape
+              for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  given = {jax.tree_util.keystr(k): np.shape(v)
+           for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  problems = [f"{k}: missing" for k in expected if k not in given]
+  problems += [f"{k}: unexpected" for k in given if k not in expected]
+  problems += [f"{k}: {given[k]} != {shape}" for k, shape in expected.items()
+               if k in given and given[k] != shape]
+  if problems:
+    raise ValueError("train.init_from holds parameters of another architecture than "
+                     f"config.model ({'; '.join(problems[:8])}"
+                     f"{'; ...' if len(problems) > 8 else ''}): make config.model match it")
+  cast = jax.tree.map(lambda p, ref: np.asarray(p, ref.dtype), params, state.params)
+  return state.replace(params=jax.device_put(cast, shardings.params),
+                       ema_params=jax.device_put(cast, shardings.ema_params))
 
 
 def _loop(task, r: Run, state, ckpt, optimizer, schedule, shardings, total_steps):

@@ -15,7 +15,8 @@ import ml_collections
 
 from dit_jax import checkpoint, engine, flow, parallel, plots
 from dit_jax.config import model_input_shape
-from dit_jax.engine import EMA, Preempted, TrainState, decay_mask, make_optimizer  # noqa: F401
+from dit_jax.engine import (EMA, Preempted, TrainState, decay_mask,  # noqa: F401
+                            make_optimizer, with_shardings)
 from dit_jax.models import contract, create_model, model_fn
 from dit_jax.sample import ImageSampler, grid_condition
 from dit_jax.training_log import read_history
@@ -98,6 +99,22 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None
                             opt_state=None, rng=None)
 
 
+def initial_params(config, model):
+  """The parameters of config.train.init_from (a published DiT converted with `dit-jax
+  convert`), checked against config.model, or None for a run from random init."""
+  path = config.train.get("init_from")
+  if not path:
+    return None
+  from dit_jax.convert.dit import load_converted, model_fields
+  params, info = load_converted(path)
+  differ = [f"model.{key}: {getattr(model, key)!r} here, {value!r} there"
+            for key, value in model_fields(info).items() if getattr(model, key) != value]
+  if differ:
+    raise ValueError(f"train.init_from={path} is a DiT with other fields than config.model "
+                     f"({'; '.join(differ)}): set them with --config.model.FIELD=VALUE")
+  return params
+
+
 def sample_grid_hook(config, model, objective, image_shape, plan, workdir,
                      rows_cond) -> engine.Periodic:
   """EMA samples, one row per class (or per caption), and the loss plot."""
@@ -149,5 +166,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     hooks.append(sample_grid_hook(config, model, objective, image_shape, plan, workdir,
                                   rows_cond))
   run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
-                   on_start=on_start)
+                   on_start=on_start, initial_params=initial_params(config, model))
   return engine.run(denoiser_task(model, objective, image_shape), run)

@@ -192,7 +192,7 @@ CASES = [
     ("bench", ["--model", "S/2", "--mesh", "fsdp"], "--mesh 'fsdp': expected key=value items"),
     ("bench", ["--model", "S/2", "--mesh", "data=x"], "--mesh 'data=x': .*whole-number sizes"),
     ("bench", ["--model", "Q/2"], "unknown DiT model name 'DiT-Q/2'"),
-    ("bench", ["--config.model.depth=2"], r"bench takes no --config\.\* overrides"),
+    ("bench", ["--config.model.depth=2"], r"--config\.\* overrides need --config"),
 
     ("", [], "required: command"),
     ("", ["fly"], "invalid choice: 'fly'"),

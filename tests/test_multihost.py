@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax import data, flow, parallel, train
+from dit_jax import checkpoint, data, flow, parallel, train
 from dit_jax.models import create_model
 
 WORKER = Path(__file__).parent / "multihost" / "worker.py"
@@ -57,13 +57,15 @@ def test_two_processes_equal_one_process(two_process_run):
   """Rebuild the run in this process: the global batch is process 0's half followed by
   process 1's half, exactly as make_array_from_process_local_data lays it out."""
   _, workdir, _ = two_process_run
-  config, restored = train.load_run(workdir)
+  config, _ = train.load_run(workdir)
   model = create_model(config.model)
   optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)
   plan = parallel.ShardingPlan.create(MESH)
   ema = train.engine.ema_of(config.train)
-  _, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan, ema)
+  abstract, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan, ema)
+  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:  # the whole state
+    restored, _ = ckpt.restore(train.with_shardings(abstract, shardings))
   state = train.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed), (8, 8, 1),
                                  plan, ema)
   step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)

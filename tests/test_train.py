@@ -248,3 +248,28 @@ def test_cli_exit_status_after_sigterm_and_nothing_to_train(data_dir, tmp_path, 
   out = capsys.readouterr().out
   assert "nothing was trained" in out and "at step 1 and train.steps=1" in out
   assert "samples" not in out
+
+
+def test_a_converted_dit_fine_tunes_through_the_engine(data_dir, tmp_path):
+  """train.init_from: a published-layout DiT (time input = DDPM step, declared by the model)
+  starts a run; the first step has lr 0 (warm-up), so after it the parameters are exactly the
+  converted ones. A config that does not match the checkpoint is refused by field."""
+  import flax.linen as nn
+
+  from dit_jax.convert.dit import model_fields, save_converted
+  info = dict(patch_size=2, hidden_size=32, depth=1, num_heads=2, mlp_ratio=4.0,
+              num_classes=10, learn_sigma=False, time_input="ddpm_step")
+  model = create_model(dict(name="DiT", **model_fields(info)))
+  params = jax.device_get(nn.unbox(model.init(
+      jax.random.PRNGKey(3), *train.example_inputs(model, (8, 8, 1)))["params"]))
+  save_converted(tmp_path / "ckpt", params, info)
+  config = tiny_config(data_dir, steps=1)
+  config.model.update(**model_fields(info))
+  config.train.init_from = str(tmp_path / "ckpt")
+  state = train.train_and_evaluate(config, tmp_path / "run")
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  config.model.time_input = "unit"
+  with pytest.raises(ValueError, match="model.time_input: 'unit' here, 'ddpm_step' there"):
+    train.train_and_evaluate(config, tmp_path / "other")

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ VAE = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), la
 @pytest.fixture(scope="module")
 def params():
   x = np.zeros((1, 8, 8, 1), np.float32)
-  return jax.device_get(VAE.init(jax.random.PRNGKey(0), x)["params"])
+  return jax.device_get(nn.unbox(VAE.init(jax.random.PRNGKey(0), x)["params"]))
 
 
 def test_native_round_trip_is_exact_and_keeps_every_field(tmp_path, params):
