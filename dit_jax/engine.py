@@ -181,17 +181,14 @@ def _all_finite(tree) -> jax.Array:
 def train_step(state: TrainState, batch: dict, *, task: Task, schedule=None):
   """One optimizer step; pure, so it is jitted once and its state donated.
 
-  A step whose loss, gradient norm or updated parameters are not finite is not applied (the
-  state keeps its old values, only the step count moves) and reports finite=0: the loop stops
-  before it saves, so no checkpoint ever holds a diverged state."""
+  `finite` (1 or 0) says whether the loss, the gradient norm and every updated parameter are
+  finite: a few reductions on the device, read by the loop before it saves anything."""
   step_rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch,
                                                                    step_rng)
   grad_norm = optax.tree.norm(grads)
-  updated = state.apply_gradients(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(updated.params)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-  new_state = new_state.replace(step=state.step + 1)
+  new_state = state.apply_gradients(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_state.params)
   metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
   if schedule is not None:
     metrics["lr"] = schedule(state.step)

@@ -120,7 +120,7 @@ def test_keep_checkpoints_zero_is_refused_and_deletes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
-def test_a_non_finite_step_is_never_applied_or_saved(tmp_path, value):
+def test_a_non_finite_step_is_never_saved(tmp_path, value):
   with pytest.raises(engine.DivergenceError, match="step 3 is not finite"):
     run(toy_config(steps=6), tmp_path, data=toy_data(poison_step=3, value=value))
   assert steps_on_disk(tmp_path) == [2]
