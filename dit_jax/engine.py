@@ -298,14 +298,6 @@ class DivergenceGuard:
       self.recent.append(loss)
 
 
-def any_process(flag: bool) -> bool:
-  """True on every process if it is true on any (a signal may reach hosts at different
-  steps; all must save the same step together)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.array(flag)).any())
-
-
 def first_signal(signum: int | None) -> int | None:
   """The signal any process received (the largest number, the same on every process)."""
   if jax.process_count() == 1:
