@@ -11,12 +11,15 @@
     dit-jax sample --converted ckpt/DiT-XL-2-256 --vae sd-vae-ft-ema --out samples.png
     dit-jax bench --model DiT-XL/2 --batch-size 32 --attention cudnn --mesh fsdp=8,rules=fsdp
     dit-jax bench --config configs/mmdit.py:mmdit_hybrid --config.model.dtype=bfloat16
+    dit-jax aot --config configs/dit.py:DiT-XL/2 --topology v5e-16 --config.mesh.fsdp=16 \
+        --config.mesh.data=1 --config.mesh.rules=fsdp
 
 A user error never shows a Python traceback: it prints `dit-jax <command>: <message>` on
 stderr, naming the flag, field or file and the fix. Exit status:
     0    done
     1    the command ran and failed: training diverged (FloatingPointError), an I/O error
-         such as a full disk, or an internal error (a bug: the traceback is shown)
+         such as a full disk, a step that `aot` finds too big for the chip, or an internal
+         error (a bug: the traceback is shown)
     2    bad input, as argparse uses it: a bad flag or flag value, a bad --config override
          or config value, a missing, unreadable or malformed file, a missing optional package
     130  interrupted (Ctrl-C) outside training
@@ -167,6 +170,27 @@ def cmd_bench(args, overrides):
           f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
           f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
           f"compile {row['compile_s']:.1f} s")
+
+
+def cmd_aot(args, overrides):
+  import copy
+
+  import jax
+  jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices; no TPU is looked for
+  from dit_jax import aot
+  config = validate(apply_overrides(load_config(args.config), overrides))
+  target = aot.Target.create(args.topology, args.num_slices)
+  _, report = aot.compile_step(config, target, args.step, args.batch_size)
+
+  def variant(**fields):
+    changed = copy.deepcopy(config)
+    changed.model.update(fields)
+    return aot.compile_step(changed, target, args.step, args.batch_size)[1]
+
+  try:
+    aot.check_fits(config, report, target, variant)
+  finally:
+    print(json.dumps(report.as_dict()) if args.format == "json" else aot.format_table(report))
 
 
 def cmd_train_vae(args, overrides):
@@ -476,6 +500,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--format", choices=("table", "json"), default="table")
   p.set_defaults(func=cmd_bench)
 
+  p = commands.add_parser("aot", help="compile the train or sample step for a Cloud TPU slice "
+                          "on this machine (no TPU needed) and report memory, flops, "
+                          "collectives", description=None)
+  p.add_argument("--config", required=True, help="e.g. configs/dit.py:DiT-XL/2, with "
+                 "--config.section.field=value overrides")
+  p.add_argument("--topology", required=True, help="a Cloud TPU slice: v4-32, v5e-16 "
+                 "(v5litepod-16), v5p-128, v6e-64, ... (v4/v5p count TensorCores)")
+  p.add_argument("--num-slices", type=_positive, default=1,
+                 help="slices joined by DCN (lay them out with --config.mesh.dcn_*)")
+  p.add_argument("--step", choices=("train", "sample"), default="train")
+  p.add_argument("--batch-size", type=_positive, default=256,
+                 help="--step sample: samples per compiled call (as `dit-jax sample`)")
+  p.add_argument("--format", choices=("table", "json"), default="table")
+  p.set_defaults(func=cmd_aot)
+
   p = commands.add_parser("train-vae", help="train a KL autoencoder (VAE) on a TFDS data set")
   p.add_argument("--config", required=True, help="e.g. configs/vae.py")
   p.add_argument("--workdir", required=True, type=_new_or_dir,
@@ -553,7 +592,7 @@ BAD_INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, No
                     IsADirectoryError, PermissionError, EOFError, zipfile.BadZipFile,
                     SafetensorError, NotImplementedError, ImportError)
 # Errors of a run that started well: divergence, I/O failures (a full disk, a lost mount).
-RUN_FAILED_ERRORS = (FloatingPointError, OSError)
+RUN_FAILED_ERRORS = (FloatingPointError, OSError, MemoryError)  # MemoryError: aot does not fit
 
 
 class CommandError(SystemExit):

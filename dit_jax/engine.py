@@ -387,6 +387,32 @@ class Run:
   initial_params: Any = None   # a fresh run starts from these (fine-tuning), not from init
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run of a config compiles, before any memory is used: the optimizer and its
+  schedule, the EMA, the abstract state with its shardings, and the jitted step. `run` trains
+  with it; `dit_jax.aot` compiles the same step for a TPU topology."""
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  ema: EMA
+  abstract: TrainState
+  shardings: TrainState
+  step_fn: StepFn
+
+  def abstract_state(self) -> TrainState:
+    """ShapeDtypeStructs of the state, each with its sharding (for lowering)."""
+    return with_shardings(self.abstract, self.shardings)
+
+
+def setup(task: Task, config: ml_collections.ConfigDict, plan: parallel.ShardingPlan) -> Setup:
+  optimizer, schedule = make_optimizer(config.optim, int(config.train.steps))
+  ema = ema_of(config.train)
+  plan.check_batch(config.data.batch_size)
+  abstract, shardings = state_shardings(task, optimizer, plan, ema)
+  return Setup(optimizer, schedule, ema, abstract, shardings,
+               make_step_fn(task, schedule, plan, shardings))
+
+
 def run(task: Task, r: Run) -> TrainState:
   """Trains `task` for config.train.steps on r.data; writes checkpoints, logs, config.json and
   what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
@@ -396,23 +422,21 @@ def run(task: Task, r: Run) -> TrainState:
   tc = config.train
   total_steps = int(tc.steps)
   is_main = jax.process_index() == 0
-  optimizer, schedule = make_optimizer(config.optim, total_steps)
-  ema = ema_of(tc)
-  plan.check_batch(config.data.batch_size)
-  abstract, shardings = state_shardings(task, optimizer, plan, ema)
+  s = setup(task, config, plan)
+  shardings = s.shardings
 
   workdir.mkdir(parents=True, exist_ok=True)
   with WorkdirLock(workdir, enabled=is_main), \
        checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints) as ckpt:
     saved_config = read_run_config(workdir) if ckpt.all_steps() else None
     check_resume(saved_config, config, workdir)
-    restored = ckpt.restore_latest_intact(with_shardings(abstract, shardings),
+    restored = ckpt.restore_latest_intact(s.abstract_state(),
                                           quarantine=is_main, report=print if is_main else None)
     if jax.process_count() > 1:  # every process sees the steps process 0 moved aside
       multihost_utils.sync_global_devices("checkpoint restored")
       ckpt.manager.reload()
     if restored is None:
-      state = init_state(task, optimizer, jax.random.PRNGKey(config.seed), plan, ema)
+      state = init_state(task, s.optimizer, jax.random.PRNGKey(config.seed), plan, s.ema)
       if r.initial_params is not None:
         state = start_from(state, r.initial_params, shardings)
     else:
@@ -423,7 +447,7 @@ def run(task: Task, r: Run) -> TrainState:
       (workdir / "config.json").write_text(config.to_json(indent=2))
     if r.on_start is not None:
       r.on_start(state)
-    return _loop(task, r, state, ckpt, optimizer, schedule, shardings, total_steps)
+    return _loop(task, r, state, ckpt, s.step_fn, shardings, total_steps)
 
 
 def start_from(state: TrainState, params, shardings) -> TrainState:
@@ -446,10 +470,9 @@ def start_from(state: TrainState, params, shardings) -> TrainState:
                        ema_params=jax.device_put(cast, shardings.ema_params))
 
 
-def _loop(task, r: Run, state, ckpt, optimizer, schedule, shardings, total_steps):
+def _loop(task, r: Run, state, ckpt, step_fn, shardings, total_steps):
   tc, plan = r.config.train, r.plan
   is_main = jax.process_index() == 0
-  step_fn = make_step_fn(task, schedule, plan, shardings)
   log = MetricsLog(r.workdir, enabled=is_main, total_steps=total_steps,
                    images_per_step=r.config.data.batch_size)
   guard = DivergenceGuard(float(tc.get("spike_factor", 0.0)), int(tc.get("spike_window", 100)),

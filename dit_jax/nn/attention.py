@@ -86,15 +86,30 @@ def _splash_kernel(num_heads: int, q_len: int, kv_len: int, interpret: bool):
 
 def splash_attention(q_BTNH, k_BSNH, v_BSNH, kv_mask_BS=None, interpret=None):
   """TPU splash attention. Sequences are padded to the kernel tile; padded and masked keys
-  get segment id 1, all queries segment 0, so no query attends to them."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  get segment id 1, all queries segment 0, so no query attends to them. Under a mesh the
+  kernel runs per shard (batch and heads as the logical rules split them): XLA cannot split
+  a Mosaic kernel itself and would otherwise gather every input onto every chip."""
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform() != "tpu"
+  B, S = k_BSNH.shape[:2]
+  key_valid_BS = jnp.ones((B, S), bool) if kv_mask_BS is None else kv_mask_BS.astype(bool)
+  local = functools.partial(_splash_local, interpret=interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return local(q_BTNH, k_BSNH, v_BSNH, key_valid_BS)
+  batch, heads = nn.logical_to_mesh_axes((axes.BATCH, axes.ACT_HEADS))
+  qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+  mask = jax.sharding.PartitionSpec(batch, None)
+  return jax.shard_map(local, in_specs=(qkv, qkv, qkv, mask), out_specs=qkv,
+                       check_vma=False)(q_BTNH, k_BSNH, v_BSNH, key_valid_BS)
+
+
+def _splash_local(q_BTNH, k_BSNH, v_BSNH, key_valid_BS, interpret: bool):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   B, T, N, H = q_BTNH.shape
   S = k_BSNH.shape[1]
   pad = lambda n: -n % _SPLASH_BLOCK
   T_pad, S_pad = T + pad(T), S + pad(S)
-  key_valid_BS = jnp.ones((B, S), bool) if kv_mask_BS is None else kv_mask_BS.astype(bool)
   key_valid_BS = jnp.pad(key_valid_BS, ((0, 0), (0, pad(S))))
   to_heads_first = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
   q_BNTH = to_heads_first(q_BTNH * H ** -0.5, pad(T))  # the kernel does not scale
@@ -107,6 +122,14 @@ def splash_attention(q_BTNH, k_BSNH, v_BSNH, kv_mask_BS=None, interpret=None):
   return out_BNTH.transpose(0, 2, 1, 3)[:, :T]
 
 
+def target_platform() -> str:
+  """The platform the current computation is built for: that of the active mesh (a TPU
+  topology when compiling ahead of time on a CPU host), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def resolve_backend(backend: str, dtype, head_dim: int = 0, num_scores: int = 0) -> str:
   """Turns "auto" into a concrete backend for the platform, the compute dtype, the head width
   and the number of scores per (batch, head) T * S (0: short)."""
@@ -114,7 +137,7 @@ def resolve_backend(backend: str, dtype, head_dim: int = 0, num_scores: int = 0)
     raise ValueError(f"attention_backend={backend!r} is not one of {BACKENDS}")
   if backend != "auto":
     return backend
-  platform = jax.default_backend()
+  platform = target_platform()
   if (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
       and head_dim <= CUDNN_MAX_HEAD_DIM):
     return "cudnn"

@@ -8,7 +8,8 @@ Unrolled, layer i is the module `{name}_{i}`; scanned, one module `{name}` whose
 carry a leading layer axis of length `depth` with the logical name axes.LAYERS, so one block is
 compiled and the layer axis can be sharded. The carry is the block's first argument: one array
 or a tuple of arrays that the block takes as separate arguments and returns as a tuple (e.g.
-the image and text streams); the other arguments are the same for every layer.
+the image and text streams); the other arguments are the same for every layer. Scanned, the
+policy "none" means "dots" (see SCAN_NONE_POLICY): scanning never costs memory.
 """
 import functools
 
@@ -16,6 +17,14 @@ import flax.linen as nn
 import jax
 
 from dit_jax.nn import axes
+
+# A scanned stack without a policy would save every intermediate of the block for the
+# backward pass as a stacked (depth, ...) buffer, the float32 norm and modulation ones
+# included, and XLA cannot rematerialise across the loop boundary as it does between
+# unrolled layers: DiT-XL/2 needed twice the temporaries scanned (14.4 vs 7.1 GiB per v5e
+# chip). So "none" under scan keeps the matmul outputs and recomputes only elementwise work,
+# which is what XLA itself keeps of unrolled layers (experiments/tpu_aot.py measures both).
+SCAN_NONE_POLICY = "dots"
 
 REMAT_POLICIES = {
     "none": None,
@@ -50,6 +59,8 @@ def layer_stack(block_cls, block_kwargs: dict, depth: int, *, scan: bool, remat_
   layouts). Unrolled layers are numbered from `start`."""
   check_remat_policy(remat_policy)
   block = _scan_body(block_cls) if scan else block_cls
+  if scan and remat_policy == "none":
+    remat_policy = SCAN_NONE_POLICY
   if remat_policy != "none":
     block = nn.remat(block, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)
 

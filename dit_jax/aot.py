@@ -1,0 +1,515 @@
+"""Ahead-of-time compilation for a Cloud TPU slice on a machine without a TPU: `dit-jax aot`.
+
+The train step is the one `dit-jax train` runs for the config (the engine's `setup`: same
+model, dtype, scan, remat, ShardingPlan, rules and donation), lowered on abstract inputs
+(ShapeDtypeStructs with shardings) for the compile-only devices of the slice and compiled by
+libtpu: nothing is allocated and no data is read. `--step sample` compiles the `lax.scan`
+sampler of `dit-jax sample` instead.
+
+The report, per chip: XLA's memory analysis against the chip's HBM, compile time, XLA's flop
+count next to the analytic one, every collective of the optimized HLO with the bytes it moves
+per step (loop bodies counted once per iteration), and a roofline ESTIMATE of the step time
+(compute at peak bf16, HBM traffic at its bandwidth, collectives at the ICI or DCN bandwidth)
+that is never a measurement.
+"""
+import collections
+import dataclasses
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax import engine, flow, parallel, tpu, train
+from dit_jax.config import model_input_shape
+from dit_jax.models import contract, create_model
+from dit_jax.nn.attention import resolve_backend
+
+STEPS = ("train", "sample")
+GIB = 2 ** 30
+
+
+class DoesNotFit(MemoryError):
+  """The compiled step needs more HBM than a chip has; `report` says by how much and how to
+  fit it (the CLI prints it and exits with status 1)."""
+
+  def __init__(self, report: "Report"):
+    self.report = report
+    super().__init__(format_levers(report))
+
+
+@dataclasses.dataclass
+class Report:
+  topology: str
+  libtpu_topology: str
+  num_slices: int
+  chips: int
+  step: str
+  batch: int
+  model: str
+  settings: dict                 # dtype, scan_layers, remat_policy, rules, mesh sizes
+  attention: str                 # the backend the step compiled with
+  memory: dict                   # bytes per chip: arguments, outputs, temporaries, aliased, total
+  hbm_bytes: int
+  compile_s: float
+  xla_flops: float               # per chip, XLA's count (multiply-add = 2)
+  analytic_flops: float          # per chip, from the model's forward_flops
+  collectives: list              # dicts: kind, count, bytes (per chip per step), dcn
+  roofline: dict                 # seconds: compute, hbm, ici, dcn, estimate; bound
+  compiled: bool = True          # False: libtpu refused it as too big (memory only)
+  levers: list = dataclasses.field(default_factory=list)  # ways to fit, when it does not
+
+  @property
+  def fits(self) -> bool:
+    return self.memory["total"] <= self.hbm_bytes
+
+  @property
+  def headroom(self) -> int:
+    return self.hbm_bytes - self.memory["total"]
+
+  def as_dict(self) -> dict:
+    return dict(dataclasses.asdict(self), fits=self.fits, headroom=self.headroom)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the optimized HLO
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
+          "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
+          "c64": 8, "c128": 16}
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
+               "collective-permute")
+_SHAPE = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
+
+
+def _shape_bytes(text: str) -> list[int]:
+  """Bytes of every array shape in `text` (a result type, possibly a tuple)."""
+  return [_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+          for dtype, dims in _SHAPE.findall(text) if dtype in _BYTES]
+
+
+def _groups(attributes: str, num_devices: int) -> list[list[int]]:
+  """The replica groups as lists of device ids, from any of XLA's three spellings:
+  {{0,1},{2,3}}; the iota form [groups,size]<=[dims]T(perm); the mesh form
+  mesh['a'=4,'b'=2] {'a'} (the groups vary the named axes of a row-major device grid)."""
+  explicit = re.search(r"replica_groups=(\{\{[0-9,{}]*\}\})", attributes)
+  if explicit:
+    return [[int(i) for i in g.split(",") if i]
+            for g in re.findall(r"\{([0-9,]*)\}", explicit[1])]
+  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?",
+                   attributes)
+  if iota:
+    ids = np.arange(math.prod(int(d) for d in iota[3].split(",")))
+    ids = ids.reshape([int(d) for d in iota[3].split(",")])
+    if iota[4]:
+      ids = ids.transpose([int(p) for p in iota[4].split(",")])
+    return ids.reshape(int(iota[1]), int(iota[2])).tolist()
+  mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attributes)
+  if mesh:
+    sizes = dict((name, int(size)) for name, size in re.findall(r"'([^']+)'=(\d+)", mesh[1]))
+    names = list(sizes)
+    chosen = [n for n in re.findall(r"'([^']+)'", mesh[2]) if n in sizes]
+    ids = np.arange(math.prod(sizes.values())).reshape([sizes[n] for n in names])
+    order = [names.index(n) for n in names if n not in chosen] + [names.index(n) for n in chosen]
+    group = math.prod(sizes[n] for n in chosen)
+    return ids.transpose(order).reshape(-1, group).tolist()
+  return [list(range(num_devices))]
+
+
+def _moved_bytes(kind: str, result: list[int], operand: list[int], n: int) -> float:
+  """Bytes one device sends (= receives) in a ring/torus implementation of the collective."""
+  if n <= 1:
+    return 0.0
+  share = (n - 1) / n
+  if kind == "all-gather":
+    return sum(result) * share
+  if kind == "reduce-scatter":
+    return sum(operand or result) * share
+  if kind == "all-reduce":
+    return 2 * sum(result) * share
+  if kind == "all-to-all":
+    return sum(result) * share
+  return float(sum(result))  # collective-permute: the whole buffer moves once
+
+
+def parse_computations(hlo: str) -> dict[str, list[str]]:
+  computations, current, name = {}, None, None
+  for line in hlo.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and "=" not in line.split("{")[0].split("(")[0]:
+      name = "ENTRY" if header[1] else header[2]
+      current = computations.setdefault(name, [])
+      continue
+    if current is not None and line.strip() == "}":
+      current = None
+      continue
+    if current is not None:
+      current.append(line)
+  return computations
+
+
+def _trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
+  """A while loop's iterations: XLA's known_trip_count, else the bound of the `i < N`
+  compare in its condition (how lax.scan and fori_loop lower); 1 if neither is found."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_line)
+  if known:
+    return int(known[1])
+  condition = re.search(r"condition=%?([\w.\-]+)", while_line)
+  lines = computations.get(condition[1], []) if condition else []
+  constants = {}
+  for line in lines:
+    c = re.match(r"\s*%?([\w.\-]+) = s32\[\]\S* constant\((\d+)\)", line)
+    if c:
+      constants[c[1]] = int(c[2])
+  for line in lines:
+    if "direction=LT" in line:
+      for name in re.findall(r"%([\w.\-]+)", line.split("compare(")[-1].split(")")[0]):
+        if name in constants:
+          return constants[name]
+  return 1
+
+
+def _multiplicities(computations: dict[str, list[str]]) -> dict[str, int]:
+  """How many times each computation runs per step: while bodies by their known trip count."""
+  counts = collections.Counter({"ENTRY": 1})
+  order, seen = ["ENTRY"], {"ENTRY"}
+  while order:
+    name = order.pop()
+    for line in computations.get(name, ()):
+      trips = 1
+      if re.search(r"\swhile\(", line):
+        called = re.findall(r"body=%?([\w.\-]+)", line)
+        trips = _trip_count(line, computations)
+      else:
+        called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
+        called += [c.strip().lstrip("%") for group in
+                   re.findall(r"branch_computations=\{([^}]*)\}", line)
+                   for c in group.split(",")]
+      for callee in called:
+        if callee in computations:
+          counts[callee] += counts[name] * trips
+          if callee not in seen:
+            seen.add(callee)
+            order.append(callee)
+  return counts
+
+
+def collectives(hlo: str, num_devices: int, num_slices: int = 1) -> list[dict]:
+  """Every collective of the optimized HLO by kind: how many run per step and the bytes each
+  device moves per step. Across slices (DCN) XLA hands the transfer to the Megascale runtime
+  as a host `send` carrying `_xla_megascale_transfer_type`; those are counted as DCN."""
+  computations = parse_computations(hlo)
+  runs = _multiplicities(computations)
+  table = {}
+
+  def add(kind, dcn, count, moved):
+    entry = table.setdefault((kind, dcn), dict(kind=kind, dcn=dcn, count=0, bytes=0.0))
+    entry["count"] += count
+    entry["bytes"] += count * moved
+
+  for name, lines in computations.items():
+    for line in lines:
+      match = _INSTRUCTION.match(line)
+      if not match:
+        continue
+      op, attributes = match[3], match[4]
+      megascale = re.search(r'_xla_megascale_transfer_type="(\w+)"', attributes)
+      if op == "send" and megascale:
+        kind = megascale[1].lower().replace("_", "-")
+        payload = _shape_bytes(match[2])[:1]
+        add(kind, True, runs[name], _moved_bytes(kind, payload, payload, num_slices))
+        continue
+      kind = op[:-len("-start")] if op.endswith("-start") else op
+      if kind not in COLLECTIVES:
+        continue
+      if kind == "all-reduce" and name.startswith("all-reduce-scatter"):
+        kind = "reduce-scatter"  # TPU's fused reduce-scatter: an all-reduce kept sliced
+      result = _shape_bytes(match[2])
+      operand = _shape_bytes(attributes.split(")")[0])
+      if op.endswith("-start") and len(result) > 1:  # (operand, result[, scratch]) tuples
+        result = result[len(operand):2 * len(operand)] or result[-1:]
+      if kind == "collective-permute":
+        n = 2
+      else:
+        n = len(_groups(attributes, num_devices)[0])
+      add(kind, False, runs[name], _moved_bytes(kind, result, operand, n))
+  return sorted(table.values(), key=lambda e: -e["bytes"])
+
+
+# ------------------------------------------------------------------------------------------
+# Compiling
+
+
+@dataclasses.dataclass
+class Target:
+  """A slice (or several over DCN): its devices and the chip they are made of."""
+  tpu_slice: tpu.Slice
+  num_slices: int
+  devices: list
+
+  @classmethod
+  def create(cls, topology: str, num_slices: int = 1) -> "Target":
+    tpu_slice = tpu.parse_slice(topology)
+    return cls(tpu_slice, num_slices, tpu.slice_devices(tpu_slice, num_slices))
+
+  @property
+  def chip(self) -> tpu.Chip:
+    return self.tpu_slice.chip
+
+
+def _abstract_batch(model, image_shape, batch: int, plan: parallel.ShardingPlan) -> dict:
+  x, _, cond = contract.example_inputs(model, image_shape, batch, abstract=True)
+  arrays = {"image": x, **(cond or {})}
+  return {key: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=plan.batch_sharding(len(a.shape)))
+          for key, a in arrays.items()}
+
+
+def _lower_train(config, model, image_shape, plan):
+  objective = flow.make_objective(config.objective)
+  task = train.denoiser_task(model, objective, image_shape)
+  s = engine.setup(task, config, plan)
+  args = (s.abstract_state(), _abstract_batch(model, image_shape, config.data.batch_size, plan))
+  return s.step_fn.lower(*args), args
+
+
+def _lower_sample(config, model, image_shape, plan, batch: int):
+  from dit_jax.sample import ImageSampler
+  plan.check_batch(batch)
+  objective = flow.make_objective(config.objective)
+  sampler = ImageSampler(model, objective, config.sample, image_shape, plan)
+  task = train.denoiser_task(model, objective, image_shape)
+  params = engine.abstract_params(task, plan)
+  cond = contract.example_condition(model, batch, abstract=True)
+  replicated = plan.replicated()
+  cond = None if cond is None else {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in cond.items()}
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
+  scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+  with plan.context():
+    return sampler._sample.lower(params, cond, rng, scale, batch), (params, cond, rng, scale)
+
+
+def _attention_used(model, image_shape, plan) -> str:
+  backend = getattr(model, "attention_backend", None)
+  if backend is None:
+    return "n/a"
+  tokens = image_shape[0] * image_shape[1] // max(getattr(model, "patch_size", 1), 1) ** 2
+  head_dim = model.hidden_size // model.num_heads if hasattr(model, "num_heads") else 0
+  with plan.context():
+    return resolve_backend(backend, getattr(model, "dtype", jnp.float32), head_dim,
+                           tokens * tokens)
+
+
+def compile_step(config, target: Target, step: str = "train", sample_batch: int = 0):
+  """(compiled executable, Report) for `step` of `config` on `target`."""
+  if step not in STEPS:
+    raise ValueError(f"--step={step!r} is not one of {STEPS}")
+  model = create_model(config.model)
+  image_shape = model_input_shape(config.data)
+  plan = parallel.ShardingPlan.create(config.get("mesh"), devices=target.devices)
+  start = time.perf_counter()
+  if step == "train":
+    batch = int(config.data.batch_size)
+    lowered, args = _lower_train(config, model, image_shape, plan)
+  else:
+    batch = int(sample_batch)
+    lowered, args = _lower_sample(config, model, image_shape, plan, batch)
+  try:
+    compiled = lowered.compile()
+    memory = _memory(compiled.memory_analysis())
+  except jax.errors.JaxRuntimeError as error:
+    # libtpu refuses a program larger than HBM; its message carries the temporaries' size.
+    temporaries = _refused_bytes(str(error))
+    if temporaries is None:
+      raise
+    compiled, memory = None, _memory_of_refused(args, step, temporaries)
+  compile_s = time.perf_counter() - start
+  return compiled, _report(config, target, step, batch, model, image_shape, plan, compiled,
+                           memory, compile_s)
+
+
+_REFUSED = re.compile(r"RESOURCE_EXHAUSTED.*?required for [\w ]*?\(([\d.]+)([KMGT]?)\)", re.S)
+
+
+def _refused_bytes(message: str) -> int | None:
+  match = _REFUSED.search(message)
+  if not match:
+    return None
+  scale = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}[match[2]]
+  return int(float(match[1]) * scale)
+
+
+def _per_chip_bytes(tree) -> int:
+  return sum(math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+             for a in jax.tree.leaves(tree))
+
+
+def _memory(analysis) -> dict:
+  memory = dict(arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,
+                temporaries=analysis.temp_size_in_bytes, aliased=analysis.alias_size_in_bytes)
+  memory["total"] = (memory["arguments"] + memory["outputs"] + memory["temporaries"]
+                     - memory["aliased"])
+  return memory
+
+
+def _memory_of_refused(args, step: str, temporaries: int) -> dict:
+  """The memory of a program libtpu refused: arguments from their shardings; the train step
+  returns (and aliases) its donated state."""
+  arguments = _per_chip_bytes(args)
+  state = _per_chip_bytes(args[0]) if step == "train" else 0
+  return dict(arguments=arguments, outputs=state, temporaries=temporaries, aliased=state,
+              total=arguments + temporaries)
+
+
+def _analytic_flops(config, model, image_shape, step: str, batch: int, chips: int) -> float:
+  macs = sum(model.forward_flops(*image_shape).values())
+  if step == "train":  # forward + backward = 3 forwards; a multiply-add is 2 flops
+    return 3 * 2 * macs * batch / chips
+  evaluations = flow.sampler_for(config.sample, flow.make_objective(config.objective))
+  per_step = 2 if evaluations.method == "heun" else 1
+  guided = 2 if evaluations.cfg_scale != 1.0 and model.condition_keys else 1
+  return 2 * macs * batch * config.sample.steps * per_step * guided / chips
+
+
+def _report(config, target, step, batch, model, image_shape, plan, compiled, memory,
+            compile_s):
+  """The Report of a compiled step; of a refused one (compiled None), its memory only."""
+  chips = len(target.devices)
+  cost = compiled.cost_analysis() if compiled is not None else {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+  found = [] if compiled is None else collectives(compiled.as_text(), chips // target.num_slices,
+                                                  target.num_slices)
+  chip = target.chip
+  analytic = _analytic_flops(config, model, image_shape, step, batch, chips)
+  flops = max(analytic, float(cost.get("flops", 0.0)))
+  ici = sum(c["bytes"] for c in found if not c["dcn"])
+  dcn = sum(c["bytes"] for c in found if c["dcn"])
+  times = dict(compute=flops / (chip.bf16_tflops * 1e12),
+               hbm=float(cost.get("bytes accessed", 0.0)) / (chip.hbm_gbps * 1e9),
+               ici=ici / (chip.ici_gbps / 2 * 1e9),  # one direction of the bidirectional figure
+               dcn=dcn / (chip.dcn_gbps * 1e9))
+  bound = max(times, key=times.get)
+  # Overlapped perfectly, the step takes the longest of the four; not at all, their sum.
+  roofline = dict(times, estimate=times[bound], no_overlap=sum(times.values()), bound=bound)
+  settings = dict(dtype=str(getattr(model, "dtype", "")), scan_layers=getattr(
+      model, "scan_layers", None), remat_policy=getattr(model, "remat_policy", None),
+      rules=config.mesh.get("rules", "dp"), mesh=dict(plan.mesh.shape))
+  return Report(topology=target.tpu_slice.name, libtpu_topology=target.tpu_slice.topology_name,
+                num_slices=target.num_slices, chips=chips, step=step, batch=batch,
+                model=str(config.model.get("name", type(model).__name__)), settings=settings,
+                attention=_attention_used(model, image_shape, plan), memory=memory,
+                hbm_bytes=int(chip.hbm_gib * GIB), compile_s=compile_s,
+                xla_flops=float(cost.get("flops", 0.0)), analytic_flops=analytic,
+                collectives=found, roofline=roofline, compiled=compiled is not None)
+
+
+# ------------------------------------------------------------------------------------------
+# When it does not fit: the levers
+
+
+def fit_levers(config, report: Report, target: Target, compile_variant=None) -> list[str]:
+  """What would fit the step, each with the figure it needs. Batch and FSDP figures scale
+  the measured memory (temporaries with the per-chip batch, sharded arguments with the FSDP
+  size): estimates; remat and scan are recompiled when `compile_variant` is given."""
+  m, hbm = report.memory, report.hbm_bytes
+  levers = []
+  state = m["arguments"]
+  per_example = m["temporaries"] / max(report.batch, 1)
+  divisor = math.prod(v for k, v in report.settings["mesh"].items() if k in ("data", "fsdp"))
+  if report.step == "train" and per_example > 0 and hbm > state:
+    fit_batch = int((hbm - state - m["outputs"] + m["aliased"]) / per_example)
+    fit_batch -= fit_batch % max(divisor, 1)
+    if 0 < fit_batch < report.batch:
+      levers.append(f"data.batch_size={fit_batch} or less (about {fit_batch // divisor} per "
+                    "chip; temporaries scale with the per-chip batch)")
+  mesh = report.settings["mesh"]
+  if report.settings["rules"] in ("fsdp", "fsdp_tp") or mesh.get("fsdp", 1) > 1:
+    fixed = m["total"] - state
+    for fsdp in (2 ** k for k in range(1, 14)):
+      if fsdp <= mesh.get("fsdp", 1) or fsdp > report.chips:
+        continue
+      if fixed + state * mesh.get("fsdp", 1) / fsdp <= hbm:
+        levers.append(f"mesh.fsdp={fsdp} (state {state * mesh.get('fsdp', 1) / fsdp / GIB:.2f}"
+                      f" GiB per chip instead of {state / GIB:.2f})")
+        break
+  elif report.chips > 1:
+    levers.append(f"mesh.rules=fsdp with mesh.fsdp={report.chips} mesh.data=1 (shards the "
+                  f"{state / GIB:.2f} GiB of parameters and optimizer state per chip)")
+  if compile_variant is not None:
+    for field, value in (("remat_policy", "full"), ("remat_policy", "dots"),
+                         ("scan_layers", True)):
+      current = report.settings.get(field)
+      if current is None or current == value or (field == "remat_policy" and current == "full"):
+        continue
+      total = compile_variant(**{field: value}).memory["total"]
+      verdict = "fits" if total <= hbm else "still does not fit"
+      levers.append(f"model.{field}={value!r}: {total / GIB:.2f} GiB per chip ({verdict})")
+  return levers
+
+
+def format_levers(report: Report) -> str:
+  m = report.memory
+  lines = [f"the {report.step} step of {report.model} at batch {report.batch} needs "
+           f"{m['total'] / GIB:.2f} GiB per chip on {report.topology} "
+           f"x{report.num_slices}, which has {report.hbm_bytes / GIB:.0f} GiB "
+           f"(arguments {m['arguments'] / GIB:.2f}, temporaries {m['temporaries'] / GIB:.2f})"]
+  if report.levers:
+    lines.append("levers that would fit it: " + "; ".join(report.levers))
+  else:
+    lines.append("no single lever fits it: use a larger slice")
+  return ". ".join(lines)
+
+
+def check_fits(config, report: Report, target: Target, compile_variant=None) -> Report:
+  if not report.fits:
+    report.levers = fit_levers(config, report, target, compile_variant)
+    raise DoesNotFit(report)
+  return report
+
+
+# ------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _gib(n: float) -> str:
+  return f"{n / GIB:.2f} GiB"
+
+
+def format_table(report: Report) -> str:
+  m, r = report.memory, report.roofline
+  s = report.settings
+  lines = [
+      f"{report.step} step of {report.model}, batch {report.batch}, on {report.topology} "
+      f"x{report.num_slices} ({report.chips} chips, libtpu {report.libtpu_topology})",
+      f"  settings: dtype {s['dtype']}, scan_layers {s['scan_layers']}, remat "
+      f"{s['remat_policy']}, rules {s['rules']}, mesh {s['mesh']}, attention "
+      f"{report.attention}",
+      f"  compile: {report.compile_s:.1f} s",
+      "  memory per chip:",
+      f"    arguments    {_gib(m['arguments'])}",
+      f"    outputs      {_gib(m['outputs'])}",
+      f"    temporaries  {_gib(m['temporaries'])}",
+      f"    aliased      {_gib(m['aliased'])} (donated state, counted once)",
+      f"    total        {_gib(m['total'])} of {_gib(report.hbm_bytes)} HBM: "
+      + (f"fits, {_gib(report.headroom)} headroom" if report.fits else
+         f"does NOT fit, {_gib(-report.headroom)} over"),
+      *([] if report.compiled else ["  libtpu refused the program as larger than HBM: only its "
+                                    "memory is known"]),
+      f"  flops per chip: XLA {report.xla_flops / 1e12:.3f} T, analytic "
+      f"{report.analytic_flops / 1e12:.3f} T (XLA counts a scanned loop body once)",
+      "  collectives per step (bytes each chip moves):"]
+  if not report.collectives:
+    lines.append("    none")
+  for c in report.collectives:
+    where = "DCN" if c["dcn"] else "ICI"
+    lines.append(f"    {c['kind']:<19} x{c['count']:<5} {c['bytes'] / 2**20:10.1f} MiB  {where}")
+  lines += [
+      "  roofline ESTIMATE of the step time (not a measurement):",
+      f"    compute {r['compute'] * 1e3:.1f} ms, HBM {r['hbm'] * 1e3:.1f} ms, ICI "
+      f"{r['ici'] * 1e3:.1f} ms, DCN {r['dcn'] * 1e3:.1f} ms -> {r['estimate'] * 1e3:.1f} ms "
+      f"if overlapped ({r['bound']}-bound), {r['no_overlap'] * 1e3:.1f} ms if not"]
+  return "\n".join(lines)
