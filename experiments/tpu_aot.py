@@ -1,0 +1,179 @@
+"""DiT-XL/2 and MM-DiT train steps compiled ahead of time for Cloud TPU slices, on a CPU host
+with libtpu (no TPU): memory per chip, fit, compile time, collectives and a roofline estimate.
+Writes experiments/results/tpu_aot.md from a cache of every compile (tpu_aot.json), so a
+part can be rerun or extended without redoing the others.
+
+    python experiments/tpu_aot.py --part scan      # scanned vs unrolled DiT-XL/2, v5e-16
+    python experiments/tpu_aot.py --part dit       # the DiT-XL/2 grid over slices and plans
+    python experiments/tpu_aot.py --part batch     # largest DiT-XL/2 batch per v5e chip
+    python experiments/tpu_aot.py --part mmdit     # smallest v5p / v6e slice for FLUX, SD3
+    python experiments/tpu_aot.py --report         # only rewrite the markdown
+
+Every figure but compile time comes from XLA's compiled TPU program; step times are roofline
+ESTIMATES (dit_jax.aot), not measurements.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dit_jax import aot  # noqa: E402
+from dit_jax.config import load_config, validate  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CACHE = RESULTS / "tpu_aot.json"
+GIB = 2 ** 30
+
+# (rules, mesh sizes): every device in the batch split; fsdp_tp adds 4-way tensor parallelism.
+PLANS = {"dp": dict(data=-1, fsdp=1, tensor=1), "fsdp": dict(data=1, fsdp=-1, tensor=1),
+         "fsdp_tp": dict(data=1, fsdp=-1, tensor=4)}
+DIT_SLICES = [("v4-32", 1), ("v5e-16", 1), ("v5e-256", 1), ("v5p-64", 1), ("v6e-16", 1),
+              ("v5e-256", 2)]
+
+
+def case_key(c: dict) -> str:
+  return json.dumps(c, sort_keys=True)
+
+
+def load_cache() -> dict:
+  return json.loads(CACHE.read_text()) if CACHE.exists() else {}
+
+
+def dit_config(case: dict):
+  config = load_config(f"configs/{case['config']}")
+  config.data.batch_size = case["batch"]
+  config.model.update(scan_layers=case["scan"], remat_policy=case["remat"])
+  config.model.update(case.get("model", {}))
+  config.mesh.update(rules=case["rules"], **PLANS[case["rules"]])
+  if case["slices"] > 1:  # slices split the batch (data parallel over DCN)
+    config.mesh.update(dcn_data=case["slices"])
+  return validate(config)
+
+
+def run_case(case: dict, cache: dict) -> dict:
+  key = case_key(case)
+  if key in cache:
+    return cache[key]
+  start = time.perf_counter()
+  target = aot.Target.create(case["topology"], case["slices"])
+  try:
+    _, report = aot.compile_step(dit_config(case), target)
+    row = report.as_dict()
+  except ValueError as error:  # a plan the slice cannot take (batch or heads do not split)
+    row = dict(error=str(error))
+  row["wall_s"] = time.perf_counter() - start
+  cache[key] = row
+  CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+  print(f"{case} -> {row.get('memory', {}).get('total', 0) / GIB:.2f} GiB, "
+        f"{row['wall_s']:.0f} s{' ' + row['error'][:100] if 'error' in row else ''}", flush=True)
+  return row
+
+
+def dit_case(topology, slices, batch, rules, remat, scan=True) -> dict:
+  return dict(config="dit.py:DiT-XL/2", topology=topology, slices=slices, batch=batch,
+              rules=rules, remat=remat, scan=scan)
+
+
+def part_cases(part: str) -> list[dict]:
+  if part == "scan":
+    return [dit_case("v5e-16", 1, 256, "fsdp", remat, scan)
+            for scan in (False, True) for remat in ("none", "dots")]
+  if part == "dit":
+    return [dit_case(t, k, batch, rules, remat) for t, k in DIT_SLICES for batch in (256, 1024)
+            for rules in PLANS for remat in ("none", "dots")]
+  if part == "batch":
+    return [dit_case("v5e-16", 1, 16 * per_chip, "fsdp", remat)
+            for remat in ("none", "dots", "full") for per_chip in (16, 32, 64, 128)]
+  if part == "mmdit":
+    cases = []
+    for name in ("mmdit.py:FLUX.1-dev", "mmdit.py:SD3-medium"):
+      for topology in ("v5p-8", "v5p-16", "v5p-32", "v5p-64", "v6e-8", "v6e-16", "v6e-32",
+                       "v6e-64"):
+        cases.append(dict(config=name, topology=topology, slices=1, batch=int(
+            topology.split("-")[1]) // (2 if topology.startswith("v5p") else 1),
+            rules="fsdp", remat="full", scan=True,
+            model=dict(dtype="bfloat16", attention_backend="auto")))
+    return cases
+  raise ValueError(f"--part {part!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# The report
+
+
+def _row_cells(case: dict, row: dict) -> list[str]:
+  if "error" in row:
+    return [row["error"][:80]]
+  m = row["memory"]
+  comm = ", ".join(f"{c['kind']}{' (DCN)' if c['dcn'] else ''} {c['bytes'] / 2**20:.0f} MiB"
+                   for c in row["collectives"][:3]) or "none"
+  r = row["roofline"]
+  fits = "yes" if row["fits"] else "**no**"
+  return [f"{m['total'] / GIB:.2f}", f"{m['temporaries'] / GIB:.2f}", fits,
+          f"{row['compile_s']:.0f}", comm,
+          f"{r['estimate'] * 1e3:.0f} ({r['bound']})" if row.get("compiled", True) else "n/a"]
+
+
+def write_report(cache: dict):
+  rows = [(json.loads(k), v) for k, v in cache.items()]
+  lines = [
+      "# Cloud TPU ahead-of-time compilation (`dit-jax aot`)", "",
+      "Compiled on a 2-core CPU host with libtpu (no TPU attached) by "
+      "`experiments/tpu_aot.py`. Memory is XLA's per-chip analysis of the compiled TPU "
+      "program (arguments + outputs + temporaries - donated aliases); collectives are the "
+      "bytes each chip moves per step, read from the optimized HLO (loop bodies once per "
+      "iteration); the step time is a roofline ESTIMATE (peak bf16, HBM and ICI/DCN "
+      "bandwidth, perfect overlap), never a measurement. DiT-XL/2 at 256 px (32x32x4 "
+      "latents), bfloat16 compute, float32 parameters and AdamW state, EMA.", ""]
+  header = ("| slice | batch | plan | remat | scan | GiB/chip | temporaries | fits | compile s "
+            "| largest collectives | est. ms |")
+  sep = "|" + "---|" * 11
+
+  def table(select, title, note=""):
+    chosen = [(c, r) for c, r in rows if select(c)]
+    if not chosen:
+      return
+    lines.extend([f"## {title}", ""] + ([note, ""] if note else []) + [header, sep])
+    for c, r in sorted(chosen, key=lambda cr: (cr[0]["topology"], cr[0]["slices"],
+                                               cr[0]["batch"], cr[0]["rules"], cr[0]["remat"],
+                                               cr[0]["scan"])):
+      name = c["topology"] + (f" x{c['slices']} (DCN)" if c["slices"] > 1 else "")
+      lines.append("| " + " | ".join([name, str(c["batch"]), c["rules"], c["remat"],
+                                      "yes" if c["scan"] else "no", *_row_cells(c, r)]) + " |")
+    lines.append("")
+
+  dit = lambda c: c["config"] == "dit.py:DiT-XL/2"
+  table(lambda c: dit(c) and c["topology"] == "v5e-16" and c["batch"] == 256
+        and c["rules"] == "fsdp", "Scanned vs unrolled layers (DiT-XL/2, v5e-16, fsdp)",
+        "A scanned stack with remat 'none' now saves only matmul outputs (the 'dots' policy: "
+        "`nn.stack.SCAN_NONE_POLICY`); before, it saved every intermediate as a stacked buffer "
+        "and needed 14.43 GiB of temporaries per chip against 7.08 GiB unrolled (the issue's "
+        "measurement, jax 0.10.2 + libtpu 0.0.42.1).")
+  table(lambda c: dit(c) and c["scan"] and (c["topology"], c["slices"]) in DIT_SLICES
+        and c["batch"] in (256, 1024), "DiT-XL/2 over slices and plans (scanned)")
+  table(lambda c: not dit(c), "MM-DiT at published sizes (scanned, full remat, fsdp)",
+        "FLUX.1-dev (12B parameters) at 1024 px with 512 text tokens; SD3-medium at 1024 px.")
+  (RESULTS / "tpu_aot.md").write_text("\n".join(lines))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--part", action="append", default=[],
+                      choices=("scan", "dit", "batch", "mmdit"))
+  parser.add_argument("--report", action="store_true")
+  args = parser.parse_args()
+  cache = load_cache()
+  for part in args.part:
+    for case in part_cases(part):
+      run_case(case, cache)
+      write_report(cache)
+  write_report(cache)
+
+
+if __name__ == "__main__":
+  main()
