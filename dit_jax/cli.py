@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from dit_jax import flops
 from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
-from dit_jax.models import class_count, create_model
+from dit_jax.models import class_count, create_model, flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
 from dit_jax.nn.attention import BACKENDS
 from dit_jax.reports import FORMATS, flops_row, format_rows

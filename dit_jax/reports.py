@@ -11,7 +11,7 @@ import csv
 import io
 import json
 
-from dit_jax import flops
+from dit_jax.models import flops
 
 FORMATS = ("table", "json", "csv", "markdown")
 

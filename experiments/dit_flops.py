@@ -11,7 +11,7 @@ Writes:
 import argparse
 from pathlib import Path
 
-from dit_jax import flops
+from dit_jax.models import flops
 from dit_jax.reports import flops_row, format_rows
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
 from dit_jax.plots import plot_flops

@@ -101,7 +101,7 @@ def prepare(args):
 
 def gflops(model, resolution: int) -> float:
   """Forward Gflops of one example (multiply-adds), from XLA's cost analysis / 2."""
-  from dit_jax import flops
+  from dit_jax.models import flops
   return flops.xla_flops(model, resolution, resolution, 3) / 2 / 1e9
 
 

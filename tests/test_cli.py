@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dit_jax import cli, flops
+from dit_jax import cli
+from dit_jax.models import flops
 from dit_jax.models.dit import dit
 
 

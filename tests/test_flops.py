@@ -1,6 +1,6 @@
 import pytest
 
-from dit_jax import flops
+from dit_jax.models import flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
 from dit_jax.reports import flops_row
 

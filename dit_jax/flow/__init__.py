@@ -12,7 +12,7 @@ from dit_jax.flow.paths import (PREDICTIONS, Coefficients, LinearPath, Posterior
 from dit_jax.flow.samplers import (METHODS, Sampler, ddim_step, ddpm_learned_step, ddpm_step,
                                    euler_step, guided_fn, heun_step, learned_log_variance,
                                    make_sampler, respaced_grid, respaced_steps, sample_ddpm,
-                                   sample_ddpm_learned, sample_ode, sampler_for, uses_guidance)
+                                   sample_ode, sampler_for, uses_guidance)
 from dit_jax.flow.timesteps import (flux_shift, logit_normal_t, sample_t, sd3_shift,
                                     shift_time, shifted_grid, uniform_grid, uniform_t)
 
@@ -22,6 +22,5 @@ __all__ = ["Coefficients", "DDPM", "DDPMHybrid", "FlowMatching", "LinearPath", "
            "ddpm_step_to_t", "euler_step", "flux_shift", "from_x1_eps", "guided_fn", "heun_step",
            "learned_log_variance", "linear_betas", "logit_normal_t", "make_objective",
            "make_sampler", "mix_log_variance", "respaced_grid", "respaced_steps", "sample_ddpm",
-           "sample_ddpm_learned", "sample_ode", "sample_t", "sampler_for", "sd3_shift",
-           "shift_time", "shifted_grid", "t_to_ddpm_step", "to_x1_eps", "uniform_grid",
-           "uniform_t", "uses_guidance"]
+           "sample_ode", "sample_t", "sampler_for", "sd3_shift", "shift_time", "shifted_grid",
+           "t_to_ddpm_step", "to_x1_eps", "uniform_grid", "uniform_t", "uses_guidance"]

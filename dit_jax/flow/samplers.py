@@ -146,19 +146,6 @@ def ddpm_step(eps, x, abar_n, abar_m, z):
   return mean + jnp.sqrt(post.variance) * z
 
 
-def _scan_steps(body, x0_BHWC, n_T, rng, deterministic: bool):
-  """lax.scan of body((x, ...), (n, m, key)) over consecutive step pairs (n_T[i], n_T[i+1]),
-  with one key per step (placeholders when the steps draw no noise)."""
-  if deterministic:
-    keys = jnp.zeros(n_T.shape[0] - 1)  # unused placeholders: DDIM(eta=0) needs no rng
-  elif rng is None:
-    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
-  else:
-    keys = jax.random.split(rng, n_T.shape[0] - 1)
-  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
-  return x
-
-
 def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
                 grid_T: jax.Array, *, path: VPPath = VPPath(), eta: float | None = None,
                 null_cond: Any = None, cfg_scale: float | jax.Array = 1.0,
@@ -167,8 +154,8 @@ def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: An
   n = N (1 - t) - 1 of grid_T (N-1 at t = 0, -1 = clean data at t = 1).
 
   learned_variance: the model outputs (eps, v), 2C channels, and ancestral steps take the
-  learned variance (`ddpm_learned_step`, as the published DiT samples); DDIM ignores v. See
-  `guided_fn` for guide_channels.
+  learned variance (`ddpm_learned_step`, as the published DiT samples; `respaced_grid(250)`
+  gives the paper's 250 steps); DDIM ignores v. See `guided_fn` for guide_channels.
   """
   fn = guided_fn(model_fn, cond, null_cond, cfg_scale, all_channels=learned_variance,
                  guide_channels=guide_channels)
@@ -193,16 +180,15 @@ def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: An
       return ddpm_learned_step(eps, out[..., C:], x, abar_n, abar_m, z), None
     return ddpm_step(eps, x, abar_n, abar_m, z), None
 
-  return _scan_steps(body, x0_BHWC, n_T, rng, deterministic)
-
-
-def sample_ddpm_learned(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: Any,
-                        grid_T: jax.Array, *, path: VPPath | None = None, **kw) -> jax.Array:
-  """`sample_ddpm` of a model that outputs (eps, v), as the published DiT samples: ancestral
-  DDPM with the learned variance (eta=None), or DDIM(eta), which ignores v. Use
-  `respaced_grid(250)` for the paper's 250 steps."""
-  return sample_ddpm(model_fn, rng, x0_BHWC, cond, grid_T, path=path or VPPath(),
-                     learned_variance=True, **kw)
+  # One key per step pair (n_T[i], n_T[i+1]); placeholders when the steps draw no noise.
+  if deterministic:
+    keys = jnp.zeros(n_T.shape[0] - 1)  # DDIM(eta=0) needs no rng
+  elif rng is None:
+    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
+  else:
+    keys = jax.random.split(rng, n_T.shape[0] - 1)
+  x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
+  return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +296,7 @@ def respaced_steps(steps: int, num_steps: int = 1000) -> np.ndarray:
 
 
 def respaced_grid(steps: int, num_steps: int = 1000) -> jax.Array:
-  """Times t = 1 - (n + 1) / N of `respaced_steps`, for sample_ddpm / sample_ddpm_learned."""
+  """Times t = 1 - (n + 1) / N of `respaced_steps`, for `sample_ddpm`."""
   return ddpm_step_to_t(respaced_steps(steps, num_steps), num_steps)
 
 

@@ -84,6 +84,18 @@ class Denoiser(Protocol):
     them with jax.eval_shape)."""
 
 
+class DerivedContract:
+  """The contract members every family derives the same way from its own fields; a denoiser
+  class lists it before nn.Module: `class DiT(DerivedContract, nn.Module)`."""
+
+  @property
+  def condition_keys(self) -> tuple[str, ...]:
+    return tuple(self.condition_spec)
+
+  def output_channels(self, channels: int) -> int:
+    return 2 * channels if self.learn_sigma else channels
+
+
 def check_denoiser(model) -> None:
   """Raises TypeError naming what `model` lacks of the contract, ValueError for a bad field."""
   missing = [name for name in ("time_input", "condition_spec", "condition_keys",

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from dit_jax.models import flop_counts
-from dit_jax.models.contract import TIME_INPUTS, cond_spec, model_time
+from dit_jax.models import flops
+from dit_jax.models.contract import TIME_INPUTS, DerivedContract, cond_spec, model_time
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -130,7 +130,7 @@ class FinalLayer(nn.Module):
                  **kw)(x_BTD)
 
 
-class DiT(nn.Module):
+class DiT(DerivedContract, nn.Module):
   """Diffusion Transformer on NHWC images (or latents); see the module docstring."""
   patch_size: int = 2
   hidden_size: int = 1152
@@ -187,24 +187,17 @@ class DiT(nn.Module):
   def condition_spec(self) -> dict:
     return {"label": cond_spec("label")} if self.num_classes else {}
 
-  @property
-  def condition_keys(self) -> tuple[str, ...]:
-    return tuple(self.condition_spec)
-
   def null_condition(self, cond: dict | None) -> dict | None:
     """The unconditional `cond` for classifier-free guidance: the null class."""
     if cond is None:
       return None
     return dict(cond, label=jnp.full_like(cond["label"], self.num_classes))
 
-  def output_channels(self, channels: int) -> int:
-    return 2 * channels if self.learn_sigma else channels
-
   def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
-    return flop_counts.dit_flops(self, height, width, channels)
+    return flops.dit_flops(self, height, width, channels)
 
   def param_counts(self, height: int, width: int, channels: int) -> dict[str, int]:
-    return flop_counts.dit_params(self, channels)
+    return flops.dit_params(self, channels)
 
   def condition(self, t_B, cond, train):
     """The conditioning vector c (B, D) and the condition tokens (B, S, D), S = 1 or 2."""
@@ -271,7 +264,6 @@ class DiT(nn.Module):
     x_BTD = x_BTD[:, :T]
 
     adaptive = self.conditioning in ("adaln_zero", "adaln")
-    out_channels = 2 * C if self.learn_sigma else C
-    out_BTP = FinalLayer(p, out_channels, adaptive, self.conditioning == "adaln_zero",
+    out_BTP = FinalLayer(p, self.output_channels(C), adaptive, self.conditioning == "adaln_zero",
                          name="final_layer", **kw)(x_BTD, c_BD)
     return unpatchify(out_BTP, p, H, W).astype(jnp.float32)

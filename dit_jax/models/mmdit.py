@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.models import flop_counts
+from dit_jax.models import flops
 from dit_jax.models import text_encoder as text_lib
-from dit_jax.models.contract import cond_spec, example_condition
+from dit_jax.models.contract import DerivedContract, cond_spec, example_condition
 from dit_jax.models.dit import DiTBlock, FinalLayer
 from dit_jax.models.mmdit_blocks import (CrossAttnBlock, DoubleStreamBlock, ParallelSingleBlock,
                                          SingleStreamBlock, check_heads)
@@ -78,7 +78,7 @@ class MLPEmbedder(nn.Module):
     return dense(self.hidden_size, (axes.MLP, axes.EMBED), init, name="out", **kw)(nn.silu(h))
 
 
-class TextConditioned(nn.Module):
+class TextConditioned(DerivedContract, nn.Module):
   """Fields and the condition interface shared by MMDiT and TextDiT (see module docstring)."""
   patch_size: int = 2
   hidden_size: int = 256
@@ -151,13 +151,6 @@ class TextConditioned(nn.Module):
     if self.guidance_embed:
       spec["guidance"] = cond_spec("guidance")
     return spec
-
-  @property
-  def condition_keys(self) -> tuple[str, ...]:
-    return tuple(self.condition_spec)
-
-  def output_channels(self, channels: int) -> int:
-    return 2 * channels if self.learn_sigma else channels
 
   def param_counts(self, height: int, width: int, channels: int) -> None:
     return None  # no closed form kept: count with jax.eval_shape
@@ -254,9 +247,8 @@ class TextConditioned(nn.Module):
     return text_lib.text_positions(jnp.ones((B, S), bool))
 
   def final(self, x_BTD, vec_BD, C, H, W):
-    out_channels = 2 * C if self.learn_sigma else C
-    out_BTP = FinalLayer(self.patch_size, out_channels, name="final_layer", dtype=self.dtype,
-                         param_dtype=self.param_dtype)(x_BTD, vec_BD)
+    out_BTP = FinalLayer(self.patch_size, self.output_channels(C), name="final_layer",
+                         dtype=self.dtype, param_dtype=self.param_dtype)(x_BTD, vec_BD)
     return unpatchify(out_BTP, self.patch_size, H, W).astype(jnp.float32)
 
 
@@ -282,7 +274,7 @@ class MMDiT(TextConditioned):
     return spec
 
   def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
-    return flop_counts.mmdit_flops(self, height, width, channels)
+    return flops.mmdit_flops(self, height, width, channels)
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)
@@ -355,7 +347,7 @@ class TextDiT(TextConditioned):
   text_conditioning: str = "pooled_adaln"
 
   def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
-    return flop_counts.text_dit_flops(self, height, width, channels)
+    return flops.text_dit_flops(self, height, width, channels)
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)

@@ -37,8 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dit_jax.models import flop_counts
-from dit_jax.models.contract import cond_spec
+from dit_jax.models import flops
+from dit_jax.models.contract import DerivedContract, cond_spec
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import affine_layer_norm
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -198,7 +198,7 @@ class AttentionBlock(nn.Module):
     return x_BHWC + h_BTC.reshape(B, H, W, C)
 
 
-class UNet(nn.Module):
+class UNet(DerivedContract, nn.Module):
   """U-Net denoiser on NHWC images or latents; see the module docstring."""
   base_channels: int = 64
   channel_mult: tuple[int, ...] = (1, 2, 2)   # channels per level, x base_channels
@@ -283,10 +283,6 @@ class UNet(nn.Module):
       spec["text"] = cond_spec("text", (self.text_length, self.text_dim))
     return spec
 
-  @property
-  def condition_keys(self) -> tuple[str, ...]:
-    return tuple(self.condition_spec)
-
   def null_condition(self, cond: dict | None) -> dict | None:
     """The unconditional `cond` for guidance: null class, and all-zero text features."""
     if cond is None:
@@ -298,9 +294,6 @@ class UNet(nn.Module):
       out["text"] = jnp.zeros_like(cond["text"])
     return out
 
-  def output_channels(self, channels: int) -> int:
-    return 2 * channels if self.learn_sigma else channels
-
   def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
     return self.counts(height, width, channels)[0]
 
@@ -308,8 +301,8 @@ class UNet(nn.Module):
     return self.counts(height, width, channels)[1]
 
   def counts(self, height: int, width: int, channels: int) -> tuple[dict, dict]:
-    """(forward multiply-adds, parameters) per component (dit_jax.models.flop_counts)."""
-    return flop_counts.unet_counts(self, layout(self), height, width, channels,
+    """(forward multiply-adds, parameters) per component (dit_jax.models.flops)."""
+    return flops.unet_counts(self, layout(self), height, width, channels,
                                    self.text_length)
 
   def condition(self, t_B, cond, train):
@@ -386,7 +379,6 @@ class UNet(nn.Module):
         stack.append(h)
     h = nn.silu(group_norm(self.num_groups, GN_EPS, "norm_out", self.param_dtype)(h))
     h = h.astype(self.dtype)
-    out_channels = 2 * C if self.learn_sigma else C
-    out = conv(out_channels, 1, (None, None, axes.EMBED, axes.PATCH), name="conv_out",
+    out = conv(self.output_channels(C), 1, (None, None, axes.EMBED, axes.PATCH), name="conv_out",
                kernel_init=nn.initializers.zeros, **kw)(h)
     return out.astype(jnp.float32)

@@ -219,35 +219,13 @@ class _Stage(nn.Module):
     return x_BHWC
 
 
-class Encoder(nn.Module):
-  """(B, H, W, in) -> (B, H/f, W/f, 2 * latent) moments, f = 2^(len(blocks) - 1)."""
-  block_out_channels: tuple[int, ...]
-  layers_per_block: int
-  latent_channels: int
-  groups: int = 32
-  mid_block_attention: bool = True
-  attention_backend: str = "auto"  # of the mid-block attention; one of attention.BACKENDS
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BHWC):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    blocks = self.block_out_channels
-    h = conv(blocks[0], 3, "conv_in", in_axis=axes.PATCH, **kw)(x_BHWC.astype(self.dtype))
-    for i, channels in enumerate(blocks):
-      last = i == len(blocks) - 1
-      h = _Stage(channels, self.layers_per_block, None if last else "down", self.groups,
-                 name=f"down_blocks_{i}", **kw)(h)
-    h = MidBlock(self.groups, self.mid_block_attention, self.attention_backend, name="mid_block",
-                 **kw)(h)
-    h = nn.silu(group_norm(self.groups, "conv_norm_out", self.param_dtype)(h))
-    return conv(2 * self.latent_channels, 3, "conv_out", out_axis=axes.PATCH,
-                **kw)(h.astype(self.dtype))
-
-
-class Decoder(nn.Module):
-  """(B, h, w, latent) -> (B, h*f, w*f, out)."""
+class Coder(nn.Module):
+  """The encoder (`resample="down"`: (B, H, W, in) -> (B, H/f, W/f, out_channels), the
+  moments) or the decoder ("up": (B, h, w, latent) -> (B, h*f, w*f, out_channels)),
+  f = 2^(len(block_out_channels) - 1). The two mirror each other: conv_in, then the down
+  stages and the mid block, or the mid block and the up stages (block_out_channels reversed,
+  one more resnet each), then GN -> SiLU -> conv_out."""
+  resample: str  # "down" (encoder) or "up" (decoder)
   block_out_channels: tuple[int, ...]
   layers_per_block: int
   out_channels: int
@@ -258,16 +236,21 @@ class Decoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z_BhwC):
+  def __call__(self, x_BHWC):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    blocks = tuple(reversed(self.block_out_channels))
-    h = conv(blocks[0], 3, "conv_in", in_axis=axes.PATCH, **kw)(z_BhwC.astype(self.dtype))
-    h = MidBlock(self.groups, self.mid_block_attention, self.attention_backend, name="mid_block",
-                 **kw)(h)
+    up = self.resample == "up"
+    blocks = tuple(reversed(self.block_out_channels)) if up else tuple(self.block_out_channels)
+    h = conv(blocks[0], 3, "conv_in", in_axis=axes.PATCH, **kw)(x_BHWC.astype(self.dtype))
+    mid_block = MidBlock(self.groups, self.mid_block_attention, self.attention_backend,
+                         name="mid_block", **kw)
+    if up:
+      h = mid_block(h)
     for i, channels in enumerate(blocks):
       last = i == len(blocks) - 1
-      h = _Stage(channels, self.layers_per_block + 1, None if last else "up", self.groups,
-                 name=f"up_blocks_{i}", **kw)(h)
+      h = _Stage(channels, self.layers_per_block + int(up), None if last else self.resample,
+                 self.groups, name=f"{self.resample}_blocks_{i}", **kw)(h)
+    if not up:
+      h = mid_block(h)
     h = nn.silu(group_norm(self.groups, "conv_norm_out", self.param_dtype)(h))
     return conv(self.out_channels, 3, "conv_out", out_axis=axes.PATCH,
                 **kw)(h.astype(self.dtype))
@@ -316,8 +299,8 @@ class AutoencoderKL(nn.Module):
                 layers_per_block=self.layers_per_block, groups=self.norm_num_groups,
                 mid_block_attention=self.mid_block_attention,
                 attention_backend=self.attention_backend, **kw)
-    self.encoder = Encoder(latent_channels=self.latent_channels, **arch)
-    self.decoder = Decoder(out_channels=self.out_channels, **arch)
+    self.encoder = Coder("down", out_channels=2 * self.latent_channels, **arch)
+    self.decoder = Coder("up", out_channels=self.out_channels, **arch)
     latent = dict(in_axis=axes.PATCH, out_axis=None, **kw)  # one name may not repeat
     if self.use_quant_conv:
       self.quant_conv = conv(2 * self.latent_channels, 1, "quant_conv", **latent)

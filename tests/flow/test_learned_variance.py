@@ -78,12 +78,13 @@ def test_matches_the_original_respaced_loop(ddim):
             for k in jax.random.split(rng, steps)]
   grid = samplers.respaced_grid(steps)
   kw = {"eta": 0.0 if ddim else None, "null_cond": {"label": jnp.full(2, NULL)}, "cfg_scale": cfg}
-  got = samplers.sample_ddpm_learned(jax_model, rng, x0, {"label": labels}, grid,
-                                     guide_channels=3, **kw)
+  got = samplers.sample_ddpm(jax_model, rng, x0, {"label": labels}, grid,
+                             learned_variance=True, guide_channels=3, **kw)
   want = reference_loop(np.asarray(x0), np.asarray(labels), steps, noises, cfg, ddim)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
   # guiding all four channels is a different sampler
-  other = samplers.sample_ddpm_learned(jax_model, rng, x0, {"label": labels}, grid, **kw)
+  other = samplers.sample_ddpm(jax_model, rng, x0, {"label": labels}, grid,
+                               learned_variance=True, **kw)
   assert np.abs(np.asarray(other) - want).max() > 1e-2
 
 

@@ -7,8 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from dit_jax import flops
-from dit_jax.models import example_inputs
+from dit_jax.models import example_inputs, flops
 from dit_jax.models.dit import CONDITIONINGS, POSENCS, PRESETS, REMAT_POLICIES, DiTBlock, dit
 from dit_jax.nn.posenc import grid_ids
 

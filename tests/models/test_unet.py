@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from dit_jax import flops
 from dit_jax.config import load_config
-from dit_jax.models import create_model, example_inputs
+from dit_jax.models import create_model, example_inputs, flops
 from dit_jax.models.unet import CONDITIONINGS, PRESET_INPUTS, PRESETS, UNet, layout, unet
 
 B, SIDE, CLASSES = 2, 8, 4

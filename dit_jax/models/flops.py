@@ -1,17 +1,38 @@
-"""Analytic forward multiply-adds (and parameters) of each family, pure functions of a model's
-fields: the `forward_flops` hook of the model contract calls these; `dit_jax.flops` reports them.
+"""Analytic forward multiply-adds and parameters of each family, pure functions of a model's
+fields (the `forward_flops` / `param_counts` hooks of the model contract call these), with
+XLA's cost analysis as a cross-check, and the DiT paper's numbers.
 
 Convention (the DiT paper's): forward pass of one example, one multiply-add counts as ONE flop;
 only matrix products are counted (linear layers, convolutions as out_pixels * k * k * C_in *
 C_out, attention scores q k^T and the weighted sum of values). Norms, activations, softmax and
-additions are left out: O(T D) per layer, a fraction of a percent for the paper's models.
+additions are left out: they are O(T D) per layer, a fraction of a percent of the total for the
+paper's models.
+
+XLA's `cost_analysis()["flops"]` counts a multiply-add as TWO flops and also counts every
+elementwise operation, so `xla_flops / 2` is slightly above the analytic number (0.3% for
+DiT-XL/2, about 1% for the smallest models).
 
 Symbols: T image tokens, S condition tokens, D width, F MLP width, P = p*p*C patch features,
 L depth; U-Net: h, w the feature map of a level, C its channels, E the embedding width.
 """
+import dataclasses
+
+import jax
+
+from dit_jax.models.contract import example_inputs
+
 FREQUENCY_DIM = 256  # sinusoidal features of the timestep embedder
-COMPONENTS = ("embed", "attention", "mlp", "adaln", "norm", "final")
 UNET_COMPONENTS = ("embed", "res", "attention", "resample", "final")
+
+# Forward Gflops at 256x256 (32x32x4 latents) from Table 4 of the DiT paper, and parameters
+# (millions) from its Table 1; the lecture's patch-4 column rounds these to one decimal.
+PAPER_GFLOPS_256 = {
+    "DiT-S/8": 0.36, "DiT-S/4": 1.41, "DiT-S/2": 6.06,
+    "DiT-B/8": 1.42, "DiT-B/4": 5.56, "DiT-B/2": 23.01,
+    "DiT-L/8": 5.01, "DiT-L/4": 19.70, "DiT-L/2": 80.71,
+    "DiT-XL/8": 7.39, "DiT-XL/4": 29.05, "DiT-XL/2": 118.64,
+}
+PAPER_PARAMS_M = {"S": 33, "B": 130, "L": 458, "XL": 675}
 
 
 # DiT (dit_jax.models.dit).
@@ -211,3 +232,28 @@ def text_dit_flops(model, height: int, width: int, channels: int) -> dict[str, i
     per_block += 2 * T * D * D + 2 * S * D * D + 2 * T * S * D
   return _text_model_counts(model, height, width, channels, cross, T, model.depth * per_block,
                             model.depth * 2 * T * D * F, model.depth * 6 * D * D)
+
+
+# Any model, through the contract: the real module's parameters and XLA's count.
+
+def count_params(model, height: int, width: int, channels: int) -> int:
+  """Parameters of the real module, from jax.eval_shape (no memory is allocated)."""
+  x, t, cond = example_inputs(model, (height, width, channels))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+
+
+def xla_flops(model, height: int, width: int, channels: int) -> float:
+  """XLA's flop count of the compiled forward of one example (multiply-add = 2 flops).
+
+  Layers are unrolled here because XLA's cost analysis counts a scanned body only once.
+  """
+  fields = {f.name for f in dataclasses.fields(model)}
+  unrolled = {k: v for k, v in (("scan_layers", False), ("remat_policy", "none")) if k in fields}
+  model = dataclasses.replace(model, **unrolled)
+  x, t, cond = example_inputs(model, (height, width, channels))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  cost = jax.jit(model.apply).lower(variables, x, t, cond).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
+    cost = cost[0]
+  return float(cost["flops"])
