@@ -59,6 +59,7 @@ class Report:
   collectives: list              # dicts: kind, count, bytes (per chip per step), dcn
   roofline: dict                 # seconds: compute, hbm, ici, dcn, estimate; bound
   compiled: bool = True          # False: libtpu refused it as too big (memory only)
+  xla_attention_total: int | None = None  # the same step with XLA attention, if compiled
   levers: list = dataclasses.field(default_factory=list)  # ways to fit, when it does not
 
   @property
@@ -162,7 +163,7 @@ def _trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
   lines = computations.get(condition[1], []) if condition else []
   constants = {}
   for line in lines:
-    c = re.match(r"\s*%?([\w.\-]+) = s32\[\]\S* constant\((\d+)\)", line)
+    c = re.match(r"\s*%?([\w.\-]+) = [su](?:32|64)\[\]\S* constant\((\d+)\)", line)
     if c:
       constants[c[1]] = int(c[2])
   for line in lines:
@@ -230,8 +231,9 @@ def collectives(hlo: str, num_devices: int, num_slices: int = 1) -> list[dict]:
         kind = "reduce-scatter"  # TPU's fused reduce-scatter: an all-reduce kept sliced
       result = _shape_bytes(match[2])
       operand = _shape_bytes(attributes.split(")")[0])
-      if op.endswith("-start") and len(result) > 1:  # (operand, result[, scratch]) tuples
-        result = result[len(operand):2 * len(operand)] or result[-1:]
+      if op.endswith("-start") and len(result) > 1:  # (operands, results, scratch) tuples
+        count = max(len(operand), 1)  # operands print as names only: one, as XLA emits
+        result = result[count:2 * count]
       if kind == "collective-permute":
         n = 2
       else:
@@ -488,6 +490,10 @@ def format_table(report: Report) -> str:
       f"  settings: dtype {s['dtype']}, scan_layers {s['scan_layers']}, remat "
       f"{s['remat_policy']}, rules {s['rules']}, mesh {s['mesh']}, attention "
       f"{report.attention}",
+      *([] if report.xla_attention_total is None else [
+          f"  attention {report.attention} vs XLA attention: "
+          f"{_gib(report.xla_attention_total - m['total'])} per chip saved "
+          f"({_gib(report.xla_attention_total)} with XLA attention)"]),
       f"  compile: {report.compile_s:.1f} s",
       "  memory per chip:",
       f"    arguments    {_gib(m['arguments'])}",

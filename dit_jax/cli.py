@@ -186,6 +186,8 @@ def cmd_aot(args, overrides):
     changed.model.update(fields)
     return aot.compile_step(changed, target, args.step, args.batch_size)[1]
 
+  if args.attention_baseline and report.attention not in ("xla", "n/a"):
+    report.xla_attention_total = variant(attention_backend="xla").memory["total"]
   try:
     aot.check_fits(config, report, target, variant)
   finally:
@@ -511,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--step", choices=("train", "sample"), default="train")
   p.add_argument("--batch-size", type=_positive, default=256,
                  help="--step sample: samples per compiled call (as `dit-jax sample`)")
+  p.add_argument("--attention-baseline", action="store_true", help="also compile the step "
+                 "with XLA attention and report the memory the chosen kernel saves")
   p.add_argument("--format", choices=("table", "json"), default="table")
   p.set_defaults(func=cmd_aot)
 

@@ -106,9 +106,11 @@ def device_grid(mesh_config=None, devices: Sequence | None = None) -> np.ndarray
   ici = resolve_sizes(cfg.ici, len(devices) // num_slices,
                       ("mesh.data", "mesh.fsdp", "mesh.tensor"))
   if num_slices > 1:
-    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    # An axis that is no product of whole torus axes (fsdp=128 on a 16x16 slice) splits one.
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                allow_split_physical_axes=True)
   try:
-    return mesh_utils.create_device_mesh(ici, devices)
+    return mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
   except (ValueError, NotImplementedError, AssertionError):
     # A subset of an accelerator's devices has no physical layout to follow.
     return np.array(devices).reshape(ici)

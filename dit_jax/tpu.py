@@ -9,6 +9,7 @@ shapes: v5p-8 2x2x1, v5p-64 2x4x4, v5p-128 4x4x4; v5e-16 4x4, v5e-256 16x16.
 """
 import dataclasses
 import math
+import os
 import re
 
 
@@ -109,6 +110,9 @@ def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   """Compile-only devices of `num_slices` such slices (joined by DCN); each device has its
   `slice_index`. Needs libtpu; set JAX_PLATFORMS=cpu so that JAX does not look for a TPU."""
   require_libtpu()
+  # libtpu takes a machine-wide lock meant for processes that drive a TPU; compiling needs
+  # none, and another process (a second compile, a test worker) may hold it.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if num_slices < 1:
     raise ValueError(f"--num-slices={num_slices} must be at least 1")
   from jax.experimental import topologies

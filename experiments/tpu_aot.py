@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dit_jax import aot  # noqa: E402
+from dit_jax import aot, tpu  # noqa: E402
 from dit_jax.config import load_config, validate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -32,6 +32,7 @@ GIB = 2 ** 30
 # (rules, mesh sizes): every device in the batch split; fsdp_tp adds 4-way tensor parallelism.
 PLANS = {"dp": dict(data=-1, fsdp=1, tensor=1), "fsdp": dict(data=1, fsdp=-1, tensor=1),
          "fsdp_tp": dict(data=1, fsdp=-1, tensor=4)}
+MAX_FSDP = 128
 DIT_SLICES = [("v4-32", 1), ("v5e-16", 1), ("v5e-256", 1), ("v5p-64", 1), ("v6e-16", 1),
               ("v5e-256", 2)]
 
@@ -49,7 +50,10 @@ def dit_config(case: dict):
   config.data.batch_size = case["batch"]
   config.model.update(scan_layers=case["scan"], remat_policy=case["remat"])
   config.model.update(case.get("model", {}))
-  config.mesh.update(rules=case["rules"], **PLANS[case["rules"]])
+  sizes = dict(PLANS[case["rules"]])
+  if case["rules"] == "fsdp":  # the width (1152 for DiT-XL) splits at most 128 ways
+    sizes.update(data=-1, fsdp=min(tpu.parse_slice(case["topology"]).chips, MAX_FSDP))
+  config.mesh.update(rules=case["rules"], **sizes)
   if case["slices"] > 1:  # slices split the batch (data parallel over DCN)
     config.mesh.update(dcn_data=case["slices"])
   return validate(config)
@@ -57,7 +61,7 @@ def dit_config(case: dict):
 
 def run_case(case: dict, cache: dict) -> dict:
   key = case_key(case)
-  if key in cache:
+  if key in cache and "error" not in cache[key]:
     return cache[key]
   start = time.perf_counter()
   target = aot.Target.create(case["topology"], case["slices"])
@@ -83,23 +87,38 @@ def part_cases(part: str) -> list[dict]:
   if part == "scan":
     return [dit_case("v5e-16", 1, 256, "fsdp", remat, scan)
             for scan in (False, True) for remat in ("none", "dots")]
-  if part == "dit":
+  if part == "dit":  # remat only matters to the plan that shards the most (fsdp)
     return [dit_case(t, k, batch, rules, remat) for t, k in DIT_SLICES for batch in (256, 1024)
-            for rules in PLANS for remat in ("none", "dots")]
+            for rules in (PLANS if batch == 256 else ("fsdp",))
+            for remat in (("none", "dots") if rules == "fsdp" else ("none",))]
   if part == "batch":
-    return [dit_case("v5e-16", 1, 16 * per_chip, "fsdp", remat)
-            for remat in ("none", "dots", "full") for per_chip in (16, 32, 64, 128)]
-  if part == "mmdit":
-    cases = []
-    for name in ("mmdit.py:FLUX.1-dev", "mmdit.py:SD3-medium"):
-      for topology in ("v5p-8", "v5p-16", "v5p-32", "v5p-64", "v6e-8", "v6e-16", "v6e-32",
-                       "v6e-64"):
-        cases.append(dict(config=name, topology=topology, slices=1, batch=int(
-            topology.split("-")[1]) // (2 if topology.startswith("v5p") else 1),
-            rules="fsdp", remat="full", scan=True,
-            model=dict(dtype="bfloat16", attention_backend="auto")))
-    return cases
+    per_chip = {"none": (32, 64, 80, 96, 128), "dots": (32, 64, 80, 96, 128),
+                "full": (32, 64, 128, 192, 256, 384, 512)}
+    return [dit_case("v5e-16", 1, 16 * n, "fsdp", remat) for remat in per_chip
+            for n in per_chip[remat]]
   raise ValueError(f"--part {part!r}")
+
+
+MMDIT_SLICES = {"v5p": ("v5p-8", "v5p-16", "v5p-32", "v5p-64", "v5p-128"),
+                "v6e": ("v6e-4", "v6e-8", "v6e-16", "v6e-32", "v6e-64", "v6e-128")}
+
+
+def mmdit_case(name: str, topology: str) -> dict:
+  chips = tpu.parse_slice(topology).chips
+  return dict(config=f"mmdit.py:{name}", topology=topology, slices=1, batch=chips,
+              rules="fsdp", remat="full", scan=True,
+              model=dict(dtype="bfloat16", attention_backend="auto"))
+
+
+def run_mmdit(cache: dict):
+  """For each model and TPU generation, the slices from the smallest up until one fits."""
+  for name in ("FLUX.1-dev", "SD3-medium"):
+    for slices in MMDIT_SLICES.values():
+      for topology in slices:
+        row = run_case(mmdit_case(name, topology), cache)
+        write_report(cache)
+        if row.get("fits"):
+          break
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,6 +136,31 @@ def _row_cells(case: dict, row: dict) -> list[str]:
   return [f"{m['total'] / GIB:.2f}", f"{m['temporaries'] / GIB:.2f}", fits,
           f"{row['compile_s']:.0f}", comm,
           f"{r['estimate'] * 1e3:.0f} ({r['bound']})" if row.get("compiled", True) else "n/a"]
+
+
+def largest_batch(rows, lines):
+  """Per remat policy: the largest per-chip batch of DiT-XL/2 that fits a v5e chip (v5e-16,
+  fsdp) among those compiled, and the smallest that does not."""
+  found = {}
+  for c, r in rows:
+    if (c["config"], c["topology"], c["rules"], c["scan"]) != ("dit.py:DiT-XL/2", "v5e-16",
+                                                               "fsdp", True) or "error" in r:
+      continue
+    per_chip = c["batch"] // 16
+    fit, miss = found.setdefault(c["remat"], [0, None])
+    if r["fits"]:
+      found[c["remat"]][0] = max(fit, per_chip)
+    elif miss is None or per_chip < miss:
+      found[c["remat"]][1] = per_chip
+  if not found:
+    return
+  lines.extend(["## Largest DiT-XL/2 batch per v5e chip (v5e-16, fsdp, scanned)", "",
+                "| remat | fits at (images per chip) | does not fit at |", "|---|---|---|"])
+  for remat in ("none", "dots", "full"):
+    if remat in found:
+      fit, miss = found[remat]
+      lines.append(f"| {remat} | {fit} | {miss if miss is not None else '-'} |")
+  lines.append("")
 
 
 def write_report(cache: dict):
@@ -156,6 +200,7 @@ def write_report(cache: dict):
         "measurement, jax 0.10.2 + libtpu 0.0.42.1).")
   table(lambda c: dit(c) and c["scan"] and (c["topology"], c["slices"]) in DIT_SLICES
         and c["batch"] in (256, 1024), "DiT-XL/2 over slices and plans (scanned)")
+  largest_batch(rows, lines)
   table(lambda c: not dit(c), "MM-DiT at published sizes (scanned, full remat, fsdp)",
         "FLUX.1-dev (12B parameters) at 1024 px with 512 text tokens; SD3-medium at 1024 px.")
   (RESULTS / "tpu_aot.md").write_text("\n".join(lines))
@@ -169,6 +214,9 @@ def main():
   args = parser.parse_args()
   cache = load_cache()
   for part in args.part:
+    if part == "mmdit":
+      run_mmdit(cache)
+      continue
     for case in part_cases(part):
       run_case(case, cache)
       write_report(cache)

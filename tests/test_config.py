@@ -30,9 +30,9 @@ def test_dit_config_builds_the_named_model():
 
 def test_overrides_keep_field_types():
   config = load_config("configs/dit.py")
-  apply_overrides(config, ["model.scan_layers=true", "model.class_dropout_prob=0.2",
+  apply_overrides(config, ["model.scan_layers=false", "model.class_dropout_prob=0.2",
                            "model.num_classes=10", "model.conditioning=in_context"])
-  assert config.model.scan_layers is True and config.model.class_dropout_prob == 0.2
+  assert config.model.scan_layers is False and config.model.class_dropout_prob == 0.2
   assert config.model.num_classes == 10 and config.model.conditioning == "in_context"
   with pytest.raises(ValueError, match="model.num_classes='ten'"):
     apply_overrides(config, ["model.num_classes=ten"])
@@ -75,7 +75,7 @@ def test_dit_config_for_every_preset(size, patch):
   assert built["patch_size"] == patch
   assert (built["num_classes"], built["learn_sigma"], built["dtype"], built["param_dtype"],
           built["scan_layers"], built["attention_backend"]) == (
-              1000, True, "bfloat16", "float32", False, "auto")
+              1000, True, "bfloat16", "float32", True, "auto")
   assert (config.data.latent_downsample, config.data.latent_channels, config.data.batch_size,
           config.data.image_size) == (8, 4, 256, 256)
   assert (config.optim.lr, config.optim.schedule, config.optim.warmup_steps) == (
