@@ -50,6 +50,7 @@ def dit_config(case: dict):
   config.data.batch_size = case["batch"]
   config.model.update(scan_layers=case["scan"], remat_policy=case["remat"])
   config.model.update(case.get("model", {}))
+  config.data.update(case.get("data", {}))
   sizes = dict(PLANS[case["rules"]])
   if case["rules"] == "fsdp":  # the width (1152 for DiT-XL) splits at most 128 ways
     sizes.update(data=-1, fsdp=min(tpu.parse_slice(case["topology"]).chips, MAX_FSDP))
@@ -84,9 +85,13 @@ def dit_case(topology, slices, batch, rules, remat, scan=True) -> dict:
 
 
 def part_cases(part: str) -> list[dict]:
-  if part == "scan":
+  if part == "scan":  # and the splash kernel against XLA attention
     return [dit_case("v5e-16", 1, 256, "fsdp", remat, scan)
-            for scan in (False, True) for remat in ("none", "dots")]
+            for scan in (False, True) for remat in ("none", "dots")] + [
+                dict(dit_case("v5e-16", 1, 256, "fsdp", "none"),
+                     model=dict(attention_backend="xla"))] + [
+                dict(dit_case("v5e-16", 1, 64, "fsdp", "none"), data=dict(image_size=512),
+                     model=dict(attention_backend=backend)) for backend in ("auto", "xla")]
   if part == "dit":  # remat only matters to the plan that shards the most (fsdp)
     return [dit_case(t, k, batch, rules, remat) for t, k in DIT_SLICES for batch in (256, 1024)
             for rules in (PLANS if batch == 256 else ("fsdp",))
@@ -144,7 +149,8 @@ def largest_batch(rows, lines):
   found = {}
   for c, r in rows:
     if (c["config"], c["topology"], c["rules"], c["scan"]) != ("dit.py:DiT-XL/2", "v5e-16",
-                                                               "fsdp", True) or "error" in r:
+                                                               "fsdp", True) or "error" in r \
+        or "model" in c or "data" in c:
       continue
     per_chip = c["batch"] // 16
     fit, miss = found.setdefault(c["remat"], [0, None])
@@ -171,8 +177,10 @@ def write_report(cache: dict):
       "`experiments/tpu_aot.py`. Memory is XLA's per-chip analysis of the compiled TPU "
       "program (arguments + outputs + temporaries - donated aliases); collectives are the "
       "bytes each chip moves per step, read from the optimized HLO (loop bodies once per "
-      "iteration); the step time is a roofline ESTIMATE (peak bf16, HBM and ICI/DCN "
-      "bandwidth, perfect overlap), never a measurement. DiT-XL/2 at 256 px (32x32x4 "
+      "iteration); the step time is a roofline ESTIMATE, never a measurement: the longest of "
+      "compute at peak bf16, HBM traffic at its bandwidth (XLA's bytes accessed, which count a "
+      "loop body once: low for scanned layers, and high-looking for unrolled ones) and "
+      "collectives at the ICI / DCN bandwidth. DiT-XL/2 at 256 px (32x32x4 "
       "latents), bfloat16 compute, float32 parameters and AdamW state, EMA.", ""]
   header = ("| slice | batch | plan | remat | scan | GiB/chip | temporaries | fits | compile s "
             "| largest collectives | est. ms |")
@@ -187,19 +195,26 @@ def write_report(cache: dict):
                                                cr[0]["batch"], cr[0]["rules"], cr[0]["remat"],
                                                cr[0]["scan"])):
       name = c["topology"] + (f" x{c['slices']} (DCN)" if c["slices"] > 1 else "")
-      lines.append("| " + " | ".join([name, str(c["batch"]), c["rules"], c["remat"],
+      if not dit(c):
+        name = f"{c['config'].split(':')[1]} on {name}"
+      plan = c["rules"] + (" (XLA attention)" if c.get("model", {}).get(
+          "attention_backend") == "xla" else "") + (
+              f" at {c['data']['image_size']} px" if "data" in c else "")
+      lines.append("| " + " | ".join([name, str(c["batch"]), plan, c["remat"],
                                       "yes" if c["scan"] else "no", *_row_cells(c, r)]) + " |")
     lines.append("")
 
   dit = lambda c: c["config"] == "dit.py:DiT-XL/2"
-  table(lambda c: dit(c) and c["topology"] == "v5e-16" and c["batch"] == 256
+  table(lambda c: dit(c) and c["topology"] == "v5e-16" and (c["batch"] == 256 or "data" in c)
         and c["rules"] == "fsdp", "Scanned vs unrolled layers (DiT-XL/2, v5e-16, fsdp)",
+        "Attention is the splash kernel except in the row marked XLA attention. "
         "A scanned stack with remat 'none' now saves only matmul outputs (the 'dots' policy: "
         "`nn.stack.SCAN_NONE_POLICY`); before, it saved every intermediate as a stacked buffer "
         "and needed 14.43 GiB of temporaries per chip against 7.08 GiB unrolled (the issue's "
         "measurement, jax 0.10.2 + libtpu 0.0.42.1).")
   table(lambda c: dit(c) and c["scan"] and (c["topology"], c["slices"]) in DIT_SLICES
-        and c["batch"] in (256, 1024), "DiT-XL/2 over slices and plans (scanned)")
+        and c["batch"] in (256, 1024) and "model" not in c and "data" not in c,
+        "DiT-XL/2 over slices and plans (scanned)")
   largest_batch(rows, lines)
   table(lambda c: not dit(c), "MM-DiT at published sizes (scanned, full remat, fsdp)",
         "FLUX.1-dev (12B parameters) at 1024 px with 512 text tokens; SD3-medium at 1024 px.")
