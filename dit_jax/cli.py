@@ -189,7 +189,7 @@ def cmd_aot(args, overrides):
   if args.attention_baseline and report.attention not in ("xla", "n/a"):
     report.xla_attention_total = variant(attention_backend="xla").memory["total"]
   try:
-    aot.check_fits(config, report, target, variant)
+    aot.check_fits(report, variant)
   finally:
     print(json.dumps(report.as_dict()) if args.format == "json" else aot.format_table(report))
 

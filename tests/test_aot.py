@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax import aot, cli, engine, parallel, tpu, train
+from dit_jax import aot, cli, engine, hlo, parallel, tpu, train
 from dit_jax.config import base_config, model_section, validate
 from dit_jax.models import create_model
 
@@ -159,7 +159,7 @@ ENTRY %main (a: f32[1024]) -> f32[256] {
 
 
 def test_hlo_collectives_by_kind_with_loop_trip_counts():
-  found = {(c["kind"], c["dcn"]): c for c in aot.collectives(HLO, 8, num_slices=2)}
+  found = {(c["kind"], c["dcn"]): c for c in hlo.collectives(HLO, 8, num_slices=2)}
   # The all-gather runs 7 times (the loop bound); each device receives 3/4 of 4*64 bf16.
   gather = found["all-gather", False]
   assert gather["count"] == 7 and gather["bytes"] == pytest.approx(7 * 4 * 64 * 2 * 3 / 4)
@@ -175,10 +175,10 @@ def test_hlo_collectives_by_kind_with_loop_trip_counts():
 
 
 def test_replica_group_spellings():
-  assert aot._groups("replica_groups={{0,2},{1,3}}", 4) == [[0, 2], [1, 3]]
-  assert aot._groups("replica_groups=[2,2]<=[2,2]T(1,0)", 4) == [[0, 2], [1, 3]]
-  assert aot._groups("replica_groups=mesh['a'=2,'b'=2] {'a'}", 4) == [[0, 2], [1, 3]]
-  assert aot._groups("channel_id=3", 4) == [[0, 1, 2, 3]]
+  assert hlo.replica_groups("replica_groups={{0,2},{1,3}}", 4) == [[0, 2], [1, 3]]
+  assert hlo.replica_groups("replica_groups=[2,2]<=[2,2]T(1,0)", 4) == [[0, 2], [1, 3]]
+  assert hlo.replica_groups("replica_groups=mesh['a'=2,'b'=2] {'a'}", 4) == [[0, 2], [1, 3]]
+  assert hlo.replica_groups("channel_id=3", 4) == [[0, 1, 2, 3]]
 
 
 # -- slice names ------------------------------------------------------------------------------
