@@ -2,6 +2,7 @@
 the real train and sample steps of a small DiT, their memory and collectives, the HLO reader,
 the slice names and the CLI's errors."""
 import math
+import sys
 
 import jax
 import numpy as np
@@ -93,13 +94,23 @@ def test_train_step_memory_and_collectives(request, one_chip_reports, topology, 
                                             ("compute", "hbm", "ici", "dcn"))
 
 
-def test_sample_step(v5e_4):
-  _, report = aot.compile_step(small_config("fsdp"), v5e_4, step="sample", sample_batch=8)
+@pytest.mark.parametrize("topology", ["v5e_4", "v4_8"])
+@pytest.mark.parametrize("rules", ["dp", "fsdp", "fsdp_tp"])
+def test_sample_step(request, topology, rules):
+  target = request.getfixturevalue(topology)
+  config = small_config(rules)
+  _, report = aot.compile_step(config, target, step="sample", sample_batch=8)
   assert report.step == "sample" and report.batch == 8 and report.fits
+  # The EMA parameters are an argument: at least their sharded bytes on every chip.
+  model = create_model(config.model)
+  plan = parallel.ShardingPlan.create(config.mesh, devices=target.devices)
+  params = engine.abstract_params(train.denoiser_task(model, None, (16, 16, 4)), plan)
+  assert report.memory["arguments"] >= aot._per_chip_bytes(params)
   # heun: 2 evaluations a step, guidance doubles them: 4 steps -> 16 forwards of 8 samples.
-  model = create_model(small_config().model)
   macs = sum(model.forward_flops(16, 16, 4).values())
   assert report.analytic_flops == pytest.approx(2 * macs * 8 * 16 / 4)
+  if rules != "dp":  # sharded parameters are gathered to apply the model
+    assert "all-gather" in kinds(report) or "collective-permute" in kinds(report)
 
 
 def test_scan_needs_no_more_temporaries_than_unrolled(v5e_4):
@@ -209,6 +220,12 @@ def run_cli(argv, capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(argv)
   return exit_info.value.code, capsys.readouterr()
+
+
+def test_cli_without_libtpu_says_how_to_install_it(capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` now fails
+  status, out = run_cli(BASE + ["--topology", "v5e-4"], capsys)
+  assert status == 2 and "pip install -e '.[tpu]'" in out.err and "Traceback" not in out.err
 
 
 def test_cli_unknown_topology(capsys):

@@ -117,7 +117,9 @@ def test_bench_times_the_model_of_a_config(capsys):
   from dit_jax.models import create_model
   from dit_jax.config import load_config
   overrides = ["--config.model.hidden_size=32", "--config.model.num_heads=2",
-               "--config.model.text_width=16", "--config.model.text_heads=2"]
+               "--config.model.text_width=16", "--config.model.text_heads=2",
+               "--config.model.depth_double=1", "--config.model.depth_single=1",
+               "--config.model.text_depth=1"]
   row = json.loads(run(capsys, "bench", "--config", "configs/mmdit.py:mmdit_hybrid",
                        *overrides, "--batch-size", "8", "--steps", "1", "--format", "json"))
   config = cli.apply_overrides(load_config("configs/mmdit.py:mmdit_hybrid"),

@@ -90,9 +90,16 @@ def test_scanned_equals_unrolled_values_and_gradients(name):
   assert_trees_close(scan_grads, to_scanned(grads, stacks), 1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-@pytest.mark.parametrize("scan, policy", [(False, "full"), (True, "dots"),
-                                          (True, "save_block_outputs")])
+# Every block class scanned with full remat; the other policies (and unrolled remat) on the
+# hybrid (double + single blocks) and the cross-attention text DiT. Scanned, "none" already
+# means the "dots" policy (nn.stack.SCAN_NONE_POLICY), so the reference differs from each.
+REMAT_CASES = ([(name, True, "full") for name in sorted(VARIANTS)]
+               + [(name, scan, policy) for name in ("hybrid", "text_dit_cross")
+                  for scan, policy in ((False, "full"), (False, "dots"),
+                                       (True, "save_block_outputs"))])
+
+
+@pytest.mark.parametrize("name, scan, policy", REMAT_CASES)
 def test_remat_keeps_values_and_gradients(name, scan, policy):
   model, stacks = VARIANTS[name]
   params = perturbed_params(model)
