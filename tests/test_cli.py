@@ -82,6 +82,8 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
   cli.main(["train", "--config", "configs/mmdit.py:mmdit_hybrid", "--workdir", str(run),
             f"--config.data.data_dir={data_dir}", "--config.data.batch_size=8",
             "--config.model.hidden_size=32", "--config.model.num_heads=2",
+            "--config.model.depth_double=1", "--config.model.depth_single=1",
+            "--config.model.text_depth=1",
             "--config.train.steps=2", "--config.train.log_every=1",
             "--config.train.sample_every=2", "--config.train.samples_per_class=2",
             "--config.sample.steps=2"])
