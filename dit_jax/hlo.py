@@ -110,28 +110,33 @@ def _trip_count(while_line: str, computations: dict[str, list[str]]) -> int:
   return 1
 
 
+def _calls(line: str, computations: dict[str, list[str]]) -> list[tuple[str, int]]:
+  """(callee, runs per call) of one instruction: a while body by its trip count, fusions,
+  reductions and conditional branches once."""
+  if re.search(r"\swhile\(", line):
+    trips = _trip_count(line, computations)
+    return [(c, trips) for c in re.findall(r"body=%?([\w.\-]+)", line)]
+  called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
+  called += [c.strip().lstrip("%") for group in
+             re.findall(r"branch_computations=\{([^}]*)\}", line) for c in group.split(",")]
+  return [(c, 1) for c in called]
+
+
 def _multiplicities(computations: dict[str, list[str]]) -> dict[str, int]:
-  """How many times each computation runs per step: while bodies by their known trip count."""
+  """How many times each computation runs per step, summed over all its callers: the call
+  graph is acyclic, so counts flow from ENTRY in topological order."""
+  edges = {name: [(c, n) for line in lines for c, n in _calls(line, computations)
+                  if c in computations] for name, lines in computations.items()}
+  callers = collections.Counter(c for out in edges.values() for c, _ in out)
   counts = collections.Counter({"ENTRY": 1})
-  order, seen = ["ENTRY"], {"ENTRY"}
-  while order:
-    name = order.pop()
-    for line in computations.get(name, ()):
-      trips = 1
-      if re.search(r"\swhile\(", line):
-        called = re.findall(r"body=%?([\w.\-]+)", line)
-        trips = _trip_count(line, computations)
-      else:
-        called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
-        called += [c.strip().lstrip("%") for group in
-                   re.findall(r"branch_computations=\{([^}]*)\}", line)
-                   for c in group.split(",")]
-      for callee in called:
-        if callee in computations:
-          counts[callee] += counts[name] * trips
-          if callee not in seen:
-            seen.add(callee)
-            order.append(callee)
+  ready = [name for name in computations if not callers[name]]
+  while ready:
+    name = ready.pop()
+    for callee, runs in edges[name]:
+      counts[callee] += counts[name] * runs
+      callers[callee] -= 1
+      if not callers[callee]:
+        ready.append(callee)
   return counts
 
 

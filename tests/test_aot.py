@@ -185,6 +185,38 @@ def test_hlo_collectives_by_kind_with_loop_trip_counts():
   assert found["all-reduce", True]["bytes"] == pytest.approx(2 * 8 * 128 * 2)
 
 
+SHARED = """\
+%gather (x: bf16[1,64]) -> bf16[4,64] {
+  ROOT %ag = bf16[4,64]{1,0} all-gather(bf16[1,64]{1,0} %x), replica_groups=[2,4]<=[8], dimensions={0}
+}
+
+%outer (x: bf16[1,64]) -> bf16[4,64] {
+  ROOT %c = bf16[4,64] call(%x), to_apply=%gather
+}
+
+%body (p: (u32[], bf16[1,64])) -> (u32[], bf16[1,64]) {
+  %f = bf16[4,64] fusion(%x), kind=kLoop, calls=%outer
+}
+
+%cond (p: (u32[], bf16[1,64])) -> pred[] {
+  %n = u32[] constant(5)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: bf16[1,64]) -> bf16[4,64] {
+  %w = (u32[], bf16[1,64]) while(%init), condition=%cond, body=%body
+  %f2 = bf16[4,64] fusion(%a), kind=kLoop, calls=%outer
+}
+"""
+
+
+def test_a_computation_called_from_two_places_counts_both():
+  # %outer (and the %gather it calls) runs once from ENTRY and five times from the loop
+  # body: both callers count, whichever is read first.
+  (gather,) = hlo.collectives(SHARED, 8)
+  assert gather["count"] == 6
+
+
 def test_replica_group_spellings():
   assert hlo.replica_groups("replica_groups={{0,2},{1,3}}", 4) == [[0, 2], [1, 3]]
   assert hlo.replica_groups("replica_groups=[2,2]<=[2,2]T(1,0)", 4) == [[0, 2], [1, 3]]
