@@ -1,0 +1,1 @@
+"""Evaluation of generated images: the FID Inception network and what is computed from it."""
