@@ -5,6 +5,10 @@
     dit-jax flops --config configs/dit.py:DiT-B/4 --config.model.conditioning=cross_attn
     dit-jax train --config configs/quickstart.py --workdir runs/quickstart
     dit-jax sample --workdir runs/quickstart --per-class 8 --out samples.png
+    dit-jax sample --workdir runs/quickstart --num 10000 --out samples.npz
+    dit-jax eval-ref --features digits/8 --data digits/8 --split test --out ref.npz
+    dit-jax eval --samples samples.npz --ref ref.npz --features digits/8
+    dit-jax eval --samples s.npz --ref VIRTUAL_imagenet256_labeled.npz --inception pt_inception.pth
     dit-jax train-vae --config configs/vae.py --workdir runs/vae
     dit-jax extract-latents --config configs/latent_quickstart.py --vae runs/vae --out lat --flip
     dit-jax convert --from pytorch --in DiT-XL-2-256x256.pt --out ckpt/DiT-XL-2-256
@@ -42,7 +46,7 @@ from dit_jax.config import apply_overrides, load_config, model_input_shape, vali
 from dit_jax.models import class_count, create_model, flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
 from dit_jax.nn.attention import BACKENDS
-from dit_jax.reports import FORMATS, flops_row, format_rows
+from dit_jax.reports import FORMATS, flops_row, format_rows, format_scores
 
 
 def _model_names(spec: str) -> list[str]:
@@ -233,20 +237,71 @@ def _sample_labels(args, num_classes: int) -> np.ndarray:
   return np.repeat(np.arange(max(num_classes, 1)), args.per_class).astype(np.int32)
 
 
-def _sample_chunks(sampler, params, labels, batch_size: int, rng, cfg_scale):
-  """uint8 samples of `labels`, one compiled batch at a time, with a progress bar on stderr."""
+def _progress(generate, desc: str, total: int, *args):
+  """Runs generate(*args, progress=update) under a progress bar on stderr; yields its items."""
+  from tqdm import tqdm
+  with tqdm(total=total, desc=desc, unit="image", dynamic_ncols=True) as bar:
+    yield from generate(*args, progress=bar.update)
+
+
+def _sample_many(args, sampler, state, num_classes: int, rng):
+  """--num N: N samples with uniform labels, sampled in resumable chunks into --out .npz."""
   import jax
   from tqdm import tqdm
 
+  from dit_jax.sample import sample_to_npz, uniform_labels
+  if not args.out.endswith(".npz"):
+    raise ValueError(f"--num {args.num} writes a sample set: name it --out FILE.npz")
+  labels = uniform_labels(args.num, num_classes, args.seed)
+  with tqdm(total=args.num, desc="sample", unit="image", dynamic_ncols=True) as bar:
+    drawn = sample_to_npz(sampler, state.ema_params, labels, args.out,
+                          batch_size=args.batch_size, rng=rng, cfg_scale=args.cfg_scale,
+                          chunk_size=args.chunk_size, write=jax.process_index() == 0,
+                          progress=bar.update)
+  print(f"wrote {args.num} samples of step {int(state.step)} to {args.out} ({drawn} drawn now, "
+        f"{args.num - drawn} from earlier chunks; labels uniform over {num_classes} classes)")
+
+
+def cmd_eval(args, overrides):
   from dit_jax import images
-  batch = min(batch_size, len(labels))
-  with tqdm(total=len(labels), desc="sample", unit="image", dynamic_ncols=True) as bar:
-    for start in range(0, len(labels), batch):
-      chunk = labels[start:start + batch]
-      padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
-      out = sampler(params, padded, jax.random.fold_in(rng, start), cfg_scale)
-      yield images.to_uint8(out[:len(chunk)])
-      bar.update(len(chunk))
+  from dit_jax.eval.evaluate import evaluate, load_reference
+  from dit_jax.eval.features import Extractor
+  extractor = Extractor(_feature_net_of(args), args.batch_size)
+  reference = load_reference(args.ref, extractor)
+  samples, labels = images.load_npz_images(args.samples)
+  scores = evaluate(extractor, samples, reference, labels)
+  scores = {"samples": len(samples), **scores}
+  print(format_scores(scores, args.format))
+
+
+def _feature_net_of(args):
+  from dit_jax.eval.evaluate import feature_net
+  spec = f"inception:{args.inception}" if args.inception else args.features
+  return feature_net(spec, args.data_dir)
+
+
+def cmd_eval_ref(args, overrides):
+  from dit_jax import data, images
+  from dit_jax.eval.evaluate import Reference
+  from dit_jax.eval.features import Extractor
+  extractor = Extractor(_feature_net_of(args), args.batch_size)
+  if args.images:
+    real, _ = images.load_npz_images(args.images)
+    real = real[:args.num]
+  else:
+    real, _ = data.read_images(args.data, args.split, args.data_dir, args.image_size, args.num)
+  Reference.of_features(extractor.net, extractor(real)).save(args.out)
+  print(f"wrote {extractor.net.name} reference statistics of {len(real)} images to {args.out}")
+
+
+def cmd_train_classifier(args, overrides):
+  from dit_jax.eval.classifier import cache_dir, classifier_net, train_classifier
+  if args.force or not (cache_dir(args.data, args.data_dir) / "classifier.json").exists():
+    train_classifier(args.data, args.data_dir, args.steps)
+  info = classifier_net(args.data, args.data_dir, train=False).info
+  print(f"{args.data} classifier: test accuracy {info['test_accuracy']:.4f}, train "
+        f"{info['train_accuracy']:.4f} ({info['steps']} steps); in "
+        f"{cache_dir(args.data, args.data_dir)}")
 
 
 def cmd_convert(args, overrides):
@@ -319,9 +374,14 @@ def cmd_sample(args, overrides):
   if args.converted:
     return cmd_sample_converted(args)
 
-  from dit_jax import flow, images, latents, train
-  from dit_jax.sample import ImageSampler
+  from dit_jax import flow, images, latents, parallel, train
+  from dit_jax.sample import ImageSampler, sample_in_batches
   config, state = train.load_run(args.workdir)
+  plan = None
+  if args.num:  # a large set: data parallel over every device (of every process)
+    plan = parallel.ShardingPlan.create(dict(config.mesh.to_dict(), data=-1, fsdp=1, tensor=1,
+                                             rules="dp"))
+    config, state = train.load_run(args.workdir, plan)
   for key, value in (("steps", args.steps), ("method", args.method),
                      ("cfg_scale", args.cfg_scale)):
     if value is not None:
@@ -331,7 +391,7 @@ def cmd_sample(args, overrides):
     config.data.vae = args.vae
   model = create_model(config.model)
   sampler = ImageSampler(model, flow.make_objective(config.objective), config.sample,
-                         model_input_shape(config.data), decode=latents.decoder_for(config))
+                         model_input_shape(config.data), plan, decode=latents.decoder_for(config))
   rng = jax.random.PRNGKey(args.seed)
   spec = model.condition_spec
   if "text" in spec:
@@ -344,8 +404,11 @@ def cmd_sample(args, overrides):
   if set(spec) - {"label"}:
     raise ValueError(f"{config.model.name} reads {sorted(spec)}: the CLI samples class labels "
                      "(--labels, --per-class) or captions (--captions) only")
+  if args.num:
+    return _sample_many(args, sampler, state, class_count(model), rng)
   labels = _sample_labels(args, class_count(model))
-  chunks = _sample_chunks(sampler, state.ema_params, labels, args.batch_size, rng, args.cfg_scale)
+  chunks = _progress(sample_in_batches, "sample", len(labels), sampler, state.ema_params,
+                     labels, min(args.batch_size, len(labels)), rng, args.cfg_scale)
   if args.out.endswith(".npz"):  # streamed: memory holds one batch of samples
     images.save_npz_chunks(chunks, labels, args.out)
   else:
@@ -409,6 +472,18 @@ _RUN_DIR = _existing_dir("the directory of a `dit-jax train` run")
 _CONVERTED_DIR = _existing_dir("a directory written by `dit-jax convert --from pytorch`")
 _VAE_DIR = _existing_dir("a VAE folder: diffusers AutoencoderKL, a pipeline folder with vae/, "
                          "or a `dit-jax train-vae` workdir")
+
+
+def _input_file(*suffixes: str):
+  def parse(text: str) -> str:
+    path = Path(text)
+    if not path.is_file():
+      problem = "is a directory" if path.is_dir() else "does not exist"
+      raise argparse.ArgumentTypeError(f"{text} {problem}: pass a {' or '.join(suffixes)} file")
+    if path.suffix not in suffixes:
+      raise argparse.ArgumentTypeError(f"{text}: expected a {' or '.join(suffixes)} file")
+    return text
+  return parse
 
 
 def _check_parents(path: Path, text: str):
@@ -567,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
   which.add_argument("--per-class", type=_positive, default=8,
                      help="samples per class (one row each)")
   which.add_argument("--labels", type=_label_list, help="comma list of class labels, e.g. 3,1,4")
+  which.add_argument("--num", type=_positive, help="a sample set for evaluation (FID-50K: "
+                     "--num 50000): uniform labels, data parallel over every device, written "
+                     "to --out FILE.npz in resumable chunks (rerun to continue)")
+  p.add_argument("--chunk-size", type=_positive, default=10_000,
+                 help="--num: samples per resumable chunk")
   p.add_argument("--cfg-scale", type=_finite_float,
                  help="guidance scale (default: config.sample)")
   p.add_argument("--steps", type=_positive, help="sampler steps (default: config.sample)")
@@ -574,6 +654,46 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch-size", type=_positive, default=256, help="samples per compiled call")
   p.set_defaults(func=cmd_sample)
+
+  def feature_flags(p):
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--inception", metavar="FILE", help="pytorch-fid's FID Inception "
+                       "weights (pt_inception-2015-12-05-6726825d.pth, or an .npz/.safetensors "
+                       "of that state dict): FID, sFID, IS, precision, recall")
+    which.add_argument("--features", metavar="DATA", help="a bundled data set's classifier "
+                       "(e.g. digits/8; trained once and cached): FD, IS, precision, recall, "
+                       "accuracy")
+    p.add_argument("--data-dir", help="TFDS data dir (default ~/tensorflow_datasets)")
+    p.add_argument("--batch-size", type=_positive, default=200, help="images per feature call")
+
+  p = commands.add_parser("eval", help="score a sample set against a reference: FID / FD, "
+                          "sFID, IS, precision, recall, accuracy")
+  p.add_argument("--samples", required=True, type=_input_file(".npz"),
+                 help="uint8 images in arr_0 (labels in `labels`), as `dit-jax sample` writes")
+  p.add_argument("--ref", required=True, type=_input_file(".npz"),
+                 help="`dit-jax eval-ref` output, or an ADM reference batch")
+  feature_flags(p)
+  p.add_argument("--format", default="table", choices=("table", "json", "markdown", "csv"))
+  p.set_defaults(func=cmd_eval)
+
+  p = commands.add_parser("eval-ref", help="reference statistics of real images for `eval`")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--data", help="a TFDS data set (its --split)")
+  source.add_argument("--images", type=_input_file(".npz"), help="uint8 images in arr_0")
+  p.add_argument("--split", default="test")
+  p.add_argument("--image-size", type=_positive, help="centre crop and resize (as training)")
+  p.add_argument("--num", type=_positive, help="only the first N images")
+  p.add_argument("--out", required=True, type=_output_file(".npz"))
+  feature_flags(p)
+  p.set_defaults(func=cmd_eval_ref)
+
+  p = commands.add_parser("train-classifier", help="train (once) the feature net of a bundled "
+                          "data set and report its test accuracy")
+  p.add_argument("--data", required=True, help="e.g. digits/8, shapes/single_32")
+  p.add_argument("--data-dir", help="TFDS data dir (default ~/tensorflow_datasets)")
+  p.add_argument("--steps", type=_positive, default=1500)
+  p.add_argument("--force", action="store_true", help="train again even when cached")
+  p.set_defaults(func=cmd_train_classifier)
 
   p = commands.add_parser("convert", help="published PyTorch DiT checkpoint <-> dit_jax")
   p.add_argument("--from", dest="src", choices=("pytorch",), help="import a facebookresearch/"

@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   Sections: model (`model_section`, models.create_model), objective (flow.make_objective:
   also the one home of DDPM's schedule, which the sampler reads), data (data.DataConfig),
-  optim, train, sample (flow.make_sampler), mesh (parallel.MeshConfig).
+  optim, train, sample (flow.make_sampler), eval (dit_jax.eval), mesh (parallel.MeshConfig).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -109,6 +109,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
       eta=0.0))  # ddim only: 0 deterministic, 1 DDPM's posterior noise
+  # Evaluation during training (dit_jax.eval): every `every` steps (and at the end) sample
+  # num_samples images from the EMA parameters with uniform class labels and score them.
+  config.eval = ml_collections.ConfigDict(dict(
+      every=0,            # 0: never
+      num_samples=1000,
+      features="data",    # 'data': a classifier of data.name; 'inception:FILE' (pytorch-fid's)
+      reference=None,     # reference .npz (`dit-jax eval-ref`, ADM's); None: data `split` below
+      split="test",
+      batch_size=250))    # samples per compiled sampler / feature call
   # Device mesh (parallel.MeshConfig): sizes of the data / fsdp / tensor axes within a slice
   # (-1: the devices that are left) and across slices (dcn_*, multi-slice TPU), and the
   # logical-axis rules: a preset in parallel.RULE_PRESETS ('dp', 'fsdp', 'fsdp_tp').
@@ -121,7 +130,7 @@ def vae_config(name: str = "tiny") -> ml_collections.ConfigDict:
   """Every field a `train-vae` run reads: the data, optim, train and mesh sections of
   `base_config`, the VAE (`vae_section`) and its training (`vae_train`)."""
   config = base_config()
-  del config.model, config.objective, config.sample
+  del config.model, config.objective, config.sample, config.eval
   config.vae = vae_section(name)
   config.vae_train = ml_collections.ConfigDict(dict(
       reconstruction="l2",  # one of VAE_RECONSTRUCTIONS
@@ -286,6 +295,9 @@ _RULES = (
     ("train.spike_window", *_at_least(1)),
     ("train.profile_start", *_at_least(0)),
     ("train.profile_steps", *_at_least(0, " (0: no trace)")),
+    ("eval.every", *_at_least(0, " (0: never)")),
+    ("eval.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
+    ("eval.batch_size", *_at_least(1)),
     ("sample.method", *_one_of(flow.METHODS)),
     ("sample.steps", *_at_least(1)),
     ("sample.cfg_scale", lambda v: math.isfinite(v) and v >= 0,
@@ -389,6 +401,7 @@ RESUMABLE_FIELDS = (
     "train.sample_every", "train.samples_per_class", "train.spike_factor", "train.spike_window",
     "train.profile_start", "train.profile_steps", "train.init_from",
     "sample",  # every sample.* field: samples do not feed back into training
+    "eval",    # nor do evaluations
     "mesh",    # every mesh.* field: checkpoints restore onto another mesh
     "data.data_dir", "data.latents", "data.vae", "data.num_threads", "data.prefetch",
     "data.worker_count",
@@ -412,8 +425,11 @@ def meaning_changes(saved, new) -> list[tuple[str, object, object]]:
   """[(field, saved value, new value)] for every leaf that differs between a saved run's
   config and the one resuming it, except RESUMABLE_FIELDS; a field only one side has shows
   ABSENT on the other. Dicts and ConfigDicts alike; empty when the resumption is safe.
-  A field a saved run lacks (recorded before the field existed) counts as its default."""
-  old, cur = {**_leaves(base_config()), **_leaves(saved)}, _leaves(new)
+  A field a saved run lacks (recorded before the field existed) counts as its default; a
+  section neither config has (a VAE run has no `model`) is not compared."""
+  cur = _leaves(new)
+  defaults = {field: value for field, value in _leaves(base_config()).items() if field in cur}
+  old = {**defaults, **_leaves(saved)}
   changes = []
   for field in sorted(set(old) | set(cur)):
     a, b = old.get(field, ABSENT), cur.get(field, ABSENT)

@@ -1,5 +1,6 @@
 """Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
 import os
+import struct
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,3 +81,45 @@ def _write_npy_chunks(stream, chunks, num: int):
     stream.write(chunk.data.cast("B"))
   if written != num:
     raise ValueError(f"chunks held {written} images, the labels {num}: one label per image")
+
+
+def load_npz_images(path) -> tuple[np.ndarray, np.ndarray | None]:
+  """(uint8 (N, H, W, C) images of `arr_0`, the `labels` array or None) of a sample or
+  reference .npz. An uncompressed member (np.savez, `dit-jax sample`) is memory-mapped, so a
+  50,000-image set is read as it is used, not loaded whole."""
+  path = Path(path)
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    if "arr_0.npy" not in names:
+      raise ValueError(f"{path} has no images in arr_0 (it holds {names}): pass an .npz of "
+                       "uint8 NHWC images, as `dit-jax sample --out F.npz` writes")
+    labels = None
+    if "labels.npy" in names:
+      with archive.open("labels.npy") as f:
+        labels = np.lib.format.read_array(f, allow_pickle=False)
+    info = archive.getinfo("arr_0.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+      with archive.open(info) as f:
+        arr = np.lib.format.read_array(f, allow_pickle=False)
+    else:
+      arr = _memmap_member(path, info)
+  if arr.dtype != np.uint8 or arr.ndim != 4:
+    raise ValueError(f"{path}: arr_0 is {arr.dtype} {arr.shape}; expected uint8 (N, H, W, C) "
+                     "images in 0..255")
+  return arr, labels
+
+
+def _memmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26..30
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+  if fortran or dtype.hasobject:
+    raise ValueError(f"{path}: arr_0 is not a plain C-ordered array")
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)

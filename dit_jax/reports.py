@@ -83,3 +83,18 @@ def format_rows(rows: list[dict], fmt: str) -> str:
   widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([line(header)] + [line(cells) for cells in body])
+
+
+def format_scores(scores: dict, fmt: str) -> str:
+  """Evaluation metrics ({name: number}) as `name  value` lines, one markdown / csv row, or
+  json."""
+  if fmt == "json":
+    return json.dumps(scores, indent=2)
+  cells = {k: f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in scores.items()}
+  if fmt == "csv":
+    return ",".join(cells) + "\n" + ",".join(cells.values())
+  if fmt == "markdown":
+    return ("| " + " | ".join(cells) + " |\n|" + "|".join("---" for _ in cells) + "|\n| "
+            + " | ".join(cells.values()) + " |")
+  width = max(map(len, cells))
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in cells.items())

@@ -3,6 +3,12 @@
 The sampler expects the prediction its method integrates (velocity for euler/heun, epsilon
 for ddpm/ddim); a model trained for another prediction is converted on the fly.
 """
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +33,7 @@ class ImageSampler:
     self.sampler = flow.sampler_for(sample_config, objective)
     self.image_shape = tuple(image_shape)
     self.decode = decode  # latents -> images in [-1, 1] for models trained on VAE latents
+    self.plan = plan
     # Under a sharding plan the images come back replicated, readable on every process.
     self._sample = jax.jit(self._sample_impl, static_argnums=4,
                            out_shardings=plan.replicated() if plan is not None else None)
@@ -38,6 +45,9 @@ class ImageSampler:
       fn = flow.convert_model_fn(fn, self.objective.path, self.objective.prediction, wanted)
     noise_rng, sampler_rng = jax.random.split(rng)
     x0 = jax.random.normal(noise_rng, (count, *self.image_shape))
+    if self.plan is not None and count % self.plan.batch_divisor == 0:
+      # Data parallel: each device integrates its own share of the samples.
+      x0 = jax.lax.with_sharding_constraint(x0, self.plan.batch_sharding(x0.ndim))
     if cond is None:  # an unconditional model: nothing to guide
       return self.sampler(fn, sampler_rng, x0, None)
     return self.sampler(fn, sampler_rng, x0, cond, self.model.null_condition(cond), cfg_scale)
@@ -89,3 +99,69 @@ def grid_condition(model, batch: dict, rows: int = 8) -> dict | None:
   if "label" in model.condition_spec or not model.condition_keys:
     return None
   return {key: np.asarray(batch[key])[:rows] for key in model.condition_keys}
+
+
+def uniform_labels(num: int, num_classes: int, seed: int) -> np.ndarray:
+  """`num` class labels drawn uniformly (as the papers' FID-50K sampling); zeros, which an
+  unconditional model ignores, when num_classes is 0."""
+  if num_classes <= 0:
+    return np.zeros(num, np.int32)
+  return np.random.default_rng(seed).integers(0, num_classes, num).astype(np.int32)
+
+
+def sample_in_batches(sampler: ImageSampler, params, labels: np.ndarray, batch_size: int, rng,
+                      cfg_scale=None, progress=None):
+  """Yields uint8 samples of `labels`, one compiled batch of batch_size (rounded up to a
+  multiple of the data-parallel device count; the last padded) at a time; batch b uses
+  fold_in(rng, its first index)."""
+  divisor = sampler.plan.batch_divisor if sampler.plan is not None else 1
+  batch = -(-batch_size // divisor) * divisor
+  for start in range(0, len(labels), batch):
+    chunk = labels[start:start + batch]
+    padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
+    out = sampler(params, padded, jax.random.fold_in(rng, start), cfg_scale)
+    yield images.to_uint8(out[:len(chunk)])
+    if progress is not None:
+      progress(len(chunk))
+
+
+def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, batch_size: int,
+                  rng, cfg_scale=None, chunk_size: int = 10_000, write: bool = True,
+                  progress=None) -> int:
+  """Samples `labels` into the .npz at `path` (uint8 images in arr_0, labels in `labels`) in
+  resumable chunks: chunk k (samples [k * chunk_size, (k + 1) * chunk_size), drawn with
+  fold_in(rng, k)) is kept in `<path>.chunks/` once whole, and a rerun of the same command samples only the missing
+  ones. The .npz appears (and the folder goes) when all are done. Every process samples;
+  only `write` (process 0) writes. Returns the number of samples this call drew."""
+  path = Path(path)
+  folder = path.with_name(path.name + ".chunks")
+  meta = {"num": int(len(labels)), "chunk_size": int(chunk_size), "batch_size": int(batch_size),
+          "labels_sha": hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()}
+  if write:
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = folder / "meta.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != meta:
+      raise ValueError(f"{folder} holds chunks of another sampling command "
+                       f"({recorded.read_text().strip()}); delete it or rerun the same command")
+    recorded.write_text(json.dumps(meta))
+  chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
+  drawn = 0
+  for k, chunk_file in enumerate(chunk_files):
+    start = k * chunk_size
+    chunk_labels = labels[start:start + chunk_size]
+    if chunk_file.exists():
+      if progress is not None:
+        progress(len(chunk_labels))
+      continue
+    chunk = np.concatenate(list(sample_in_batches(
+        sampler, params, chunk_labels, min(batch_size, len(labels)), jax.random.fold_in(rng, k),
+        cfg_scale, progress)))
+    drawn += len(chunk)
+    if write:
+      tmp = chunk_file.with_suffix(".partial.npy")
+      np.save(tmp, chunk)
+      os.replace(tmp, chunk_file)  # a chunk file exists only when whole
+  if write:
+    images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
+    shutil.rmtree(folder)
+  return drawn

@@ -299,6 +299,16 @@ def test_meaning_changes_lists_every_other_field():
   assert changes["model.extra"] == (ABSENT, 1)
 
 
+def test_a_run_without_a_model_section_resumes():
+  # A VAE (or classifier) run has no model / objective / sample: their defaults must not
+  # count as changes, or such a run could never resume.
+  saved = vae_config()
+  assert meaning_changes(json.loads(saved.to_json()), vae_config()) == []
+  changed = vae_config()
+  changed.vae_train.kl_weight = 1e-3
+  assert meaning_changes(saved.to_dict(), changed) == [("vae_train.kl_weight", 1e-6, 1e-3)]
+
+
 def test_resumable_fields_name_existing_fields():
   fields = set(_leaves_of(base_config())) | set(_leaves_of(vae_config()))
   for field in RESUMABLE_FIELDS:

@@ -11,9 +11,9 @@ Importing this package registers the `digits` and `shapes` builders with TFDS.
 """
 from dit_jax.data.config import DataConfig
 from dit_jax.data.digits import Digits, DigitsConfig
-from dit_jax.data.pipeline import make_dataset, make_iterator
+from dit_jax.data.pipeline import make_dataset, make_iterator, read_images
 from dit_jax.data.shapes import Shapes, ShapesConfig
 from dit_jax.data.sources import bundled_names, image_shape, open_source, prepare
 
 __all__ = ["DataConfig", "Digits", "DigitsConfig", "Shapes", "ShapesConfig", "bundled_names",
-           "image_shape", "make_dataset", "make_iterator", "open_source", "prepare"]
+           "image_shape", "make_dataset", "make_iterator", "open_source", "prepare", "read_images"]

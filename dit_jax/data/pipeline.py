@@ -150,3 +150,26 @@ def make_iterator(data_config, *, process_index: int | None = None,
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
   return iter(ds)
+
+
+def read_images(name: str, split: str, data_dir: str | None = None,
+                image_size: int | None = None, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+  """(uint8 (N, H, W, C) images, int32 (N,) labels or None) of the first `limit` examples of
+  a split, centre-cropped and resized to image_size when set (as the training pipeline does):
+  reference images for evaluation and the data-set classifier's training set."""
+  source = sources.open_source(name, split, data_dir)
+  count = len(source) if limit is None else min(limit, len(source))
+  images, labels = [], []
+  for i in range(count):
+    example = source[i]
+    image = np.asarray(example["image"])
+    image = image[..., None] if image.ndim == 2 else image
+    if image_size and image.shape[:2] != (image_size, image_size):
+      image = crop_resize(image, image_size)
+    images.append(image)
+    if "label" in example:
+      labels.append(int(example["label"]))
+  if not images:
+    raise ValueError(f"split {split!r} of {name} is empty")
+  return np.stack(images), (np.asarray(labels, np.int32) if labels else None)

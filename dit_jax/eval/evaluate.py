@@ -1,0 +1,105 @@
+"""Scoring samples against a reference: reference files, `evaluate`, and the training hook.
+
+A reference is what the metrics need of the real images, in one feature net: the Gaussian
+statistics (pool and, for Inception, spatial) and the pool features themselves (precision and
+recall). It is read from
+
+  - our own `.npz` (`Reference.save`, `dit-jax eval-ref`): mu, sigma[, mu_s, sigma_s], pool
+    and the name of the feature net that made it;
+  - an ADM reference batch (VIRTUAL_imagenet256_labeled.npz): images in `arr_0`, whose
+    features are computed here, and precomputed mu / sigma / mu_s / sigma_s, which are used
+    for FID / sFID when present, as the ADM evaluator does;
+  - any `.npz` of uint8 images in `arr_0` (a `dit-jax sample` output).
+"""
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dit_jax.eval import metrics
+from dit_jax.eval.features import Extractor, FeatureNet, inception_net
+
+
+def feature_net(spec: str, data_dir: str | None = None, log=print) -> FeatureNet:
+  """'inception:FILE' (pytorch-fid's weights) or a bundled data set name ('digits/8'): its
+  classifier, trained once and cached."""
+  if spec.startswith("inception:"):
+    return inception_net(spec.partition(":")[2])
+  from dit_jax.eval.classifier import classifier_net
+  return classifier_net(spec, data_dir, log=log)
+
+
+@dataclasses.dataclass
+class Reference:
+  net: str                               # the feature net's name
+  stats: metrics.GaussianStats           # of the pool features
+  spatial: metrics.GaussianStats | None  # of the spatial features (Inception)
+  pool: np.ndarray | None                # pool features (precision / recall); None: stats only
+
+  @classmethod
+  def of_features(cls, net: FeatureNet, features: dict) -> "Reference":
+    spatial = features.get("spatial")
+    return cls(net.name, metrics.GaussianStats.of(features["pool"]),
+               None if spatial is None else metrics.GaussianStats.of(spatial),
+               features["pool"].astype(np.float32))
+
+  def save(self, path):
+    arrays = dict(net=np.array(self.net), mu=self.stats.mu, sigma=self.stats.sigma)
+    if self.spatial is not None:
+      arrays.update(mu_s=self.spatial.mu, sigma_s=self.spatial.sigma)
+    if self.pool is not None:
+      arrays["pool"] = self.pool
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def load_reference(path, extractor: Extractor) -> Reference:
+  """A reference in the extractor's feature net from any of the files the module names."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
+                            "pass an ADM reference batch (.npz with images in arr_0)")
+  net = extractor.net
+  with np.load(path, allow_pickle=False) as f:
+    keys = set(f.files)
+    if "net" in keys:  # ours
+      if str(f["net"]) != net.name:
+        raise ValueError(f"reference {path} holds {f['net']} features but the samples are "
+                         f"scored with {net.name}: use the same feature net for both")
+      spatial = (metrics.GaussianStats(f["mu_s"], f["sigma_s"]) if "mu_s" in keys else None)
+      return Reference(net.name, metrics.GaussianStats(f["mu"], f["sigma"]), spatial,
+                       f["pool"] if "pool" in keys else None)
+    if "arr_0" not in keys:
+      raise ValueError(f"reference {path} has neither images (arr_0) nor dit_jax statistics "
+                       f"(net, mu, sigma); it holds {sorted(keys)}")
+    ref = Reference.of_features(net, extractor(f["arr_0"]))
+    if "mu" in keys and net.name == "inception":  # ADM's precomputed statistics win
+      ref.stats = metrics.GaussianStats(f["mu"], f["sigma"])
+      if "mu_s" in keys:
+        ref.spatial = metrics.GaussianStats(f["mu_s"], f["sigma_s"])
+    return ref
+
+
+def evaluate(extractor: Extractor, samples: np.ndarray, reference: Reference,
+             labels: np.ndarray | None = None) -> dict[str, float]:
+  """Every metric the net and the reference allow, for uint8 samples (and their class
+  labels, for conditional accuracy): fd (fid), sfd (sfid), is, precision, recall, accuracy."""
+  net = extractor.net
+  features = extractor(samples)
+  stats = metrics.GaussianStats.of(features["pool"])
+  out = {net.fd_name: metrics.frechet_distance(stats, reference.stats)}
+  if "spatial" in features and reference.spatial is not None:
+    out["s" + net.fd_name] = metrics.frechet_distance(
+        metrics.GaussianStats.of(features["spatial"]), reference.spatial)
+  if len(samples) >= metrics.IS_SPLITS:
+    out["is"] = metrics.inception_score(features["logits"])[0]
+  if reference.pool is not None:
+    k = metrics.PR_NEIGHBOURS
+    if min(len(samples), len(reference.pool)) > k:
+      out["precision"], out["recall"] = metrics.precision_recall(reference.pool,
+                                                                  features["pool"], k)
+  if labels is not None and net.label_classes:
+    out["accuracy"] = metrics.conditional_accuracy(features["logits"], labels)
+  return out

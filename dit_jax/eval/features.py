@@ -1,0 +1,86 @@
+"""Feature networks and their batched, sharded application to uint8 images.
+
+A `FeatureNet` is what every metric reads images through: a pure `apply(params, images)`
+from uint8 NHWC images to {'pool': (N, D) features, 'logits': (N, K), optionally 'spatial'},
+its parameters, and what its outputs mean. Two kinds exist: the FID Inception-v3
+(`inception_net`, weights from the user's file) and a small classifier trained on a bundled
+data set (`dit_jax.eval.classifier`), whose features mean something at 8x8 or 32x32.
+
+`Extractor` runs a net over any number of images in fixed-size batches split over every
+device of the mesh (the data axis), with the parameters replicated; every process passes
+the same images and gets all features back.
+"""
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNet:
+  name: str                      # 'inception', or the data set a classifier was trained on
+  apply: Callable[[Any, jax.Array], dict]   # (params, uint8 NHWC) -> {'pool', 'logits', ...}
+  params: Any
+  image_shape: tuple[int, int, int] | None = None  # the only input shape it reads (None: any)
+  label_classes: int = 0         # > 0: logits are posteriors over the data set's labels
+  fd_name: str = "fd"            # metric name of the Fréchet distance ('fid' for Inception)
+  info: dict = dataclasses.field(default_factory=dict)  # provenance (test accuracy, file)
+
+  def check_images(self, images: np.ndarray, what: str = "images"):
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"{what}: expected uint8 (N, H, W, C) images in 0..255 (the layout "
+                       f"of `dit-jax sample --out F.npz`), got {images.dtype} {images.shape}")
+    if self.image_shape is not None and tuple(images.shape[1:]) != tuple(self.image_shape):
+      raise ValueError(f"{what} are {images.shape[1:]} but the {self.name} feature net reads "
+                       f"{tuple(self.image_shape)} images: evaluate samples of that data set "
+                       "with its own net (--features NAME), or use --inception FILE")
+
+
+def inception_net(path, dtype=jnp.float32) -> FeatureNet:
+  """The FID Inception-v3 with pytorch-fid's weights file at `path` (ADM preprocessing)."""
+  from dit_jax.eval import inception
+  params = inception.load_inception(path)
+  module = inception.FIDInception(dtype=dtype)
+
+  def apply(p, images):
+    return module.apply({"params": p}, inception.preprocess(images, mode="adm"))
+  return FeatureNet("inception", apply, params, fd_name="fid", info={"weights": str(path)})
+
+
+class Extractor:
+  """`extractor(images)` -> {output: (N, ...) float32 numpy} for uint8 (N, H, W, C) images."""
+
+  def __init__(self, net: FeatureNet, batch_size: int = 256,
+               plan: parallel.ShardingPlan | None = None):
+    self.net = net
+    self.plan = plan if plan is not None else parallel.ShardingPlan.create()
+    divisor = self.plan.batch_divisor
+    self.batch_size = max(divisor, -(-batch_size // divisor) * divisor)  # a multiple of it
+    replicated = self.plan.replicated()
+    self._params = jax.device_put(net.params, replicated)
+    self._apply = jax.jit(net.apply, in_shardings=(replicated, self.plan.batch_sharding(4)),
+                          out_shardings=replicated)
+
+  def __call__(self, images: np.ndarray, progress=None) -> dict[str, np.ndarray]:
+    images = np.asarray(images)
+    self.net.check_images(images)
+    outputs: dict[str, list] = {}
+    process, processes = jax.process_index(), jax.process_count()
+    local = self.batch_size // processes
+    for start in range(0, len(images), self.batch_size):
+      batch = images[start:start + self.batch_size]
+      count = len(batch)
+      batch = np.pad(batch, ((0, self.batch_size - count),) + ((0, 0),) * 3)  # one shape
+      mine = batch[process * local:(process + 1) * local]  # this process's rows
+      global_batch = jax.make_array_from_process_local_data(self.plan.batch_sharding(4), mine,
+                                                            batch.shape)
+      out = self._apply(self._params, global_batch)
+      for key, value in out.items():
+        outputs.setdefault(key, []).append(np.asarray(value, np.float32)[:count])
+      if progress is not None:
+        progress(count)
+    return {key: np.concatenate(value) for key, value in outputs.items()}

@@ -1,0 +1,178 @@
+"""Feature extraction, references, `evaluate`, resumable sample sets and the digits classifier."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dit_jax import cli, data, images, sample
+from dit_jax.eval import classifier, metrics
+from dit_jax.eval.evaluate import Reference, evaluate, load_reference
+from dit_jax.eval.features import Extractor, FeatureNet
+
+
+def toy_net(name="toy", label_classes=3) -> FeatureNet:
+  """pool = per-channel means and a few pixels; logits = a fixed projection of pool."""
+  w = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+
+  def apply(params, images_uint8):
+    x = images_uint8.astype(jnp.float32) / 255.0
+    pool = jnp.concatenate([x.mean(axis=(1, 2)), x[:, 0, :2, 0], x[:, 1, 1, :]], axis=1)[:, :5]
+    return {"pool": pool, "logits": pool @ params["w"]}
+  return FeatureNet(name, apply, {"w": w}, image_shape=(4, 4, 2), label_classes=label_classes)
+
+
+def random_images(n, seed=0, shape=(4, 4, 2)):
+  return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def test_extractor_batches_over_eight_devices_equal_one_call():
+  net, x = toy_net(), random_images(37)
+  out = Extractor(net, batch_size=12)(x)  # rounded up to 16 (8 devices); last batch padded
+  direct = net.apply(net.params, jnp.asarray(x))
+  assert set(out) == {"pool", "logits"}
+  for key in out:
+    np.testing.assert_allclose(out[key], np.asarray(direct[key]), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"\(8, 8, 2\) but the toy feature net reads"):
+    Extractor(net)(random_images(3, shape=(8, 8, 2)))
+  with pytest.raises(ValueError, match="expected uint8"):
+    Extractor(net)(x.astype(np.float32))
+
+
+def test_reference_round_trip_and_evaluation_of_the_reference_itself(tmp_path):
+  net, real = toy_net(), random_images(60)
+  extractor = Extractor(net, 32)
+  ref = Reference.of_features(net, extractor(real))
+  ref.save(tmp_path / "ref.npz")
+  loaded = load_reference(tmp_path / "ref.npz", extractor)
+  np.testing.assert_array_equal(loaded.stats.sigma, ref.stats.sigma)
+  np.testing.assert_array_equal(loaded.pool, ref.pool)
+  labels = np.argmax(extractor(real)["logits"], axis=1)
+  scores = evaluate(extractor, real, loaded, labels)
+  assert abs(scores["fd"]) < 1e-9
+  assert scores["precision"] == scores["recall"] == scores["accuracy"] == 1.0
+  assert scores["is"] == pytest.approx(metrics.inception_score(extractor(real)["logits"])[0])
+  with pytest.raises(ValueError, match="holds toy features but the samples are scored with x"):
+    load_reference(tmp_path / "ref.npz", Extractor(toy_net("x"), 32))
+
+
+def test_an_adm_reference_batch_uses_its_precomputed_statistics(tmp_path):
+  net = toy_net("inception", label_classes=0)
+  real = random_images(30, seed=1)
+  mu, sigma = np.full(5, 7.0), np.eye(5) * 2.0
+  np.savez(tmp_path / "adm.npz", arr_0=real, mu=mu, sigma=sigma)
+  ref = load_reference(tmp_path / "adm.npz", Extractor(net, 16))
+  np.testing.assert_array_equal(ref.stats.mu, mu)  # FID from the file's statistics
+  np.testing.assert_allclose(ref.pool, Extractor(net, 16)(real)["pool"])  # P/R from arr_0
+  np.savez(tmp_path / "images_only.npz", arr_0=real)
+  ref = load_reference(tmp_path / "images_only.npz", Extractor(net, 16))
+  np.testing.assert_allclose(ref.stats.mu, ref.pool.astype(np.float64).mean(0))
+
+
+def test_npz_images_are_memory_mapped_when_stored(tmp_path):
+  x = random_images(9)
+  images.save_npz(x, np.arange(9), tmp_path / "s.npz")
+  loaded, labels = images.load_npz_images(tmp_path / "s.npz")
+  assert isinstance(loaded, np.memmap)
+  np.testing.assert_array_equal(loaded, x)
+  np.testing.assert_array_equal(labels, np.arange(9))
+  np.savez_compressed(tmp_path / "c.npz", arr_0=x)
+  loaded, labels = images.load_npz_images(tmp_path / "c.npz")
+  np.testing.assert_array_equal(loaded, x)
+  assert labels is None
+  np.savez(tmp_path / "f.npz", arr_0=x.astype(np.float32))
+  with pytest.raises(ValueError, match="expected uint8"):
+    images.load_npz_images(tmp_path / "f.npz")
+
+
+class FakeSampler:
+  """Images that are a pure function of (label, rng): enough to check chunking and resume."""
+  plan = None
+
+  def __init__(self):
+    self.calls = 0
+
+  def __call__(self, params, labels, rng, cfg_scale=None):
+    self.calls += 1
+    seed = int(np.asarray(rng).ravel()[-1]) % 1000
+    base = (np.asarray(labels, np.float32)[:, None, None, None] / 10 + seed / 1000) % 1
+    return np.broadcast_to(base * 2 - 1, (len(labels), 4, 4, 2))
+
+
+def test_sample_sets_resume_after_an_interruption(tmp_path):
+  labels = sample.uniform_labels(50, 10, seed=0)
+  assert labels.min() >= 0 and labels.max() < 10 and len(set(labels)) > 5
+  rng = np.asarray([0, 42], np.uint32)
+  whole = tmp_path / "whole.npz"
+  sample.sample_to_npz(FakeSampler(), None, labels, whole, batch_size=8, rng=rng, chunk_size=20)
+
+  class Interrupt(Exception):
+    pass
+
+  def stop_in_third_chunk(count, seen=[0]):  # noqa: B006 (state across calls)
+    seen[0] += count
+    if seen[0] > 40:
+      raise Interrupt
+  part = tmp_path / "part.npz"
+  with pytest.raises(Interrupt):
+    sample.sample_to_npz(FakeSampler(), None, labels, part, batch_size=8, rng=rng,
+                         chunk_size=20, progress=stop_in_third_chunk)
+  assert not part.exists() and len(list((tmp_path / "part.npz.chunks").glob("chunk-*"))) == 2
+  again = FakeSampler()
+  drawn = sample.sample_to_npz(again, None, labels, part, batch_size=8, rng=rng, chunk_size=20)
+  assert drawn == 10 and again.calls == 2  # only the last chunk, in batches of 8
+  np.testing.assert_array_equal(images.load_npz_images(part)[0],
+                                images.load_npz_images(whole)[0])
+  assert not (tmp_path / "part.npz.chunks").exists()
+  (tmp_path / "other.npz.chunks").mkdir()
+  (tmp_path / "other.npz.chunks" / "meta.json").write_text(json.dumps({"num": 3}))
+  with pytest.raises(ValueError, match="chunks of another sampling command"):
+    sample.sample_to_npz(FakeSampler(), None, labels, tmp_path / "other.npz", batch_size=8,
+                         rng=rng, chunk_size=20)
+
+
+@pytest.fixture(scope="module")
+def digits_net(tmp_path_factory):
+  """The digits/8 classifier, trained briefly in a fresh data dir."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits/8", data_dir)
+  info = classifier.train_classifier("digits/8", data_dir, steps=300, log=lambda _: None)
+  return data_dir, info
+
+
+def test_digits_classifier_is_cached_and_its_fd_ranks_real_above_corrupted(digits_net,
+                                                                           monkeypatch):
+  data_dir, info = digits_net
+  assert info["test_accuracy"] > 0.85 and info["train_accuracy"] > 0.9
+  monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+  net = classifier.classifier_net("digits/8", data_dir)  # from the cache
+  assert net.info["test_accuracy"] == info["test_accuracy"] and net.label_classes == 10
+  extractor = Extractor(net, 256)
+  test, _ = data.read_images("digits/8", "test", data_dir)
+  reference = Reference.of_features(net, extractor(test))
+  train, labels = data.read_images("digits/8", "train", data_dir, limit=600)
+  rng = np.random.default_rng(0)
+  noisy = np.clip(train + rng.normal(0, 100, train.shape), 0, 255).astype(np.uint8)
+  noise = rng.integers(0, 256, train.shape, dtype=np.uint8)
+  fd = {name: evaluate(extractor, x, reference, labels)
+        for name, x in [("train", train), ("noisy", noisy), ("noise", noise)]}
+  assert fd["train"]["accuracy"] > 0.95 and fd["noise"]["accuracy"] < 0.3
+  assert 3 * fd["train"]["fd"] < fd["noisy"]["fd"] and 1.5 * fd["noisy"]["fd"] < fd["noise"]["fd"]
+
+
+def test_eval_commands_score_a_sample_set(digits_net, tmp_path, capsys):
+  data_dir, _ = digits_net
+  test, labels = data.read_images("digits/8", "test", data_dir)
+  images.save_npz(test[:100], labels[:100], tmp_path / "s.npz")
+  cli.main(["eval-ref", "--features", "digits/8", "--data-dir", data_dir, "--data", "digits/8",
+            "--split", "train", "--num", "500", "--out", str(tmp_path / "ref.npz")])
+  assert "reference statistics of 500 images" in capsys.readouterr().out
+  cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "ref.npz"),
+            "--features", "digits/8", "--data-dir", data_dir, "--format", "json"])
+  scores = json.loads(capsys.readouterr().out)
+  assert scores["samples"] == 100 and scores["accuracy"] > 0.85
+  assert set(scores) == {"samples", "fd", "is", "precision", "recall", "accuracy"}
+  with pytest.raises(SystemExit):
+    cli.main(["eval", "--samples", str(tmp_path / "missing.npz"), "--ref",
+              str(tmp_path / "ref.npz"), "--features", "digits/8"])
+  assert "missing.npz does not exist: pass a .npz file" in capsys.readouterr().err
