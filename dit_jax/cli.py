@@ -288,6 +288,11 @@ def cmd_eval_ref(args, overrides):
   if args.images:
     real, _ = images.load_npz_images(args.images)
     real = real[:args.num]
+  elif args.latents:  # the images the latents were encoded from
+    from dit_jax.data.latent_source import read_meta
+    meta = read_meta(args.latents)
+    real, _ = data.read_images(meta["name"], meta["split"], args.data_dir, meta["image_size"],
+                               args.num)
   else:
     real, _ = data.read_images(args.data, args.split, args.data_dir, args.image_size, args.num)
   Reference.of_features(extractor.net, extractor(real)).save(args.out)
@@ -376,12 +381,9 @@ def cmd_sample(args, overrides):
 
   from dit_jax import flow, images, latents, parallel, train
   from dit_jax.sample import ImageSampler, sample_in_batches
-  config, state = train.load_run(args.workdir)
-  plan = None
-  if args.num:  # a large set: data parallel over every device (of every process)
-    plan = parallel.ShardingPlan.create(dict(config.mesh.to_dict(), data=-1, fsdp=1, tensor=1,
-                                             rules="dp"))
-    config, state = train.load_run(args.workdir, plan)
+  # A sample set (--num) is drawn data parallel over every device of every process.
+  plan = parallel.ShardingPlan.create() if args.num else None
+  config, state = train.load_run(args.workdir, plan)
   for key, value in (("steps", args.steps), ("method", args.method),
                      ("cfg_scale", args.cfg_scale)):
     if value is not None:
@@ -680,6 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--data", help="a TFDS data set (its --split)")
   source.add_argument("--images", type=_input_file(".npz"), help="uint8 images in arr_0")
+  source.add_argument("--latents", metavar="DIR", type=_existing_dir(
+      "a folder written by `dit-jax extract-latents`"), help="the source images (data set, "
+      "split, size) of a latent folder")
   p.add_argument("--split", default="test")
   p.add_argument("--image-size", type=_positive, help="centre crop and resize (as training)")
   p.add_argument("--num", type=_positive, help="only the first N images")

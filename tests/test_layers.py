@@ -16,6 +16,10 @@ FORBIDDEN = {
                    *ENGINE),
     "dit_jax.models": ("dit_jax.flow", "dit_jax.data", "dit_jax.convert", *ENGINE),
     "dit_jax.flow": ("dit_jax.models", "dit_jax.data", "dit_jax.convert", *ENGINE),
+    # evaluation reads images and feature nets: it trains its classifier on the engine but
+    # knows nothing of the denoisers, their objectives and samplers, or the commands
+    "dit_jax.eval": ("dit_jax.models", "dit_jax.flow", "dit_jax.train", "dit_jax.sample",
+                     "dit_jax.cli", "dit_jax.bench", "dit_jax.aot", "dit_jax.vae_train"),
 }
 
 

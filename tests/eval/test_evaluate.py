@@ -176,3 +176,43 @@ def test_eval_commands_score_a_sample_set(digits_net, tmp_path, capsys):
     cli.main(["eval", "--samples", str(tmp_path / "missing.npz"), "--ref",
               str(tmp_path / "ref.npz"), "--features", "digits/8"])
   assert "missing.npz does not exist: pass a .npz file" in capsys.readouterr().err
+
+
+def test_inception_scores_fid_sfid_is_precision_recall(tmp_path):
+  import jax
+
+  from dit_jax import parallel
+  from dit_jax.eval.evaluate import feature_net
+  from tests.eval.inception_weights import random_state_dict
+  np.savez(tmp_path / "inception.npz", **random_state_dict())
+  net = feature_net(f"inception:{tmp_path / 'inception.npz'}")
+  one_device = parallel.ShardingPlan.create(devices=jax.devices()[:1])  # one compile, small
+  extractor = Extractor(net, 12, one_device)
+  real, fake = random_images(12, 1, (8, 8, 3)), random_images(12, 2, (8, 8, 3))
+  Reference.of_features(net, extractor(real)).save(tmp_path / "ref.npz")
+  with np.load(tmp_path / "ref.npz") as ref:  # ADM's key names, sFID on 7 x 17 x 17 features
+    assert str(ref["net"]) == "inception" and ref["mu_s"].shape == (2023,)
+    assert ref["pool"].shape == (12, 2048)
+  scores = evaluate(extractor, fake, load_reference(tmp_path / "ref.npz", extractor))
+  assert set(scores) == {"fid", "sfid", "is", "precision", "recall"}
+  assert scores["fid"] > 0 and scores["sfid"] > 0 and 1 <= scores["is"] <= 1008
+
+
+def test_training_logs_its_evaluations(digits_net, tmp_path):
+  from dit_jax import train
+  from dit_jax.config import base_config
+  from dit_jax.training_log import read_history
+  data_dir, _ = digits_net
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                      num_classes=10, learn_sigma=False)
+  config.data.update(name="digits/8", data_dir=data_dir, batch_size=16)
+  config.train.update(steps=4, log_every=2, checkpoint_every=0, sample_every=0)
+  config.sample.update(method="euler", steps=2)
+  config.eval.update(every=2, num_samples=24, batch_size=16)
+  train.train_and_evaluate(config, str(tmp_path))
+  evals = [h for h in read_history(tmp_path) if "eval/fd" in h]
+  assert [h["step"] for h in evals] == [2, 4]
+  for h in evals:
+    assert h["eval/fd"] > 0 and 0 <= h["eval/accuracy"] <= 1 and 1 <= h["eval/is"] <= 10
+    assert 0 <= h["eval/precision"] <= 1 and 0 <= h["eval/recall"] <= 1
