@@ -374,3 +374,12 @@ def test_sample_streams_batches_into_the_npz_with_a_progress_bar(capsys, monkeyp
   assert saved["arr_0"].shape == (30, 8, 8, 1) and saved["arr_0"].dtype == np.uint8
   np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 3))
   assert "30/30" in captured.err and "wrote 30 samples" in captured.out
+  # A sample set: uniform labels, data parallel over the 8 devices, in chunks of 8 (resumable).
+  monkeypatch.setattr(images, "save_npz_chunks", real_writer)
+  cli.main(["sample", "--workdir", str(run), "--num", "20", "--chunk-size", "8",
+            "--batch-size", "8", "--steps", "1", "--out", str(tmp_path / "set.npz")])
+  assert "wrote 20 samples of step 2" in capsys.readouterr().out
+  saved = np.load(tmp_path / "set.npz")
+  assert saved["arr_0"].shape == (20, 8, 8, 1) and len(set(saved["labels"])) > 3
+  assert 0 <= saved["labels"].min() and saved["labels"].max() <= 9
+  assert not (tmp_path / "set.npz.chunks").exists()

@@ -43,12 +43,16 @@ class FeatureNet:
 def inception_net(path, dtype=jnp.float32) -> FeatureNet:
   """The FID Inception-v3 with pytorch-fid's weights file at `path` (ADM preprocessing)."""
   from dit_jax.eval import inception
-  params = inception.load_inception(path)
+  return inception_feature_net(inception.load_inception(path), dtype, {"weights": str(path)})
+
+
+def inception_feature_net(params, dtype=jnp.float32, info: dict | None = None) -> FeatureNet:
+  from dit_jax.eval import inception
   module = inception.FIDInception(dtype=dtype)
 
   def apply(p, images):
     return module.apply({"params": p}, inception.preprocess(images, mode="adm"))
-  return FeatureNet("inception", apply, params, fd_name="fid", info={"weights": str(path)})
+  return FeatureNet("inception", apply, params, fd_name="fid", info=info or {})
 
 
 class Extractor:
