@@ -130,9 +130,10 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
                   progress=None) -> int:
   """Samples `labels` into the .npz at `path` (uint8 images in arr_0, labels in `labels`) in
   resumable chunks: chunk k (samples [k * chunk_size, (k + 1) * chunk_size), drawn with
-  fold_in(rng, k)) is kept in `<path>.chunks/` once whole, and a rerun of the same command samples only the missing
-  ones. The .npz appears (and the folder goes) when all are done. Every process samples;
-  only `write` (process 0) writes. Returns the number of samples this call drew."""
+  fold_in(rng, k)) is kept in `<path>.chunks/` once whole, and a rerun of the same command
+  samples only the missing ones. The .npz appears (and the folder goes) when all are done.
+  Every process samples; only `write` (process 0) writes, and its view of which chunks exist
+  is the one every process follows. Returns the number of samples this call drew."""
   path = Path(path)
   folder = path.with_name(path.name + ".chunks")
   meta = {"num": int(len(labels)), "chunk_size": int(chunk_size), "batch_size": int(batch_size),
@@ -149,7 +150,7 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
-    if chunk_file.exists():
+    if _on_process_0(chunk_file.exists()):
       if progress is not None:
         progress(len(chunk_labels))
       continue
@@ -165,3 +166,11 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
     images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
     shutil.rmtree(folder)
   return drawn
+
+
+def _on_process_0(flag: bool) -> bool:
+  """Process 0's value of `flag` on every process (their disks may differ)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
