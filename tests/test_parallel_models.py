@@ -48,7 +48,10 @@ def test_backbone_sharded_step_equals_single_device(backbone):
   objective = flow.make_objective(config.objective)
   batch = random_batch(model, shape)
 
-  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), shape)
+  # One compiled init rather than op-by-op (a compile per parameter shape); like the sharded
+  # init below, which is jitted too.
+  state = jax.jit(lambda rng: train.create_train_state(model, optimizer, rng, shape))(
+      jax.random.PRNGKey(0))
   reference, ref_metrics = train.make_step_fn(model, objective, schedule)(
       state, jax.tree.map(jnp.asarray, batch))
   reference = jax.device_get(reference)

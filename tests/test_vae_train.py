@@ -66,7 +66,8 @@ def test_vae_training_runs_sharded_and_exports_what_it_trained(tmp_path):
   optimizer, schedule = engine.make_optimizer(config.optim, 2)
   task = vae_task(create_vae(config.vae), (8, 8, 1), reconstruction="l2",
                   kl_weight=config.vae_train.kl_weight)
-  state = engine.create_state(task, optimizer, jax.random.PRNGKey(config.seed), engine.EMA(0.0))
+  state = jax.jit(lambda rng: engine.create_state(task, optimizer, rng, engine.EMA(0.0)))(
+      jax.random.PRNGKey(config.seed))  # compiled once, as train_vae's sharded init is
   it = data.make_iterator(config.data)
   step = engine.make_step_fn(task, schedule)
   for _ in range(2):

@@ -2,6 +2,7 @@
 (values and gradients, after stacking the per-layer parameters), and every remat policy keeps
 values and gradients."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +70,30 @@ def assert_trees_close(a, b, tol):
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
 
 
+@functools.cache
+def variant_params(name):
+  """The perturbed per-layer parameters of a variant, shared by the tests of this module."""
+  return perturbed_params(VARIANTS[name][0])
+
+
+@functools.cache
+def loss_and_grads(name, scan, policy="none"):
+  """value_and_grad of a variant (scanned or unrolled, under a remat policy) at its perturbed
+  parameters, stacked when scanned. Cached: several tests compare against the same one, and
+  each is compiled once per process instead of once per test."""
+  model, stacks = VARIANTS[name]
+  params = variant_params(name)
+  if scan:
+    params = to_scanned(params, stacks)
+  return value_and_grad(dataclasses.replace(model, scan_layers=scan, remat_policy=policy),
+                        params)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_scanned_equals_unrolled_values_and_gradients(name):
   model, stacks = VARIANTS[name]
-  params = perturbed_params(model)
+  assert model.scan_layers is False and model.remat_policy == "none"
+  params = variant_params(name)
   scan_model = dataclasses.replace(model, scan_layers=True)
   scanned = to_scanned(params, stacks)
   x, t, cond = inputs()
@@ -81,8 +102,8 @@ def test_scanned_equals_unrolled_values_and_gradients(name):
   assert shapes(scanned) == shapes(jax.tree.map(lambda p: getattr(p, "value", p),
                                                 init_scanned["params"],
                                                 is_leaf=lambda p: hasattr(p, "value")))
-  loss, grads = value_and_grad(model, params)
-  scan_loss, scan_grads = value_and_grad(scan_model, scanned)
+  loss, grads = loss_and_grads(name, False)
+  scan_loss, scan_grads = loss_and_grads(name, True)
   np.testing.assert_allclose(scan_loss, loss, rtol=1e-5)
   for stack, n in stacks.items():  # every layer reaches the loss: the comparison has teeth
     assert all(max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[f"{stack}_{i}"])) > 0
@@ -101,12 +122,8 @@ REMAT_CASES = ([(name, True, "full") for name in sorted(VARIANTS)]
 
 @pytest.mark.parametrize("name, scan, policy", REMAT_CASES)
 def test_remat_keeps_values_and_gradients(name, scan, policy):
-  model, stacks = VARIANTS[name]
-  params = perturbed_params(model)
-  model = dataclasses.replace(model, scan_layers=scan)
-  params = to_scanned(params, stacks) if scan else params
-  loss, grads = value_and_grad(model, params)
-  remat_loss, remat_grads = value_and_grad(dataclasses.replace(model, remat_policy=policy), params)
+  loss, grads = loss_and_grads(name, scan)  # the same stack without remat
+  remat_loss, remat_grads = loss_and_grads(name, scan, policy)
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
   assert_trees_close(remat_grads, grads, 1e-6)
 

@@ -74,19 +74,20 @@ def test_double_block_is_identity_at_init():
   np.testing.assert_array_equal(out_txt, txt)
 
 
-@pytest.fixture(scope="module")
-def trained():
-  """Each variant after 3 Adam steps on a shapes batch: (model, params, losses)."""
-  x, cond = shapes_batch()
-  objective = flow.make_objective({"kind": "flow"})
-  out = {}
-  for name, make in VARIANTS.items():
-    model = make(**SMALL)
+class Trained(dict):
+  """name -> (model, params, losses) of each variant after 3 Adam steps on a shapes batch,
+  trained on first use: a process that runs only some of the tests below trains only their
+  variants (under pytest-xdist the tests of this module may be split across workers)."""
+
+  def __missing__(self, name):
+    x, cond = shapes_batch()
+    objective = flow.make_objective({"kind": "flow"})
+    model = VARIANTS[name](**SMALL)
     params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros(4), cond))["params"]
     opt = optax.adam(1e-2)
 
     @jax.jit
-    def step(params, opt_state, i, model=model, opt=opt):
+    def step(params, opt_state, i):
       loss_fn = lambda p: objective.loss(
           model_fn(model, p, train=True, rng=jax.random.PRNGKey(7)),
           jax.random.PRNGKey(i % 2), x, cond)[0]
@@ -98,8 +99,13 @@ def trained():
     for i in range(3):
       params, opt_state, loss = step(params, opt_state, i)
       losses.append(float(loss))
-    out[name] = (model, params, losses)
-  return out
+    self[name] = (model, params, losses)
+    return self[name]
+
+
+@pytest.fixture(scope="module")
+def trained():
+  return Trained()
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
