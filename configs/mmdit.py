@@ -51,6 +51,7 @@ def model_fields(variant: str, size: str = "cpu") -> dict:
 
 def get_config(arg: str = "mmdit_hybrid"):
   config = load_config(str(Path(__file__).with_name("quickstart.py")))
+  config.eval.every = 0  # caption-conditioned: the evaluation hook samples class labels
   if arg in PRESETS:  # published shapes: for `dit-jax flops` (no weights, eval_shape only)
     config.model = model_section(arg, attention_backend="xla", scan_layers=True)
     side, _, channels = PRESET_INPUT[arg]

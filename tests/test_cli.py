@@ -108,7 +108,7 @@ def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path,
   from dit_jax.config import base_config
   config = base_config()
   config.model = {"name": "UNet-small", "num_classes": 0, "text_dim": 6}
-  monkeypatch.setattr(train, "load_run", lambda workdir: (config, None))
+  monkeypatch.setattr(train, "load_run", lambda workdir, plan=None: (config, None))
   with pytest.raises(SystemExit, match="precomputed text embeddings"):
     cli.main(["sample", "--workdir", str(tmp_path), "--captions", "a red circle",
               "--out", str(tmp_path / "x.png")])
