@@ -1,4 +1,5 @@
 """Sharded training equals single-device training; parameters are sharded as the rules say."""
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,24 @@ def setup(model=None):
   return model, optimizer, schedule, objective
 
 
+@functools.cache
+def default_setup():
+  """setup() shared by the tests below, so states made with its optimizer (a static field of
+  TrainState) fit the shared step functions of step_fn_for."""
+  return setup()
+
+
+@functools.cache
+def step_fn_for(sizes, rules):
+  """(plan, state shardings, step function) of the default model on an 8-device mesh: the same
+  computation is run by one test and compiled for its collectives by another; compiled once
+  per process."""
+  model, optimizer, schedule, objective = default_setup()
+  plan = plan_for(sizes, rules)
+  _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
+  return plan, shardings, train.make_step_fn(model, objective, schedule, plan, shardings)
+
+
 def batches(count, size=16, seed=0):
   rng = np.random.default_rng(seed)
   return [{"image": rng.standard_normal((size, *IMAGE_SHAPE)).astype(np.float32),
@@ -44,11 +63,12 @@ def plan_for(sizes, rules, devices=None):
                                       devices)
 
 
-def run_steps(model, optimizer, schedule, objective, plan, data, state=None):
-  _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
+def run_steps(model, optimizer, schedule, objective, plan, data, state=None, step_fn=None):
   if state is None:
     state = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE, plan)
-  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
+  if step_fn is None:
+    _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
+    step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   losses = []
   for batch in data:
     state, metrics = step_fn(state, plan.global_batch(batch))
@@ -77,9 +97,10 @@ def reference():
 @pytest.mark.parametrize("sizes,rules", MESHES[:3])
 def test_sharded_steps_equal_single_device(reference, sizes, rules):
   ref_state, ref_losses = reference
-  model, optimizer, schedule, objective = setup()
-  state, losses, step_fn = run_steps(model, optimizer, schedule, objective,
-                                     plan_for(sizes, rules), batches(2))
+  model, optimizer, schedule, objective = default_setup()
+  plan, _, step_fn = step_fn_for(sizes, rules)
+  state, losses, step_fn = run_steps(model, optimizer, schedule, objective, plan, batches(2),
+                                     step_fn=step_fn)
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert_trees_close(state.params, ref_state.params)
   assert_trees_close(state.ema_params, ref_state.ema_params)
@@ -136,13 +157,14 @@ def test_dit_xl2_partition_specs_match_the_golden_file():
 def test_reshard_on_restore_and_continue_equals_uninterrupted(tmp_path):
   """Save after 2 steps on 8 devices (FSDP), restore on 4 devices (data parallel), train 2
   more: the same parameters as 4 steps on one device."""
-  model, optimizer, schedule, objective = setup()
+  model, optimizer, schedule, objective = default_setup()
   data = batches(4, seed=1)
   single = parallel.ShardingPlan.create(dict(data=1), jax.devices()[:1])
   straight, straight_losses, _ = run_steps(model, optimizer, schedule, objective, single, data)
 
-  state, losses, _ = run_steps(model, optimizer, schedule, objective,
-                               plan_for((1, 8, 1), "fsdp"), data[:2])
+  fsdp, _, fsdp_step = step_fn_for((1, 8, 1), "fsdp")
+  state, losses, _ = run_steps(model, optimizer, schedule, objective, fsdp, data[:2],
+                               step_fn=fsdp_step)
   ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
   ckpt.save(2, state)
   four = plan_for((4, 1, 1), "dp", jax.devices()[:4])
@@ -159,13 +181,11 @@ def test_reshard_on_restore_and_continue_equals_uninterrupted(tmp_path):
 
 
 def collectives(sizes, rules):
-  model, optimizer, schedule, objective = setup()
-  plan = plan_for(sizes, rules)
-  _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
+  model, optimizer, _, _ = default_setup()
+  plan, shardings, step_fn = step_fn_for(sizes, rules)
   abstract = jax.eval_shape(
       lambda: train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE,
                                      plan))
-  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
   batch = plan.global_batch(batches(1)[0])
   hlo = step_fn.lower(train.with_shardings(abstract, shardings), batch).compile().as_text()
   return {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -31,13 +32,24 @@ def tiny_config(data_dir, steps=8, **train):
   return config
 
 
-def pieces(config):
+@functools.cache
+def _compiled_pieces():
+  """Model, optimizer, schedule, objective of tiny_config, with its init and step compiled
+  once per process for the tests that step it by hand."""
+  config = tiny_config(data_dir=None)
   model = create_model(config.model)
   optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)
-  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), (8, 8, 1),
-                                   ema=train.EMA(0.9))
-  return model, optimizer, schedule, objective, state
+  init = jax.jit(lambda rng: train.create_train_state(model, optimizer, rng, (8, 8, 1),
+                                                      ema=train.EMA(0.9)))
+  return model, optimizer, schedule, objective, init, train.make_step_fn(model, objective,
+                                                                         schedule)
+
+
+def pieces():
+  """(model, objective, a fresh train state, the step function) of tiny_config."""
+  model, _, _, objective, init, step_fn = _compiled_pieces()
+  return model, objective, init(jax.random.PRNGKey(0)), step_fn
 
 
 def random_batch(seed=0):
@@ -46,11 +58,9 @@ def random_batch(seed=0):
           "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
 
 
-def test_one_step_updates_params_and_ema(data_dir):
-  config = tiny_config(data_dir)
-  model, optimizer, schedule, objective, state = pieces(config)
+def test_one_step_updates_params_and_ema():
+  _, _, state, step_fn = pieces()
   before = jax.device_get(state)
-  step_fn = train.make_step_fn(model, objective, schedule)
   state, metrics = step_fn(state, random_batch())
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
   assert float(metrics["lr"]) == 0.0  # warmup starts at 0
@@ -73,10 +83,9 @@ def test_weight_decay_mask_skips_biases_and_norms():
   assert mask == {"kernel": True, "bias": False, "table": True, "scale": False}
 
 
-def test_checkpoint_round_trip_is_bit_exact(data_dir, tmp_path):
-  config = tiny_config(data_dir)
-  model, optimizer, schedule, objective, state = pieces(config)
-  state, _ = train.make_step_fn(model, objective, schedule)(state, random_batch())
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+  _, _, state, step_fn = pieces()
+  state, _ = step_fn(state, random_batch())
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
   ckpt.save(1, state, {"position": 7})
   ckpt.wait()

@@ -35,8 +35,11 @@ def main():
   from dit_jax.engine import Preempted
   from dit_jax.vae_train import train_vae
   config = load_config(str(Path(__file__).parents[2] / "configs" / "vae.py"))
+  # The smallest VAE train_vae runs (one level, no attention or 1x1 quant convs): what is
+  # tested is how the processes stop, not the model.
   config.vae = dict(block_out_channels=(4,), layers_per_block=1, latent_channels=2,
-                    norm_num_groups=2, in_channels=1, out_channels=1)
+                    norm_num_groups=2, in_channels=1, out_channels=1,
+                    mid_block_attention=False, use_quant_conv=False, use_post_quant_conv=False)
   config.data.update(name="digits/8", data_dir=data_dir, batch_size=8, num_threads=1)
   config.train.update(steps=STEPS, log_every=1, checkpoint_every=10_000)
   config.mesh.update(data=8, rules="dp")
