@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from dit_jax.convert.io import load_tensors, save_tensors
 from dit_jax.models.vae import AutoencoderKL
@@ -118,13 +119,7 @@ def import_params(state_dict: dict[str, np.ndarray], vae: AutoencoderKL, dtype=N
     lines.append("  check the VAE config (config.json: block_out_channels, layers_per_block, "
                  "latent_channels, use_quant_conv) against the weight file")
     raise ValueError("\n".join(lines))
-  nested: dict = {}
-  for path, value in converted.items():
-    node = nested
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = jnp.asarray(value)
-  return nested
+  return traverse_util.unflatten_dict({path: jnp.asarray(v) for path, v in converted.items()})
 
 
 def arch_summary(vae: AutoencoderKL) -> str:

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from dit_jax.convert.io import load_tensors
 
@@ -354,13 +355,8 @@ def inception_params(state: dict[str, np.ndarray], source: str = "the state dict
         lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:5])
                      + ("; ..." if len(items) > 5 else ""))
     raise ValueError("\n".join(lines))
-  params: dict = {}
-  for key, path in paths.items():
-    node = params
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = jnp.asarray(_from_torch(state[key]), jnp.float32)
-  return params
+  return traverse_util.unflatten_dict(
+      {path: jnp.asarray(_from_torch(state[key]), jnp.float32) for key, path in paths.items()})
 
 
 def load_inception(path: str | Path) -> dict:
