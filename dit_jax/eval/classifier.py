@@ -111,8 +111,8 @@ def train_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
                          process_count=jax.process_count())))
   params = jax.device_get(jax.jit(lambda p: p, out_shardings=plan.replicated())(state.params))
   net = _feature_net(name, model, params, images.shape[1:], {})
-  accuracy = {split: _accuracy(net, *data.read_images(name, split, data_dir))
-              for split in ("train", "test")}
+  accuracy = {"train": _accuracy(net, images, labels),
+              "test": _accuracy(net, *data.read_images(name, "test", data_dir))}
   info = dict(data=name, image_shape=list(images.shape[1:]), num_classes=num_classes,
               widths=list(model.widths), features=model.features, steps=steps,
               train_accuracy=accuracy["train"], test_accuracy=accuracy["test"],
