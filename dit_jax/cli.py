@@ -9,6 +9,7 @@
     dit-jax eval-ref --features digits/8 --data digits/8 --split test --out ref.npz
     dit-jax eval --samples samples.npz --ref ref.npz --features digits/8
     dit-jax eval --samples s.npz --ref VIRTUAL_imagenet256_labeled.npz --inception pt_inception.pth
+    dit-jax sweep --config configs/sweeps/conditioning.py --workdir runs/conditioning
     dit-jax train-vae --config configs/vae.py --workdir runs/vae
     dit-jax extract-latents --config configs/latent_quickstart.py --vae runs/vae --out lat --flip
     dit-jax convert --from pytorch --in DiT-XL-2-256x256.pt --out ckpt/DiT-XL-2-256
@@ -111,6 +112,42 @@ def _until_preempted(command: str, train_fn):
     message = f"dit-jax {command}: {stop}"
     print(message, file=sys.stderr)
     raise CommandError(message, stop.exit_status) from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+  index, sep, count = text.partition("/")
+  if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, such as 0/2")
+  return int(index), int(count)
+
+
+def cmd_sweep(args, overrides):
+  from dit_jax import sweep, sweep_report
+  base, spec = sweep.load(args.config, overrides)
+  root = Path(args.workdir)
+  runs = sweep.expand(spec, root)
+  print(f"sweep {spec.title!r}: {len(runs)} runs ({len(runs) // len(spec.seeds)} settings x "
+        f"{len(spec.seeds)} seeds) in {root}")
+  failed = 0
+  if args.report:
+    pass
+  elif args.parallel > 1:
+    argv = ["--config", args.config, "--workdir", args.workdir,
+            *[f"--config.{o}" for o in overrides]]
+    failed = sweep.run_side_by_side(argv, args.parallel, args.devices_per_run, root)
+  else:
+    status = _until_preempted("sweep", lambda: sweep.run_all(base, spec, root, args.shard))
+    print(", ".join(f"{count} {what}" for what, count in status.items()))
+    failed = status["failed"]
+  if args.shard == (0, 1):  # a side-by-side worker leaves the summary to its parent
+    paths = sweep_report.write(spec, root)
+    print(paths["table"].read_text())
+    print(f"wrote {paths['results']}, {paths['table']} and {len(paths['plots'])} plots; "
+          f"{paths['finished']} of {len(runs)} runs finished")
+  if failed:
+    raise CommandError(f"dit-jax sweep: {failed} {'workers' if args.parallel > 1 else 'runs'} "
+                       f"failed (error.txt in their run directories, logs in {root / 'logs'}); "
+                       "rerun the same command to retry them", STATUS_FAILED)
 
 
 def _mesh_fields(spec: str) -> dict:
@@ -519,6 +556,11 @@ def _output_file(*suffixes: str):
   return parse
 
 
+def sweep_doc() -> str:
+  from dit_jax import sweep
+  return sweep.__doc__
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="dit-jax", description=__doc__.split("\n")[0])
   parser.add_argument("--debug", action="store_true", help="show the Python traceback of an "
@@ -556,6 +598,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-processes", type=_positive, help="with --coordinator")
   p.add_argument("--process-id", type=_non_negative, help="with --coordinator")
   p.set_defaults(func=cmd_train)
+
+  p = commands.add_parser("sweep", help="train and evaluate every run of a sweep file, then "
+                          "tabulate and plot them; rerun to resume", description=sweep_doc(),
+                          formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--config", required=True, help="a sweep file, e.g. configs/sweeps/"
+                 "conditioning.py[:gpu], with --config.section.field=value overrides of its "
+                 "base run")
+  p.add_argument("--workdir", required=True, type=_new_or_dir,
+                 help="runs/<run>/seed_<seed>/, results.jsonl, results.md and plots go here")
+  p.add_argument("--parallel", type=_positive, default=1, help="runs side by side, each in its "
+                 "own process with --devices-per-run devices (GPUs, or fake CPU devices)")
+  p.add_argument("--devices-per-run", type=_positive, default=1)
+  p.add_argument("--report", action="store_true", help="only summarise the finished runs")
+  p.add_argument("--shard", type=_shard, default=(0, 1), help=argparse.SUPPRESS)
+  p.set_defaults(func=cmd_sweep)
 
   p = commands.add_parser("bench", help="time the sharded train step of a model on random data")
   p.add_argument("--model", help="a DiT preset (default DiT-XL/2)")

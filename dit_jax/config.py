@@ -154,8 +154,8 @@ def _schema(config) -> ml_collections.ConfigDict:
 # Loading and overrides.
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Imports the file in `spec` ('configs/dit.py:DiT-B/4'), returns get_config(arg), validated."""
+def config_module(spec: str):
+  """(the imported config file of `spec` 'configs/dit.py:DiT-B/4', its argument 'DiT-B/4')."""
   path, _, arg = spec.partition(":")
   if not Path(path).is_file():
     raise FileNotFoundError(f"config file {path!r} not found: pass --config path/to/file.py[:arg]")
@@ -165,6 +165,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                       "get_config(arg) function, e.g. configs/quickstart.py")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module, arg
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Imports the file in `spec` ('configs/dit.py:DiT-B/4'), returns get_config(arg), validated."""
+  module, arg = config_module(spec)
   return validate(module.get_config(arg) if arg else module.get_config())
 
 
@@ -201,6 +207,27 @@ def _parse_value(text: str, current):
                      f"{current!r}") from None
 
 
+def _field(config, key: str, where: str):
+  """(the section holding `key` 'model.depth', the leaf name); errors name `where`."""
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    if part not in node:
+      raise ConfigError(f"{where}: config has no section {part!r}")
+    node = node[part]
+  if leaf not in node:
+    raise ConfigError(f"{where}: config has no field {leaf!r}; fields here: "
+                      f"{sorted(node.keys())}")
+  return node, leaf
+
+
+def _assign(config, node, key: str, leaf: str, value):
+  if key == "model.name" and value != node[leaf]:
+    config.model = rename_model(config.model, value)
+  else:
+    node[leaf] = value
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
   """Applies ['model.depth=4', ...] in place and validates the result; unknown keys are an
   error naming the key. A new model.name re-bases the model section (`rename_model`)."""
@@ -208,24 +235,30 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]):
     key, sep, text = item.partition("=")
     if not sep:
       raise ConfigError(f"override {item!r} must look like --config.section.field=value")
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      if part not in node:
-        raise ConfigError(f"--config.{key}: config has no section {part!r}")
-      node = node[part]
-    if leaf not in node:
-      raise ConfigError(f"--config.{key}: config has no field {leaf!r}; fields here: "
-                        f"{sorted(node.keys())}")
+    node, leaf = _field(config, key, f"--config.{key}")
     try:
       value = _parse_value(text, node[leaf])
     except ValueError as e:
       raise ConfigError(f"--config.{key}={text!r}: {e}") from None
-    if key == "model.name" and value != node[leaf]:
-      config.model = rename_model(config.model, value)
-    else:
-      node[leaf] = value
+    _assign(config, node, key, leaf, value)
   return validate(config)
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict, where: str = "field"):
+  """Sets {'model.depth': 4, 'model': model_section(...), ...} (Python values, a sweep's
+  override sets) in place and validates the result; `where` names them in errors."""
+  for key, value in fields.items():
+    node, leaf = _field(config, key, f"{where} {key!r}")
+    if isinstance(value, dict) and not isinstance(value, ml_collections.ConfigDict):
+      value = ml_collections.ConfigDict(value)
+    try:
+      _assign(config, node, key, leaf, value)
+    except TypeError as e:  # ConfigDict refuses a value of another type than the field's
+      raise ConfigError(f"{where} {key}={value!r}: {e}") from None
+  try:
+    return validate(config)
+  except ConfigError as e:
+    raise ConfigError(f"{where} {sorted(fields)}: {e}") from None
 
 
 # Validation.

@@ -131,15 +131,6 @@ def test_sample_sets_resume_after_an_interruption(tmp_path):
                          rng=rng, chunk_size=20)
 
 
-@pytest.fixture(scope="module")
-def digits_net(tmp_path_factory):
-  """The digits/8 classifier, trained briefly in a fresh data dir."""
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits/8", data_dir)
-  info = classifier.train_classifier("digits/8", data_dir, steps=300, log=lambda _: None)
-  return data_dir, info
-
-
 def test_digits_classifier_is_cached_and_its_fd_ranks_real_above_corrupted(digits_net,
                                                                            monkeypatch):
   data_dir, info = digits_net
