@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
+from dit_jax import sweep
 from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
 from dit_jax.models import class_count, create_model, flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
@@ -122,7 +123,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_sweep(args, overrides):
-  from dit_jax import sweep, sweep_report
+  from dit_jax import sweep_report  # matplotlib: only when summarising
   base, spec = sweep.load(args.config, overrides)
   root = Path(args.workdir)
   runs = sweep.expand(spec, root)
@@ -556,11 +557,6 @@ def _output_file(*suffixes: str):
   return parse
 
 
-def sweep_doc() -> str:
-  from dit_jax import sweep
-  return sweep.__doc__
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="dit-jax", description=__doc__.split("\n")[0])
   parser.add_argument("--debug", action="store_true", help="show the Python traceback of an "
@@ -600,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_train)
 
   p = commands.add_parser("sweep", help="train and evaluate every run of a sweep file, then "
-                          "tabulate and plot them; rerun to resume", description=sweep_doc(),
+                          "tabulate and plot them; rerun to resume", description=sweep.__doc__,
                           formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--config", required=True, help="a sweep file, e.g. configs/sweeps/"
                  "conditioning.py[:gpu], with --config.section.field=value overrides of its "

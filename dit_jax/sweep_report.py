@@ -158,6 +158,7 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
   finals = _by_run(final_rows(rows))
   values = [r[metric] for r in rows if metric in r and r[metric] > 0]
   log_y = bool(values) and max(values) / min(values) > 10
+  most_params = max(r["params"] for r in rows)
   for i, (run, group) in enumerate(_by_run([r for r in rows if metric in r]).items()):
     colour = f"C{i % 10}"
     steps = sorted({r["step"] for r in group})
@@ -169,13 +170,15 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
       ax.plot([r[x] for r in group], [r[metric] for r in group], ".", color=colour, alpha=0.3)
     last = [r[metric] for r in finals[run]]
     m, low, high = bootstrap_interval(last)
+    size = 4 + 10 * np.sqrt(finals[run][0]["params"] / most_params)  # area ~ parameters
     axes[2].errorbar([finals[run][0]["gflops"]], [m], yerr=[[m - low], [high - m]], fmt="o",
-                     color=colour, capsize=3)
+                     color=colour, capsize=3, ms=size, alpha=0.8)
     axes[2].annotate(run, (finals[run][0]["gflops"], m), fontsize=7, xytext=(4, 3),
                      textcoords="offset points")
   axes[0].set(xscale="log", xlabel="training compute (Tflops)", ylabel=name)
   axes[1].set(xlabel="training step", ylabel=name)
-  axes[2].set(xscale="log", xlabel="forward Gflops per input", ylabel=f"final {name}")
+  axes[2].set(xscale="log", xlabel="forward Gflops per input (marker area ~ parameters)",
+              ylabel=f"final {name}")
   for ax in axes:
     ax.grid(True, which="both", alpha=0.3)
     if log_y:
