@@ -1,5 +1,5 @@
 """MM-DiT and its DiT baselines on the captioned shapes (the models of
-experiments/mmdit_composition.py), and the published MM-DiT shapes for FLOP counts.
+configs/sweeps/mmdit_composition.py), and the published MM-DiT shapes for FLOP counts.
 
     dit-jax flops --config configs/mmdit.py:FLUX.1-dev        # 128x128x16 latents, T5 512
     dit-jax flops --config configs/mmdit.py:mmdit_hybrid --xla
@@ -7,8 +7,8 @@ experiments/mmdit_composition.py), and the published MM-DiT shapes for FLOP coun
 
 arg: a variant of VARIANTS, optionally '@gpu' for the larger size (e.g. 'mmdit_hybrid@gpu'), or
 a published preset name (models.mmdit.PRESETS). Variant configs read shapes/multi_fixed_24 (the
-data of experiments/mmdit_composition.py) with its captions tokenized by the data pipeline
-(data.text_tokenizer).
+data the composition checker of experiments/mmdit_composition.py scores against) with its
+captions tokenized by the data pipeline (data.text_tokenizer).
 """
 from pathlib import Path
 

@@ -121,13 +121,20 @@ def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, re
   return None
 
 
-def restore_params(directory: str | Path, abstract_params: dict, report=None):
-  """(step, {name: params}) of the newest intact step, reading only the parameter subtrees
-  named in `abstract_params` (e.g. {"ema_params": ...}): sampling never reads the optimizer
-  state, so damage or a structure change there does not block it."""
+def restore_params(directory: str | Path, abstract_params: dict, report=None,
+                   step: int | None = None):
+  """(step, {name: params}) of the newest intact step (or of `step` only: a learning curve
+  from the kept checkpoints), reading only the parameter subtrees named in `abstract_params`
+  (e.g. {"ema_params": ...}): sampling never reads the optimizer state, so damage or a
+  structure change there does not block it."""
   directory = Path(directory).absolute()
   steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() \
       else []
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (kept: "
+                              f"{sorted(steps)}; train.keep_checkpoints says how many stay)")
+    steps = [step]
   reader = ocp.PyTreeCheckpointer()
 
   def load(step):

@@ -72,12 +72,13 @@ def single_device_plan() -> parallel.ShardingPlan:
   return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
 
 
-def load_run(workdir, plan: parallel.ShardingPlan | None = None
+def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None
              ) -> tuple[ml_collections.ConfigDict, TrainState]:
   """The config and the EMA parameters of the newest intact checkpoint of a run directory
-  (for sampling, evaluation), restored onto `plan` (default: one device), whatever mesh the
-  run was trained on. Only `step` and `ema_params` of the returned state are filled: the
-  optimizer state is never read, so neither damage nor a change there blocks sampling."""
+  (or of checkpoint `step`), for sampling and evaluation, restored onto `plan` (default: one
+  device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
+  state are filled: the optimizer state is never read, so neither damage nor a change there
+  blocks sampling."""
   workdir = Path(workdir)
   path = workdir / "config.json"
   if not workdir.is_dir():
@@ -92,7 +93,7 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None
   task = denoiser_task(model, None, model_input_shape(config.data))
   restored = checkpoint.restore_params(workdir / "checkpoints",
                                        {"ema_params": engine.abstract_params(task, plan)},
-                                       report=print)
+                                       report=print, step=step)
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
   step, tree = restored

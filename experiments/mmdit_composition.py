@@ -1,10 +1,11 @@
 """Why MM-DiT exists: compositional prompts on the captioned `shapes` data set.
 
-Five text-conditioned models of (nearly) equal forward FLOPs are trained with flow matching on
-24x24 (or 32x32) images of 2-3 coloured shapes on a 3x3 grid, with captions such as "a red
-circle at the top left and a blue square in the centre". By default (`prepare --layout fixed`)
-every object fills 80% of its cell, centred, so the image is a function of the caption and the
-checker measures binding (right colour and shape in the right place), not size or placement:
+configs/sweeps/mmdit_composition.py trains five text-conditioned models of (nearly) equal
+forward FLOPs (configs/mmdit.py) with flow matching on shapes/multi_fixed_24: 24x24 images of
+2-3 coloured shapes on a 3x3 grid, each filling 80% of its cell, centred, so the image is a
+function of the caption ("a red circle at the top left and a blue square in the centre") and
+the checker measures binding (right colour and shape in the right place), not size or
+placement:
 
   dit_pooled      DiT, pooled text only (added to the timestep vector, adaLN-Zero)
   dit_cross       DiT, adaLN-Zero from t + pooled text and cross-attention to the text tokens
@@ -13,58 +14,44 @@ checker measures binding (right colour and shape in the right place), not size o
   mmdit_hybrid    double- then parallel single-stream blocks (FLUX)
 
 All share the same small word-level text encoder, trained with the model (10% caption dropout).
-Samples for held-out test captions are checked exactly: in each captioned cell the dominant
-palette colour and a shape classifier (fill ratio of the colour's bounding box: square ~1,
-circle ~0.785, triangle ~0.5) are compared with the caption; empty cells must stay empty.
-The report adds a caption-blind baseline (real images scored against the wrong captions), a
-guidance sweep when `train --cfg-scales` named several scales and, when `train --eval-every N`
-recorded one, a learning curve of the accuracies. Samples come from EMA weights with a warm-up,
-so short runs do not keep a share of the (zero-output) initial weights.
+This script holds what is specific to the study. `prepare` writes the held-out test captions,
+their objects and the training captions of the sweep's data set to one npz. `report` samples
+each finished run of the sweep for the test captions (EMA weights, Euler, classifier-free
+guidance, the same starting noise for every model) and checks the samples exactly: in each
+captioned cell the dominant palette colour and a shape classifier (fill ratio of the colour's
+bounding box: square ~1, circle ~0.785, triangle ~0.5) are compared with the caption; empty
+cells must stay empty. It adds a caption-blind baseline (real images scored against the wrong
+captions), a guidance sweep when --cfg-scales names several scales, and a learning curve of
+the accuracies from the checkpoints the runs kept. Samples are cached in the run directories.
 
+    dit-jax sweep --config configs/sweeps/mmdit_composition.py --workdir runs/sweeps/mmdit \\
+        --parallel 2
     python experiments/mmdit_composition.py prepare --out runs/mmdit_data      # seconds
-    python experiments/mmdit_composition.py train --data runs/mmdit_data/data.npz \\
-        --out runs/mmdit_run --steps 6000                                       # GPU: minutes
     python experiments/mmdit_composition.py report --data runs/mmdit_data/data.npz \\
-        --samples runs/mmdit_run --out experiments/results
+        --sweep-dir runs/sweeps/mmdit --out experiments/results
 
-`train` runs each variant on the library's engine (`dit_jax.engine`: the same loop, state,
-EMA with warm-up, Orbax checkpoints and resume as `dit-jax train`) in --out/<variant>/, over
-the in-memory arrays of data.npz; `prepare` and `report` use the `shapes` generator. On a 2-core
-CPU two variants train side by side at 0.3-0.6 s/step each (batch 64, one XLA thread each:
-XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"); see README.
+On a 2-core CPU two runs train side by side at one XLA thread each
+(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"); see README.
 """
 import argparse
 import functools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 NUM_TEST = 512
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mmdit.py"
+SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "mmdit_composition.py"
 
 
-def _variants():
-  """configs/mmdit.py (plain Python apart from its get_config): the variant table."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("mmdit_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def build_model(variant: str, vocab_size: int, size: str = "cpu"):
-  """One of configs/mmdit.py's VARIANTS at one of its SIZES (same fields as the train config)."""
-  from dit_jax.models import create_model
-  fields = _variants().model_fields(variant, size)
-  if fields["vocab_size"] != vocab_size:
-    raise ValueError(f"data vocabulary {vocab_size} != configs/mmdit.py SHAPES_VOCAB")
-  return create_model(fields)
+def load_sweep(spec: str):
+  """(base config, sweep) of the sweep file the runs came from."""
+  from dit_jax import sweep
+  return sweep.load(spec)
 
 
 # ---------------------------------------------------------------------------------------------
-# prepare: captioned shapes -> one compressed npz (images, tokens, test objects)
+# prepare: the sweep's captioned shapes -> one compressed npz (test images and objects, tokens)
 
 def split_arrays(split: str, count: int, resolution: int, fixed_layout: bool) -> dict:
   """`count` captioned shapes examples (2-3 objects) of one split: images, captions and the
@@ -72,6 +59,12 @@ def split_arrays(split: str, count: int, resolution: int, fixed_layout: bool) ->
   from dit_jax.data import shapes
   config = shapes.ShapesConfig(name="multi", resolution=resolution, min_objects=2,
                                max_objects=3, fixed_layout=fixed_layout)
+  return config_arrays(config, split, count)
+
+
+def config_arrays(config, split: str, count: int) -> dict:
+  """The first `count` examples of `split` of a shapes builder config, as `split_arrays`."""
+  from dit_jax.data import shapes
   exs = [shapes.example(config, split, i) for i in range(count)]
   out = {f"{split}_images": np.stack([e["image"] for e in exs]),
          f"{split}_captions": np.array([e["caption"] for e in exs])}
@@ -80,130 +73,108 @@ def split_arrays(split: str, count: int, resolution: int, fixed_layout: bool) ->
   return out
 
 
+def shapes_config(data_name: str):
+  """The builder config of data.name 'shapes/NAME': the examples the runs trained on."""
+  from dit_jax.data import shapes
+  family, _, name = data_name.partition("/")
+  configs = {c.name: c for c in shapes.Shapes.BUILDER_CONFIGS}
+  if family != "shapes" or name not in configs:
+    raise ValueError(f"data.name={data_name!r}: the checker needs a shapes config, one of "
+                     f"{sorted(configs)}")
+  return configs[name]
+
+
 def prepare(args):
   from dit_jax.data.tokenizers import make_tokenizer
-  tok = make_tokenizer("words:shapes")
+  data_config = load_sweep(args.sweep)[0].data
+  config = shapes_config(data_config.name)
+  tok = make_tokenizer(data_config.text_tokenizer)
   out = {}
-  for split, count in (("train", args.num_train), ("test", NUM_TEST)):
-    out.update(split_arrays(split, count, args.resolution, args.layout == "fixed"))
+  for split, count in (("train", config.num_train), ("test", min(NUM_TEST, config.num_test))):
+    out.update(config_arrays(config, split, count))
     out[f"{split}_tokens"], out[f"{split}_mask"] = tok.encode_batch(
-        list(out[f"{split}_captions"]), _variants().TEXT_LENGTH)
-  del out["train_captions"]
+        list(out[f"{split}_captions"]), data_config.text_length)
+  for key in ("captions", "images", "shape", "colour", "row", "col"):
+    del out[f"train_{key}"]  # the report only asks whether a test caption was trained on
   out["vocab_size"] = np.int32(tok.vocab_size)
-  out["layout"] = np.array(args.layout)
+  out["layout"] = np.array("fixed" if config.fixed_layout else "jittered")
+  out["data_name"] = np.array(data_config.name)
   Path(args.out).mkdir(parents=True, exist_ok=True)
   np.savez_compressed(Path(args.out) / "data.npz", **out)
-  print(f"wrote {args.out}/data.npz: {args.num_train} train, {NUM_TEST} test examples")
+  print(f"wrote {args.out}/data.npz: {data_config.name}, {config.num_train} train captions, "
+        f"{len(out['test_tokens'])} test examples")
 
 
 # ---------------------------------------------------------------------------------------------
-# train: each variant, then sample the test captions
+# sampling the sweep's runs
 
-def gflops(model, resolution: int) -> float:
-  """Forward Gflops of one example (multiply-adds), from XLA's cost analysis / 2."""
-  from dit_jax.models import flops
-  return flops.xla_flops(model, resolution, resolution, 3) / 2 / 1e9
-
-
-def variant_config(variant: str, args):
-  """configs/mmdit.py's config of a variant with this run's settings: the engine trains it."""
-  from dit_jax.config import load_config
-  config = load_config(f"{CONFIG}:{variant}@{args.size}")
-  config.seed = args.seed
-  config.data.batch_size = args.batch
-  config.optim.update(lr=args.lr, warmup_steps=min(200, args.steps // 10), schedule="cosine",
-                      end_lr_factor=0.05, grad_clip=1.0, weight_decay=0.0)
-  # EMA with warm-up: a plain EMA of a short run still holds 0.999^steps of the zero-output
-  # initial weights and leaves noise in the samples.
-  config.train.update(steps=args.steps, log_every=100, checkpoint_every=500, sample_every=0,
-                      ema_decay=args.ema, ema_warmup=True)
-  return config
-
-
-def train_variant(variant, data, args):
-  """Trains one variant with the engine in --out/<variant>/ (checkpoints, metrics.jsonl;
-  rerunning resumes), then samples the test captions from its EMA weights."""
-  import jax
-  from dit_jax import engine, flow, parallel, train
-  from dit_jax.data.arrays import ArrayIterator
-  config = variant_config(variant, args)
-  vocab = int(data["vocab_size"])
-  model = build_model(variant, vocab, args.size)
-  images = data["train_images"].astype(np.float32) / 127.5 - 1.0
-  arrays = {"image": images, "text_tokens": data["train_tokens"], "text_mask": data["train_mask"]}
-  curve, eval_s = [], []
-
-  def evaluate(step, state):  # learning curve: a few captions, EMA weights, checked exactly
-    eval_start = time.time()
-    scores = check(sample(model, state.ema_params, data, args, args.eval_samples,
-                          args.cfg_scales[0]), data)
-    curve.append(dict(step=step, **scores))
-    eval_s.append(time.time() - eval_start)
-    return {f"eval_{k}": v for k, v in scores.items()}
-  hooks = [engine.Periodic("composition", args.eval_every, evaluate, at_end=False)] \
-      if args.eval_every else []
-  workdir = Path(args.out) / variant
-  run = engine.Run(config=config, workdir=workdir, plan=parallel.ShardingPlan.create(config.mesh),
-                   data=ArrayIterator(arrays, args.batch, seed=args.seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count()), hooks=hooks)
-  start = time.time()
-  task = train.denoiser_task(model, flow.make_objective(config.objective), images.shape[1:])
-  state = engine.run(task, run)
-  train_s = time.time() - start - sum(eval_s)  # evaluation is not training time
-  samples = {scale: sample(model, state.ema_params, data, args, args.num_samples, scale)
-             for scale in args.cfg_scales}
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").open()]
-  losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-  n_params = sum(p.size for p in jax.tree.leaves(state.params))
-  return samples, dict(variant=variant, seed=args.seed, params=int(n_params),
-                       gflops=gflops(model, images.shape[1]), train_seconds=train_s,
-                       steps=int(state.step), batch=args.batch, lr=args.lr,
-                       sample_steps=args.sample_steps, cfg_scale=args.cfg_scales[0],
-                       cfg_scales=args.cfg_scales,
-                       final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
-                       curve=curve)
-
-
-def sample(model, params, data, args, n: int, cfg_scale: float) -> np.ndarray:
-  """The first n test captions -> (n, H, W, 3) uint8 samples (Euler, classifier-free
-  guidance; the same starting noise for every model)."""
+def sample(model, params, data, sample_config, n: int, cfg_scale: float, seed: int):
+  """The first n test captions -> (n, H, W, 3) uint8 samples (the run's sampler with guidance
+  cfg_scale; the same starting noise for every model of a seed)."""
   import jax
   import jax.numpy as jnp
   from dit_jax import images
   cond = {"text_tokens": jnp.asarray(data["test_tokens"][:n]),
           "text_mask": jnp.asarray(data["test_mask"][:n])}
-  x0 = jax.random.normal(jax.random.PRNGKey(args.seed + 1),
+  x0 = jax.random.normal(jax.random.PRNGKey(seed + 1),
                          (cond["text_mask"].shape[0], *data["test_images"].shape[1:]))
-  run = _sampler(model, args.sample_steps, cfg_scale)
+  run = _sampler(model, sample_config.method, sample_config.steps, cfg_scale)
   return images.to_uint8(np.asarray(run(params, x0, cond)))
 
 
-@functools.cache  # one compiled sampler per model, reused by every evaluation
-def _sampler(model, steps: int, cfg_scale: float):
+@functools.cache  # one compiled sampler per model and scale, reused for every checkpoint
+def _sampler(model, method: str, steps: int, cfg_scale: float):
   import jax
   from dit_jax import flow
   from dit_jax.models import model_fn
-  sampler = flow.make_sampler({"method": "euler", "steps": steps, "cfg_scale": cfg_scale})
+  sampler = flow.make_sampler({"method": method, "steps": steps, "cfg_scale": cfg_scale})
   return jax.jit(lambda p, x, c: sampler(model_fn(model, p), None, x, c, model.null_condition(c)))
 
 
-def train(args):
-  data = dict(np.load(args.data))
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  import jax
-  print("devices:", jax.devices(), flush=True)
-  logs = []
-  for variant in args.variants.split(","):
-    samples, log = train_variant(variant, data, args)  # EMA weights: --out/<variant>/checkpoints
-    np.save(out / f"samples_{variant}.npy", samples[args.cfg_scales[0]])  # the table's samples
-    for scale, arr in samples.items():
-      np.save(out / f"samples_{variant}_cfg{scale:g}.npy", arr)
-    logs.append(log)
-    print(json.dumps({k: v for k, v in log.items() if k != "losses"}), flush=True)
-    (out / "train_log.json").write_text(json.dumps(
-        dict(device=str(jax.devices()[0]), logs=logs), indent=1))
+def run_samples(run, data, n: int, cfg_scale: float, step: int | None = None) -> np.ndarray:
+  """Samples of the first n test captions from the EMA weights of checkpoint `step` (default:
+  the newest) of a sweep run, cached in its directory."""
+  from dit_jax import train
+  from dit_jax.models import create_model
+  if step is None:
+    step = json.loads((run.workdir / "result.json").read_text())["steps"]
+  cache = run.workdir / "composition" / f"step{step}_cfg{cfg_scale:g}_n{n}.npy"
+  if cache.exists():
+    return np.load(cache)
+  vocab = json.loads((run.workdir / "config.json").read_text())["model"]["vocab_size"]
+  if int(data["vocab_size"]) != vocab:
+    raise ValueError(f"{run.workdir}: vocabulary {vocab} != the data's "
+                     f"{int(data['vocab_size'])}; prepare the data of this sweep")
+  config, state = train.load_run(run.workdir, step=step)
+  out = sample(create_model(config.model), state.ema_params, data, config.sample, n, cfg_scale,
+               run.seed)
+  cache.parent.mkdir(exist_ok=True)
+  np.save(cache, out)
+  return out
+
+
+def kept_steps(run) -> list[int]:
+  """Checkpointed steps of a run, oldest first."""
+  ckpts = run.workdir / "checkpoints"
+  return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+
+
+def run_entry(run, data, args) -> dict:
+  """What the tables and the curve need of one finished run: counts, settings, losses and the
+  checker's accuracies at the kept checkpoints before the last."""
+  info = json.loads((run.workdir / "result.json").read_text())
+  config = json.loads((run.workdir / "config.json").read_text())
+  rows = [json.loads(line) for line in (run.workdir / "metrics.jsonl").read_text().splitlines()]
+  losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+  curve = [dict(step=step, **check(run_samples(run, data, args.curve_samples,
+                                               args.cfg_scales[0], step), data))
+           for step in kept_steps(run) if step < info["steps"]]
+  return dict(variant=run.name, seed=run.seed, params=info["params"], gflops=info["gflops"],
+              train_seconds=info["seconds"], steps=info["steps"], batch=info["batch_size"],
+              lr=config["optim"]["lr"], sample_steps=config["sample"]["steps"],
+              cfg_scale=args.cfg_scales[0], cfg_scales=args.cfg_scales,
+              final_loss=float(np.mean([loss for _, loss in losses[-5:]])), losses=losses,
+              curve=curve, device=info["devices"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,21 +259,23 @@ def paired_difference(a: dict, b: dict, key: str, resamples: int = 2000,
 
 
 def report(args):
-  from dit_jax import images
+  from dit_jax import images, sweep
   data = dict(np.load(args.data))
-  # One train_log.json per run folder (variants may have been trained in parallel processes).
-  order = _variants().VARIANTS
-  entries, device = [], None
-  for path in sorted(Path(args.samples).glob("**/train_log.json")):
-    log = json.loads(path.read_text())
-    device = log["device"]
-    entries += [dict(e, folder=path.parent) for e in log["logs"]]
-  entries.sort(key=lambda e: (order.index(e["variant"]), e.get("seed", 0)))
-  log = dict(device=device, logs=entries)
+  base, spec = load_sweep(args.sweep)
+  if str(data.get("data_name", base.data.name)) != base.data.name:
+    raise SystemExit(f"{args.data} holds {data['data_name']}, the sweep trained on "
+                     f"{base.data.name}: run `prepare --sweep {args.sweep}`")
+  runs = sweep.expand(spec, args.sweep_dir)
+  finished = [r for r in runs if (r.workdir / "result.json").exists()]
+  if len(finished) < len(runs):
+    print("not finished, left out: " + ", ".join(f"{r.name} seed {r.seed}" for r in runs
+                                                 if r not in finished))
+  if not finished:
+    raise SystemExit(f"no finished run in {args.sweep_dir}: run `dit-jax sweep --config "
+                     f"{args.sweep} --workdir {args.sweep_dir}` first")
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  first = log["logs"][0]
-  n = len(np.load(first["folder"] / f"samples_{first['variant']}.npy", mmap_mode="r"))
+  n = min(args.num_samples, len(data["test_tokens"]))
   real = data["test_images"][:n]  # the captions the models were sampled for
   # A perfect generator that ignores the caption: real images of the wrong captions.
   per_image = {"real test images (checker sanity)": check_images(real, data),
@@ -312,18 +285,17 @@ def report(args):
   unseen = np.array([row.tobytes() not in seen for row in data["test_tokens"][:n]])
   scores = lambda v: dict(accuracies(v), all_objects_unseen=accuracies(v, unseen)["all_objects"])
   rows = [dict(variant=name, **scores(v)) for name, v in per_image.items()]
-  grids, sweep = [real[:args.grid]], {}
-  for entry in log["logs"]:
-    folder, variant = entry.pop("folder"), entry["variant"]
-    name = variant + (f" (seed {entry['seed']})" if entry.get("seed") else "")
-    samples = np.load(folder / f"samples_{variant}.npy")
+  grids, guidance = [real[:args.grid]], {}
+  for run in finished:
+    entry = run_entry(run, data, args)
+    name = run.name + (f" (seed {run.seed})" if run.seed else "")
+    by_scale = {scale: run_samples(run, data, n, scale) for scale in args.cfg_scales}
+    samples = by_scale[args.cfg_scales[0]]
     per_image[name] = check_images(samples, data)
     rows.append(dict(entry, **scores(per_image[name]), variant=name))
     grids.append(samples[:args.grid])
-    if len(entry.get("cfg_scales", [])) > 1:
-      sweep[name] = {
-          scale: check(np.load(folder / f"samples_{variant}_cfg{scale:g}.npy"), data)
-          for scale in sorted(entry["cfg_scales"])}
+    if len(args.cfg_scales) > 1:
+      guidance[name] = {scale: check(by_scale[scale], data) for scale in sorted(args.cfg_scales)}
   header = ("| model | Gflops | params | steps | final loss | colour | shape "
             "| object (colour+shape) | empty cells | all objects | all objects, unseen captions |\n"
             + "|---" * 11 + "|\n")
@@ -335,16 +307,17 @@ def report(args):
       f"{r['object']:.3f} | {r['empty_cells']:.3f} | {r['all_objects']:.3f} | "
       f"{r['all_objects_unseen']:.3f} |\n" for r in rows)
   res = data["test_images"].shape[1]
+  first = rows[2]
   layout = str(data.get("layout", "jittered"))  # files written before --layout: jittered
   setup = (f"{n} held-out captions ({unseen.sum()} of them absent from the training set) of "
-           f"shapes with 2-3 objects ({layout} layout) at {res}x{res}; batch {first['batch']}, "
-           f"learning rate {first.get('lr', '?')}; Euler "
-           f"{first.get('sample_steps', '?')} steps with guidance {first.get('cfg_scale', '?')}; "
-           f"device {log['device']}.")
+           f"shapes with 2-3 objects ({layout} layout) at {res}x{res}; batch "
+           f"{first['batch']}, learning rate {first['lr']}; {base.sample.method} "
+           f"{first['sample_steps']} steps with guidance {first['cfg_scale']}; Gflops: "
+           f"analytic forward of one image; device {first['device']}.")
   if "dit_pooled" in per_image:
     table += "\n" + difference_table(per_image, "dit_pooled")
-  if sweep:
-    table += "\n" + guidance_table(sweep)
+  if guidance:
+    table += "\n" + guidance_table(guidance)
   (out / "mmdit_composition.md").write_text(f"{setup}\n\n{table}")
   (out / "mmdit_composition.json").write_text(json.dumps(
       [{k: v for k, v in r.items() if k != "losses"} for r in rows], indent=1))
@@ -354,7 +327,7 @@ def report(args):
     plot_curves(rows[2:], rows[1], out / "mmdit_composition_curve.png")
   print(setup)
   print(table)
-  print("rows: real test images, " + ", ".join(e["variant"] for e in log["logs"]))
+  print("rows: real test images, " + ", ".join(r["variant"] for r in rows[2:]))
   print("captions:", *data["test_captions"][:args.grid], sep="\n  ")
 
 
@@ -411,39 +384,22 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("prepare")
+  p.add_argument("--sweep", default=str(SWEEP), help="the sweep file whose data to prepare")
   p.add_argument("--out", default="runs/mmdit_data")
-  p.add_argument("--num-train", type=int, default=20_000)
-  p.add_argument("--resolution", type=int, default=24)
-  p.add_argument("--layout", default="fixed", choices=("fixed", "jittered"),
-                 help="objects 80%% of their cell and centred (the image is a function of the "
-                      "caption), or of random size and place within the cell")
   p.set_defaults(func=prepare)
-  p = sub.add_parser("train")
+  p = sub.add_parser("report")
   p.add_argument("--data", default="runs/mmdit_data/data.npz")
-  p.add_argument("--out", default="runs/mmdit_run")
-  p.add_argument("--variants", default="dit_pooled,dit_cross,mmdit_double,mmdit_single,"
-                 "mmdit_hybrid")
-  p.add_argument("--size", default="cpu", choices=("cpu", "gpu"))
-  p.add_argument("--steps", type=int, default=6000)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--sample-steps", type=int, default=40)
+  p.add_argument("--sweep", default=str(SWEEP), help="the sweep file the runs came from "
+                 "(with its argument, e.g. ...mmdit_composition.py:gpu)")
+  p.add_argument("--sweep-dir", required=True, help="the sweep's --workdir")
+  p.add_argument("--out", default="experiments/results")
+  p.add_argument("--grid", type=int, default=10)
   p.add_argument("--num-samples", type=int, default=NUM_TEST, help="test captions to sample")
   p.add_argument("--cfg-scales", type=lambda s: [float(v) for v in s.split(",")],
                  default=[3.0], help="guidance scales to sample at (comma-separated); the "
                  "first is the table's and the learning curve's, the others a sweep")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the sampled weights")
-  p.add_argument("--eval-every", type=int, default=0,
-                 help="score samples of --eval-samples test captions every this many steps "
-                      "(a learning curve; needs the shapes module, i.e. TFDS)")
-  p.add_argument("--eval-samples", type=int, default=64)
-  p.set_defaults(func=train)
-  p = sub.add_parser("report")
-  p.add_argument("--data", default="runs/mmdit_data/data.npz")
-  p.add_argument("--samples", default="runs/mmdit_run")
-  p.add_argument("--out", default="experiments/results")
-  p.add_argument("--grid", type=int, default=10)
+  p.add_argument("--curve-samples", type=int, default=64, help="test captions sampled at "
+                 "each kept checkpoint before the last (the learning curve)")
   p.set_defaults(func=report)
   args = parser.parse_args()
   args.func(args)

@@ -1,17 +1,18 @@
-"""Position encodings vs sampling resolution: tiny DiTs trained on 8x8 digits, sampled larger
-and smaller.
+"""Position encodings vs sampling resolution: the tiny DiTs of configs/sweeps/posenc.py
+(trained on 8x8 digits) sampled larger and smaller.
 
-    python experiments/posenc_resolution.py [--steps 1000] [--workdir runs/posenc]
+    dit-jax sweep --config configs/sweeps/posenc.py --workdir runs/sweeps/posenc
+    python experiments/posenc_resolution.py --sweep-dir runs/sweeps/posenc \\
                                             [--out experiments/results]
 
-Trains configs/posenc.py once per encoding (skipped when the run already has its final
-checkpoint), samples each EMA model at 6, 8, 12 and 16 pixels square (patch 1: as many tokens
-a side), and scores the samples with a digit classifier fitted on the real 8x8 training digits
-(samples are resized back to 8x8 first). Writes to --out:
+Finds every run of the sweep in --sweep-dir (`sweep.expand`), samples its EMA model at 6, 8,
+12 and 16 pixels square (patch 1: as many tokens a side), and scores the samples with a digit
+classifier fitted on the real 8x8 training digits (samples are resized back to 8x8 first).
+Writes to --out:
   posenc_resolution.md      accuracy (% of samples read as the requested digit) and mean ink
-                            per encoding x resolution, the classifier's accuracy, training runs
+                            per run x resolution, the classifier's accuracy, training runs
   posenc_resolution.json    the same numbers
-  posenc_resolution.png     sample grids (rows encodings, columns resolutions) and the curves
+  posenc_resolution.png     sample grids (rows runs, columns resolutions) and the curves
 """
 import argparse
 import json
@@ -23,59 +24,45 @@ import matplotlib
 import numpy as np
 from sklearn.svm import SVC
 
-from dit_jax import flow, images, train
-from dit_jax.checkpoint import Checkpointer
-from dit_jax.config import load_config
+from dit_jax import flow, images, sweep, train
 from dit_jax.data.digits import NUM_TRAIN, digit_images, resize_gray
 from dit_jax.models import create_model
 from dit_jax.sample import ImageSampler
+from dit_jax.training_log import read_history
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "posenc.py"
-ENCODINGS = ("sincos", "rope_axial", "rope_mixed", "rope_scaled")
+SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "posenc.py"
 RESOLUTIONS = (6, 8, 12, 16)
 TRAIN_RESOLUTION = 8
 NUM_CLASSES = 10
 SHOWN_PER_CLASS = 2  # samples per digit in the figure
 
 
-# Training.
+# The sweep's runs.
 
 
-def latest_step(workdir: Path) -> int | None:
-  """The last checkpointed step of a run, None when there is none (reads, creates nothing)."""
-  if not (workdir / "checkpoints").is_dir():
-    return None
-  ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
+def finished_runs(sweep_file: str, sweep_dir: Path) -> dict[str, sweep.RunSpec]:
+  """{label: run} of every run of the sweep; the label is the run's name (with its seed when
+  the sweep has several). Refuses a sweep with unfinished runs: train them first."""
+  _, spec = sweep.load(sweep_file)
+  runs = sweep.expand(spec, sweep_dir)
+  missing = [str(r.workdir) for r in runs if not (r.workdir / "result.json").exists()]
+  if missing:
+    raise SystemExit(f"unfinished runs (no result.json): {', '.join(missing)}; run "
+                     f"`dit-jax sweep --config {sweep_file} --workdir {sweep_dir}` first")
+  several = len(spec.seeds) > 1
+  return {f"{r.name} (seed {r.seed})" if several else r.name: r for r in runs}
 
 
-def train_encoding(encoding: str, steps: int, workdir: Path) -> dict:
-  """Trains one encoding unless its final checkpoint exists; the wall clock of the last real
-  training is kept in the run directory, so a rerun still reports it."""
-  timing = workdir / "posenc_train_time.json"
-  done = latest_step(workdir)
-  if done is not None and done >= steps:
-    print(f"{encoding}: {workdir} holds step {done}, not training")
-  else:
-    config = load_config(f"{CONFIG}:{encoding}")
-    config.train.update(steps=steps, sample_every=steps)
-    start = time.perf_counter()
-    train.train_and_evaluate(config, str(workdir))
-    seconds = time.perf_counter() - start
-    timing.write_text(json.dumps(dict(steps=steps, resumed_from=done or 0, seconds=seconds)))
-  return json.loads(timing.read_text()) if timing.exists() else {}
-
-
-def final_metrics(workdir: Path) -> dict:
-  """The last line of the run's metrics.jsonl (loss, steps/s at the end of training)."""
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  return json.loads(lines[-1]) if lines else {}
+def run_summary(workdir: Path) -> dict:
+  """Wall clock (the sweep's result.json), final training loss and steps/s."""
+  info = json.loads((workdir / "result.json").read_text())
+  training = [h for h in read_history(workdir) if "loss" in h]
+  last = training[-1] if training else {}
+  return dict(seconds=info["seconds"], loss=last.get("loss"),
+              steps_per_s=last.get("steps_per_s"))
 
 
 # Sampling.
@@ -149,19 +136,20 @@ def table_row(name: str, values: list[str]) -> str:
 
 
 def markdown(results: dict) -> str:
-  """Accuracy and ink tables (rows encodings, columns resolutions) and the training runs."""
+  """Accuracy and ink tables (rows runs, columns resolutions) and the training runs."""
+  names = list(results["cells"])
   sides = [f"{s}x{s}" + (" (train)" if s == TRAIN_RESOLUTION else "") for s in RESOLUTIONS]
   head = ["| encoding | " + " | ".join(sides) + " |", "|---" * (len(sides) + 1) + "|"]
   cells = results["cells"]
   accuracy = [table_row(e, [f"{cells[e][str(s)]['accuracy']:.1%}" for s in RESOLUTIONS])
-              for e in ENCODINGS]
+              for e in names]
   real = results["real_resized_accuracy"]
   accuracy.append(table_row("*real test digits, resized there and back*",
                       [f"*{real[str(s)]:.1%}*" for s in RESOLUTIONS]))
-  ink = [table_row(e, [f"{cells[e][str(s)]['ink']:.3f}" for s in RESOLUTIONS]) for e in ENCODINGS]
+  ink = [table_row(e, [f"{cells[e][str(s)]['ink']:.3f}" for s in RESOLUTIONS]) for e in names]
   runs = ["| encoding | steps | train wall clock | final loss | steps/s at end |",
           "|---|---|---|---|---|"]
-  for e in ENCODINGS:
+  for e in names:
     run = results["runs"][e]
     clock = f"{run['seconds']:.0f} s" if run.get("seconds") else "n/a"
     runs.append(f"| {e} | {run['step']} | {clock} | {run['loss']:.4f} | "
@@ -186,8 +174,8 @@ def markdown(results: dict) -> str:
       "",
       *head, *ink,
       "",
-      "Training runs (configs/posenc.py, batch 64, 2-core CPU; wall clock includes data "
-      "loading, compilation and the final sample grid):",
+      f"Training runs ({results['sweep']}, batch 64, 2-core CPU; wall clock includes data "
+      "loading, compilation, the final sample grid and the sweep's evaluations):",
       "",
       *runs,
       "",
@@ -216,7 +204,7 @@ def show_cell(ax, samples_NHWC: np.ndarray, per_class: int):
 
 
 def plot_curves(ax, results: dict, key: str, reference: float | dict, ylabel: str):
-  for e in ENCODINGS:
+  for e in results["cells"]:
     ax.plot(RESOLUTIONS, [results["cells"][e][str(s)][key] for s in RESOLUTIONS], "o-", label=e)
   if isinstance(reference, dict):
     ax.plot(RESOLUTIONS, [reference[str(s)] for s in RESOLUTIONS], "k--", lw=1,
@@ -231,13 +219,14 @@ def plot_curves(ax, results: dict, key: str, reference: float | dict, ylabel: st
 
 
 def plot(results: dict, samples: dict, path: Path):
-  """Top: a grid of sample grids (rows encodings, columns sides; each two rows of 0-9).
+  """Top: a grid of sample grids (rows runs, columns sides; each two rows of 0-9).
   Bottom: accuracy and ink against the sample side."""
+  names = list(results["cells"])
   fig = plt.figure(figsize=(16, 7.2))
   top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
-  cells = top.subplots(len(ENCODINGS), len(RESOLUTIONS),
+  cells = top.subplots(len(names), len(RESOLUTIONS), squeeze=False,
                        gridspec_kw=dict(wspace=0.05, hspace=0.3))
-  for i, e in enumerate(ENCODINGS):
+  for i, e in enumerate(names):
     for j, s in enumerate(RESOLUTIONS):
       show_cell(cells[i, j], samples[e][s], results["per_class"])
       acc = results["cells"][e][str(s)]["accuracy"]
@@ -254,40 +243,40 @@ def plot(results: dict, samples: dict, path: Path):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=1000, help="training steps per encoding")
-  parser.add_argument("--workdir", default="runs/posenc", help="one run directory per encoding")
+  parser.add_argument("--sweep-dir", required=True, help="the --workdir of `dit-jax sweep "
+                      "--config configs/sweeps/posenc.py`")
+  parser.add_argument("--sweep", default=str(SWEEP), help="the sweep file it ran")
   parser.add_argument("--out", default="experiments/results")
   parser.add_argument("--per-class", type=int, default=20, help="samples per digit and cell")
   parser.add_argument("--seed", type=int, default=0, help="sampling key")
   args = parser.parse_args()
   if args.per_class < SHOWN_PER_CLASS:
     parser.error(f"--per-class must be at least {SHOWN_PER_CLASS}")
+  runs = finished_runs(args.sweep, Path(args.sweep_dir))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
 
   classifier, test_accuracy, test_x, test_y = fit_classifier()
   print(f"classifier accuracy on real test digits: {test_accuracy:.1%}")
   labels = class_labels(args.per_class)
-  sampler_config = load_config(f"{CONFIG}:sincos").sample
+  first = next(iter(runs.values())).workdir  # the sampler as trained (--config.* included)
+  sampler_config = json.loads((first / "config.json").read_text())["sample"]
   results = dict(
+      sweep="configs/sweeps/posenc.py" if args.sweep == str(SWEEP) else args.sweep,
       per_class=args.per_class, seed=args.seed, classifier_test_accuracy=test_accuracy,
       real_test_count=len(test_y), real_ink=float(digit_images()[0].mean() / 255.0),
       real_resized_accuracy={str(s): resized_real_accuracy(classifier, test_x, test_y, s)
                              for s in RESOLUTIONS},
-      sampler=(f"{sampler_config.method}, {sampler_config.steps} steps, "
-               f"guidance {sampler_config.cfg_scale}"),
+      sampler=(f"{sampler_config['method']}, {sampler_config['steps']} steps, "
+               f"guidance {sampler_config['cfg_scale']}"),
       runs={}, cells={})
   samples = {}
-  for encoding in ENCODINGS:
-    workdir = Path(args.workdir) / encoding
-    timing = train_encoding(encoding, args.steps, workdir)
-    print(f"{encoding}: sampling")
-    step, samples[encoding] = sample_resolutions(workdir, args.per_class, args.seed)
-    last = final_metrics(workdir)
-    results["runs"][encoding] = dict(step=step, seconds=timing.get("seconds"),
-                                     loss=last.get("loss"), steps_per_s=last.get("steps_per_s"))
-    results["cells"][encoding] = {str(s): score(classifier, x, labels)
-                                  for s, x in samples[encoding].items()}
+  for name, run in runs.items():
+    print(f"{name}: sampling {run.workdir}")
+    step, samples[name] = sample_resolutions(run.workdir, args.per_class, args.seed)
+    results["runs"][name] = dict(step=step, **run_summary(run.workdir))
+    results["cells"][name] = {str(s): score(classifier, x, labels)
+                              for s, x in samples[name].items()}
 
   table = markdown(results)
   (out / "posenc_resolution.md").write_text(table)

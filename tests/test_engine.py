@@ -203,6 +203,19 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
   assert steps_on_disk(tmp_path) == [2]  # nothing moved when nothing restores
 
 
+def test_restore_params_reads_a_named_step(tmp_path):
+  """A learning curve from kept checkpoints: step 2 of a 4-step run is a 2-step run's EMA."""
+  short = run(toy_config(steps=2), tmp_path / "short")
+  run(toy_config(steps=4), tmp_path / "run")
+  abstract = {"ema_params": engine.abstract_params(toy_task(), parallel.ShardingPlan.create(
+      dict(data=1), devices=jax.devices()[:1]))}
+  step, tree = checkpoint.restore_params(tmp_path / "run" / "checkpoints", abstract, step=2)
+  assert step == 2
+  assert_same(jax.device_get(short.ema_params), jax.device_get(tree["ema_params"]))
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 3 .*kept: \[2, 4\]"):
+    checkpoint.restore_params(tmp_path / "run" / "checkpoints", abstract, step=3)
+
+
 def test_refused_resume_leaves_config_and_checkpoints_untouched(tmp_path):
   run(toy_config(steps=4), tmp_path)
   recorded = (tmp_path / "config.json").read_bytes()

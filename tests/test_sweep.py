@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dit_jax import cli, sweep, sweep_report, train
-from dit_jax.config import ConfigError
+from dit_jax.config import ConfigError, load_config
 from dit_jax.training_log import read_history
 
 TINY = """
@@ -68,6 +68,33 @@ def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
   (tmp_path / "plain.py").write_text("def get_config(arg=''):\n  return None\n")
   with pytest.raises(SystemExit, match="a sweep file needs get_sweep"):
     cli.main(["sweep", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)])
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.py")))
+def test_every_sweep_file_expands_to_valid_runs(name, tmp_path):
+  base, spec = sweep.load(str(SWEEPS / name))
+  runs = sweep.expand(spec, tmp_path)
+  configs = [sweep.run_config(base, r) for r in runs]  # each validated
+  assert len({r.workdir for r in runs}) == len(runs) == len(configs)
+
+
+def test_migrated_sweeps_train_the_models_of_their_config_files(tmp_path):
+  """The studies moved onto the runner train what their config files define."""
+  def models(sweep_file):
+    base, spec = sweep.load(str(SWEEPS / sweep_file))
+    return {r.name: sweep.run_config(base, r).model for r in sweep.expand(spec, tmp_path)}
+  configs = SWEEPS.parent
+  for name, model in models("posenc.py").items():
+    assert model == load_config(f"{configs / 'posenc.py'}:{name}").model, name
+  unet = models("unet_vs_dit.py")
+  assert unet.pop("DiT") == load_config(str(configs / "quickstart.py")).model
+  for name, model in unet.items():
+    assert model == load_config(f"{configs / 'unet.py'}:{name.split()[-1]}").model, name
+  for name, model in models("mmdit_composition.py").items():
+    assert model == load_config(f"{configs / 'mmdit.py'}:{name}").model, name
 
 
 def test_bootstrap_interval_against_exact_and_normal_theory():
