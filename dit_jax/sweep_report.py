@@ -147,6 +147,11 @@ def markdown(sweep: Sweep, rows: list[dict], infos: dict, missing: list) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _two_or_five(value: float, _) -> str:
+  leading = value / 10 ** math.floor(math.log10(value))
+  return f"{value:g}" if any(abs(leading - d) < 1e-6 for d in (2, 5)) else ""
+
+
 def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
   """Three panels: the metric against training Tflops and against steps (mean over seeds, the
   seeds as dots), and its final value against forward Gflops (with the interval)."""
@@ -183,6 +188,13 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
     ax.grid(True, which="both", alpha=0.3)
     if log_y:
       ax.set_yscale("log")
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+      if scale == "log":  # 20, not 2 x 10^1; over a decade, minor ticks at 2 and 5 x 10^k only
+        low, high = sorted(axis.get_view_interval())
+        plain = matplotlib.ticker.FormatStrFormatter("%g")
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain if high < 10 * low else
+                                 matplotlib.ticker.FuncFormatter(_two_or_five))
   axes[1].legend(fontsize=7)
   fig.suptitle(f"{sweep.title}: {name}")
   fig.tight_layout()

@@ -73,7 +73,9 @@ def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
 SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.py")))
+@pytest.mark.parametrize("name", sorted(
+    [p.name for p in SWEEPS.glob("*.py")]
+    + [f"{p.name}:gpu" for p in SWEEPS.glob("*.py") if "gpu" in p.read_text()]))
 def test_every_sweep_file_expands_to_valid_runs(name, tmp_path):
   base, spec = sweep.load(str(SWEEPS / name))
   runs = sweep.expand(spec, tmp_path)
