@@ -8,8 +8,8 @@ Reads the sweep's results.jsonl (runs named SIZE/PATCH) and writes analysis.md:
   1. at fixed model size, does a smaller patch (more Gflops) give a lower final FD?
   2. across all models, does final FD follow forward Gflops more than parameters (Spearman
      rank correlations, and the models of similar Gflops but different parameters)?
-  3. at equal training compute, are larger models better (FD interpolated in log compute
-     between each run's evaluations)?
+  3. at equal training compute, is the larger of two neighbouring sizes better (FD
+     interpolated in log compute between each run's evaluations)?
 """
 import argparse
 import json
@@ -85,28 +85,28 @@ def gflops_section(runs) -> list[str]:
 
 
 def compute_section(runs) -> list[str]:
-  """FD of each model at the training computes where at least two sizes were evaluated."""
-  points = sorted({c for r in runs.values() for c, _ in r["curve"]})
-  shared = [c for c in points
-            if len({size_and_patch(n)[0] for n, r in runs.items()
-                    if not np.isnan(fd_at(r["curve"], c))}) >= 2]
-  picks = shared[::max(1, len(shared) // 5)][:6]
+  """Each pair of neighbouring sizes at the same patch, at the middle (geometric) of the
+  training compute both were evaluated at."""
+  sizes = list(dict.fromkeys(size_and_patch(n)[0] for n in runs))
+  patches = sorted({size_and_patch(n)[1] for n in runs}, reverse=True)
   lines = ["", "## 3. Equal training compute", "",
-           "FD interpolated (linear in log compute) between each run's evaluations; '-' where a "
-           "run was not trained that far or started later.", "",
-           "| model | " + " | ".join(f"{c:.3g} Tflops" for c in picks) + " |",
-           "|---|" + "---|" * len(picks)]
-  for n in sorted(runs, key=lambda n: (size_and_patch(n)[0], -size_and_patch(n)[1])):
-    cells = [fd_at(runs[n]["curve"], c) for c in picks]
-    lines.append(f"| {n} | " + " | ".join("-" if np.isnan(v) else f"{v:.2f}" for v in cells)
-                 + " |")
-  best = []
-  for c in picks:
-    at = {n: fd_at(r["curve"], c) for n, r in runs.items()}
-    at = {n: v for n, v in at.items() if not np.isnan(v)}
-    winner = min(at, key=at.get)
-    best.append(f"{c:.3g} Tflops: {winner} ({at[winner]:.2f})")
-  return lines + ["", "Best model at each compute: " + "; ".join(best) + "."]
+           "Neighbouring sizes at one patch size, compared where both runs' evaluations cover "
+           "the same training compute (FD interpolated linearly in log compute between "
+           "evaluations, mean over seeds).", "",
+           "| patch | smaller | larger | at Tflops | FD smaller | FD larger | larger wins |",
+           "|---|---|---|---|---|---|---|"]
+  for patch in patches:
+    for small, large in zip(sizes, sizes[1:], strict=False):
+      a, b = runs[f"{small}/{patch}"]["curve"], runs[f"{large}/{patch}"]["curve"]
+      low, high = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+      if low > high:
+        lines.append(f"| {patch} | {small} | {large} | no overlap | | | |")
+        continue
+      at = float(np.sqrt(low * high))
+      fa, fb = fd_at(a, at), fd_at(b, at)
+      lines.append(f"| {patch} | {small} | {large} | {at:.3g} | {fa:.2f} | {fb:.2f} | "
+                   f"{'yes' if fb < fa else 'no'} |")
+  return lines
 
 
 def main():
