@@ -160,19 +160,20 @@ def train_run(run: RunSpec, config, log=print) -> str:
     log(f"!! {run.name} seed {run.seed} failed; see {error}")
     return "failed"
   finally:
-    _add_seconds(run.workdir, time.perf_counter() - start)
-  info = dict(name=run.name, seed=run.seed, fields=_jsonable(run.fields),
-              seconds=json.loads((run.workdir / "wall.json").read_text())["seconds"],
+    seconds = _add_seconds(run.workdir, time.perf_counter() - start)
+  info = dict(name=run.name, seed=run.seed, fields=_jsonable(run.fields), seconds=seconds,
               devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", **counts(config))
   result.write_text(json.dumps(info, indent=1) + "\n")
   return "trained"
 
 
-def _add_seconds(workdir: Path, seconds: float):
-  """Wall clock of a run summed over the calls that trained it (resumes included)."""
+def _add_seconds(workdir: Path, seconds: float) -> float:
+  """Adds `seconds` to the run's wall clock summed over the calls that trained it (resumes
+  included); returns the sum."""
   path = workdir / "wall.json"
-  total = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
-  path.write_text(json.dumps(dict(seconds=total + seconds)))
+  total = seconds + (json.loads(path.read_text())["seconds"] if path.exists() else 0.0)
+  path.write_text(json.dumps(dict(seconds=total)))
+  return total
 
 
 def check_recorded(runs: list[RunSpec], configs: list):

@@ -29,10 +29,10 @@ def bootstrap_interval(values, level: float = LEVEL, resamples: int = RESAMPLES,
   return float(v.mean()), float(low), float(high)
 
 
-def run_rows(run: RunSpec, info: dict) -> list[dict]:
-  """One row per evaluation of a run (per logged training row when it never evaluates), with
-  the latest training loss, the step's training compute and the run's counts."""
-  history = read_history(run.workdir)
+def run_rows(run: RunSpec, info: dict, history: list[dict]) -> list[dict]:
+  """One row per evaluation in a run's `history` (per logged training row when it never
+  evaluates), with the latest training loss, the step's training compute and the run's
+  counts."""
   training = [h for h in history if "loss" in h]
   points = [h for h in history if any(k.startswith("eval/") for k in h)] or training
   rows = []
@@ -55,11 +55,11 @@ def collect(sweep: Sweep, root) -> tuple[list[dict], dict, list[RunSpec]]:
     if not path.exists():
       missing.append(run)
       continue
-    info = json.loads(path.read_text())
-    speeds = [h["steps_per_s"] for h in read_history(run.workdir) if "steps_per_s" in h]
+    info, history = json.loads(path.read_text()), read_history(run.workdir)
+    speeds = [h["steps_per_s"] for h in history if "steps_per_s" in h]
     info["steps_per_s"] = float(np.median(speeds)) if speeds else math.nan
     infos[run.name, run.seed] = info
-    rows.extend(run_rows(run, info))
+    rows.extend(run_rows(run, info, history))
   return rows, infos, missing
 
 

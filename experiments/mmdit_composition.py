@@ -44,12 +44,6 @@ NUM_TEST = 512
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "mmdit_composition.py"
 
 
-def load_sweep(spec: str):
-  """(base config, sweep) of the sweep file the runs came from."""
-  from dit_jax import sweep
-  return sweep.load(spec)
-
-
 # ---------------------------------------------------------------------------------------------
 # prepare: the sweep's captioned shapes -> one compressed npz (test images and objects, tokens)
 
@@ -85,8 +79,9 @@ def shapes_config(data_name: str):
 
 
 def prepare(args):
+  from dit_jax import sweep
   from dit_jax.data.tokenizers import make_tokenizer
-  data_config = load_sweep(args.sweep)[0].data
+  data_config = sweep.load(args.sweep)[0].data
   config = shapes_config(data_config.name)
   tok = make_tokenizer(data_config.text_tokenizer)
   out = {}
@@ -162,10 +157,10 @@ def kept_steps(run) -> list[int]:
 def run_entry(run, data, args) -> dict:
   """What the tables and the curve need of one finished run: counts, settings, losses and the
   checker's accuracies at the kept checkpoints before the last."""
+  from dit_jax.training_log import read_history
   info = json.loads((run.workdir / "result.json").read_text())
   config = json.loads((run.workdir / "config.json").read_text())
-  rows = [json.loads(line) for line in (run.workdir / "metrics.jsonl").read_text().splitlines()]
-  losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+  losses = [(r["step"], r["loss"]) for r in read_history(run.workdir) if "loss" in r]
   curve = [dict(step=step, **check(run_samples(run, data, args.curve_samples,
                                                args.cfg_scales[0], step), data))
            for step in kept_steps(run) if step < info["steps"]]
@@ -261,7 +256,7 @@ def paired_difference(a: dict, b: dict, key: str, resamples: int = 2000,
 def report(args):
   from dit_jax import images, sweep
   data = dict(np.load(args.data))
-  base, spec = load_sweep(args.sweep)
+  base, spec = sweep.load(args.sweep)
   if str(data.get("data_name", base.data.name)) != base.data.name:
     raise SystemExit(f"{args.data} holds {data['data_name']}, the sweep trained on "
                      f"{base.data.name}: run `prepare --sweep {args.sweep}`")
