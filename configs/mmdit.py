@@ -12,7 +12,7 @@ captions tokenized by the data pipeline (data.text_tokenizer).
 """
 from pathlib import Path
 
-from dit_jax.config import load_config, model_section
+from dit_jax.config import evaluator_section, load_config, model_section
 from dit_jax.models.mmdit import PRESET_INPUT, PRESETS
 
 TEXT_LENGTH = 24     # a 3-object shapes caption is at most 22 words with BOS
@@ -51,7 +51,7 @@ def model_fields(variant: str, size: str = "cpu") -> dict:
 
 def get_config(arg: str = "mmdit_hybrid"):
   config = load_config(str(Path(__file__).with_name("quickstart.py")))
-  config.eval.every = 0  # caption-conditioned: the evaluation hook samples class labels
+  del config.evals["samples"]  # it draws class labels; captions are checked below
   if arg in PRESETS:  # published shapes: for `dit-jax flops` (no weights, eval_shape only)
     config.model = model_section(arg, attention_backend="xla", scan_layers=True)
     side, _, channels = PRESET_INPUT[arg]
@@ -66,4 +66,6 @@ def get_config(arg: str = "mmdit_hybrid"):
   config.optim.update(lr=1e-3, warmup_steps=200, schedule="cosine")
   config.train.update(steps=5000, sample_every=5000, samples_per_class=8)
   config.sample.update(method="euler", steps=40, cfg_scale=3.0)
+  # The exact composition check of 256 test captions (the same noise at every evaluation).
+  config.evals.composition = evaluator_section("composition", every=1000, num_samples=256)
   return config

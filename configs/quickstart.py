@@ -3,7 +3,7 @@
     dit-jax train --config configs/quickstart.py --workdir runs/quickstart
     dit-jax sample --workdir runs/quickstart --per-class 8 --out digits.png
 """
-from dit_jax.config import base_config, model_section
+from dit_jax.config import base_config, evaluator_section, model_section
 
 
 def get_config(arg: str = ""):
@@ -18,5 +18,5 @@ def get_config(arg: str = ""):
   config.sample.update(method="heun", steps=25, cfg_scale=2.0)
   # Fréchet distance and accuracy of 500 EMA samples in the features of a digits classifier
   # (trained once, ~1 min, cached in the TFDS data dir), against the test split.
-  config.eval.update(every=1000, num_samples=500)
+  config.evals.samples = evaluator_section("samples", every=1000, num_samples=500)
   return config

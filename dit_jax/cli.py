@@ -122,9 +122,18 @@ def _shard(text: str) -> tuple[int, int]:
   return int(index), int(count)
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+  parts = text.split(",")
+  if not all(p.strip().isdigit() for p in parts):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected seeds such as 0 or 0,2")
+  return tuple(int(p) for p in parts)
+
+
 def cmd_sweep(args, overrides):
   from dit_jax import sweep_report  # matplotlib: only when summarising
   base, spec = sweep.load(args.config, overrides)
+  if args.seeds is not None:
+    spec = sweep.with_seeds(spec, args.seeds)
   root = Path(args.workdir)
   runs = sweep.expand(spec, root)
   print(f"sweep {spec.title!r}: {len(runs)} runs ({len(runs) // len(spec.seeds)} settings x "
@@ -134,7 +143,8 @@ def cmd_sweep(args, overrides):
     pass
   elif args.parallel > 1:
     argv = ["--config", args.config, "--workdir", args.workdir,
-            *[f"--config.{o}" for o in overrides]]
+            *[f"--config.{o}" for o in overrides],
+            *(["--seeds", ",".join(map(str, spec.seeds))] if args.seeds is not None else [])]
     failed = sweep.run_side_by_side(argv, args.parallel, args.devices_per_run, root)
   else:
     status = _until_preempted("sweep", lambda: sweep.run_all(base, spec, root, args.shard))
@@ -606,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--parallel", type=_positive, default=1, help="runs side by side, each in its "
                  "own process with --devices-per-run devices (GPUs, or fake CPU devices)")
   p.add_argument("--devices-per-run", type=_positive, default=1)
+  p.add_argument("--seeds", type=_seed_list, help="only these of the sweep's seeds, e.g. 0 "
+                 "(comma-separated; default: all); a later call can add the others")
   p.add_argument("--report", action="store_true", help="only summarise the finished runs")
   p.add_argument("--shard", type=_shard, default=(0, 1), help=argparse.SUPPRESS)
   p.set_defaults(func=cmd_sweep)

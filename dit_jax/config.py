@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import ml_collections
@@ -74,12 +75,45 @@ def vae_section(name: str = "tiny", **fields) -> ml_collections.ConfigDict:
                                     "param_dtype": _plain(vae.param_dtype), **fields})
 
 
+# What each kind of evaluator (dit_jax.evaluators) reads, with its defaults. Every kind has
+# `every` (steps; 0: never; also at the end), `num_samples`, `batch_size` (samples per compiled
+# sampler call) and `prefix` (of the logged metric names).
+EVALUATORS = {
+    # FD (FID with Inception), sFD, IS, precision / recall and conditional accuracy of EMA
+    # samples with uniform class labels (or none), against the real images of data `split` or
+    # a `reference` .npz (`dit-jax eval-ref`, ADM's), in the feature net `features`: 'data' (a
+    # classifier of data.name) or 'inception:FILE' (pytorch-fid's weights).
+    "samples": dict(every=1000, num_samples=1000, batch_size=250, prefix="eval/",
+                    features="data", reference=None, split="test"),
+    # Caption-conditioned samples of a shapes data set's `split` captions, checked exactly
+    # against the captions' objects (dit_jax.eval.composition): colour, shape, object, empty
+    # cells, whole images, and whole images of captions absent from the training split.
+    "composition": dict(every=1000, num_samples=256, batch_size=256, prefix="eval/",
+                        split="test"),
+}
+
+
+def evaluator_section(kind: str, **fields) -> ml_collections.ConfigDict:
+  """One entry of config.evals: `kind`'s fields (EVALUATORS) with its defaults, then `fields`.
+
+      config.evals.samples = evaluator_section("samples", every=500, num_samples=400)
+  """
+  if kind not in EVALUATORS:
+    raise ConfigError(f"config.evals: evaluator type {kind!r} is not one of {tuple(EVALUATORS)}")
+  unknown = sorted(set(fields) - set(EVALUATORS[kind]))
+  if unknown:
+    raise ConfigError(f"config.evals: fields {unknown} are not fields of a {kind!r} evaluator; "
+                      f"its fields: {sorted(EVALUATORS[kind])}")
+  return ml_collections.ConfigDict({"type": kind, **EVALUATORS[kind], **fields})
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a training run reads, with defaults; config files override a few.
 
   Sections: model (`model_section`, models.create_model), objective (flow.make_objective:
   also the one home of DDPM's schedule, which the sampler reads), data (data.DataConfig),
-  optim, train, sample (flow.make_sampler), eval (dit_jax.eval), mesh (parallel.MeshConfig).
+  optim, train, sample (flow.make_sampler), evals (`evaluator_section`), mesh
+  (parallel.MeshConfig).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -109,15 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
       eta=0.0))  # ddim only: 0 deterministic, 1 DDPM's posterior noise
-  # Evaluation during training (dit_jax.eval): every `every` steps (and at the end) sample
-  # num_samples images from the EMA parameters with uniform class labels and score them.
-  config.eval = ml_collections.ConfigDict(dict(
-      every=0,            # 0: never
-      num_samples=1000,
-      features="data",    # 'data': a classifier of data.name; 'inception:FILE' (pytorch-fid's)
-      reference=None,     # reference .npz (`dit-jax eval-ref`, ADM's); None: data `split` below
-      split="test",
-      batch_size=250))    # samples per compiled sampler / feature call
+  # Evaluations during training (dit_jax.evaluators): named sections of `evaluator_section`,
+  # each run every `every` steps and at the end, its metrics logged as `prefix` + name.
+  config.evals = ml_collections.ConfigDict()
   # Device mesh (parallel.MeshConfig): sizes of the data / fsdp / tensor axes within a slice
   # (-1: the devices that are left) and across slices (dcn_*, multi-slice TPU), and the
   # logical-axis rules: a preset in parallel.RULE_PRESETS ('dp', 'fsdp', 'fsdp_tp').
@@ -130,7 +158,7 @@ def vae_config(name: str = "tiny") -> ml_collections.ConfigDict:
   """Every field a `train-vae` run reads: the data, optim, train and mesh sections of
   `base_config`, the VAE (`vae_section`) and its training (`vae_train`)."""
   config = base_config()
-  del config.model, config.objective, config.sample, config.eval
+  del config.model, config.objective, config.sample, config.evals
   config.vae = vae_section(name)
   config.vae_train = ml_collections.ConfigDict(dict(
       reconstruction="l2",  # one of VAE_RECONSTRUCTIONS
@@ -148,6 +176,22 @@ def _schema(config) -> ml_collections.ConfigDict:
     schema.model = model_section(config.model.name)
   if "vae" in config and config.vae.get("name"):
     schema.vae = vae_section(config.vae.name)
+  for name, entry in config.get("evals", {}).items():
+    schema.evals[name] = _evaluator_schema(name, entry)
+  return schema
+
+
+def _evaluator_schema(name: str, entry) -> ml_collections.ConfigDict:
+  """The defaults of config.evals.NAME (its `type`'s); unknown types and fields name the fix."""
+  where = f"config.evals.{name}"
+  if not hasattr(entry, "items") or entry.get("type") not in EVALUATORS:
+    raise ConfigError(f"{where} must be an evaluator section with a `type` in "
+                      f"{tuple(EVALUATORS)}: set it with evaluator_section(TYPE, ...)")
+  schema = evaluator_section(entry.type)
+  unknown = sorted(set(entry) - set(schema))
+  if unknown:
+    raise ConfigError(f"{where}: fields {unknown} are not fields of a {entry.type!r} "
+                      f"evaluator; its fields: {sorted(schema)}")
   return schema
 
 
@@ -283,8 +327,9 @@ def _within(low, high, upper_open: bool = False, note: str = ""):
   return (lambda v: low <= v <= high), f"in [{low}, {high}]{note}"
 
 
-# (field, test, requirement): each applies where the field is present.
-_RULES = (
+# field -> (test, requirement): each applies where the field is present; evals.* is any
+# evaluator of config.evals.
+_RULES = {field: (test, need) for field, test, need in (
     ("seed", *_at_least(0)),
     ("model.depth", *_at_least(1, " (blocks in the stack)")),
     ("model.hidden_size", *_at_least(1)),
@@ -328,9 +373,11 @@ _RULES = (
     ("train.spike_window", *_at_least(1)),
     ("train.profile_start", *_at_least(0)),
     ("train.profile_steps", *_at_least(0, " (0: no trace)")),
-    ("eval.every", *_at_least(0, " (0: never)")),
-    ("eval.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
-    ("eval.batch_size", *_at_least(1)),
+    ("evals.*.every", *_at_least(0, " (0: never)")),
+    ("evals.*.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
+    ("evals.*.batch_size", *_at_least(1)),
+    ("evals.*.features", lambda v: v == "data" or v.startswith("inception:"),
+     "'data' (a classifier of data.name) or 'inception:FILE' (pytorch-fid's weights)"),
     ("sample.method", *_one_of(flow.METHODS)),
     ("sample.steps", *_at_least(1)),
     ("sample.cfg_scale", lambda v: math.isfinite(v) and v >= 0,
@@ -343,7 +390,7 @@ _RULES = (
     ("vae_train.reconstruction", *_one_of(VAE_RECONSTRUCTIONS)),
     ("vae_train.kl_weight", *_at_least(0)),
     ("vae_train.eval_batches", *_at_least(1)),
-)
+)}
 
 
 def _leaves(tree, prefix=""):
@@ -414,10 +461,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field, value in values.items():
     if field in schema and field not in _UNTYPED:
       _check_type(field, value, schema[field])
-  for field, test, need in _RULES:
-    value = values.get(field)
-    if value is not None and not test(value):  # None: unset (the data's size, ...)
-      raise _error(field, value, f"must be {need}")
+  for field, value in values.items():
+    rule = _RULES.get(re.sub(r"^evals\.[^.]+\.", "evals.*.", field))
+    if rule is not None and value is not None and not rule[0](value):  # None: unset
+      raise _error(field, value, f"must be {rule[1]}")
+  logged = {}
+  for name, entry in config.get("evals", {}).items():  # metric names must not collide
+    other = logged.setdefault((entry.type, entry.prefix), name)
+    if other != name:
+      raise _error(f"evals.{name}.prefix", entry.prefix,
+                   f"is also evals.{other}'s, a {entry.type!r} evaluator too, so both would "
+                   f"log the same metrics: give one another prefix, e.g. '{name}/'")
   _check_sections(config)
   return config
 
@@ -434,7 +488,8 @@ RESUMABLE_FIELDS = (
     "train.sample_every", "train.samples_per_class", "train.spike_factor", "train.spike_window",
     "train.profile_start", "train.profile_steps", "train.init_from",
     "sample",  # every sample.* field: samples do not feed back into training
-    "eval",    # nor do evaluations
+    "evals",   # nor do evaluations
+    "eval",    # (the single evaluator of runs recorded before config.evals)
     "mesh",    # every mesh.* field: checkpoints restore onto another mesh
     "data.data_dir", "data.latents", "data.vae", "data.num_threads", "data.prefetch",
     "data.worker_count",

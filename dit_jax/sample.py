@@ -109,20 +109,27 @@ def uniform_labels(num: int, num_classes: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, num_classes, num).astype(np.int32)
 
 
-def sample_in_batches(sampler: ImageSampler, params, labels: np.ndarray, batch_size: int, rng,
-                      cfg_scale=None, progress=None):
-  """Yields uint8 samples of `labels`, one compiled batch of batch_size (rounded up to a
-  multiple of the data-parallel device count; the last padded) at a time; batch b uses
-  fold_in(rng, its first index)."""
+def sample_in_batches(sampler: ImageSampler, params, labels: np.ndarray | dict, batch_size: int,
+                      rng, cfg_scale=None, progress=None):
+  """Yields uint8 samples of class `labels` (or of a condition dict of arrays with a leading
+  batch axis, e.g. captions), one compiled batch of batch_size (rounded up to a multiple of
+  the data-parallel device count; the last padded) at a time; batch b uses fold_in(rng, its
+  first index)."""
   divisor = sampler.plan.batch_divisor if sampler.plan is not None else 1
   batch = -(-batch_size // divisor) * divisor
-  for start in range(0, len(labels), batch):
-    chunk = labels[start:start + batch]
-    padded = np.pad(chunk, (0, batch - len(chunk)), mode="edge")  # one compiled shape
-    out = sampler(params, padded, jax.random.fold_in(rng, start), cfg_scale)
-    yield images.to_uint8(out[:len(chunk)])
+  conds = labels if isinstance(labels, dict) else {"label": labels}
+  total = len(next(iter(conds.values())))
+  for start in range(0, total, batch):
+    count = min(batch, total - start)
+    padded = {key: np.pad(value[start:start + batch],  # one compiled shape
+                          [(0, batch - count)] + [(0, 0)] * (np.ndim(value) - 1), mode="edge")
+              for key, value in conds.items()}
+    rng_b = jax.random.fold_in(rng, start)
+    out = (sampler.sample(params, padded, rng_b, cfg_scale) if isinstance(labels, dict)
+           else sampler(params, padded["label"], rng_b, cfg_scale))
+    yield images.to_uint8(out[:count])
     if progress is not None:
-      progress(len(chunk))
+      progress(count)
 
 
 def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, batch_size: int,

@@ -72,6 +72,15 @@ def _sweep_of(raw, where: str) -> Sweep:
                tuple(raw.get("metrics", DEFAULT_METRICS)))
 
 
+def with_seeds(sweep: Sweep, seeds) -> Sweep:
+  """The sweep restricted to `seeds`, a subset of its own (`dit-jax sweep --seeds`)."""
+  missing = sorted(set(seeds) - set(sweep.seeds))
+  if missing:
+    raise ConfigError(f"--seeds: {missing} not among the sweep's seeds {list(sweep.seeds)}; "
+                      "add them to its get_sweep() to train them")
+  return dataclasses.replace(sweep, seeds=tuple(s for s in sweep.seeds if s in set(seeds)))
+
+
 def load(spec: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDict, Sweep]:
   """(base config with --config.* overrides applied, the sweep) of 'configs/sweeps/F.py[:arg]'."""
   module, arg = config_module(spec)

@@ -3,7 +3,7 @@ objective, and `train_and_evaluate(config, workdir)`, what `dit-jax train` calls
 
 The loop, state, checkpoints, guards and hooks are the engine's (`dit_jax.engine`); this file
 only says what a denoiser's parameters and loss are, and adds its hooks: sample grids of the
-EMA model, the loss plot, and evaluations of EMA samples (config.eval, `dit_jax.eval`).
+EMA model, the loss plot, and the evaluations of config.evals (`dit_jax.evaluators`).
 """
 import functools
 import json
@@ -12,14 +12,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from dit_jax import checkpoint, engine, flow, parallel, plots
+from dit_jax import checkpoint, engine, evaluators, flow, parallel, plots
 from dit_jax.config import model_input_shape
 from dit_jax.engine import (EMA, Preempted, TrainState, decay_mask,  # noqa: F401
                             make_optimizer, with_shardings)
 from dit_jax.models import contract, create_model, model_fn
-from dit_jax.sample import ImageSampler, grid_condition, sample_in_batches, uniform_labels
+from dit_jax.sample import ImageSampler, grid_condition
 from dit_jax.training_log import read_history
 
 
@@ -138,41 +137,6 @@ def sample_grid_hook(config, model, objective, image_shape, plan, workdir,
                          at_end=config.train.sample_every > 0)
 
 
-def eval_hook(config, model, objective, image_shape, plan, log=print) -> engine.Periodic:
-  """Every config.eval.every steps: eval.num_samples EMA samples with uniform labels, scored
-  against the reference (metrics logged as eval/NAME). The reference and the feature net are
-  made once, here, before training starts."""
-  from dit_jax import data, latents
-  from dit_jax.eval.evaluate import Reference, evaluate, feature_net, load_reference
-  from dit_jax.eval.features import Extractor
-  ec = config.eval
-  spec = model.condition_spec
-  if set(spec) - {"label"}:
-    raise ValueError(f"eval.every={ec.every}: evaluation during training samples class labels "
-                     f"or nothing, but {config.model.name} reads {sorted(spec)}; set eval.every=0")
-  data_dir = config.data.get("data_dir")
-  net = feature_net(config.data.name if ec.features == "data" else ec.features, data_dir, log)
-  extractor = Extractor(net, ec.batch_size, plan)
-  if ec.reference:
-    reference = load_reference(ec.reference, extractor)
-  else:
-    real, _ = data.read_images(config.data.name, ec.split, data_dir,
-                               config.data.get("image_size"))
-    reference = Reference.of_features(net, extractor(real))
-  sampler = ImageSampler(model, objective, config.sample, image_shape, plan,
-                         decode=latents.decoder_for(config))
-  labels = uniform_labels(ec.num_samples, contract.class_count(model), config.seed + 2)
-  conditional = "label" in spec
-
-  def action(step, state):
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
-    samples = np.concatenate(list(sample_in_batches(
-        sampler, state.ema_params, labels, min(ec.batch_size, len(labels)), rng)))
-    scores = evaluate(extractor, samples, reference, labels if conditional else None)
-    return {f"eval/{name}": value for name, value in scores.items()}
-  return engine.Periodic("eval", ec.every, action, at_end=ec.every > 0)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_start=None) -> TrainState:
   """Trains config.model on config.data with config.objective; writes everything to workdir.
@@ -202,8 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.train.sample_every > 0:
     hooks.append(sample_grid_hook(config, model, objective, image_shape, plan, workdir,
                                   rows_cond))
-  if config.eval.every > 0:
-    hooks.append(eval_hook(config, model, objective, image_shape, plan))
+  hooks += evaluators.hooks(evaluators.Run(config, model, objective, image_shape, plan))
   run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
                    on_start=on_start, initial_params=initial_params(config, model))
   return engine.run(denoiser_task(model, objective, image_shape), run)

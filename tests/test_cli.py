@@ -86,7 +86,7 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
             "--config.model.text_depth=1",
             "--config.train.steps=2", "--config.train.log_every=1",
             "--config.train.sample_every=2", "--config.train.samples_per_class=2",
-            "--config.sample.steps=2"])
+            "--config.sample.steps=2", "--config.evals.composition.num_samples=8"])
   grid = np.asarray(Image.open(run / "samples" / "step_0000002.png"))
   assert grid.shape[:2] == ((8 * 25 + 1) * 2, (2 * 25 + 1) * 2)  # 8 captions x 2, 24px at 2x
   out = tmp_path / "captions.npz"
@@ -99,6 +99,34 @@ def test_caption_model_trains_samples_its_grid_and_samples_from_captions(tmp_pat
                                           "a blue square in the centre"]
   with pytest.raises(SystemExit, match="conditioned on captions: pass --captions"):
     cli.main(["sample", "--workdir", str(run), "--out", str(out)])
+  check_composition_evaluator(run)
+
+
+def check_composition_evaluator(run):
+  """The config's composition evaluator logged, at the last step, the exact check of its
+  captions sampled from the EMA weights of that step with the noise it documents."""
+  import jax
+  from dit_jax import flow, parallel, train
+  from dit_jax.data.tokenizers import make_tokenizer
+  from dit_jax.eval import composition
+  from dit_jax.models import create_model
+  from dit_jax.sample import ImageSampler, sample_in_batches
+  from dit_jax.training_log import read_history
+  logged = [h for h in read_history(run) if "eval/object" in h]
+  assert [h["step"] for h in logged] == [2]
+  config, state = train.load_run(run, parallel.ShardingPlan.create(
+      json.loads((run / "config.json").read_text())["mesh"]))
+  shapes_config = composition.shapes_config(config.data.name)
+  objects = composition.split_objects(shapes_config, "test", 8)
+  tokens, mask = make_tokenizer("words:shapes").encode_batch(list(objects["captions"]), 24)
+  sampler = ImageSampler(create_model(config.model), flow.make_objective(config.objective),
+                         config.sample, (24, 24, 3), parallel.ShardingPlan.create(config.mesh))
+  samples = np.concatenate(list(sample_in_batches(
+      sampler, state.ema_params, {"text_tokens": tokens, "text_mask": mask}, 8,
+      jax.random.PRNGKey(config.seed + 3))))
+  expected = composition.scores(composition.check_images(samples, objects),
+                                composition.unseen(objects["captions"], shapes_config))
+  assert {key: logged[0][f"eval/{key}"] for key in expected} == expected
 
 
 def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from dit_jax.convert.io import load_tensors
 
 TINY_RUN = ["--config.train.steps=2", "--config.model.depth=1", "--config.model.hidden_size=16",
             "--config.model.num_heads=2", "--config.train.sample_every=0",
-            "--config.data.batch_size=8", "--config.eval.every=0"]
+            "--config.data.batch_size=8", "--config.evals.samples.every=0"]
 
 
 class _Pickled:

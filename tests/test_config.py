@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import pytest
 
 from dit_jax import flow
-from dit_jax.config import (ABSENT, RESUMABLE_FIELDS, ConfigError, apply_overrides, base_config,
-                            load_config, meaning_changes, model_input_shape, vae_config)
+from dit_jax.config import (ABSENT, EVALUATORS, RESUMABLE_FIELDS, ConfigError, apply_overrides,
+                            base_config, evaluator_section, load_config, meaning_changes,
+                            model_input_shape, validate, vae_config)
 from dit_jax.models import create_model
 from dit_jax.models.dit import POSENCS, DiT
 from dit_jax.models.mmdit import PRESET_INPUT
@@ -240,6 +241,10 @@ BAD = [
     ("data.image_size=0", "data.image_size"),
     ("seed=1.5", "seed"),
     ("mesh.fsdp=0", "mesh.fsdp"),
+    ("evals.samples.every=-1", "evals.samples.every"),
+    ("evals.samples.num_samples=1", "evals.samples.num_samples"),
+    ("evals.samples.batch_size=0", "evals.samples.batch_size"),
+    ("evals.samples.features=3", "evals.samples.features"),
 ]
 
 
@@ -264,6 +269,52 @@ def test_config_files_are_validated_when_loaded(tmp_path):
                   "  return config\n")
   with pytest.raises(ConfigError, match="train.keep_checkpoints=0 must be >= 1"):
     load_config(str(path))
+
+
+def test_evaluator_sections_are_checked_by_their_type():
+  config = load_config("configs/quickstart.py")
+  assert dict(config.evals.samples) == dict(EVALUATORS["samples"], type="samples", every=1000,
+                                            num_samples=500)
+  with pytest.raises(ConfigError, match=r"type 'fid' is not one of \('samples', "
+                                        r"'composition'\)"):
+    evaluator_section("fid")
+  with pytest.raises(ConfigError, match=r"fields \['features'\] are not fields of a "
+                                        r"'composition' evaluator"):
+    evaluator_section("composition", features="data")
+  config.evals.text = evaluator_section("composition")
+  config.evals.text.features = "data"  # set after the section was built: validate finds it
+  with pytest.raises(ConfigError, match=r"config.evals.text: fields \['features'\]"):
+    validate(config)
+  config.evals.text = {"every": 5}
+  with pytest.raises(ConfigError, match=r"config.evals.text must be an evaluator section with "
+                                        r"a `type`"):
+    validate(config)
+  # two evaluators of one type under one prefix would log the same metric names
+  config.evals.text = evaluator_section("samples", num_samples=50)
+  with pytest.raises(ConfigError, match=r"evals.text.prefix='eval/' is also evals.samples's"):
+    validate(config)
+  config.evals.text.prefix = "eval_50/"
+  validate(config)
+  # evaluators do not feed back into training: a resumed run may add, change or drop them
+  saved = load_config("configs/quickstart.py")
+  assert meaning_changes(saved.to_dict(), config) == []
+  del config.evals["samples"]
+  assert meaning_changes(saved.to_dict(), config) == []
+
+
+def test_an_evaluator_refuses_a_model_it_cannot_condition():
+  from dit_jax import evaluators, flow
+  from dit_jax.models import create_model
+  for spec, kind, match in [("configs/mmdit.py:mmdit_double", "samples",
+                             r"config.evals.e: a 'samples' evaluator draws class labels"),
+                            ("configs/quickstart.py", "composition",
+                             r"config.evals.e: a 'composition' evaluator feeds caption token")]:
+    config = load_config(spec)
+    config.evals = {"e": evaluator_section(kind)}
+    run = evaluators.Run(config, create_model(config.model), flow.make_objective(
+        config.objective), (8, 8, 3), None)
+    with pytest.raises(ValueError, match=match):
+      evaluators.hooks(run)
 
 
 # Resuming.
@@ -311,8 +362,10 @@ def test_a_run_without_a_model_section_resumes():
 
 def test_resumable_fields_name_existing_fields():
   fields = set(_leaves_of(base_config())) | set(_leaves_of(vae_config()))
+  sections = set(base_config()) | {"eval"}  # evals starts empty; eval is the retired section
   for field in RESUMABLE_FIELDS:
-    assert field in fields or any(f.startswith(field + ".") for f in fields), field
+    assert field in fields or any(f.startswith(field + ".") for f in fields) or (
+        field in sections), field
 
 
 def _leaves_of(config, prefix=""):

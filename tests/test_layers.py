@@ -10,7 +10,7 @@ import dit_jax
 ROOT = Path(dit_jax.__file__).parent
 ENGINE = ("dit_jax.train", "dit_jax.vae_train", "dit_jax.checkpoint", "dit_jax.training_log",
           "dit_jax.cli", "dit_jax.bench", "dit_jax.sample", "dit_jax.reports", "dit_jax.aot",
-          "dit_jax.sweep", "dit_jax.sweep_report")
+          "dit_jax.sweep", "dit_jax.sweep_report", "dit_jax.evaluators")
 # layer prefix -> prefixes it must not import
 FORBIDDEN = {
     "dit_jax.nn": ("dit_jax.models", "dit_jax.flow", "dit_jax.data", "dit_jax.convert",

@@ -13,7 +13,7 @@ from dit_jax.config import ConfigError, load_config
 from dit_jax.training_log import read_history
 
 TINY = """
-from dit_jax.config import base_config
+from dit_jax.config import base_config, evaluator_section
 
 def get_config(arg=""):
   config = base_config()
@@ -22,7 +22,8 @@ def get_config(arg=""):
   config.data.update(name="digits/8", batch_size=16)
   config.train.update(steps=4, log_every=2, checkpoint_every=2, sample_every=0)
   config.sample.update(method="euler", steps=2)
-  config.eval.update(every=2, num_samples=20, batch_size=20)
+  config.evals.samples = evaluator_section("samples", every=2, num_samples=20,
+                                        batch_size=20)
   return config
 
 def get_sweep(arg=""):
@@ -52,6 +53,11 @@ def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
   assert (config.model.depth, config.model.conditioning, config.seed, config.data.seed,
           config.train.steps) == (2, "adaln", 4, 4, 7)
   assert base.model.depth == 1 and base.seed == 0  # the base is not modified
+  # `dit-jax sweep --seeds 4`: a subset of the sweep's seeds, the same run directories
+  subset = sweep.expand(sweep.with_seeds(spec, (4,)), tmp_path / "w")
+  assert subset == [r for r in runs if r.seed == 4]
+  with pytest.raises(ConfigError, match=r"--seeds: \[5\] not among the sweep's seeds \[3, 4\]"):
+    sweep.with_seeds(spec, (4, 5))
 
   for fields, match in [
       ('runs={"x": {"model.depthh": 2}}', r"sweep run 'x': 'model.depthh': .*no field"),

@@ -247,7 +247,7 @@ def test_cli_exit_status_after_sigterm_and_nothing_to_train(data_dir, tmp_path, 
           f"--config.data.data_dir={data_dir}", "--config.model.depth=1",
           "--config.model.hidden_size=16", "--config.model.num_heads=2",
           "--config.train.sample_every=0", "--config.data.batch_size=8",
-          "--config.eval.every=0"]
+          "--config.evals.samples.every=0"]
   with monkeypatch.context() as m:
     m.setattr(train.engine.StopSignals, "requested", lambda self: signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:

@@ -12,7 +12,7 @@ at step 300, so the early evaluations mix model quality with EMA lag, equally fo
 `gpu`: 32x32 digits, patch 2 (256 tokens, as DiT-*/2), width 192, depth 6, 4,000 steps at
 batch 256, 1,000 samples every 1,000 steps, bfloat16 compute, EMA 0.999 with warm-up, 3 seeds.
 """
-from dit_jax.config import base_config, model_section
+from dit_jax.config import base_config, evaluator_section, model_section
 
 CONDITIONINGS = ["adaln_zero", "adaln", "cross_attn", "in_context"]
 
@@ -31,8 +31,9 @@ def get_config(arg: str = ""):
                       sample_every=steps, ema_decay=0.995 if not gpu else 0.999,
                       ema_warmup=gpu, samples_per_class=4)
   config.sample.update(method="heun", steps=12, cfg_scale=2.0)
-  config.eval.update(every=steps // (4 if gpu else 3), num_samples=1000 if gpu else 400,
-                     batch_size=200)
+  config.evals.samples = evaluator_section(
+      "samples", every=steps // (4 if gpu else 3), num_samples=1000 if gpu else 400,
+      batch_size=200)
   return config
 
 

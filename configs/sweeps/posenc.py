@@ -23,7 +23,7 @@ def encoding_config(encoding: str):
 def get_config(arg: str = ""):
   del arg
   config = encoding_config(ENCODINGS[0])
-  config.eval.update(every=config.train.steps)  # light: only at the end, at 8x8
+  config.evals.samples.update(every=config.train.steps)  # light: only at the end, at 8x8
   return config
 
 

@@ -15,7 +15,7 @@ bfloat16 compute, 2 seeds, 1,000 samples evaluated every 500 steps. The EMA warm
 (decay min(d, (1 + step) / (10 + step))), so early evaluations show the model, not the
 initial weights.
 """
-from dit_jax.config import base_config, model_section
+from dit_jax.config import base_config, evaluator_section, model_section
 
 SIZES = {"S": (32, 3), "B": (64, 3), "L": (80, 6), "XL": (96, 7)}  # CPU: (width, depth)
 GPU_SIZES = {"S": (64, 6), "B": (128, 6), "L": (176, 12), "XL": (192, 14)}
@@ -36,7 +36,8 @@ def get_config(arg: str = ""):
                       samples_per_class=4)
   config.sample.update(method="heun", steps=12, cfg_scale=2.0)
   # Six evaluations a run: the compute ranges of neighbouring sizes overlap (Figure 8).
-  config.eval.update(every=steps // 6, num_samples=1000 if gpu else 300, batch_size=300)
+  config.evals.samples = evaluator_section("samples", every=steps // 6,
+                                           num_samples=1000 if gpu else 300, batch_size=300)
   return config
 
 

@@ -20,7 +20,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "quickstart.py"
 def get_config(arg: str = ""):
   del arg
   config = load_config(str(QUICKSTART))
-  config.eval.update(every=500, num_samples=500)
+  config.evals.samples.update(every=500, num_samples=500)
   return config
 
 

@@ -114,10 +114,14 @@ def object_arrays(objects: list[dict], max_objects: int) -> dict[str, np.ndarray
   return out
 
 
+def example_objects(config: ShapesConfig, split: str, index: int) -> list[dict]:
+  """The objects of example `index` of `split`, a pure function of (config.seed, split, index)."""
+  return sample_objects(np.random.default_rng((config.seed, SPLIT_IDS[split], index)), config)
+
+
 def example(config: ShapesConfig, split: str, index: int) -> dict:
-  """Example `index` of `split`, a pure function of (config.seed, split, index)."""
-  rng = np.random.default_rng((config.seed, SPLIT_IDS[split], index))
-  objects = sample_objects(rng, config)
+  """Example `index` of `split`: its objects (`example_objects`) drawn and captioned."""
+  objects = example_objects(config, split, index)
   ex = {"image": render(objects, config.resolution), "caption": caption(objects),
         "num_objects": len(objects), "objects": object_arrays(objects, config.max_objects)}
   if config.max_objects == 1:

@@ -37,18 +37,25 @@ def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   Bundled data sets and those TFDS builds from a manual download (imagenet2012) only; others
   would fetch from the internet, which this library never does.
   """
-  return _prepared(builder(name, data_dir), name)
+  return _prepared(builder(name, data_dir), name, data_dir)
 
 
-def _prepared(b: tfds.core.DatasetBuilder, name: str) -> tfds.core.DatasetBuilder:
+def _prepared(b: tfds.core.DatasetBuilder, name: str, data_dir) -> tfds.core.DatasetBuilder:
   if b.is_prepared():
     return b
   if b.name not in BUNDLED and not b.MANUAL_DOWNLOAD_INSTRUCTIONS:
     raise ValueError(f"{name} is not prepared in {b.data_dir} and preparing it here would "
                      f"download it: {_how_to_prepare(b, name)}")
-  b.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  try:
+    b.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except FileExistsError:
+    # Another process (a side-by-side sweep worker) finished preparing it first: TFDS then
+    # cannot move this process's copy into place. Theirs is the same data; read it.
+    b = builder(name, data_dir)
+    if not b.is_prepared():
+      raise
   return b
 
 
@@ -57,7 +64,7 @@ def open_source(name: str, split: str, data_dir: str | None = None):
   prepared on first use, others must be prepared already."""
   b = builder(name, data_dir)
   if b.name in BUNDLED:
-    b = _prepared(b, name)
+    b = _prepared(b, name, data_dir)
   try:
     return b.as_data_source(split)
   except Exception as e:  # pylint: disable=broad-except

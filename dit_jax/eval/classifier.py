@@ -53,7 +53,7 @@ def classifier_config(name: str, data_dir: str | None = None,
                       steps: int = 1500) -> ml_collections.ConfigDict:
   """The engine config of a classifier run (base_config's data/optim/train/mesh sections)."""
   config = base_config()
-  del config.model, config.objective, config.sample, config.eval
+  del config.model, config.objective, config.sample, config.evals
   config.data.update(name=name, data_dir=data_dir, batch_size=128)
   config.optim.update(lr=2e-3, warmup_steps=min(100, steps // 10), schedule="cosine",
                       weight_decay=1e-4)

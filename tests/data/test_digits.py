@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
@@ -39,6 +40,26 @@ def test_prepare_is_a_noop_once_prepared(data_dir):
   stamps = [os.stat(f).st_mtime_ns for f in files]
   data.prepare("digits/8", data_dir)
   assert [os.stat(f).st_mtime_ns for f in files] == stamps
+
+
+def test_a_data_set_another_process_prepared_first_is_read(data_dir, monkeypatch):
+  """Side-by-side sweep workers prepare a bundled data set at the same time; TFDS fails to
+  move the slower one's copy into place (FileExistsError). That one must read the other's."""
+  from dit_jax.data import sources
+  late = sources.builder("digits/8", data_dir)  # checked before the other process finished
+  monkeypatch.setattr(late, "is_prepared", lambda: False)
+
+  def destination_exists(**kwargs):
+    raise FileExistsError("Cannot rename incomplete.XYZ_1.0.0: destination 1.0.0 exists")
+  monkeypatch.setattr(late, "download_and_prepare", destination_exists)
+  read = sources._prepared(late, "digits/8", data_dir)
+  assert read is not late and read.is_prepared()
+  assert len(read.as_data_source("train")) == NUM_TRAIN
+  empty = str(data_dir) + "_empty"  # nobody prepared it there: the error stands
+  late = sources.builder("digits/8", empty)
+  monkeypatch.setattr(late, "download_and_prepare", destination_exists)
+  with pytest.raises(FileExistsError):
+    sources._prepared(late, "digits/8", empty)
 
 
 def test_resize_keeps_strokes_and_brightness():

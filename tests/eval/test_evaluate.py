@@ -191,7 +191,7 @@ def test_inception_scores_fid_sfid_is_precision_recall(tmp_path):
 
 def test_training_logs_its_evaluations(digits_net, tmp_path):
   from dit_jax import train
-  from dit_jax.config import base_config
+  from dit_jax.config import base_config, evaluator_section
   from dit_jax.training_log import read_history
   data_dir, _ = digits_net
   config = base_config()
@@ -200,7 +200,7 @@ def test_training_logs_its_evaluations(digits_net, tmp_path):
   config.data.update(name="digits/8", data_dir=data_dir, batch_size=16)
   config.train.update(steps=4, log_every=2, checkpoint_every=0, sample_every=0)
   config.sample.update(method="euler", steps=2)
-  config.eval.update(every=2, num_samples=24, batch_size=16)
+  config.evals.samples = evaluator_section("samples", every=2, num_samples=24, batch_size=16)
   train.train_and_evaluate(config, str(tmp_path))
   evals = [h for h in read_history(tmp_path) if "eval/fd" in h]
   assert [h["step"] for h in evals] == [2, 4]

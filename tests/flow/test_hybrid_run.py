@@ -15,7 +15,7 @@ def test_a_ddpm_hybrid_run_trains_and_samples_through_the_cli(tmp_path):
             f"--config.data.data_dir={data_dir}", "--config.objective.kind=ddpm_hybrid",
             "--config.objective.num_steps=100", "--config.model.learn_sigma=true",
             "--config.model.hidden_size=32", "--config.model.depth=1",
-            "--config.model.num_heads=2", "--config.model.patch_size=2", "--config.eval.every=0",
+            "--config.model.num_heads=2", "--config.model.patch_size=2", "--config.evals.samples.every=0",
             "--config.data.batch_size=16", "--config.train.steps=2",
             "--config.train.log_every=1", "--config.train.checkpoint_every=2",
             "--config.train.sample_every=0", "--config.train.samples_per_class=1",
