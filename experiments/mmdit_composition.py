@@ -15,7 +15,7 @@ placement:
 
 All share the same small word-level text encoder, trained with the model (10% caption dropout).
 During training the runs' composition evaluator (dit_jax.eval.composition) checks samples of
-256 test captions every 500 steps: the learning curve. This script samples each finished run
+128 test captions every 500 steps: the learning curve. This script samples each finished run
 for the first --num-samples test captions (EMA weights, the run's sampler, the same starting
 noise for every model of a seed; cached in the run directories), checks them exactly, and adds
 a caption-blind baseline (real images scored against the wrong captions), paired-bootstrap
@@ -203,7 +203,7 @@ def guidance_table(sweep: dict) -> str:
 
 def plot_curves(logs: list[dict], blind: dict, path: Path):
   """Object and whole-image accuracy of each variant against training steps (the runs'
-  composition evaluator: 256 test captions from one fixed noise per run)."""
+  composition evaluator: 128 test captions from one fixed noise per run)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

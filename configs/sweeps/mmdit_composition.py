@@ -12,7 +12,7 @@ arg: '' (the CPU sizes of configs/mmdit.py) or 'gpu' (its larger sizes). The rec
 settings: 3,500 steps at batch 64, learning rate 1e-3 with 200 warm-up steps and cosine decay
 to 5%, gradient clipping 1, EMA 0.999 with warm-up (a short run's plain EMA keeps a share of
 the zero-output initial weights), seeds 0 and 1. Every 500 steps, the exact composition check
-of the same 256 test captions from the same noise (configs/mmdit.py's evaluator): the learning
+of the first 128 test captions from the same noise (configs/mmdit.py's evaluator): the learning
 curve.
 """
 from pathlib import Path
@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
   steps = 3500
   config.train.update(steps=steps, log_every=100, checkpoint_every=1000, keep_checkpoints=2,
                       sample_every=steps, ema_decay=0.999, ema_warmup=True)
-  config.evals.composition.update(every=500, num_samples=256)
+  config.evals.composition.update(every=500, num_samples=128)
   return config
 
 
@@ -50,7 +50,7 @@ def get_sweep(arg: str = ""):
                   "as 'a red circle on the right and a blue square at the bottom'. Object: "
                   "the fraction of captioned objects drawn in the right colour and shape in "
                   "their cell; all_objects: of images entirely right (empty cells empty); "
-                  "unseen: of captions absent from the training split. 256 test captions, "
+                  "unseen: of captions absent from the training split. 128 test captions, "
                   "Euler 40 steps, guidance 3.",
       runs=runs, seeds=[0, 1],
       metrics=("eval/object", "eval/all_objects", "eval/all_objects_unseen", "loss"))
