@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -199,15 +200,31 @@ def check_recorded(runs: list[RunSpec], configs: list):
 
 
 def run_all(base, sweep: Sweep, root, shard: tuple[int, int] = (0, 1), log=print) -> dict:
-  """Trains this shard's runs (index i of every n-th) back to back; returns {status: count}."""
+  """Trains the runs back to back; returns {status: count}. Worker i of n side-by-side
+  workers (shard (i, n), n > 1) trains each run it claims first, so a worker that finishes
+  early takes the next run instead of idling while another has several left."""
   runs = expand(sweep, root)
   configs = [run_config(base, r) for r in runs]  # every run's fields checked before any trains
   check_recorded(runs, configs)
   index, count = shard
   status = {"finished": 0, "trained": 0, "failed": 0}
-  for run, config in list(zip(runs, configs, strict=True))[index::count]:
-    status[train_run(run, config, log)] += 1
+  for run, config in zip(runs, configs, strict=True):
+    if count == 1 or _claim(Path(root), run, index):
+      status[train_run(run, config, log)] += 1
   return status
+
+
+def _claim(root: Path, run: RunSpec, worker: int) -> bool:
+  """True for the one worker that creates the run's claim file (atomic O_EXCL create)."""
+  path = root / "claims" / f"{run.workdir.parent.name}.seed_{run.seed}"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "w") as f:
+    f.write(f"worker {worker}\n")
+  return True
 
 
 def shard_env(index: int, devices_per_run: int) -> dict:
@@ -226,6 +243,7 @@ def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: 
   """Runs `dit-jax sweep ARGV --shard i/workers` in `workers` processes, each seeing its own
   `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed."""
   (root / "logs").mkdir(parents=True, exist_ok=True)
+  shutil.rmtree(root / "claims", ignore_errors=True)  # the workers claim runs afresh
   procs = []
   for i in range(workers):
     log_path = root / "logs" / f"shard_{i}.log"

@@ -202,9 +202,10 @@ def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
   work = tmp_path / "w"
   cli.main(["sweep", "--config", path, "--workdir", str(work), "--parallel", "2",
             f"--config.data.data_dir={data_dir}", "--config.train.steps=2"])
-  for i, run in enumerate(("narrow", "wide")):
+  logs = [(work / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
+  for run in ("narrow", "wide"):
     info = json.loads((work / "runs" / run / "seed_0" / "result.json").read_text())
     assert info["devices"] == "1 x cpu" and info["steps"] == 2  # each worker saw one device
-    assert f"== {run} seed 0" in (work / "logs" / f"shard_{i}.log").read_text()
+    assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
   rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
   assert [r["run"] for r in rows] == ["narrow", "wide"]
