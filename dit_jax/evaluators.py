@@ -80,6 +80,9 @@ def composition(name: str, ec, run: Run, log=print):
     raise ValueError(f"config.evals.{name}: set config.data.text_tokenizer (e.g. "
                      "'words:shapes'), the tokenizer the model was trained with")
   shapes_config = check.shapes_config(config.data.name)
+  if ec.split not in ("train", "test"):
+    raise ValueError(f"config.evals.{name}.split={ec.split!r}: a shapes data set has the splits "
+                     "'train' and 'test'")
   available = shapes_config.num_test if ec.split == "test" else shapes_config.num_train
   objects = check.split_objects(shapes_config, ec.split, min(ec.num_samples, available))
   unseen = check.unseen(objects["captions"], shapes_config)

@@ -198,10 +198,11 @@ def test_a_sweep_trains_evaluates_and_extends_its_runs(digits_net, tmp_path):
 def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
   data_dir, _ = digits_net
   path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
-                              'seeds=[0]')
+                              'seeds=[0, 1]')
   work = tmp_path / "w"
-  cli.main(["sweep", "--config", path, "--workdir", str(work), "--parallel", "2",
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--parallel", "2", "--seeds", "0",
             f"--config.data.data_dir={data_dir}", "--config.train.steps=2"])
+  assert not list(work.glob("runs/*/seed_1"))  # the workers got --seeds too
   logs = [(work / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
   for run in ("narrow", "wide"):
     info = json.loads((work / "runs" / run / "seed_0" / "result.json").read_text())

@@ -13,7 +13,6 @@ import numpy as np
 from dit_jax.data import shapes
 
 OBJECT_KEYS = ("shape", "colour", "row", "col")
-METRICS = ("colour", "shape", "object", "empty_cells", "all_objects", "all_objects_unseen")
 
 
 def shapes_config(data_name: str) -> shapes.ShapesConfig:
@@ -105,7 +104,8 @@ def unseen(captions, config: shapes.ShapesConfig) -> np.ndarray:
 
 
 def scores(per_image: dict[str, np.ndarray], unseen_mask: np.ndarray) -> dict[str, float]:
-  """`accuracies` of every image, and whole-image accuracy of the unseen captions (METRICS)."""
+  """`accuracies` of every image, and `all_objects_unseen`: the whole-image accuracy of the
+  images whose caption `unseen_mask` marks (absent when there is none)."""
   out = accuracies(per_image)
   n = len(per_image["objects"])
   if unseen_mask[:n].any():
