@@ -100,11 +100,15 @@ def evaluator_section(kind: str, **fields) -> ml_collections.ConfigDict:
   """
   if kind not in EVALUATORS:
     raise ConfigError(f"config.evals: evaluator type {kind!r} is not one of {tuple(EVALUATORS)}")
-  unknown = sorted(set(fields) - set(EVALUATORS[kind]))
-  if unknown:
-    raise ConfigError(f"config.evals: fields {unknown} are not fields of a {kind!r} evaluator; "
-                      f"its fields: {sorted(EVALUATORS[kind])}")
+  _check_evaluator_fields("config.evals", kind, fields)
   return ml_collections.ConfigDict({"type": kind, **EVALUATORS[kind], **fields})
+
+
+def _check_evaluator_fields(where: str, kind: str, fields):
+  unknown = sorted(set(fields) - set(EVALUATORS[kind]) - {"type"})
+  if unknown:
+    raise ConfigError(f"{where}: fields {unknown} are not fields of a {kind!r} evaluator; "
+                      f"its fields: {sorted(EVALUATORS[kind])}")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -187,12 +191,8 @@ def _evaluator_schema(name: str, entry) -> ml_collections.ConfigDict:
   if not hasattr(entry, "items") or entry.get("type") not in EVALUATORS:
     raise ConfigError(f"{where} must be an evaluator section with a `type` in "
                       f"{tuple(EVALUATORS)}: set it with evaluator_section(TYPE, ...)")
-  schema = evaluator_section(entry.type)
-  unknown = sorted(set(entry) - set(schema))
-  if unknown:
-    raise ConfigError(f"{where}: fields {unknown} are not fields of a {entry.type!r} "
-                      f"evaluator; its fields: {sorted(schema)}")
-  return schema
+  _check_evaluator_fields(where, entry.type, entry)
+  return evaluator_section(entry.type)
 
 
 # Loading and overrides.

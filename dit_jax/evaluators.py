@@ -70,6 +70,7 @@ def samples(name: str, ec, run: Run, log=print):
 def composition(name: str, ec, run: Run, log=print):
   """The first num_samples captions of the shapes data's `split`, sampled from the same noise
   at every evaluation (a learning curve of one sample set) and checked exactly."""
+  from dit_jax.data.shapes import SPLIT_IDS
   from dit_jax.data.tokenizers import make_tokenizer
   from dit_jax.eval import composition as check
   config, keys = run.config, run.model.condition_keys
@@ -80,9 +81,9 @@ def composition(name: str, ec, run: Run, log=print):
     raise ValueError(f"config.evals.{name}: set config.data.text_tokenizer (e.g. "
                      "'words:shapes'), the tokenizer the model was trained with")
   shapes_config = check.shapes_config(config.data.name)
-  if ec.split not in ("train", "test"):
+  if ec.split not in SPLIT_IDS:
     raise ValueError(f"config.evals.{name}.split={ec.split!r}: a shapes data set has the splits "
-                     "'train' and 'test'")
+                     f"{tuple(SPLIT_IDS)}")
   available = shapes_config.num_test if ec.split == "test" else shapes_config.num_train
   objects = check.split_objects(shapes_config, ec.split, min(ec.num_samples, available))
   unseen = check.unseen(objects["captions"], shapes_config)
