@@ -1,16 +1,17 @@
-"""Ahead-of-time compilation for a Cloud TPU slice on a machine without a TPU: `dit-jax aot`.
+"""Ahead-of-time compilation on a machine without the accelerator: `dit-jax aot`.
 
-The train step is the one `dit-jax train` runs for the config (the engine's `setup`: same
-model, dtype, scan, remat, ShardingPlan, rules and donation), lowered on abstract inputs
-(ShapeDtypeStructs with shardings) for the compile-only devices of the slice and compiled by
-libtpu: nothing is allocated and no data is read. `--step sample` compiles the `lax.scan`
-sampler of `dit-jax sample` instead.
+The target is a Cloud TPU slice (compile-only devices from libtpu) or one host of NVIDIA GPUs
+(XLA's GPU compiler handed the GPU's description by JAX's CUDA plugin; `dit_jax.gpu`). The
+train step is the one `dit-jax train` runs for the config (the engine's `setup`: same model,
+dtype, scan, remat, ShardingPlan, rules and donation), lowered on abstract inputs
+(ShapeDtypeStructs with shardings) for those devices and compiled: nothing is allocated and no
+data is read. `--step sample` compiles the `lax.scan` sampler of `dit-jax sample` instead.
 
-The report, per chip: XLA's memory analysis against the chip's HBM, compile time, XLA's flop
-count next to the analytic one, every collective of the optimized HLO with the bytes it moves
-per step (loop bodies counted once per iteration), and a roofline ESTIMATE of the step time
-(compute at peak bf16, HBM traffic at its bandwidth, collectives at the ICI or DCN bandwidth)
-that is never a measurement.
+The report, per device: XLA's memory analysis against the device's memory, compile time, XLA's
+flop count next to the analytic one, every collective of the optimized HLO with the bytes it
+moves per step (loop bodies counted once per iteration), and a roofline ESTIMATE of the step
+time (compute at peak bf16, memory traffic at its bandwidth, collectives at the ICI / NVLink
+or DCN bandwidth) that is never a measurement.
 """
 import dataclasses
 import math
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax import engine, flow, hlo, parallel, tpu, train
+from dit_jax import engine, flow, gpu, hlo, parallel, tpu, train
 from dit_jax.config import model_input_shape
 from dit_jax.models import contract, create_model
 from dit_jax.nn.attention import resolve_backend
@@ -31,7 +32,7 @@ GIB = 2 ** 30
 
 
 class DoesNotFit(MemoryError):
-  """The compiled step needs more HBM than a chip has; `report` says by how much and how to
+  """The compiled step needs more memory than a device has; `report` says by how much and how to
   fit it (the CLI prints it and exits with status 1)."""
 
   def __init__(self, report: "Report"):
@@ -42,7 +43,7 @@ class DoesNotFit(MemoryError):
 @dataclasses.dataclass
 class Report:
   topology: str
-  libtpu_topology: str
+  compiler_topology: str         # libtpu's or the CUDA plugin's name of the devices
   num_slices: int
   chips: int
   step: str
@@ -57,7 +58,7 @@ class Report:
   analytic_flops: float          # per chip, from the model's forward_flops
   collectives: list              # dicts: kind, count, bytes (per chip per step), dcn
   roofline: dict                 # seconds: compute, hbm, ici, dcn, estimate; bound
-  compiled: bool = True          # False: libtpu refused it as too big (memory only)
+  compiled: bool = True          # False: the compiler refused it as too big (memory only)
   xla_attention_total: int | None = None  # the same step with XLA attention, if compiled
   levers: list = dataclasses.field(default_factory=list)  # ways to fit, when it does not
 
@@ -79,19 +80,26 @@ class Report:
 
 @dataclasses.dataclass
 class Target:
-  """A slice (or several over DCN): its devices and the chip they are made of."""
-  tpu_slice: tpu.Slice
+  """Compile-only devices: a TPU slice (or several over DCN), or one host of GPUs."""
+  name: str                      # as the user wrote it: v5e-16, 8xh100
+  compiler_topology: str
+  chip: tpu.Chip | gpu.Gpu       # the per-device figures: memory, peak bf16, bandwidths
   num_slices: int
   devices: list
+  compiler_options: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
   def create(cls, topology: str, num_slices: int = 1) -> "Target":
+    if gpu.is_gpu_name(topology):
+      host = gpu.parse_host(topology)
+      if num_slices != 1:
+        raise ValueError(f"--num-slices={num_slices}: a GPU target is one host of up to "
+                         f"{max(gpu.GPUS_PER_HOST)} GPUs (e.g. 8xh100); use --num-slices 1")
+      return cls(host.name, host.topology_name, host.chip, 1, gpu.host_devices(host),
+                 gpu.COMPILER_OPTIONS)
     tpu_slice = tpu.parse_slice(topology)
-    return cls(tpu_slice, num_slices, tpu.slice_devices(tpu_slice, num_slices))
-
-  @property
-  def chip(self) -> tpu.Chip:
-    return self.tpu_slice.chip
+    return cls(tpu_slice.name, tpu_slice.topology_name, tpu_slice.chip, num_slices,
+               tpu.slice_devices(tpu_slice, num_slices))
 
 
 def _abstract_batch(model, image_shape, batch: int, plan: parallel.ShardingPlan) -> dict:
@@ -145,14 +153,21 @@ def compile_step(config, target: Target, step: str = "train", sample_batch: int 
   image_shape = model_input_shape(config.data)
   plan = parallel.ShardingPlan.create(config.get("mesh"), devices=target.devices)
   start = time.perf_counter()
-  if step == "train":
-    batch = int(config.data.batch_size)
-    lowered, args = _lower_train(config, model, image_shape, plan)
-  else:
-    batch = int(sample_batch)
-    lowered, args = _lower_sample(config, model, image_shape, plan, batch)
+  batch = int(config.data.batch_size) if step == "train" else int(sample_batch)
   try:
-    compiled = lowered.compile()
+    if step == "train":
+      lowered, args = _lower_train(config, model, image_shape, plan)
+    else:
+      lowered, args = _lower_sample(config, model, image_shape, plan, batch)
+  except RuntimeError as error:  # JAX checks for the cuDNN library while lowering its attention
+    if "cuDNN" not in str(error):
+      raise
+    raise ModuleNotFoundError(
+        f"cuDNN attention (model.attention_backend={config.model.get('attention_backend')!r}) "
+        "needs the cuDNN library to compile for a GPU: pip install nvidia-cudnn-cu12, or "
+        "compile with --config.model.attention_backend=xla") from error
+  try:
+    compiled = lowered.compile(target.compiler_options)
     memory = _memory(compiled.memory_analysis())
   except jax.errors.JaxRuntimeError as error:
     # libtpu refuses a program larger than HBM; its message carries the temporaries' size.
@@ -235,7 +250,7 @@ def _report(config, target, step, batch, model, image_shape, plan, compiled, mem
   settings = dict(dtype=str(getattr(model, "dtype", "")), scan_layers=getattr(
       model, "scan_layers", None), remat_policy=getattr(model, "remat_policy", None),
       rules=config.mesh.get("rules", "dp"), mesh=dict(plan.mesh.shape))
-  return Report(topology=target.tpu_slice.name, libtpu_topology=target.tpu_slice.topology_name,
+  return Report(topology=target.name, compiler_topology=target.compiler_topology,
                 num_slices=target.num_slices, chips=chips, step=step, batch=batch,
                 model=str(config.model.get("name", type(model).__name__)), settings=settings,
                 attention=_attention_used(model, image_shape, plan), memory=memory,
@@ -323,7 +338,8 @@ def format_table(report: Report) -> str:
   s = report.settings
   lines = [
       f"{report.step} step of {report.model}, batch {report.batch}, on {report.topology} "
-      f"x{report.num_slices} ({report.chips} chips, libtpu {report.libtpu_topology})",
+      f"x{report.num_slices} ({report.chips} devices, compiler topology "
+      f"{report.compiler_topology})",
       f"  settings: dtype {s['dtype']}, scan_layers {s['scan_layers']}, remat "
       f"{s['remat_policy']}, rules {s['rules']}, mesh {s['mesh']}, attention "
       f"{report.attention}",

@@ -16,8 +16,10 @@
     dit-jax sample --converted ckpt/DiT-XL-2-256 --vae sd-vae-ft-ema --out samples.png
     dit-jax bench --model DiT-XL/2 --batch-size 32 --attention cudnn --mesh fsdp=8,rules=fsdp
     dit-jax bench --config configs/mmdit.py:mmdit_hybrid --config.model.dtype=bfloat16
+    dit-jax bench --model DiT-XL/2 --batch-size 32 --sample ddpm:250 --cfg-scale 4
     dit-jax aot --config configs/dit.py:DiT-XL/2 --topology v5e-16 --config.mesh.fsdp=16 \
         --config.mesh.data=1 --config.mesh.rules=fsdp
+    dit-jax aot --config configs/dit.py:DiT-XL/2 --topology h100 --config.data.batch_size=256
 
 A user error never shows a Python traceback: it prints `dit-jax <command>: <message>` on
 stderr, naming the flag, field or file and the fix. Exit status:
@@ -122,6 +124,15 @@ def _shard(text: str) -> tuple[int, int]:
   return int(index), int(count)
 
 
+def _sampler_steps(text: str) -> tuple[str, int]:
+  from dit_jax.flow import METHODS
+  method, _, steps = text.partition(":")
+  if method not in METHODS or not steps.isdigit() or int(steps) < 1:
+    raise argparse.ArgumentTypeError(f"expected METHOD:STEPS with METHOD one of {METHODS} and "
+                                     f"STEPS >= 1, e.g. ddpm:250, got {text!r}")
+  return method, int(steps)
+
+
 def _seed_list(text: str) -> tuple[int, ...]:
   parts = text.split(",")
   if not all(p.strip().isdigit() for p in parts):
@@ -204,8 +215,15 @@ def cmd_bench(args, overrides):
 
   from dit_jax import bench
   name, model, image_shape, config = bench_model(args, overrides)
-  result = bench.bench_train_step(model, image_shape, args.batch_size, steps=args.steps,
-                                  mesh_config=_mesh_fields(args.mesh), config=config)
+  mesh = _mesh_fields(args.mesh)
+  if args.sample:
+    sample_config = dict(method=args.sample[0], steps=args.sample[1], cfg_scale=args.cfg_scale,
+                         shift=1.0, eta=0.0)
+    result = bench.bench_sample(model, image_shape, args.batch_size, sample_config,
+                                repeats=args.steps, mesh_config=mesh, config=config)
+  else:
+    result = bench.bench_train_step(model, image_shape, args.batch_size, steps=args.steps,
+                                    mesh_config=mesh, config=config, profile_dir=args.profile)
   # Fields a family may lack (the U-Net has no scan) are reported as None.
   design = {k: getattr(model, f, None) for k, f in (("attention", "attention_backend"),
             ("scan", "scan_layers"), ("remat", "remat_policy"))}
@@ -214,20 +232,28 @@ def cmd_bench(args, overrides):
              devices=len(jax.devices()), device=jax.devices()[0].device_kind, **result.as_dict())
   if args.format == "json":
     print(json.dumps(row))
-  else:
-    memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
-    print(f"{name} batch {args.batch_size} {row['dtype']} attention={row['attention']} "
-          f"scan={row['scan']} remat={row['remat']} on {row['devices']} x {row['device']}: "
-          f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
-          f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
-          f"compile {row['compile_s']:.1f} s")
+    return
+  head = (f"{name} batch {args.batch_size} {row['dtype']} attention={row['attention']} "
+          f"scan={row['scan']} remat={row['remat']} on {row['devices']} x {row['device']}: ")
+  if args.sample:
+    print(head + f"{args.sample[0]} {args.sample[1]} steps, guidance {args.cfg_scale}: "
+          f"{row['images_per_s']:.1f} images/s, {row['batch_s']:.2f} s per batch, "
+          f"{row['tflops_per_s']:.1f} TFLOP/s per device, compile {row['compile_s']:.1f} s")
+    return
+  memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
+  print(head + f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
+        f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
+        f"compile {row['compile_s']:.1f} s")
+  for p in (row["profile"] or [])[:20]:
+    print(f"  {p['kind']:<13} {p['region']:<40} {p['ms']:9.2f} ms/step {p['kernels']:6.0f} "
+          f"kernels {p['share']:6.1%}")
 
 
 def cmd_aot(args, overrides):
   import copy
 
   import jax
-  jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices; no TPU is looked for
+  jax.config.update("jax_platforms", "cpu")  # compile-only devices; no TPU or GPU is looked for
   from dit_jax import aot
   config = validate(apply_overrides(load_config(args.config), overrides))
   target = aot.Target.create(args.topology, args.num_slices)
@@ -622,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--shard", type=_shard, default=(0, 1), help=argparse.SUPPRESS)
   p.set_defaults(func=cmd_sweep)
 
-  p = commands.add_parser("bench", help="time the sharded train step of a model on random data")
+  p = commands.add_parser("bench", help="time the sharded train step (or sampler) of a model on "
+                          "random data")
   p.add_argument("--model", help="a DiT preset (default DiT-XL/2)")
   p.add_argument("--config", help="time the model of this config instead (e.g. "
                  "configs/mmdit.py:mmdit_hybrid), with --config.section.field=value overrides")
@@ -631,7 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--channels", type=_positive, default=4)
   p.add_argument("--batch-size", type=_positive, default=32, help="global batch")
   p.add_argument("--steps", type=_positive, default=10,
-                 help="timed steps (after 2 warm-up steps)")
+                 help="timed steps (after 2 warm-up steps); with --sample, timed batches")
+  p.add_argument("--sample", type=_sampler_steps, help="time the lax.scan sampler instead, "
+                 "e.g. ddpm:250 or euler:50 (METHOD:STEPS)")
+  p.add_argument("--cfg-scale", type=float, default=4.0, help="--sample: guidance scale")
+  p.add_argument("--profile", metavar="DIR", help="then trace a few train steps into DIR "
+                 "(jax.profiler, TensorBoard / Perfetto) and print where their kernel time "
+                 "goes, by kind (matmul, attention, fusion, collective) and place")
   p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                  help="compute dtype, default bfloat16 (params stay float32)")
   p.add_argument("--attention", choices=BACKENDS, help="attention backend (default auto)")
@@ -644,12 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_bench)
 
   p = commands.add_parser("aot", help="compile the train or sample step for a Cloud TPU slice "
-                          "on this machine (no TPU needed) and report memory, flops, "
-                          "collectives", description=None)
+                          "or a GPU host on this machine (no TPU or GPU needed) and report "
+                          "memory, flops, collectives", description=None)
   p.add_argument("--config", required=True, help="e.g. configs/dit.py:DiT-XL/2, with "
                  "--config.section.field=value overrides")
   p.add_argument("--topology", required=True, help="a Cloud TPU slice: v4-32, v5e-16 "
-                 "(v5litepod-16), v5p-128, v6e-64, ... (v4/v5p count TensorCores)")
+                 "(v5litepod-16), v5p-128, v6e-64, ... (v4/v5p count TensorCores); or one "
+                 "host of 1, 2, 4 or 8 GPUs: h100, 8xh100, h200, 4xh200")
   p.add_argument("--num-slices", type=_positive, default=1,
                  help="slices joined by DCN (lay them out with --config.mesh.dcn_*)")
   p.add_argument("--step", choices=("train", "sample"), default="train")

@@ -181,3 +181,53 @@ def collectives(hlo: str, num_devices: int, num_slices: int = 1) -> list[dict]:
         n = len(replica_groups(attributes, num_devices)[0])
       add(kind, False, runs[name], _moved_bytes(kind, result, operand, n))
   return sorted(table.values(), key=lambda e: -e["bytes"])
+
+
+# Kernels by what they do, for profiles: GEMMs (cuBLAS, Triton GEMM fusions, dots), fused
+# attention (cuDNN), collectives, data movement, and the other fusions (elementwise and
+# reductions: norms, modulation, casts, the optimizer update).
+def _kind(opcode: str, rest: str) -> str:
+  if opcode == "custom-call":
+    target = re.search(r'custom_call_target="([^"]+)"', rest)
+    target = target[1] if target else ""
+    if "fmha" in target or "flash" in target.lower():
+      return "attention"
+    if any(k in target for k in ("gemm", "matmul", "cublas")):
+      return "matmul"
+    return "custom-call"
+  if opcode == "dot" or (opcode == "fusion" and re.search(r'"kind":"__triton_gemm|kind=kOutput|'
+                                                          r'"kind":"__cublas', rest)):
+    return "matmul"
+  if opcode == "convolution":
+    return "convolution"
+  if any(opcode.startswith(c) for c in COLLECTIVES):
+    return "collective"
+  if opcode in ("copy", "transpose", "copy-start", "dynamic-update-slice", "dynamic-slice"):
+    return "data movement"
+  if opcode == "fusion":
+    return "fusion"
+  return opcode
+
+
+def instructions(hlo: str) -> dict[str, tuple[str, str]]:
+  """Every instruction's name -> (kind, op_name): its kind for profiles (see `_kind`) and the
+  JAX op path of its metadata (e.g. jit(train_step)/transpose(jvp(DiT))/DiT.blocks/...)."""
+  table = {}
+  for line in hlo.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      name, opcode, rest = match[1], match[3], match[4]
+      op_name = re.search(r'op_name="([^"]*)"', rest)
+      table[name] = (_kind(opcode, rest), op_name[1] if op_name else "")
+  return table
+
+
+def op_region(op_name: str) -> str:
+  """A coarse place in the program for an op path: the pass (forward, backward, or update:
+  the loss, optimizer and EMA outside the model's differentiation) and the first two module
+  names, block indices dropped, e.g. 'backward DiT.blocks/attn'."""
+  step = "backward" if "transpose(" in op_name else "forward" if "jvp(" in op_name else "update"
+  names = [re.sub(r"_\d+$", "", p) for p in op_name.split("/")[1:-1]
+           if p and "(" not in p and not p.startswith("jit")]
+  names = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1].split(".")[-1]]
+  return f"{step} {'/'.join(names[:2])}".strip()

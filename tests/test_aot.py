@@ -1,6 +1,7 @@
 """Ahead-of-time compilation for Cloud TPU slices (libtpu's compile-only devices, no TPU):
 the real train and sample steps of a small DiT, their memory and collectives, the HLO reader,
 the slice names and the CLI's errors."""
+import dataclasses
 import math
 import sys
 
@@ -44,7 +45,7 @@ def one_chip_reports(v5e_4, v4_8):
   """The same train step on one chip of each slice (no sharding)."""
   config = small_config("dp")
   config.mesh.update(data=1)
-  return {name: aot.compile_step(config, aot.Target(t.tpu_slice, 1, t.devices[:1]))[1]
+  return {name: aot.compile_step(config, dataclasses.replace(t, devices=t.devices[:1]))[1]
           for name, t in (("v5e_4", v5e_4), ("v4_8", v4_8))}
 
 
@@ -73,7 +74,7 @@ def test_train_step_memory_and_collectives(request, one_chip_reports, topology, 
   target = request.getfixturevalue(topology)
   config = small_config(rules)
   compiled, report = aot.compile_step(config, target)
-  assert report.chips == 4 and report.libtpu_topology in ("v5e:2x2", "v4:2x2x1")
+  assert report.chips == 4 and report.compiler_topology in ("v5e:2x2", "v4:2x2x1")
   # Memory per chip: at least the sharded state, at most the same step on one chip.
   assert report.memory["total"] >= sharded_state_bytes(config, target)
   single = one_chip_reports[topology]

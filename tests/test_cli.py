@@ -142,6 +142,21 @@ def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path,
               "--out", str(tmp_path / "x.png")])
 
 
+@pytest.mark.parametrize("method, evaluations", [("ddpm", 3), ("heun", 6)])
+def test_bench_times_the_sampler(capsys, method, evaluations):
+  """`bench --sample`: the lax.scan sampler of a preset, guided (the batch doubled); its
+  TFLOP/s are the model's flop count x evaluations x 2 x batch over the measured time. DDPM
+  samples the published objective (learned variance) of a learn_sigma preset."""
+  from dit_jax.models.dit import dit
+  row = json.loads(run(capsys, "bench", "--model", "S/8", "--image-size", "64", "--batch-size",
+                       "8", "--sample", f"{method}:3", "--steps", "1", "--format", "json"))
+  macs = sum(dit("DiT-S/8").forward_flops(8, 8, 4).values())
+  assert row["evaluations"] == evaluations and row["input"] == [8, 8, 4]
+  expected = 2 * macs * evaluations * 2 * 8 / row["batch_s"] / row["devices"] / 1e12
+  assert row["tflops_per_s"] == pytest.approx(expected, rel=1e-6)
+  assert row["images_per_s"] == pytest.approx(8 / row["batch_s"], rel=1e-6)
+
+
 def test_bench_times_the_model_of_a_config(capsys):
   """`bench --config` runs any family; its TFLOP/s come from that model's own flop count."""
   from dit_jax.models import create_model

@@ -193,6 +193,8 @@ CASES = [
     ("bench", ["--model", "S/2", "--mesh", "data=x"], "--mesh 'data=x': .*whole-number sizes"),
     ("bench", ["--model", "Q/2"], "unknown DiT model name 'DiT-Q/2'"),
     ("bench", ["--config.model.depth=2"], r"--config\.\* overrides need --config"),
+    ("bench", ["--sample", "rk4:10"], "--sample: expected METHOD:STEPS with METHOD one of"),
+    ("bench", ["--sample", "ddpm:0"], "--sample: expected METHOD:STEPS .* got 'ddpm:0'"),
 
     ("", [], "required: command"),
     ("", ["fly"], "invalid choice: 'fly'"),
