@@ -428,15 +428,13 @@ def _sample_captions(args, config, sampler, state):
   import jax
 
   from dit_jax import images
-  from dit_jax.data.tokenizers import make_tokenizer
+  from dit_jax.data.tokenizers import caption_condition
   if not args.captions:
     raise ValueError("this model is conditioned on captions: pass --captions 'a red circle at "
                      "the top left;a blue square in the centre' (';' between captions)")
   captions = [c.strip() for c in args.captions.split(";") if c.strip()]
-  tokens, mask = make_tokenizer(config.data.text_tokenizer).encode_batch(
-      captions, config.data.text_length)
-  cond = {"text_tokens": np.repeat(tokens, args.per_class, axis=0),
-          "text_mask": np.repeat(mask, args.per_class, axis=0)}
+  cond = {key: np.repeat(value, args.per_class, axis=0)
+          for key, value in caption_condition(config.data, captions).items()}
   samples = images.to_uint8(sampler.sample(state.ema_params, cond, jax.random.PRNGKey(args.seed),
                                            args.cfg_scale))
   if args.out.endswith(".npz"):

@@ -71,7 +71,7 @@ def composition(name: str, ec, run: Run, log=print):
   """The first num_samples captions of the shapes data's `split`, sampled from the same noise
   at every evaluation (a learning curve of one sample set) and checked exactly."""
   from dit_jax.data.shapes import SPLIT_IDS
-  from dit_jax.data.tokenizers import make_tokenizer
+  from dit_jax.data.tokenizers import caption_condition
   from dit_jax.eval import composition as check
   config, keys = run.config, run.model.condition_keys
   if set(keys) != {"text_tokens", "text_mask"}:
@@ -87,14 +87,13 @@ def composition(name: str, ec, run: Run, log=print):
   available = shapes_config.num_test if ec.split == "test" else shapes_config.num_train
   objects = check.split_objects(shapes_config, ec.split, min(ec.num_samples, available))
   unseen = check.unseen(objects["captions"], shapes_config)
-  tokens, mask = make_tokenizer(config.data.text_tokenizer).encode_batch(
-      list(objects["captions"]), config.data.text_length)
-  cond = {"text_tokens": tokens, "text_mask": mask}
+  cond = caption_condition(config.data, objects["captions"])
+  count = len(objects["captions"])
   sampler = run.sampler()
 
   def action(step, state):
     images = np.concatenate(list(sample_in_batches(
-        sampler, state.ema_params, cond, min(ec.batch_size, len(tokens)),
+        sampler, state.ema_params, cond, min(ec.batch_size, count),
         jax.random.PRNGKey(config.seed + 3))))
     return check.scores(check.check_images(images, objects), unseen)
   return action

@@ -9,24 +9,15 @@ On a lent GPU (its image has torch, timm and JAX but not ml-collections), from t
 once here, `echo /.whl/ >> .git/info/exclude; echo /.ref-dit/ >> .git/info/exclude`, the
 wheel (`pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
 ml-collections`) and the reference (`git --git-dir=<DiT mirror> archive HEAD models.py diffusion
-| tar -x -C .ref-dit`); then one device call carrying `.whl` and `.ref-dit`:
+| tar -x -C .ref-dit`). Then two device calls back to back (the machine stays warm 30 s),
+each carrying `.whl` and `.ref-dit`, each well inside the 10-minute limit:
 `pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site
-python experiments/gpu_bench.py --reference .ref-dit --out-dir $OUT`.
+python experiments/gpu_bench.py --reference .ref-dit --out-dir $OUT --parts train`, then the
+same with `--parts sample,others`; then here `python experiments/gpu_bench.py --table-from
+FIRST.jsonl SECOND.jsonl --out-dir experiments/results` writes the one table of both.
 
-The reference is read from a local checkout passed by path (its `models.DiT_models` and
-`diffusion.create_diffusion`; it needs torch and timm) and never copied here. Its train step is
-that of its train.py on one GPU without DDP: `diffusion.training_losses` (learned-sigma DDPM,
-MSE + VLB), AdamW at 1e-4, EMA 0.9999 (fused `torch._foreach` ops here, which only helps it),
-in fp32, bf16 autocast, and bf16 autocast + `torch.compile`. Its sampler is sample.py's:
-`p_sample_loop(model.forward_with_cfg)` over 250 respaced steps with the batch doubled for
-guidance, eager and compiled; the Euler rows run 50 steps of the same `forward_with_cfg`.
-
-Ours: `bench.bench_train_step` (the jitted, donated train step of `dit-jax train`: flow
-matching, AdamW, EMA) and `bench.bench_sample` (the `lax.scan` sampler of `dit-jax sample`,
-split over the local devices; DDPM with the learned variance as the reference, Euler on
-flow matching). Each side runs in its own process, so neither framework holds GPU memory
-while the other is timed. Rows are appended to OUT/gpu_bench.jsonl as they finish (a part
-can be rerun alone) and OUT/gpu_bench.md is rewritten from all of them.
+Compile and warm-up seconds are reported next to every row: `torch.compile` and XLA compile
+times count against the 10 minutes.
 """
 import argparse
 import json
@@ -113,6 +104,7 @@ def run_reference(setting: dict, reference: str, repeats: int) -> dict:
   from diffusion import create_diffusion
   from models import DiT_models
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  device_name = lambda: torch.cuda.get_device_name() if device == "cuda" else "cpu"
   side = setting.get("image", 32)
   model = DiT_models[setting["model"]](input_size=side, num_classes=1000).to(device)
   bf16 = setting["mode"] != "fp32"
@@ -151,7 +143,8 @@ def run_reference(setting: dict, reference: str, repeats: int) -> dict:
     warm_s, seconds, loss = timed(step, sync, repeats, warmups=2)
     if not torch.isfinite(loss):
       raise FloatingPointError("non-finite reference loss")
-    return dict(images_per_s=batch / seconds, step_ms=1000 * seconds, warmup_s=warm_s)
+    return dict(images_per_s=batch / seconds, step_ms=1000 * seconds, warmup_s=warm_s,
+                device=device_name())
 
   model.eval()
   if compiled:
@@ -177,12 +170,14 @@ def run_reference(setting: dict, reference: str, repeats: int) -> dict:
   warm_s, seconds, out = timed(sample, sync, max(1, repeats // 5), warmups=1)
   if not torch.isfinite(out).all():
     raise FloatingPointError("non-finite reference samples")
-  return dict(images_per_s=batch / seconds, batch_s=seconds, warmup_s=warm_s)
+  return dict(images_per_s=batch / seconds, batch_s=seconds, warmup_s=warm_s,
+              device=device_name())
 
 
 # -- ours (JAX), in its own process -------------------------------------------------------------
 
 def run_ours(setting: dict, repeats: int) -> dict:
+  import jax
   import jax.numpy as jnp
 
   from dit_jax import bench
@@ -203,12 +198,14 @@ def run_ours(setting: dict, repeats: int) -> dict:
   if setting["step"] == "train":
     # The trace itself (tens of MB) stays out of the results folder; its summary goes in.
     profile_dir = "/tmp/gpu_bench_profile" if setting.get("trace") else None
-    return bench.bench_train_step(model, image_shape, setting["batch"], steps=repeats,
-                                  config=config, profile_dir=profile_dir).as_dict()
-  sample_config = dict(method=setting["method"], steps=setting["steps"], cfg_scale=CFG,
-                       shift=1.0, eta=0.0)
-  return bench.bench_sample(model, image_shape, setting["batch"], sample_config,
-                            repeats=max(1, repeats // 5)).as_dict()
+    result = bench.bench_train_step(model, image_shape, setting["batch"], steps=repeats,
+                                    config=config, profile_dir=profile_dir)
+  else:
+    sample_config = dict(method=setting["method"], steps=setting["steps"], cfg_scale=CFG,
+                         shift=1.0, eta=0.0)
+    result = bench.bench_sample(model, image_shape, setting["batch"], sample_config,
+                                repeats=max(1, repeats // 5))
+  return dict(result.as_dict(), device=jax.devices()[0].device_kind)
 
 
 def worker(args):
@@ -237,9 +234,11 @@ def label(row: dict) -> str:
           f"{'scanned' if row['scan'] else 'unrolled'}, remat {row['remat']}")
 
 
-def table(rows: list[dict], device: str) -> str:
-  lines = [f"# dit_jax and the reference PyTorch DiT side by side (`experiments/gpu_bench.py`)",
-           "", f"Device: {device}. Ratios are to the reference's best row of the same kind.", ""]
+def table(rows: list[dict]) -> str:
+  devices = sorted({r["device"] for r in rows if "device" in r})
+  lines = ["# dit_jax and the reference PyTorch DiT side by side (`experiments/gpu_bench.py`)",
+           "", f"Device: {', '.join(devices) or 'none recorded'}. Ratios are to the reference's "
+           "best row of the same kind.", ""]
   for step, unit in (("train", "step ms"), ("sample", "s per batch")):
     group = [r for r in rows if r["step"] == step]
     if not group:
@@ -302,6 +301,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=10, help="timed train steps (sampling: "
                       "a fifth as many batches, at least one)")
   parser.add_argument("--smoke", action="store_true", help="every row at CPU size")
+  parser.add_argument("--table-from", nargs="+", metavar="JSONL", help="only write the table "
+                      "of these runs' rows (e.g. two device calls' gpu_bench.jsonl)")
   parser.add_argument("--side", help=argparse.SUPPRESS)
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -309,6 +310,11 @@ def main():
     return worker(args)
   out = Path(args.out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  if args.table_from:
+    rows = [json.loads(line) for path in args.table_from
+            for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    (out / "gpu_bench.md").write_text(table(rows))
+    return print(table(rows))
   jsonl = out / "gpu_bench.jsonl"
   for part in args.parts.split(","):
     if part not in PLAN:
@@ -331,17 +337,8 @@ def main():
             print(line, flush=True)
             f.write(line + "\n")
   rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-  device = _device_name()
-  (out / "gpu_bench.md").write_text(table(rows, device))
-  print(table(rows, device))
-
-
-def _device_name() -> str:
-  try:
-    return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "CPU (no GPU found)"
+  (out / "gpu_bench.md").write_text(table(rows))
+  print(table(rows))
 
 
 if __name__ == "__main__":

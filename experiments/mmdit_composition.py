@@ -46,14 +46,14 @@ def held_out(base, n: int) -> dict:
   """The first n test examples of the sweep's data: their objects, images, caption tokens
   (the run's tokenizer) and which captions no training example has."""
   from dit_jax.data import shapes
-  from dit_jax.data.tokenizers import make_tokenizer
+  from dit_jax.data.tokenizers import caption_condition
   from dit_jax.eval import composition
   config = composition.shapes_config(base.data.name)
   objects = composition.split_objects(config, "test", min(n, config.num_test))
-  tokens, mask = make_tokenizer(base.data.text_tokenizer).encode_batch(
-      list(objects["captions"]), base.data.text_length)
-  images = np.stack([shapes.example(config, "test", i)["image"] for i in range(len(tokens))])
-  return dict(objects=objects, images=images, cond={"text_tokens": tokens, "text_mask": mask},
+  images = np.stack([shapes.example(config, "test", i)["image"]
+                     for i in range(len(objects["captions"]))])
+  return dict(objects=objects, images=images,
+              cond=caption_condition(base.data, objects["captions"]),
               unseen=composition.unseen(objects["captions"], config),
               layout="fixed" if config.fixed_layout else "jittered")
 

@@ -101,7 +101,8 @@ def test_unknown_gpu_host_lists_valid_ones(name):
 
 def test_target_config_carries_the_gpus_figures():
   text = gpu.target_config(gpu.GPUS["h200"])
-  assert "device_memory_size: 150754820096" in text and 'device_description_str: "NVIDIA H200"' in text
+  assert "device_memory_size: 150754820096" in text
+  assert 'device_description_str: "NVIDIA H200"' in text
   assert "memory_bandwidth: 4800000000000" in text and "major: 9" in text
 
 

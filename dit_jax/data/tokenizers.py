@@ -67,6 +67,14 @@ def shapes_vocabulary() -> list[str]:
 TOKENIZERS = ("words:shapes", "bytes")
 
 
+def caption_condition(data_config, captions) -> dict:
+  """The condition of a caption model for `captions`: token ids and mask (text_tokens,
+  text_mask) from the run's tokenizer and length (data.text_tokenizer, data.text_length)."""
+  tokens, mask = make_tokenizer(data_config.text_tokenizer).encode_batch(
+      list(captions), data_config.text_length)
+  return {"text_tokens": tokens, "text_mask": mask}
+
+
 def make_tokenizer(name: str) -> WordTokenizer:
   """'words:shapes' (word-level, the shapes captions' vocabulary) or 'bytes' (UTF-8)."""
   if name == "words:shapes":
