@@ -217,10 +217,9 @@ def _analytic_flops(config, model, image_shape, step: str, batch: int, chips: in
   macs = sum(model.forward_flops(*image_shape).values())
   if step == "train":  # forward + backward = 3 forwards; a multiply-add is 2 flops
     return 3 * 2 * macs * batch / chips
-  evaluations = flow.sampler_for(config.sample, flow.make_objective(config.objective))
-  per_step = 2 if evaluations.method == "heun" else 1
-  guided = 2 if evaluations.cfg_scale != 1.0 and model.condition_keys else 1
-  return 2 * macs * batch * config.sample.steps * per_step * guided / chips
+  sampler = flow.sampler_for(config.sample, flow.make_objective(config.objective))
+  guided = 2 if model.condition_keys else 1  # ImageSampler's scale is traced: always doubled
+  return 2 * macs * batch * sampler.evaluations * guided / chips
 
 
 def _report(config, target, step, batch, model, image_shape, plan, compiled, memory,

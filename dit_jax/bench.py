@@ -119,7 +119,10 @@ def profile_rows(trace_path: str, instructions: dict, steps: int) -> list[dict]:
     events = json.load(f)["traceEvents"]
   names = {e["pid"]: e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
-  device_pids = {pid for pid, name in names.items() if name.startswith("/device:")}
+  # The accelerator's own timeline: a /device: process with HLO ops (not, say, the TPU
+  # runtime's "/device:CUSTOM:Megascale Trace", which libtpu adds once it is loaded).
+  device_pids = {e["pid"] for e in events if "hlo_op" in e.get("args", {})
+                 and names.get(e["pid"], "").startswith("/device:")}
   totals = collections.defaultdict(lambda: [0.0, 0])
   for e in events:
     args = e.get("args", {})
@@ -139,7 +142,6 @@ def profile_rows(trace_path: str, instructions: dict, steps: int) -> list[dict]:
   return sorted(rows, key=lambda r: -r["ms"])
 
 
-
 @dataclasses.dataclass
 class SampleBenchResult:
   images_per_s: float
@@ -150,11 +152,6 @@ class SampleBenchResult:
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
-
-
-def model_evaluations(sampler: flow.Sampler) -> int:
-  """Model calls per sample of a sampler (Heun evaluates twice per step)."""
-  return sampler.steps * (2 if sampler.method == "heun" else 1)
 
 
 def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats: int = 1,
@@ -187,7 +184,7 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
   compile_s -= seconds
   if not np.isfinite(images).all():
     raise FloatingPointError("non-finite samples while benchmarking")
-  evaluations = model_evaluations(sampler.sampler)
+  evaluations = sampler.sampler.evaluations
   guided = 2 if cond is not None else 1  # the scale is traced: the doubled batch always runs
   macs = sum(model.forward_flops(*image_shape).values())
   tflops = 2 * macs * evaluations * guided * batch_size / seconds / plan.mesh.devices.size / 1e12

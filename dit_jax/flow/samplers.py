@@ -211,6 +211,11 @@ class Sampler:
     """(steps + 1,) times from 0 (noise) to 1 (data)."""
     return shifted_grid(self.steps, self.shift)
 
+  @property
+  def evaluations(self) -> int:
+    """Model evaluations per sample: one per step, two for Heun's corrector."""
+    return self.steps * (2 if self.method == "heun" else 1)
+
   def check(self, prefix: str = "sample") -> "Sampler":
     """Raises ValueError naming the field (as `prefix.field`) for an invalid setting."""
     if self.method not in METHODS:
