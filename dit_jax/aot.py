@@ -334,6 +334,10 @@ def _gib(n: float) -> str:
 
 def format_table(report: Report) -> str:
   m, r = report.memory, report.roofline
+  # XLA's GPU compiler reports no cost analysis without a GPU: no flops, no bytes accessed.
+  costed = report.xla_flops > 0
+  xla_flops = f"{report.xla_flops / 1e12:.3f} T" if costed else "n/a (no cost analysis)"
+  hbm_ms = f"{r['hbm'] * 1e3:.1f} ms" if costed else "n/a"
   s = report.settings
   lines = [
       f"{report.step} step of {report.model}, batch {report.batch}, on {report.topology} "
@@ -358,8 +362,8 @@ def format_table(report: Report) -> str:
          f"does NOT fit, {_gib(-report.headroom)} over"),
       *([] if report.compiled else ["  libtpu refused the program as larger than HBM: only its "
                                     "memory is known"]),
-      f"  flops per chip: XLA {report.xla_flops / 1e12:.3f} T, analytic "
-      f"{report.analytic_flops / 1e12:.3f} T (XLA counts a scanned loop body once)",
+      f"  flops per chip: XLA {xla_flops}, analytic {report.analytic_flops / 1e12:.3f} T "
+      "(XLA counts a scanned loop body once)",
       "  collectives per step (bytes each chip moves):"]
   if not report.collectives:
     lines.append("    none")
@@ -369,7 +373,7 @@ def format_table(report: Report) -> str:
   lines += [
       "  roofline ESTIMATE of the step time (not a measurement; HBM from XLA's bytes "
       "accessed, a loop body counted once):",
-      f"    compute {r['compute'] * 1e3:.1f} ms, HBM {r['hbm'] * 1e3:.1f} ms, ICI "
+      f"    compute {r['compute'] * 1e3:.1f} ms, HBM {hbm_ms}, ICI "
       f"{r['ici'] * 1e3:.1f} ms, DCN {r['dcn'] * 1e3:.1f} ms -> {r['estimate'] * 1e3:.1f} ms "
       f"if overlapped ({r['bound']}-bound), {r['no_overlap'] * 1e3:.1f} ms if not"]
   return "\n".join(lines)
