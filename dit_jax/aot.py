@@ -90,14 +90,18 @@ class Target:
 
   @classmethod
   def create(cls, topology: str, num_slices: int = 1) -> "Target":
-    if gpu.is_gpu_name(topology):
-      host = gpu.parse_host(topology)
+    try:
+      tpu_slice = tpu.parse_slice(topology)
+    except ValueError as not_tpu:
+      try:
+        host = gpu.parse_host(topology)
+      except ValueError as not_gpu:
+        raise ValueError(f"{not_tpu}\n{not_gpu}") from None
       if num_slices != 1:
         raise ValueError(f"--num-slices={num_slices}: a GPU target is one host of up to "
                          f"{max(gpu.GPUS_PER_HOST)} GPUs (e.g. 8xh100); use --num-slices 1")
       return cls(host.name, host.topology_name, host.chip, 1, gpu.host_devices(host),
                  gpu.COMPILER_OPTIONS)
-    tpu_slice = tpu.parse_slice(topology)
     return cls(tpu_slice.name, tpu_slice.topology_name, tpu_slice.chip, num_slices,
                tpu.slice_devices(tpu_slice, num_slices))
 
@@ -266,26 +270,24 @@ def fit_levers(report: Report, compile_variant=None) -> list[str]:
   """What would fit the step, each with the figure it needs. Batch and FSDP figures scale
   the measured memory (temporaries with the per-chip batch, sharded arguments with the FSDP
   size): estimates; remat and scan are recompiled when `compile_variant` is given."""
-  m, hbm = report.memory, report.hbm_bytes
+  m, hbm, mesh = report.memory, report.hbm_bytes, report.settings["mesh"]
   levers = []
   state = m["arguments"]
   per_example = m["temporaries"] / max(report.batch, 1)
-  divisor = math.prod(v for k, v in report.settings["mesh"].items() if k in ("data", "fsdp"))
+  divisor = math.prod(v for k, v in mesh.items() if k in ("data", "fsdp"))
   if report.step == "train" and per_example > 0 and hbm > state:
     fit_batch = int((hbm - state - m["outputs"] + m["aliased"]) / per_example)
     fit_batch -= fit_batch % max(divisor, 1)
     if 0 < fit_batch < report.batch:
       levers.append(f"data.batch_size={fit_batch} or less (about {fit_batch // divisor} per "
                     "chip; temporaries scale with the per-chip batch)")
-  mesh = report.settings["mesh"]
-  if report.settings["rules"] in ("fsdp", "fsdp_tp") or mesh.get("fsdp", 1) > 1:
+  current = mesh.get("fsdp", 1)
+  if report.settings["rules"] in ("fsdp", "fsdp_tp") or current > 1:
     fixed = m["total"] - state
     for fsdp in (2 ** k for k in range(1, 14)):
-      if fsdp <= mesh.get("fsdp", 1) or fsdp > report.chips:
-        continue
-      if fixed + state * mesh.get("fsdp", 1) / fsdp <= hbm:
-        levers.append(f"mesh.fsdp={fsdp} (state {state * mesh.get('fsdp', 1) / fsdp / GIB:.2f}"
-                      f" GiB per chip instead of {state / GIB:.2f})")
+      if current < fsdp <= report.chips and fixed + state * current / fsdp <= hbm:
+        levers.append(f"mesh.fsdp={fsdp} (state {state * current / fsdp / GIB:.2f} GiB per "
+                      f"chip instead of {state / GIB:.2f})")
         break
   elif report.chips > 1:
     levers.append(f"mesh.rules=fsdp with mesh.fsdp={report.chips} mesh.data=1 (shards the "

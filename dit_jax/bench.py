@@ -17,6 +17,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import flow, hlo, parallel, train
@@ -61,15 +62,11 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
   local.update({k: np.asarray(v) for k, v in (example_condition(model, batch_size) or {}).items()})
   batch = plan.global_batch(local)
   step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
-
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = _compile(step_fn, state, batch)
   memory = compiled.memory_analysis()
-  state, metrics = step_fn(state, batch)  # runs the executable compiled above (cached)
-  jax.block_until_ready(metrics)
-  state, metrics = step_fn(state, batch)  # one more warm step
-  jax.block_until_ready(metrics)
+  for _ in range(2):  # warm steps
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = step_fn(state, batch)
@@ -87,8 +84,7 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
                            PROFILE_STEPS)
 
   macs = sum(model.forward_flops(*image_shape).values())
-  devices = plan.mesh.devices.size
-  tflops = 3 * 2 * macs * batch_size / seconds / devices / 1e12
+  tflops = 3 * 2 * macs * batch_size / seconds / plan.mesh.devices.size / 1e12
   footprint = None
   if memory is not None:  # donated state aliases its outputs: count it once
     footprint = (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -99,6 +95,14 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
 
 
 PROFILE_STEPS = 3
+
+
+def _compile(jitted, *args):
+  """(executable, seconds to lower and compile it). Calls of `jitted` on such arguments then
+  run this executable (jit's cache): timed calls after it exclude compilation."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
 
 
 def latest_trace(profile_dir: str) -> str:
@@ -174,14 +178,13 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
   sampler = ImageSampler(model, objective, sample_config, image_shape, plan)
   cond = example_condition(model, batch_size)
   rng = jax.random.PRNGKey(seed + 1)
-  start = time.perf_counter()
-  sampler.sample(params, cond, rng, count=batch_size)  # compiles, then runs once
-  compile_s = time.perf_counter() - start
+  scale = jnp.float32(sampler.sampler.cfg_scale)
+  _, compile_s = _compile(sampler._sample, params, cond, rng, scale, batch_size)
+  sampler.sample(params, cond, rng, count=batch_size)  # a warm call
   start = time.perf_counter()
   for i in range(repeats):
     images = sampler.sample(params, cond, jax.random.fold_in(rng, i), count=batch_size)
   seconds = (time.perf_counter() - start) / repeats  # `sample` returns host arrays: synced
-  compile_s -= seconds
   if not np.isfinite(images).all():
     raise FloatingPointError("non-finite samples while benchmarking")
   evaluations = sampler.sampler.evaluations

@@ -35,9 +35,8 @@ class Checkpointer:
       raise ValueError(f"train.keep_checkpoints={keep!r} must be an integer >= 1: a run keeps "
                        "at least its latest checkpoint")
     self.directory = Path(directory).absolute()
-    self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
 
   def __enter__(self):
     return self
@@ -94,7 +93,7 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

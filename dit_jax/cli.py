@@ -151,7 +151,7 @@ def cmd_sweep(args, overrides):
         f"{len(spec.seeds)} seeds) in {root}")
   failed = 0
   if args.report:
-    pass
+    pass  # only the summary below
   elif args.parallel > 1:
     argv = ["--config", args.config, "--workdir", args.workdir,
             *[f"--config.{o}" for o in overrides],
@@ -344,8 +344,7 @@ def cmd_eval(args, overrides):
   reference = load_reference(args.ref, extractor)
   samples, labels = images.load_npz_images(args.samples)
   scores = evaluate(extractor, samples, reference, labels)
-  scores = {"samples": len(samples), **scores}
-  print(format_scores(scores, args.format))
+  print(format_scores({"samples": len(samples), **scores}, args.format))
 
 
 def _feature_net_of(args):
@@ -532,32 +531,25 @@ def _label_list(text: str) -> list[int]:
   return labels
 
 
-def _existing_dir(what: str):
+def _existing(what: str, *suffixes: str):
+  """An existing directory, or with `suffixes` an existing file named with one of them."""
   def parse(text: str) -> str:
     path = Path(text)
-    if not path.is_dir():
-      problem = "is a file, not a directory" if path.exists() else "does not exist"
+    if not (path.is_file() if suffixes else path.is_dir()):
+      problem = ("does not exist" if not path.exists() else "is a directory" if suffixes
+                 else "is a file, not a directory")
       raise argparse.ArgumentTypeError(f"{text} {problem}: pass {what}")
+    if suffixes and path.suffix not in suffixes:
+      raise argparse.ArgumentTypeError(f"{text}: expected {what}")
     return text
   return parse
 
 
-_RUN_DIR = _existing_dir("the directory of a `dit-jax train` run")
-_CONVERTED_DIR = _existing_dir("a directory written by `dit-jax convert --from pytorch`")
-_VAE_DIR = _existing_dir("a VAE folder: diffusers AutoencoderKL, a pipeline folder with vae/, "
-                         "or a `dit-jax train-vae` workdir")
-
-
-def _input_file(*suffixes: str):
-  def parse(text: str) -> str:
-    path = Path(text)
-    if not path.is_file():
-      problem = "is a directory" if path.is_dir() else "does not exist"
-      raise argparse.ArgumentTypeError(f"{text} {problem}: pass a {' or '.join(suffixes)} file")
-    if path.suffix not in suffixes:
-      raise argparse.ArgumentTypeError(f"{text}: expected a {' or '.join(suffixes)} file")
-    return text
-  return parse
+_RUN_DIR = _existing("the directory of a `dit-jax train` run")
+_CONVERTED_DIR = _existing("a directory written by `dit-jax convert --from pytorch`")
+_VAE_DIR = _existing("a VAE folder: diffusers AutoencoderKL, a pipeline folder with vae/, or a "
+                     "`dit-jax train-vae` workdir")
+_NPZ_FILE = _existing("a .npz file", ".npz")
 
 
 def _check_parents(path: Path, text: str):
@@ -767,9 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("eval", help="score a sample set against a reference: FID / FD, "
                           "sFID, IS, precision, recall, accuracy")
-  p.add_argument("--samples", required=True, type=_input_file(".npz"),
+  p.add_argument("--samples", required=True, type=_NPZ_FILE,
                  help="uint8 images in arr_0 (labels in `labels`), as `dit-jax sample` writes")
-  p.add_argument("--ref", required=True, type=_input_file(".npz"),
+  p.add_argument("--ref", required=True, type=_NPZ_FILE,
                  help="`dit-jax eval-ref` output, or an ADM reference batch")
   feature_flags(p)
   p.add_argument("--format", default="table", choices=("table", "json", "markdown", "csv"))
@@ -778,8 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = commands.add_parser("eval-ref", help="reference statistics of real images for `eval`")
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--data", help="a TFDS data set (its --split)")
-  source.add_argument("--images", type=_input_file(".npz"), help="uint8 images in arr_0")
-  source.add_argument("--latents", metavar="DIR", type=_existing_dir(
+  source.add_argument("--images", type=_NPZ_FILE, help="uint8 images in arr_0")
+  source.add_argument("--latents", metavar="DIR", type=_existing(
       "a folder written by `dit-jax extract-latents`"), help="the source images (data set, "
       "split, size) of a latent folder")
   p.add_argument("--split", default="test")

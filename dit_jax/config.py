@@ -307,7 +307,6 @@ def set_fields(config: ml_collections.ConfigDict, fields: dict, where: str = "fi
 
 # Validation.
 
-_INT, _NUMBER = "an integer", "a number"
 _UNTYPED = ("mesh.rules",)  # a preset name or a tuple of (logical, mesh axis) pairs
 def _at_least(low, note: str = ""):
   return (lambda v: v >= low), f">= {low}{note}"
@@ -330,56 +329,41 @@ def _within(low, high, upper_open: bool = False, note: str = ""):
 # field -> (test, requirement): each applies where the field is present; evals.* is any
 # evaluator of config.evals.
 _RULES = {field: (test, need) for field, test, need in (
-    ("seed", *_at_least(0)),
+    *((field, *_at_least(0)) for field in (
+        "seed", "model.depth_double", "model.depth_single", "data.num_threads", "data.prefetch",
+        "data.worker_count", "optim.warmup_steps", "optim.weight_decay", "train.steps",
+        "train.profile_start", "vae_train.kl_weight")),
+    *((field, *_at_least(1)) for field in (
+        "model.hidden_size", "model.num_heads", "model.patch_size", "model.base_channels",
+        "model.num_res_blocks", "data.latent_channels", "data.text_length",
+        "train.samples_per_class", "train.spike_window", "evals.*.batch_size", "sample.steps",
+        "vae_train.eval_batches")),
+    *((field, *_within(0, 1)) for field in ("model.class_dropout_prob", "model.text_dropout_prob")),
+    *((f"optim.{b}", *_within(0, 1, upper_open=True)) for b in ("b1", "b2")),
+    *((field, *_positive()) for field in ("model.mlp_ratio", "optim.eps")),
     ("model.depth", *_at_least(1, " (blocks in the stack)")),
-    ("model.hidden_size", *_at_least(1)),
-    ("model.num_heads", *_at_least(1)),
-    ("model.patch_size", *_at_least(1)),
     ("model.num_classes", *_at_least(0, " (0: unconditional)")),
-    ("model.class_dropout_prob", *_within(0, 1)),
-    ("model.mlp_ratio", *_positive()),
-    ("model.depth_double", *_at_least(0)),
-    ("model.depth_single", *_at_least(0)),
-    ("model.text_dropout_prob", *_within(0, 1)),
-    ("model.base_channels", *_at_least(1)),
-    ("model.num_res_blocks", *_at_least(1)),
     ("objective.kind", *_one_of(flow.objectives.KINDS)),
     ("data.batch_size", *_at_least(1, " (the global batch)")),
     ("data.image_size", *_at_least(1, ", or None for the stored size")),
     ("data.seed", *_within(0, 2 ** 32, upper_open=True)),
-    ("data.num_threads", *_at_least(0)),
-    ("data.prefetch", *_at_least(0)),
-    ("data.worker_count", *_at_least(0)),
     ("data.latent_downsample", *_at_least(1, " (1: pixels)")),
-    ("data.latent_channels", *_at_least(1)),
-    ("data.text_length", *_at_least(1)),
     ("optim.lr", lambda v: math.isfinite(v) and v > 0, "positive and finite"),
-    ("optim.warmup_steps", *_at_least(0)),
     ("optim.schedule", *_one_of(OPTIM_SCHEDULES)),
     ("optim.end_lr_factor", *_within(0, 1, note=" (a fraction of optim.lr)")),
-    ("optim.b1", *_within(0, 1, upper_open=True)),
-    ("optim.b2", *_within(0, 1, upper_open=True)),
-    ("optim.eps", *_positive()),
-    ("optim.weight_decay", *_at_least(0)),
     ("optim.grad_clip", *_at_least(0, " (0: no clipping)")),
-    ("train.steps", *_at_least(0)),
     ("train.log_every", *_at_least(0, " (0: only at the end)")),
     ("train.checkpoint_every", *_at_least(0, " (0: only at the end)")),
     ("train.keep_checkpoints", *_at_least(1, " (0 would delete every checkpoint)")),
     ("train.sample_every", *_at_least(0, " (0: never)")),
-    ("train.samples_per_class", *_at_least(1)),
     ("train.ema_decay", *_within(0, 1, upper_open=True, note=" (0: no EMA)")),
     ("train.spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1 (a multiple of the median)"),
-    ("train.spike_window", *_at_least(1)),
-    ("train.profile_start", *_at_least(0)),
     ("train.profile_steps", *_at_least(0, " (0: no trace)")),
     ("evals.*.every", *_at_least(0, " (0: never)")),
     ("evals.*.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
-    ("evals.*.batch_size", *_at_least(1)),
     ("evals.*.features", lambda v: v == "data" or v.startswith("inception:"),
      "'data' (a classifier of data.name) or 'inception:FILE' (pytorch-fid's weights)"),
     ("sample.method", *_one_of(flow.METHODS)),
-    ("sample.steps", *_at_least(1)),
     ("sample.cfg_scale", lambda v: math.isfinite(v) and v >= 0,
      "a guidance scale >= 0 (0: unconditional, 1: conditional without guidance, > 1: "
      "stronger guidance)"),
@@ -388,8 +372,6 @@ _RULES = {field: (test, need) for field, test, need in (
     *((f"mesh.{axis}", lambda v: v == -1 or v >= 1, "-1 (the devices left) or >= 1")
       for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")),
     ("vae_train.reconstruction", *_one_of(VAE_RECONSTRUCTIONS)),
-    ("vae_train.kl_weight", *_at_least(0)),
-    ("vae_train.eval_batches", *_at_least(1)),
 )}
 
 
@@ -410,9 +392,9 @@ def _check_type(field, value, default):
   if isinstance(default, bool):
     ok, need = isinstance(value, bool), "true or false"
   elif isinstance(default, int):
-    ok, need = is_int, f"{_INT} (it is never rounded)"
+    ok, need = is_int, "an integer (it is never rounded)"
   elif isinstance(default, float):
-    ok, need = is_int or isinstance(value, float), _NUMBER
+    ok, need = is_int or isinstance(value, float), "a number"
   elif isinstance(default, str):
     ok, need = isinstance(value, str), "a string"
   else:
@@ -457,11 +439,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     schema = _leaves(_schema(config))
   except ValueError as e:  # an unknown model name
     raise ConfigError(str(e)) from None
-  values = _leaves(config)
-  for field, value in values.items():
+  for field, value in _leaves(config).items():
     if field in schema and field not in _UNTYPED:
       _check_type(field, value, schema[field])
-  for field, value in values.items():
     rule = _RULES.get(re.sub(r"^evals\.[^.]+\.", "evals.*.", field))
     if rule is not None and value is not None and not rule[0](value):  # None: unset
       raise _error(field, value, f"must be {rule[1]}")

@@ -21,7 +21,7 @@ import json
 import signal
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import flax
 import flax.linen as nn
@@ -286,8 +286,7 @@ class DivergenceGuard:
             f"step {step} is not finite (loss {loss:.4g}, grad_norm {float(m['grad_norm']):.4g}): "
             f"training stopped and no checkpoint was written after it (the last good one is "
             f"kept{self.where}). Lower optim.lr, set optim.grad_clip, or check the data")
-      full = len(self.recent) == self.recent.maxlen
-      if self.spike_factor > 0 and full:
+      if self.spike_factor > 0 and len(self.recent) == self.recent.maxlen:
         median = float(np.median(self.recent))
         if loss > self.spike_factor * median:
           raise DivergenceError(
@@ -339,8 +338,7 @@ class Profile:
   def after(self, step: int, state):
     if self.active and step >= self.stop:
       jax.block_until_ready(state)
-      jax.profiler.stop_trace()
-      self.active = False
+      self.close()
 
   def close(self):
     if self.active:
@@ -364,9 +362,7 @@ def read_run_config(workdir: Path) -> dict | None:
 def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):
   """A resumed run must mean the same thing: refuses every differing field that is not in
   config.RESUMABLE_FIELDS, naming old and new values."""
-  if saved is None:
-    return
-  changes = meaning_changes(saved, json.loads(config.to_json()))
+  changes = meaning_changes(saved, json.loads(config.to_json())) if saved is not None else []
   if changes:
     lines = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
     raise ValueError(
@@ -419,15 +415,11 @@ def run(task: Task, r: Run) -> TrainState:
   made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
   the last good step)."""
   config, workdir, plan = validate(r.config), Path(r.workdir), r.plan
-  tc = config.train
-  total_steps = int(tc.steps)
   is_main = jax.process_index() == 0
   s = setup(task, config, plan)
-  shardings = s.shardings
-
   workdir.mkdir(parents=True, exist_ok=True)
   with WorkdirLock(workdir, enabled=is_main), \
-       checkpoint.Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints) as ckpt:
+       checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints) as ckpt:
     saved_config = read_run_config(workdir) if ckpt.all_steps() else None
     check_resume(saved_config, config, workdir)
     restored = ckpt.restore_latest_intact(s.abstract_state(),
@@ -438,7 +430,7 @@ def run(task: Task, r: Run) -> TrainState:
     if restored is None:
       state = init_state(task, s.optimizer, jax.random.PRNGKey(config.seed), plan, s.ema)
       if r.initial_params is not None:
-        state = start_from(state, r.initial_params, shardings)
+        state = start_from(state, r.initial_params, s.shardings)
     else:
       state, data_state = restored
       if data_state is not None:
@@ -447,7 +439,7 @@ def run(task: Task, r: Run) -> TrainState:
       (workdir / "config.json").write_text(config.to_json(indent=2))
     if r.on_start is not None:
       r.on_start(state)
-    return _loop(task, r, state, ckpt, s.step_fn, shardings, total_steps)
+    return _loop(task, r, state, ckpt, s.step_fn)
 
 
 def start_from(state: TrainState, params, shardings) -> TrainState:
@@ -470,10 +462,9 @@ def start_from(state: TrainState, params, shardings) -> TrainState:
                        ema_params=jax.device_put(cast, shardings.ema_params))
 
 
-def _loop(task, r: Run, state, ckpt, step_fn, shardings, total_steps):
-  tc, plan = r.config.train, r.plan
-  is_main = jax.process_index() == 0
-  log = MetricsLog(r.workdir, enabled=is_main, total_steps=total_steps,
+def _loop(task, r: Run, state, ckpt, step_fn):
+  tc, plan, total_steps = r.config.train, r.plan, int(r.config.train.steps)
+  log = MetricsLog(r.workdir, enabled=jax.process_index() == 0, total_steps=total_steps,
                    images_per_step=r.config.data.batch_size)
   guard = DivergenceGuard(float(tc.get("spike_factor", 0.0)), int(tc.get("spike_window", 100)),
                           where=f" in {r.workdir / 'checkpoints'}")

@@ -104,13 +104,9 @@ KINDS = {"samples": samples, "composition": composition}
 
 def hooks(run: Run, log=print) -> list[engine.Periodic]:
   """One hook per section of run.config.evals with every > 0, set up now (before training)."""
-  out = []
-  for name, ec in run.config.get("evals", {}).items():
-    if ec.every <= 0:
-      continue
-    action = KINDS[ec.type](name, ec, run, log)
-    out.append(engine.Periodic(f"evals.{name}", ec.every, _prefixed(action, ec.prefix)))
-  return out
+  return [engine.Periodic(f"evals.{name}", ec.every,
+                          _prefixed(KINDS[ec.type](name, ec, run, log), ec.prefix))
+          for name, ec in run.config.get("evals", {}).items() if ec.every > 0]
 
 
 def _prefixed(action, prefix: str):

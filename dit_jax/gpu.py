@@ -57,13 +57,8 @@ class Host:
     return f"1x1x{self.gpus}"
 
 
-def is_gpu_name(name: str) -> bool:
-  """Written like a GPU host (`h100`, `8xa100`) rather than a TPU slice (`v5e-16`)."""
-  return re.fullmatch(r"(\d+x)?[a-uw-z]\d{2,3}", name.strip().lower()) is not None
-
-
 def parse_host(name: str) -> Host:
-  match = re.fullmatch(r"(?:(\d+)x)?(h100|h200)", name.strip().lower())
+  match = re.fullmatch(rf"(?:(\d+)x)?({'|'.join(GPUS)})", name.strip().lower())
   gpus = int(match[1] or 1) if match else 0
   if not match or gpus not in GPUS_PER_HOST:
     raise ValueError(f"--topology {name!r} is not a GPU host: use [N x]<gpu> with N in "

@@ -40,14 +40,14 @@ def replica_groups(attributes: str, num_devices: int) -> list[list[int]]:
   iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([0-9,]+)\](?:T\(([0-9,]+)\))?",
                    attributes)
   if iota:
-    ids = np.arange(math.prod(int(d) for d in iota[3].split(",")))
-    ids = ids.reshape([int(d) for d in iota[3].split(",")])
+    dims = [int(d) for d in iota[3].split(",")]
+    ids = np.arange(math.prod(dims)).reshape(dims)
     if iota[4]:
       ids = ids.transpose([int(p) for p in iota[4].split(",")])
     return ids.reshape(int(iota[1]), int(iota[2])).tolist()
   mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attributes)
   if mesh:
-    sizes = dict((name, int(size)) for name, size in re.findall(r"'([^']+)'=(\d+)", mesh[1]))
+    sizes = {name: int(size) for name, size in re.findall(r"'([^']+)'=(\d+)", mesh[1])}
     names = list(sizes)
     chosen = [n for n in re.findall(r"'([^']+)'", mesh[2]) if n in sizes]
     ids = np.arange(math.prod(sizes.values())).reshape([sizes[n] for n in names])
@@ -62,29 +62,24 @@ def _moved_bytes(kind: str, result: list[int], operand: list[int], n: int) -> fl
   if n <= 1:
     return 0.0
   share = (n - 1) / n
-  if kind == "all-gather":
+  if kind in ("all-gather", "all-to-all"):
     return sum(result) * share
   if kind == "reduce-scatter":
     return sum(operand or result) * share
   if kind == "all-reduce":
     return 2 * sum(result) * share
-  if kind == "all-to-all":
-    return sum(result) * share
   return float(sum(result))  # collective-permute: the whole buffer moves once
 
 
 def parse_computations(hlo: str) -> dict[str, list[str]]:
-  computations, current, name = {}, None, None
+  computations, current = {}, None
   for line in hlo.splitlines():
     header = _COMPUTATION.match(line)
     if header and "=" not in line.split("{")[0].split("(")[0]:
-      name = "ENTRY" if header[1] else header[2]
-      current = computations.setdefault(name, [])
-      continue
-    if current is not None and line.strip() == "}":
+      current = computations.setdefault("ENTRY" if header[1] else header[2], [])
+    elif current is not None and line.strip() == "}":
       current = None
-      continue
-    if current is not None:
+    elif current is not None:
       current.append(line)
   return computations
 
@@ -175,10 +170,7 @@ def collectives(hlo: str, num_devices: int, num_slices: int = 1) -> list[dict]:
       if op.endswith("-start") and len(result) > 1:  # (operands, results, scratch) tuples
         count = max(len(operand), 1)  # operands print as names only: one, as XLA emits
         result = result[count:2 * count]
-      if kind == "collective-permute":
-        n = 2
-      else:
-        n = len(replica_groups(attributes, num_devices)[0])
+      n = 2 if kind == "collective-permute" else len(replica_groups(attributes, num_devices)[0])
       add(kind, False, runs[name], _moved_bytes(kind, result, operand, n))
   return sorted(table.values(), key=lambda e: -e["bytes"])
 

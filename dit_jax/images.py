@@ -37,6 +37,13 @@ def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
   Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(path)
 
 
+def save_npy_atomic(path: Path, array: np.ndarray):
+  """np.save under a temporary name, then renamed: the file exists only when whole."""
+  tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
 def save_npz(images_NHWC: np.ndarray, labels, path):
   """uint8 NHWC images in `arr_0` and labels in `labels`, as evaluation suites read them."""
   save_npz_chunks([images_NHWC], labels, path)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dit_jax.images import save_npy_atomic
 from dit_jax.vae_files import load_vae, vae_dir
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
@@ -56,12 +57,6 @@ def _write_meta(out: Path, meta: dict):
   tmp = path.with_suffix(f".tmp{os.getpid()}")
   tmp.write_text(json.dumps(meta, indent=2))
   os.replace(tmp, path)  # several processes may write the same content: last one wins
-
-
-def _save_atomic(path: Path, array: np.ndarray):
-  tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
-  np.save(tmp, array)
-  os.replace(tmp, path)
 
 
 def _load_images(source, indices: range, flip: bool, image_size: int | None, pool):
@@ -154,9 +149,9 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
       moments.append(np.asarray(encode(params, jax.device_put(padded, batch_sharding)))
                      [:len(batch)])
     paths = latent_source.chunk_paths(out, k)
-    _save_atomic(paths["moments"], np.concatenate(moments).astype(dtype))
+    save_npy_atomic(paths["moments"], np.concatenate(moments).astype(dtype))
     if meta["has_labels"]:
-      _save_atomic(paths["labels"], labels)
+      save_npy_atomic(paths["labels"], labels)
     paths["done"].touch()
     encoded += len(indices)
     bar.update(1)
@@ -168,12 +163,6 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
           "num_examples": meta["num_examples"], "latent_shape": meta["latent_shape"]}
 
 
-def latent_meta(data_config) -> dict | None:
-  """latents.json of data.latents, or None when the run trains on pixels."""
-  folder = data_config.get("latents") if hasattr(data_config, "get") else None
-  return latent_source.read_meta(folder) if folder else None
-
-
 def decoder_for(config):
   """For a run trained on latents: a function scaled latents (B, h, w, c) -> images in [-1, 1]
   (B, H, W, C), jitted once; None for pixel-space runs.
@@ -182,7 +171,7 @@ def decoder_for(config):
   scale and shift are those the latents were written with.
   """
   data = config.data
-  meta = latent_meta(data)
+  meta = latent_source.read_meta(data.latents) if data.get("latents") else None
   if meta is None and data.get("latent_downsample", 1) <= 1:
     return None
   vae_path = data.get("vae") or (meta or {}).get("vae")

@@ -130,15 +130,13 @@ def resolve_rules(rules: str | Sequence) -> tuple[tuple[str, Any], ...]:
                        "or a tuple of (logical axis, mesh axis or None) pairs")
     return RULE_PRESETS[rules]
   resolved = []
-  for pair in rules:
-    logical, target = pair
-    targets = (target,) if isinstance(target, str) or target is None else tuple(target)
-    unknown = [t for t in targets if t is not None and t not in MESH_AXES]
+  for logical, target in rules:
+    target = target if isinstance(target, str) or target is None else tuple(target)
+    unknown = [t for t in _spec_axes(target) if t is not None and t not in MESH_AXES]
     if unknown:
       raise ValueError(f"mesh.rules: ({logical!r}, {target!r}) names mesh axes {unknown}; the "
                        f"mesh axes are {MESH_AXES}")
-    resolved.append((logical, target if isinstance(target, str) or target is None
-                     else tuple(target)))
+    resolved.append((logical, target))
   return tuple(resolved)
 
 
@@ -153,10 +151,6 @@ def _path_str(path) -> str:
                   for k in path)
 
 
-def _used_mesh_axes(rules) -> set[str]:
-  return {a for _, target in rules for a in _spec_axes(target)}
-
-
 @dataclasses.dataclass(frozen=True)
 class ShardingPlan:
   """A mesh plus mesh-level logical rules: shardings for parameters, state and batches."""
@@ -168,7 +162,8 @@ class ShardingPlan:
     cfg = MeshConfig.from_config(mesh_config)
     mesh = make_mesh(cfg, devices)
     rules = resolve_rules(cfg.rules)
-    idle = [a for a in MESH_AXES if mesh.shape[a] > 1 and a not in _used_mesh_axes(rules)]
+    used = {a for _, target in rules for a in _spec_axes(target)}
+    idle = [a for a in MESH_AXES if mesh.shape[a] > 1 and a not in used]
     if idle:
       raise ValueError(f"mesh.{idle[0]}={mesh.shape[idle[0]]} but mesh.rules={cfg.rules!r} "
                        f"shards nothing over {idle[0]!r}: the devices would repeat the same "
@@ -264,11 +259,9 @@ def follow_params(tree, abstract_params, param_values, default):
   """Maps every leaf of `tree` (an optimizer state) to the value of the parameter whose path
   is a suffix of the leaf's path and whose shape matches (Adam's mu/nu per parameter); other
   leaves (counts, masked placeholders) get `default`."""
-  by_path = {}
   value_leaves = jax.tree.leaves(param_values, is_leaf=lambda x: isinstance(x, NamedSharding))
-  for (path, leaf), value in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-                                 value_leaves):
-    by_path[tuple(path)] = (leaf.shape, value)
+  by_path = {tuple(path): (leaf.shape, value) for (path, leaf), value in zip(
+      jax.tree_util.tree_flatten_with_path(abstract_params)[0], value_leaves)}
 
   def lookup(path, leaf):
     path = tuple(path)

@@ -10,8 +10,7 @@ def plot_flops(rows: list[dict], path: str):
   fig, (ax_patch, ax_params) = plt.subplots(1, 2, figsize=(11, 4.2))
   sizes = {}
   for row in rows:
-    size = row["model"].split("/")[0]
-    sizes.setdefault(size, []).append(row)
+    sizes.setdefault(row["model"].split("/")[0], []).append(row)
   for size, group in sizes.items():
     group = sorted(group, key=lambda r: r["patch_size"])
     patches = [r["patch_size"] for r in group]

@@ -78,11 +78,16 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     writer.writerows(body)
     return out.getvalue().rstrip("\n")
   if fmt == "markdown":
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+    return markdown_table(header, body)
   widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([line(header)] + [line(cells) for cells in body])
+
+
+def markdown_table(header, body) -> str:
+  """A markdown table: the `header` cells, then one row of cells per item of `body`."""
+  row = lambda cells: "| " + " | ".join(cells) + " |"
+  return "\n".join([row(header), "|" + "---|" * len(header), *map(row, body)])
 
 
 def format_scores(scores: dict, fmt: str) -> str:
@@ -94,7 +99,6 @@ def format_scores(scores: dict, fmt: str) -> str:
   if fmt == "csv":
     return ",".join(cells) + "\n" + ",".join(cells.values())
   if fmt == "markdown":
-    return ("| " + " | ".join(cells) + " |\n|" + "|".join("---" for _ in cells) + "|\n| "
-            + " | ".join(cells.values()) + " |")
+    return markdown_table(cells, [cells.values()])
   width = max(map(len, cells))
   return "\n".join(f"{k.ljust(width)}  {v}" for k, v in cells.items())

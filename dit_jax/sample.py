@@ -5,7 +5,6 @@ for ddpm/ddim); a model trained for another prediction is converted on the fly.
 """
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -69,28 +68,21 @@ class ImageSampler:
     cond = {"label": labels} if "label" in self.model.condition_spec else None
     return self.sample(params, cond, rng, cfg_scale, count=len(labels))
 
-  def grid_labels(self, per_class: int) -> np.ndarray:
-    """One row per class (a single row of `per_class` samples when unconditional)."""
-    classes = max(class_count(self.model), 1)
-    return np.repeat(np.arange(classes), per_class)
-
   def write_grid(self, params, rng, path, per_class: int = 8, cfg_scale=None, write=True,
                  rows_cond: dict | None = None):
     """Samples a grid and saves it as PNG when `write` (process 0): one row per class, or
     one row per entry of `rows_cond` (e.g. captions, from `grid_condition`)."""
-    if rows_cond is None:
-      samples = self(params, self.grid_labels(per_class), rng, cfg_scale)
+    if rows_cond is None:  # a single row when unconditional
       rows = max(class_count(self.model), 1)
+      samples = self(params, np.repeat(np.arange(rows), per_class), rng, cfg_scale)
     else:
       rows = len(next(iter(rows_cond.values())))
       cond = {key: np.repeat(np.asarray(value), per_class, axis=0)
               for key, value in rows_cond.items()}
       samples = self.sample(params, cond, rng, cfg_scale)
-    samples = images.to_uint8(samples)
-    if not write:
-      return
-    grid = images.make_grid(samples, rows=rows)
-    images.save_png(grid, path, upscale=max(1, 64 // samples.shape[1]))
+    if write:
+      grid = images.make_grid(images.to_uint8(samples), rows=rows)
+      images.save_png(grid, path, upscale=max(1, 64 // samples.shape[1]))
 
 
 def grid_condition(model, batch: dict, rows: int = 8) -> dict | None:
@@ -166,9 +158,7 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
         cfg_scale, progress)))
     drawn += len(chunk)
     if write:
-      tmp = chunk_file.with_suffix(".partial.npy")
-      np.save(tmp, chunk)
-      os.replace(tmp, chunk_file)  # a chunk file exists only when whole
+      images.save_npy_atomic(chunk_file, chunk)
   if write:
     images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
     shutil.rmtree(folder)

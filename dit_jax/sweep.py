@@ -104,12 +104,10 @@ def slug(name: str) -> str:
 
 def expand(sweep: Sweep, root) -> list[RunSpec]:
   """Every (named set x point of the axes) x seed, seeds innermost."""
-  named = sweep.runs or {"": {}}
-  fields = list(sweep.axes)
   specs, dirs = [], {}
-  for run_name, run_fields in named.items():
+  for run_name, run_fields in (sweep.runs or {"": {}}).items():
     for values in itertools.product(*sweep.axes.values()):
-      point = dict(zip(fields, values, strict=True))
+      point = dict(zip(sweep.axes, values, strict=True))
       name = " ".join([run_name] + [f"{f.split('.')[-1]}={_short(v)}" for f, v in point.items()])
       name = name.strip() or "base"
       if dirs.setdefault(slug(name), name) != name:
@@ -123,8 +121,7 @@ def expand(sweep: Sweep, root) -> list[RunSpec]:
 
 def run_config(base: ml_collections.ConfigDict, run: RunSpec) -> ml_collections.ConfigDict:
   config = set_fields(copy.deepcopy(base), run.fields, where=f"sweep run {run.name!r}:")
-  config.seed = run.seed
-  config.data.seed = run.seed
+  config.seed = config.data.seed = run.seed
   return config
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_jax.reports import markdown_table
 from dit_jax.sweep import RunSpec, Sweep, expand
 from dit_jax.training_log import read_history
 
@@ -119,28 +120,26 @@ def markdown(sweep: Sweep, rows: list[dict], infos: dict, missing: list) -> str:
       f"steps. Wall clock: mean per run, evaluations included; {_seconds(total)} in all.", ""]
   header = ["run", "Gflops", "params (M)", "train Tflops", "steps/s", "wall clock",
             *[_metric_name(m) for m in metrics]]
-  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  body = []
   for name in runs:
     if name not in final:
-      lines.append(f"| {name} | " + " | ".join(["not run"] * (len(header) - 1)) + " |")
+      body.append([name] + ["not run"] * (len(header) - 1))
       continue
     group = final[name]
     info = [infos[name, r["seed"]] for r in group]
-    cells = [f"{group[0]['gflops']:.4g}", f"{group[0]['params'] / 1e6:.3f}",
-             f"{np.mean([r['train_tflops'] for r in group]):.4g}",
-             f"{np.mean([i['steps_per_s'] for i in info]):.2f}",
-             _seconds(np.mean([i["seconds"] for i in info]))]
-    cells += [_cell([r.get(m) for r in group]) for m in metrics]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    body.append([name, f"{group[0]['gflops']:.4g}", f"{group[0]['params'] / 1e6:.3f}",
+                 f"{np.mean([r['train_tflops'] for r in group]):.4g}",
+                 f"{np.mean([i['steps_per_s'] for i in info]):.2f}",
+                 _seconds(np.mean([i["seconds"] for i in info])),
+                 *[_cell([r.get(m) for r in group]) for m in metrics]])
+  lines.append(markdown_table(header, body))
+  by_run = _by_run(rows)
   for metric in metrics:
     lines += ["", f"{_metric_name(metric)} over training (mean over seeds [interval]):", ""]
     steps = sorted({r["step"] for r in rows if metric in r})
-    lines += ["| run | " + " | ".join(f"step {s}" for s in steps) + " |",
-              "|---|" + "---|" * len(steps)]
-    by_run = _by_run(rows)
-    for name in runs:
-      at = {s: [r.get(metric) for r in by_run.get(name, []) if r["step"] == s] for s in steps}
-      lines.append(f"| {name} | " + " | ".join(_cell(at[s]) for s in steps) + " |")
+    lines.append(markdown_table(["run", *(f"step {s}" for s in steps)], [
+        [name, *(_cell([r.get(metric) for r in by_run.get(name, []) if r["step"] == s])
+                 for s in steps)] for name in runs]))
   if missing:
     lines += ["", f"Not finished ({len(missing)}): " + ", ".join(
         f"{r.name} seed {r.seed}" for r in missing) + "."]

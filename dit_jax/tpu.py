@@ -10,7 +10,6 @@ shapes: v5p-8 2x2x1, v5p-64 2x4x4, v5p-128 4x4x4; v5e-16 4x4, v5e-256 16x16.
 import dataclasses
 import math
 import os
-import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +56,7 @@ class Slice:
 
 
 def _shape(chips: int, dims: int) -> tuple[int, ...]:
-  if dims == 3:
-    shape = [2, 2, 1] if chips >= 4 else [1, 1, 1]
-  else:
-    shape = [2, 2] if chips >= 4 else [1, 1]
+  shape = [2, 2, 1][:dims] if chips >= 4 else [1] * dims
   while math.prod(shape) < chips:
     smallest = min(shape)
     last = max(i for i, s in enumerate(shape) if s == smallest)
@@ -77,22 +73,15 @@ def valid_names(kind: str) -> list[str]:
   return names
 
 
-def _unknown(name: str) -> ValueError:
-  examples = ", ".join(f"{v[0]} ... {v[-1]}" for v in map(valid_names, CHIPS))
-  return ValueError(f"--topology {name!r} is not a Cloud TPU slice: use <generation>-<size> with "
-                    f"a power-of-two size ({examples}; v4 and v5p sizes count TensorCores, two "
-                    "per chip; v5litepod-N is v5e-N)")
-
-
 def parse_slice(name: str) -> Slice:
-  match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v5lite|v6e|v6)-(\d+)", name.strip().lower())
-  if not match:
-    raise _unknown(name)
-  kind = ALIASES.get(match[1], match[1])
-  size = int(match[2])
-  if f"{kind}-{size}" not in valid_names(kind):
-    raise _unknown(name)
-  chips = size // CHIPS[kind].cores_per_chip
+  kind, _, size = name.strip().lower().partition("-")
+  kind = ALIASES.get(kind, kind)
+  if kind not in CHIPS or not size.isdecimal() or f"{kind}-{int(size)}" not in valid_names(kind):
+    examples = ", ".join(f"{v[0]} ... {v[-1]}" for v in map(valid_names, CHIPS))
+    raise ValueError(f"--topology {name!r} is not a Cloud TPU slice: use <generation>-<size> "
+                     f"with a power-of-two size ({examples}; v4 and v5p sizes count TensorCores, "
+                     "two per chip; v5litepod-N is v5e-N)")
+  chips = int(size) // CHIPS[kind].cores_per_chip
   return Slice(name, kind, chips, _shape(chips, CHIPS[kind].dims))
 
 

@@ -18,7 +18,7 @@ from dit_jax.config import model_input_shape
 from dit_jax.engine import (EMA, Preempted, TrainState, decay_mask,  # noqa: F401
                             make_optimizer, with_shardings)
 from dit_jax.models import contract, create_model, model_fn
-from dit_jax.sample import ImageSampler, grid_condition
+from dit_jax.sample import grid_condition
 from dit_jax.training_log import read_history
 
 
@@ -46,13 +46,11 @@ def create_train_state(model, optimizer, rng, image_shape, ema: EMA = EMA()) -> 
 
 
 def logical_param_specs(model, image_shape):
-  """PartitionSpecs of logical axis names for every parameter (shapes only, no memory)."""
   return engine.logical_param_specs(denoiser_task(model, None, image_shape))
 
 
 def state_shardings(model, optimizer, image_shape, plan: parallel.ShardingPlan,
                     ema: EMA = EMA()):
-  """(abstract TrainState, its NamedShardings under `plan`), computed without memory."""
   return engine.state_shardings(denoiser_task(model, None, image_shape), optimizer, plan, ema)
 
 
@@ -116,12 +114,9 @@ def initial_params(config, model):
   return params
 
 
-def sample_grid_hook(config, model, objective, image_shape, plan, workdir,
-                     rows_cond) -> engine.Periodic:
+def sample_grid_hook(run: evaluators.Run, workdir, rows_cond) -> engine.Periodic:
   """EMA samples, one row per class (or per caption), and the loss plot."""
-  from dit_jax import latents
-  sampler = ImageSampler(model, objective, config.sample, image_shape, plan,
-                         decode=latents.decoder_for(config))
+  config, sampler = run.config, run.sampler()
   is_main = jax.process_index() == 0
 
   def action(step, state):
@@ -162,11 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     first = next(data.make_iterator(dict(config.data.to_dict(), shuffle=False),
                                     process_index=0, process_count=1))
     rows_cond = grid_condition(model, first)
-  hooks = []
-  if config.train.sample_every > 0:
-    hooks.append(sample_grid_hook(config, model, objective, image_shape, plan, workdir,
-                                  rows_cond))
-  hooks += evaluators.hooks(evaluators.Run(config, model, objective, image_shape, plan))
+  evaluated = evaluators.Run(config, model, objective, image_shape, plan)
+  hooks = [sample_grid_hook(evaluated, workdir, rows_cond)] if config.train.sample_every else []
+  hooks += evaluators.hooks(evaluated)
   run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
                    on_start=on_start, initial_params=initial_params(config, model))
   return engine.run(denoiser_task(model, objective, image_shape), run)

@@ -21,8 +21,7 @@ class MetricsLog:
     self.images_per_step = images_per_step
     self.pending: list[tuple[int, dict]] = []
     self.history: list[dict] = read_history(self.workdir)
-    self.bar = None
-    self.writer = None
+    self.bar = self.writer = None
     if enabled:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
@@ -52,12 +51,9 @@ class MetricsLog:
     fetched = [{k: float(v) for k, v in m.items()}
                for m in jax.device_get([m for _, m in self.pending])]
     now = time.perf_counter()
-    elapsed = max(now - self.last_time, 1e-9)
-    row = {"step": step}
-    for key in fetched[0]:
-      if key != "finite":  # a guard flag, not a metric
-        row[key] = float(np.mean([m[key] for m in fetched]))
-    row["steps_per_s"] = (step - self.last_step) / elapsed
+    row = {"step": step, **{key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}}
+    row.pop("finite", None)  # a guard flag, not a metric
+    row["steps_per_s"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
     row["images_per_s"] = row["steps_per_s"] * self.images_per_step
     self.pending.clear()
     self.last_time, self.last_step = now, step

@@ -8,14 +8,13 @@ carries over. No perceptual or adversarial term: nothing to download.
 
 The run directory holds what `train` writes (checkpoints/, metrics.jsonl, tensorboard/,
 config.json) plus, at the end, `vae/` in dit_jax's own VAE folder format (`vae_files`: what
-`--vae` takes; `convert.vae.save_vae` writes the diffusers layout), `reconstructions.png` and `eval.json` (PSNR on the evaluation split). With
-vae_train.auto_scale the exported scaling_factor is 1 / std of the latents (the SD recipe).
+`--vae` takes; `convert.vae.save_vae` writes the diffusers layout), `reconstructions.png` and
+`eval.json` (PSNR on the evaluation split). With vae_train.auto_scale the exported
+scaling_factor is 1 / std of the latents (the SD recipe).
 """
-import functools
 import json
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,7 +51,7 @@ def vae_task(vae: AutoencoderKL, image_shape, *, reconstruction: str,
   def loss(params, batch, rng):
     return vae_loss(params, vae, batch["image"], rng, reconstruction=reconstruction,
                     kl_weight=kl_weight)
-  return engine.Task(init=init, loss=loss, batch_keys=("image",))
+  return engine.Task(init=init, loss=loss)
 
 
 def evaluate(vae, params, data_config, num_batches: int):

@@ -45,13 +45,13 @@ class WorkdirLock:
       return {}
 
   def _try_create(self) -> bool:
-    me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
       fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       return False
     with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
+      json.dump(dict(host=socket.gethostname(), pid=os.getpid(),
+                     started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
     return True
 
   def _acquire(self) -> str | None:

@@ -5,29 +5,21 @@ import dataclasses
 import math
 import sys
 
-import jax
-import numpy as np
 import pytest
 
+import aot_helpers
+from aot_helpers import BASE, LATENTS, run_cli, state_bytes
 from dit_jax import aot, cli, engine, hlo, parallel, tpu, train
-from dit_jax.config import base_config, model_section, validate
 from dit_jax.models import create_model
 
 pytest.importorskip("libtpu", reason="the TPU runtime (pip install -e '.[tpu]') compiles these")
 
+MESH = dict(dp=dict(data=-1, fsdp=1, tensor=1), fsdp=dict(data=1, fsdp=-1, tensor=1),
+            fsdp_tp=dict(data=1, fsdp=-1, tensor=2))
+
 
 def small_config(rules="fsdp", batch=32, **model):
-  config = base_config()
-  fields = dict(patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10,
-                dtype="bfloat16")
-  config.model = model_section("DiT", **{**fields, **model})
-  # 16x16x4 latents: enough activations that splitting the batch saves memory
-  config.data.update(image_size=128, latent_downsample=8, latent_channels=4, batch_size=batch)
-  sizes = dict(dp=dict(data=-1, fsdp=1, tensor=1), fsdp=dict(data=1, fsdp=-1, tensor=1),
-               fsdp_tp=dict(data=1, fsdp=-1, tensor=2))[rules]
-  config.mesh.update(rules=rules, **sizes)
-  config.sample.update(steps=4)
-  return validate(config)
+  return aot_helpers.small_config(rules, batch, MESH[rules], **model)
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +41,6 @@ def one_chip_reports(v5e_4, v4_8):
           for name, t in (("v5e_4", v5e_4), ("v4_8", v4_8))}
 
 
-def sharded_state_bytes(config, target) -> int:
-  """Bytes of the train state on one chip, from shapes and the plan's PartitionSpecs."""
-  model = create_model(config.model)
-  plan = parallel.ShardingPlan.create(config.mesh, devices=target.devices)
-  task = train.denoiser_task(model, None, (16, 16, 4))
-  s = engine.setup(task, config, plan)
-  sizes = dict(plan.mesh.shape)
-  total = 0
-  for leaf, sharding in zip(jax.tree.leaves(s.abstract), jax.tree.leaves(
-      s.shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))):
-    block = parallel.shard_shape(leaf.shape, sharding.spec, sizes)
-    total += math.prod(block) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
 def kinds(report) -> set[str]:
   return {c["kind"] for c in report.collectives}
 
@@ -76,7 +53,7 @@ def test_train_step_memory_and_collectives(request, one_chip_reports, topology, 
   compiled, report = aot.compile_step(config, target)
   assert report.chips == 4 and report.compiler_topology in ("v5e:2x2", "v4:2x2x1")
   # Memory per chip: at least the sharded state, at most the same step on one chip.
-  assert report.memory["total"] >= sharded_state_bytes(config, target)
+  assert report.memory["total"] >= state_bytes(config, target)
   single = one_chip_reports[topology]
   assert single.chips == 1 and not single.collectives
   assert report.memory["total"] <= single.memory["total"]
@@ -105,7 +82,7 @@ def test_sample_step(request, topology, rules):
   # The EMA parameters are an argument: at least their sharded bytes on every chip.
   model = create_model(config.model)
   plan = parallel.ShardingPlan.create(config.mesh, devices=target.devices)
-  params = engine.abstract_params(train.denoiser_task(model, None, (16, 16, 4)), plan)
+  params = engine.abstract_params(train.denoiser_task(model, None, LATENTS), plan)
   assert report.memory["arguments"] >= aot._per_chip_bytes(params)
   # heun: 2 evaluations a step, guidance doubles them: 4 steps -> 16 forwards of 8 samples.
   macs = sum(model.forward_flops(16, 16, 4).values())
@@ -244,16 +221,6 @@ def test_unknown_slice_lists_valid_ones(name):
 
 
 # -- the command ------------------------------------------------------------------------------
-
-BASE = ["aot", "--config", "configs/dit.py:DiT-S/8", "--config.model.depth=2",
-        "--config.model.hidden_size=64", "--config.model.num_heads=4"]
-
-
-def run_cli(argv, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(argv)
-  return exit_info.value.code, capsys.readouterr()
-
 
 def test_cli_without_libtpu_says_how_to_install_it(capsys, monkeypatch):
   monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` now fails

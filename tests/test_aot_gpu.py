@@ -3,42 +3,27 @@ description): the real train step of a small DiT, its memory against a count fro
 shardings, its collectives, and the GPU names and errors."""
 import math
 
-import jax
-import numpy as np
 import pytest
 
-from dit_jax import aot, cli, engine, gpu, parallel, train
-from dit_jax.config import base_config, model_section, validate
-from dit_jax.models import create_model
+import aot_helpers
+from aot_helpers import BASE, LATENTS, run_cli, state_bytes
+from dit_jax import aot, cli, gpu, parallel
 
 pytest.importorskip("jax_plugins.xla_cuda12",
                     reason="JAX's CUDA plugin (pip install -e '.[aot]') compiles these")
 
 
 def small_config(rules="dp", batch=8, **mesh):
-  config = base_config()
-  config.model = model_section("DiT", patch_size=2, hidden_size=64, depth=2, num_heads=4,
-                               num_classes=10, dtype="bfloat16", attention_backend="xla")
-  config.data.update(image_size=128, latent_downsample=8, latent_channels=4, batch_size=batch)
-  config.mesh.update(rules=rules, **mesh)
-  return validate(config)
+  return aot_helpers.small_config(rules, batch, mesh, attention_backend="xla")
 
 
 def per_device_bytes(config, target, batch: int) -> int:
   """Bytes of the train state and batch on one device, from shapes and PartitionSpecs."""
-  plan = parallel.ShardingPlan.create(config.mesh, devices=target.devices)
-  task = train.denoiser_task(create_model(config.model), None, (16, 16, 4))
-  s = engine.setup(task, config, plan)
-  sizes = dict(plan.mesh.shape)
-  total = 0
-  for leaf, sharding in zip(jax.tree.leaves(s.abstract), jax.tree.leaves(
-      s.shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))):
-    total += math.prod(parallel.shard_shape(leaf.shape, sharding.spec, sizes)) \
-        * np.dtype(leaf.dtype).itemsize
-  batch_devices = sizes["data"] * sizes["fsdp"]
-  images = batch // batch_devices * 16 * 16 * 4 * 4  # float32 latents
-  labels = batch // batch_devices * 4                 # int32
-  return total + images + labels
+  sizes = parallel.ShardingPlan.create(config.mesh, devices=target.devices).mesh.shape
+  per_device = batch // (sizes["data"] * sizes["fsdp"])
+  images = per_device * math.prod(LATENTS) * 4  # float32 latents
+  labels = per_device * 4                       # int32
+  return state_bytes(config, target) + images + labels
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +76,17 @@ def test_four_gpus_data_parallel_and_fsdp(four_h100):
 def test_gpu_host_names(name, kind, gpus):
   host = gpu.parse_host(name)
   assert (host.kind, host.gpus, host.topology_name) == (kind, gpus, f"1x1x{gpus}")
-  assert gpu.is_gpu_name(name) and not gpu.is_gpu_name("v5e-16")
+  with pytest.raises(ValueError, match="not a GPU host"):
+    gpu.parse_host("v5e-16")
 
 
 @pytest.mark.parametrize("name", ["3xh100", "16xh100", "a100", "h300"])
 def test_unknown_gpu_host_lists_valid_ones(name):
-  assert gpu.is_gpu_name(name)
   with pytest.raises(ValueError, match=r"N in \(1, 2, 4, 8\).*\('h100', 'h200'\)"):
     gpu.parse_host(name)
+  # A target that is neither: the error names both kinds of valid names.
+  with pytest.raises(ValueError, match=r"(?s)v5e-1 \.\.\. v5e-256.*\('h100', 'h200'\)"):
+    aot.Target.create(name)
 
 
 def test_target_config_carries_the_gpus_figures():
@@ -109,16 +97,6 @@ def test_target_config_carries_the_gpus_figures():
 
 
 # -- the command ------------------------------------------------------------------------------
-
-BASE = ["aot", "--config", "configs/dit.py:DiT-S/8", "--config.model.depth=2",
-        "--config.model.hidden_size=64", "--config.model.num_heads=4"]
-
-
-def run_cli(argv, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(argv)
-  return exit_info.value.code, capsys.readouterr()
-
 
 def test_cli_gpu_hosts_are_one_host(capsys):
   status, out = run_cli(BASE + ["--topology", "8xh100", "--num-slices", "2"], capsys)

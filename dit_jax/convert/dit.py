@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.convert.io import load_tensors, save_tensors
+from dit_jax.convert.io import load_tensors, refuse_mismatch, save_tensors
 from dit_jax.models.dit import PRESETS, SIZES, DiT, preset
 from dit_jax.nn.posenc import sincos_2d
 
@@ -49,47 +49,32 @@ def expected_shapes(info: dict) -> dict[str, tuple[int, ...]]:
   F = int(D * info["mlp_ratio"])
   out_channels = 2 * C if info["learn_sigma"] else C
   grid = info["input_size"] // p
-  shapes = {
-      "pos_embed": (1, grid * grid, D),
-      "x_embedder.proj.weight": (D, C, p, p), "x_embedder.proj.bias": (D,),
-      "t_embedder.mlp.0.weight": (D, FREQUENCY_DIM), "t_embedder.mlp.0.bias": (D,),
-      "t_embedder.mlp.2.weight": (D, D), "t_embedder.mlp.2.bias": (D,),
-      "final_layer.linear.weight": (p * p * out_channels, D),
-      "final_layer.linear.bias": (p * p * out_channels,),
-      "final_layer.adaLN_modulation.1.weight": (2 * D, D),
-      "final_layer.adaLN_modulation.1.bias": (2 * D,),
-  }
+  linears = {"t_embedder.mlp.0": (D, FREQUENCY_DIM), "t_embedder.mlp.2": (D, D),
+             "final_layer.linear": (p * p * out_channels, D),
+             "final_layer.adaLN_modulation.1": (2 * D, D)}
+  for i in range(info["depth"]):
+    linears.update({f"blocks.{i}.attn.qkv": (3 * D, D), f"blocks.{i}.attn.proj": (D, D),
+                    f"blocks.{i}.mlp.fc1": (F, D), f"blocks.{i}.mlp.fc2": (D, F),
+                    f"blocks.{i}.adaLN_modulation.1": (6 * D, D)})
+  shapes = {"pos_embed": (1, grid * grid, D), "x_embedder.proj.weight": (D, C, p, p),
+            "x_embedder.proj.bias": (D,)}
   if info["num_classes"]:
     shapes["y_embedder.embedding_table.weight"] = (info["num_classes"] + 1, D)
-  for i in range(info["depth"]):
-    shapes.update({
-        f"blocks.{i}.attn.qkv.weight": (3 * D, D), f"blocks.{i}.attn.qkv.bias": (3 * D,),
-        f"blocks.{i}.attn.proj.weight": (D, D), f"blocks.{i}.attn.proj.bias": (D,),
-        f"blocks.{i}.mlp.fc1.weight": (F, D), f"blocks.{i}.mlp.fc1.bias": (F,),
-        f"blocks.{i}.mlp.fc2.weight": (D, F), f"blocks.{i}.mlp.fc2.bias": (D,),
-        f"blocks.{i}.adaLN_modulation.1.weight": (6 * D, D),
-        f"blocks.{i}.adaLN_modulation.1.bias": (6 * D,),
-    })
+  for name, (out, inp) in linears.items():  # torch Linear: weight (out, in), bias (out,)
+    shapes.update({f"{name}.weight": (out, inp), f"{name}.bias": (out,)})
   return shapes
 
 
 def check_state(state: dict, info: dict):
   """Raises one ValueError listing every missing key, unexpected key and shape mismatch."""
   expected = expected_shapes(info)
-  missing = sorted(set(expected) - set(state))
-  unexpected = sorted(set(state) - set(expected))
   wrong = [f"{k}: file {tuple(state[k].shape)}, expected {expected[k]}"
            for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != expected[k]]
-  if missing or unexpected or wrong:
-    lines = [f"checkpoint does not match DiT {describe(info)}:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", wrong)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
-    lines.append("  (is it a facebookresearch/DiT state dict? pass model='DiT-XL/2' etc. if the "
-                 "size cannot be inferred)")
-    raise ValueError("\n".join(lines))
+  refuse_mismatch(f"checkpoint does not match DiT {describe(info)}:", {
+      "missing keys": sorted(set(expected) - set(state)),
+      "unexpected keys": sorted(set(state) - set(expected)), "shape mismatches": wrong},
+      "  (is it a facebookresearch/DiT state dict? pass model='DiT-XL/2' etc. if the size "
+      "cannot be inferred)")
 
 
 def describe(info: dict) -> str:
@@ -173,29 +158,33 @@ def make_model(info: dict, **overrides) -> DiT:
 # Tensor layouts. These use only array methods so that jax.eval_shape can run them on shapes.
 
 
-def _linear(w, b, in_shape=None, out_shape=None):
-  """torch Linear (out, in) -> {'kernel': (*in_shape, *out_shape), 'bias': out_shape}."""
+def _linear(state, name, in_shape=None, out_shape=None):
+  """The torch Linear `name` (weight (out, in)) of a state dict -> {'kernel': (*in_shape,
+  *out_shape), 'bias': out_shape}."""
+  w, b = state[f"{name}.weight"], state[f"{name}.bias"]
   out_features, in_features = w.shape
   in_shape = in_shape or (in_features,)
   out_shape = out_shape or (out_features,)
   return {"kernel": w.T.reshape(*in_shape, *out_shape), "bias": b.reshape(*out_shape)}
 
 
-def _torch_linear(layer):
-  """Inverse of `_linear` (the kernel's leading dims are the input features)."""
+def _torch_linear(state, name, layer):
+  """Inverse of `_linear`: sets `name`'s weight and bias in `state` (the kernel's leading dims
+  are the input features)."""
   kernel, bias = layer["kernel"], layer["bias"]
   out_features = int(np.prod(bias.shape))
-  return kernel.reshape(-1, out_features).T, bias.reshape(out_features)
+  state[f"{name}.weight"] = kernel.reshape(-1, out_features).T
+  state[f"{name}.bias"] = bias.reshape(out_features)
 
 
 def _block_to_params(state, i, D, N):
-  g = lambda name: (state[f"blocks.{i}.{name}.weight"], state[f"blocks.{i}.{name}.bias"])
+  linear = lambda name, **shapes: _linear(state, f"blocks.{i}.{name}", **shapes)
   H = D // N
   return {
-      "adaLN": {"linear": _linear(*g("adaLN_modulation.1"), out_shape=(6, D))},
-      "attn": {"qkv": _linear(*g("attn.qkv"), out_shape=(3, N, H)),
-               "out": _linear(*g("attn.proj"), in_shape=(N, H))},
-      "mlp": {"fc1": _linear(*g("mlp.fc1")), "fc2": _linear(*g("mlp.fc2"))},
+      "adaLN": {"linear": linear("adaLN_modulation.1", out_shape=(6, D))},
+      "attn": {"qkv": linear("attn.qkv", out_shape=(3, N, H)),
+               "out": linear("attn.proj", in_shape=(N, H))},
+      "mlp": {"fc1": linear("mlp.fc1"), "fc2": linear("mlp.fc2")},
   }
 
 
@@ -206,13 +195,10 @@ def state_to_params(state: dict, info: dict, scan_layers: bool = False) -> dict:
   params = {
       "x_embedder": {"kernel": conv.transpose(2, 3, 1, 0).reshape(p * p * C, D),
                      "bias": state["x_embedder.proj.bias"]},
-      "t_embedder": {f"mlp_{j}": _linear(state[f"t_embedder.mlp.{j}.weight"],
-                                         state[f"t_embedder.mlp.{j}.bias"]) for j in (0, 2)},
+      "t_embedder": {f"mlp_{j}": _linear(state, f"t_embedder.mlp.{j}") for j in (0, 2)},
       "final_layer": {
-          "adaLN": {"linear": _linear(state["final_layer.adaLN_modulation.1.weight"],
-                                      state["final_layer.adaLN_modulation.1.bias"],
-                                      out_shape=(2, D))},
-          "linear": _linear(state["final_layer.linear.weight"], state["final_layer.linear.bias"]),
+          "adaLN": {"linear": _linear(state, "final_layer.adaLN_modulation.1", out_shape=(2, D))},
+          "linear": _linear(state, "final_layer.linear"),
       },
   }
   if info["num_classes"]:
@@ -237,15 +223,11 @@ def params_to_state(params: dict, info: dict) -> dict:
       "x_embedder.proj.bias": params["x_embedder"]["bias"],
   }
   for j in (0, 2):
-    state[f"t_embedder.mlp.{j}.weight"], state[f"t_embedder.mlp.{j}.bias"] = _torch_linear(
-        params["t_embedder"][f"mlp_{j}"])
+    _torch_linear(state, f"t_embedder.mlp.{j}", params["t_embedder"][f"mlp_{j}"])
   if info["num_classes"]:
     state["y_embedder.embedding_table.weight"] = params["y_embedder"]["embedding"]
-  final = params["final_layer"]
-  state["final_layer.linear.weight"], state["final_layer.linear.bias"] = _torch_linear(
-      final["linear"])
-  (state["final_layer.adaLN_modulation.1.weight"],
-   state["final_layer.adaLN_modulation.1.bias"]) = _torch_linear(final["adaLN"]["linear"])
+  _torch_linear(state, "final_layer.linear", params["final_layer"]["linear"])
+  _torch_linear(state, "final_layer.adaLN_modulation.1", params["final_layer"]["adaLN"]["linear"])
   for i in range(info["depth"]):
     block = (jax.tree.map(lambda x, i=i: x[i], params["blocks"]) if "blocks" in params
              else params[f"blocks_{i}"])
@@ -253,7 +235,7 @@ def params_to_state(params: dict, info: dict) -> dict:
               "mlp.fc1": block["mlp"]["fc1"], "mlp.fc2": block["mlp"]["fc2"],
               "adaLN_modulation.1": block["adaLN"]["linear"]}
     for name, layer in layers.items():
-      state[f"blocks.{i}.{name}.weight"], state[f"blocks.{i}.{name}.bias"] = _torch_linear(layer)
+      _torch_linear(state, f"blocks.{i}.{name}", layer)
   return state
 
 
@@ -293,16 +275,11 @@ def export_state(params: dict, info: dict) -> dict[str, np.ndarray]:
 # Converted checkpoint directories.
 
 
-def _flatten(params: dict) -> dict[str, np.ndarray]:
-  flat = flax.traverse_util.flatten_dict(flax.linen.unbox(params), sep="/")
-  return {k: np.asarray(v) for k, v in flat.items()}
-
-
 def save_converted(out_dir: str | Path, params: dict, info: dict):
   """Writes params.npz and dit.json to out_dir."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  save_tensors(out_dir / PARAMS_FILE, _flatten(params))
+  out_dir = Path(out_dir)  # created by save_tensors
+  save_tensors(out_dir / PARAMS_FILE,
+               flax.traverse_util.flatten_dict(flax.linen.unbox(params), sep="/"))
   (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 

@@ -4,13 +4,15 @@ Everything comes back as numpy arrays in the file's own layout; converters rearr
 PyTorch is optional: a .pt file is read with torch when it is installed (weights only, no
 pickled code), otherwise the error says how to make a .safetensors or .npz instead. Nothing
 here ever unpickles: an .npz holding Python objects is refused. A file that is empty, damaged
-or of another format gives a ValueError naming the file and what is wrong.
+or of another format gives a ValueError naming the file and what is wrong. `flat_paths` and
+`refuse_mismatch` serve the converters, which map such files onto parameter trees.
 """
 import pickle
 import zipfile
 import zlib
 from pathlib import Path
 
+import jax
 import numpy as np
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth", ".bin")
@@ -110,3 +112,19 @@ def save_tensors(path: str | Path, tensors: dict[str, np.ndarray]):
     np.savez(path, **arrays)
   else:
     raise ValueError(f"{path}: can only write .safetensors or .npz, got {suffix!r}")
+
+
+def flat_paths(tree) -> dict[tuple[str, ...], object]:
+  """{('a', 'b', 'kernel'): leaf} of a parameter tree (of dicts)."""
+  return {tuple(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def refuse_mismatch(header: str, problems: dict[str, list[str]], footer: str | None = None,
+                    limit: int = 20):
+  """Raises one ValueError listing every kind of problem at once: `header`, then for each
+  non-empty list of `problems` ({title: items}) its title, count and first `limit` items,
+  then `footer`. Returns when every list is empty."""
+  lines = [f"  {title} ({len(items)}): " + "; ".join(items[:limit])
+           + ("; ..." if len(items) > limit else "") for title, items in problems.items() if items]
+  if lines:
+    raise ValueError("\n".join([header, *lines, *([footer] if footer else [])]))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dit_jax.convert.io import load_tensors, save_tensors
+from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch, save_tensors
 from dit_jax.models.vae import AutoencoderKL
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -56,14 +56,10 @@ def from_diffusers_array(leaf: str, value: np.ndarray, ndim: int) -> np.ndarray:
   return value
 
 
-def _flat(tree) -> dict[tuple[str, ...], object]:
-  return {tuple(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def export_params(params) -> dict[str, np.ndarray]:
   """Flax VAE params -> {diffusers key: array in diffusers layout}."""
   return {flax_path_to_key(path): to_diffusers_array(path[-1], value)
-          for path, value in _flat(nn.unbox(params)).items()}
+          for path, value in flat_paths(nn.unbox(params)).items()}
 
 
 def abstract_params(vae: AutoencoderKL, image_size: int | None = None):
@@ -76,7 +72,7 @@ def abstract_params(vae: AutoencoderKL, image_size: int | None = None):
 def diffusers_shapes(vae: AutoencoderKL) -> dict[str, tuple[int, ...]]:
   """{diffusers key: PyTorch-layout shape} that `vae` expects."""
   return {flax_path_to_key(path): _torch_shape(path[-1], value.shape)
-          for path, value in _flat(abstract_params(vae)).items()}
+          for path, value in flat_paths(abstract_params(vae)).items()}
 
 
 def _torch_shape(leaf: str, shape) -> tuple[int, ...]:
@@ -95,10 +91,8 @@ def import_params(state_dict: dict[str, np.ndarray], vae: AutoencoderKL, dtype=N
   Raises ValueError listing every missing key, unexpected key and shape mismatch at once.
   """
   state = {_normalise_key(k): np.asarray(v) for k, v in state_dict.items()}
-  expected = _flat(abstract_params(vae))
+  expected = flat_paths(abstract_params(vae))
   keys = {flax_path_to_key(path): path for path in expected}
-  missing = sorted(set(keys) - set(state))
-  unexpected = sorted(set(state) - set(keys))
   converted, mismatched = {}, []
   for key in sorted(set(keys) & set(state)):
     path = keys[key]
@@ -109,16 +103,11 @@ def import_params(state_dict: dict[str, np.ndarray], vae: AutoencoderKL, dtype=N
       mismatched.append(f"{key}: file {state[key].shape}, model {theirs}")
       continue
     converted[path] = value.astype(dtype or want.dtype)
-  if missing or unexpected or mismatched:
-    lines = [f"VAE weights do not match the architecture {arch_summary(vae)}:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", mismatched)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
-    lines.append("  check the VAE config (config.json: block_out_channels, layers_per_block, "
-                 "latent_channels, use_quant_conv) against the weight file")
-    raise ValueError("\n".join(lines))
+  refuse_mismatch(f"VAE weights do not match the architecture {arch_summary(vae)}:", {
+      "missing": sorted(set(keys) - set(state)), "unexpected": sorted(set(state) - set(keys)),
+      "shape mismatch": mismatched},
+      "  check the VAE config (config.json: block_out_channels, layers_per_block, "
+      "latent_channels, use_quant_conv) against the weight file")
   return traverse_util.unflatten_dict({path: jnp.asarray(v) for path, v in converted.items()})
 
 
@@ -200,8 +189,7 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
 
 def save_vae(path: str | Path, vae: AutoencoderKL, params):
   """Writes config.json + diffusion_pytorch_model.safetensors (float32) to folder `path`."""
-  folder = Path(path)
-  folder.mkdir(parents=True, exist_ok=True)
+  folder = Path(path)  # created by save_tensors
   tensors = {k: np.asarray(v, np.float32) for k, v in export_params(params).items()}
   save_tensors(folder / WEIGHTS, tensors)
   (folder / "config.json").write_text(json.dumps(diffusers_config(vae), indent=2))

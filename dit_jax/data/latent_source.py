@@ -15,7 +15,6 @@ Example i of the data set is source example i // 2, horizontally flipped when i 
 the set was written with flips; source example i otherwise.
 """
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +84,8 @@ def sample_latent(example: dict, rng: np.random.Generator, *, scaling_factor: fl
 def check_data_config(data_config, meta: dict):
   """The config's latent_downsample / latent_channels / image_size must describe the latents
   on disk (they set the model's input shape before any data is read)."""
-  get = data_config.get if isinstance(data_config, Mapping) or hasattr(data_config, "get") \
-      else (lambda key, default=None: getattr(data_config, key, default))
+  get = data_config.get if hasattr(data_config, "get") else (
+      lambda key, default=None: getattr(data_config, key, default))
   h, w, c = meta["latent_shape"]
   want = dict(latent_channels=c, latent_downsample=meta["downsample"],
               image_size=meta["image_size"])

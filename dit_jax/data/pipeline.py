@@ -45,6 +45,14 @@ def crop_resize(image_HWC: np.ndarray, size: int) -> np.ndarray:
   return resized[0] if c == 3 else np.stack(resized, axis=-1)
 
 
+def _sized(image: np.ndarray, image_size: int | None) -> np.ndarray:
+  """A stored image as (H, W, C), centre-cropped and resized to image_size when set."""
+  image = image[..., None] if image.ndim == 2 else image
+  if image_size and image.shape[:2] != (image_size, image_size):
+    image = crop_resize(image, image_size)
+  return image
+
+
 def numeric_fields(features) -> dict:
   """{name: dtype tree} of the top-level features besides image/label whose every tensor is
   numeric with a fixed shape: those batch by stacking; text and ragged fields (captions, file
@@ -65,11 +73,7 @@ def preprocess(example: dict, *, image_size: int | None, keep: dict, text=None) 
   image = np.asarray(example["image"])
   if image.dtype != np.uint8:
     raise ValueError(f"expected uint8 images, got {image.dtype}: only 8-bit images are supported")
-  if image.ndim == 2:
-    image = image[..., None]
-  if image_size and image.shape[:2] != (image_size, image_size):
-    image = crop_resize(image, image_size)
-  out = {"image": image.astype(np.float32) / 127.5 - 1.0}
+  out = {"image": _sized(image, image_size).astype(np.float32) / 127.5 - 1.0}
   if "label" in example:
     out["label"] = np.asarray(example["label"], np.int32)
   for key, dtype in keep.items():  # TFDS returns scalars as Python ints: restore the dtype
@@ -163,11 +167,7 @@ def read_images(name: str, split: str, data_dir: str | None = None,
   images, labels = [], []
   for i in range(count):
     example = source[i]
-    image = np.asarray(example["image"])
-    image = image[..., None] if image.ndim == 2 else image
-    if image_size and image.shape[:2] != (image_size, image_size):
-      image = crop_resize(image, image_size)
-    images.append(image)
+    images.append(_sized(np.asarray(example["image"]), image_size))
     if "label" in example:
       labels.append(int(example["label"]))
   if not images:

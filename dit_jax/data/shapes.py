@@ -30,6 +30,7 @@ POSITIONS = (("at the top left", "at the top", "at the top right"),
              ("on the left", "in the centre", "on the right"),
              ("at the bottom left", "at the bottom", "at the bottom right"))
 SPLIT_IDS = {"train": 0, "test": 1}
+OBJECT_FIELDS = ("shape", "colour", "row", "col")  # per-object ints; `bbox` adds 4 per object
 
 
 def class_names() -> list[str]:
@@ -106,7 +107,7 @@ def caption(objects: list[dict]) -> str:
 
 def object_arrays(objects: list[dict], max_objects: int) -> dict[str, np.ndarray]:
   """Per-object fields as fixed-size int32 arrays padded with -1, so examples batch."""
-  out = {k: np.full((max_objects,), -1, np.int32) for k in ("shape", "colour", "row", "col")}
+  out = {k: np.full((max_objects,), -1, np.int32) for k in OBJECT_FIELDS}
   out["bbox"] = np.full((max_objects, 4), -1, np.int32)
   for i, obj in enumerate(objects):
     for k in out:
@@ -160,12 +161,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         "caption": tfds.features.Text(),
         "num_objects": np.int32,
         "objects": tfds.features.FeaturesDict({
-            "shape": tfds.features.Tensor(shape=(k,), dtype=np.int32),
-            "colour": tfds.features.Tensor(shape=(k,), dtype=np.int32),
-            "row": tfds.features.Tensor(shape=(k,), dtype=np.int32),
-            "col": tfds.features.Tensor(shape=(k,), dtype=np.int32),
-            "bbox": tfds.features.Tensor(shape=(k, 4), dtype=np.int32),
-        }),
+            name: tfds.features.Tensor(shape=(k, 4) if name == "bbox" else (k,), dtype=np.int32)
+            for name in (*OBJECT_FIELDS, "bbox")}),
     }
     if k == 1:
       features["label"] = tfds.features.ClassLabel(names=class_names())

@@ -57,11 +57,8 @@ def _pad(ids: list[int], length: int, text: str) -> tuple[np.ndarray, np.ndarray
 
 def shapes_vocabulary() -> list[str]:
   """Every word a `shapes` caption can use."""
-  words = ["a", "and", *COLOUR_NAMES, *SHAPES]
-  for row in POSITIONS:
-    for phrase in row:
-      words += phrase.split()
-  return words
+  return ["a", "and", *COLOUR_NAMES, *SHAPES,
+          *(word for row in POSITIONS for phrase in row for word in phrase.split())]
 
 
 TOKENIZERS = ("words:shapes", "bytes")

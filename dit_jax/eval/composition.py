@@ -30,10 +30,8 @@ def split_objects(config: shapes.ShapesConfig, split: str, count: int) -> dict[s
   colour, row, col; padded with -1) that `check_images` reads."""
   examples = [shapes.example_objects(config, split, i) for i in range(count)]
   arrays = [shapes.object_arrays(objects, config.max_objects) for objects in examples]
-  out = {"captions": np.array([shapes.caption(objects) for objects in examples])}
-  for key in OBJECT_KEYS:
-    out[key] = np.stack([a[key] for a in arrays])
-  return out
+  return {"captions": np.array([shapes.caption(objects) for objects in examples]),
+          **{key: np.stack([a[key] for a in arrays]) for key in OBJECT_KEYS}}
 
 
 def classify_cell(cell_HW3: np.ndarray, palette: np.ndarray, min_pixels: int = 4):

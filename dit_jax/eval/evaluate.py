@@ -1,4 +1,4 @@
-"""Scoring samples against a reference: reference files, `evaluate`, and the training hook.
+"""Scoring samples against a reference: `feature_net(spec)`, reference files and `evaluate`.
 
 A reference is what the metrics need of the real images, in one feature net: the Gaussian
 statistics (pool and, for Inception, spatial) and the pool features themselves (precision and
@@ -12,10 +12,8 @@ recall). It is read from
   - any `.npz` of uint8 images in `arr_0` (a `dit-jax sample` output).
 """
 import dataclasses
-import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from dit_jax.eval import metrics

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dit_jax.convert.io import load_tensors
+from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch
 
 Dtype = jnp.dtype
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
@@ -85,6 +85,13 @@ def _max_pool_3x3(x, stride: int = 1):
   return nn.max_pool(x, (3, 3), (stride, stride), padding)
 
 
+def _convs(dtype, x, *layers):
+  """x through BasicConvs in sequence, each layer (name, features[, kernel, stride, padding])."""
+  for name, *args in layers:
+    x = BasicConv(*args, dtype=dtype, name=name)(x)
+  return x
+
+
 class InceptionA(nn.Module):
   """Mixed_5b-5d: 1x1 | 1x1, 5x5 | 1x1, 3x3, 3x3 | avg pool, 1x1."""
   pool_features: int
@@ -92,15 +99,13 @@ class InceptionA(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv, dtype=self.dtype)
-    b1 = conv(64, name="branch1x1")(x)
-    b5 = conv(48, name="branch5x5_1")(x)
-    b5 = conv(64, (5, 5), name="branch5x5_2")(b5)
-    b3 = conv(64, name="branch3x3dbl_1")(x)
-    b3 = conv(96, (3, 3), name="branch3x3dbl_2")(b3)
-    b3 = conv(96, (3, 3), name="branch3x3dbl_3")(b3)
-    bp = conv(self.pool_features, name="branch_pool")(_avg_pool_3x3(x))
-    return jnp.concatenate([b1, b5, b3, bp], -1)
+    convs = functools.partial(_convs, self.dtype)
+    return jnp.concatenate([
+        convs(x, ("branch1x1", 64)),
+        convs(x, ("branch5x5_1", 48), ("branch5x5_2", 64, (5, 5))),
+        convs(x, ("branch3x3dbl_1", 64), ("branch3x3dbl_2", 96, (3, 3)),
+              ("branch3x3dbl_3", 96, (3, 3))),
+        convs(_avg_pool_3x3(x), ("branch_pool", self.pool_features))], -1)
 
 
 class InceptionB(nn.Module):
@@ -109,12 +114,12 @@ class InceptionB(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv, dtype=self.dtype)
-    b3 = conv(384, (3, 3), 2, "VALID", name="branch3x3")(x)
-    bd = conv(64, name="branch3x3dbl_1")(x)
-    bd = conv(96, (3, 3), name="branch3x3dbl_2")(bd)
-    bd = conv(96, (3, 3), 2, "VALID", name="branch3x3dbl_3")(bd)
-    return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2)], -1)
+    convs = functools.partial(_convs, self.dtype)
+    return jnp.concatenate([
+        convs(x, ("branch3x3", 384, (3, 3), 2, "VALID")),
+        convs(x, ("branch3x3dbl_1", 64), ("branch3x3dbl_2", 96, (3, 3)),
+              ("branch3x3dbl_3", 96, (3, 3), 2, "VALID")),
+        _max_pool_3x3(x, 2)], -1)
 
 
 class InceptionC(nn.Module):
@@ -124,18 +129,15 @@ class InceptionC(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv, dtype=self.dtype)
+    convs = functools.partial(_convs, self.dtype)
     c7 = self.channels_7x7
-    b1 = conv(192, name="branch1x1")(x)
-    b7 = conv(c7, name="branch7x7_1")(x)
-    b7 = conv(c7, (1, 7), name="branch7x7_2")(b7)
-    b7 = conv(192, (7, 1), name="branch7x7_3")(b7)
-    bd = conv(c7, name="branch7x7dbl_1")(x)
-    for i, (kernel, features) in enumerate(
-        [((7, 1), c7), ((1, 7), c7), ((7, 1), c7), ((1, 7), 192)], start=2):
-      bd = conv(features, kernel, name=f"branch7x7dbl_{i}")(bd)
-    bp = conv(192, name="branch_pool")(_avg_pool_3x3(x))
-    return jnp.concatenate([b1, b7, bd, bp], -1)
+    return jnp.concatenate([
+        convs(x, ("branch1x1", 192)),
+        convs(x, ("branch7x7_1", c7), ("branch7x7_2", c7, (1, 7)), ("branch7x7_3", 192, (7, 1))),
+        convs(x, ("branch7x7dbl_1", c7), ("branch7x7dbl_2", c7, (7, 1)),
+              ("branch7x7dbl_3", c7, (1, 7)), ("branch7x7dbl_4", c7, (7, 1)),
+              ("branch7x7dbl_5", 192, (1, 7))),
+        convs(_avg_pool_3x3(x), ("branch_pool", 192))], -1)
 
 
 class InceptionD(nn.Module):
@@ -144,14 +146,12 @@ class InceptionD(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv, dtype=self.dtype)
-    b3 = conv(192, name="branch3x3_1")(x)
-    b3 = conv(320, (3, 3), 2, "VALID", name="branch3x3_2")(b3)
-    b7 = conv(192, name="branch7x7x3_1")(x)
-    b7 = conv(192, (1, 7), name="branch7x7x3_2")(b7)
-    b7 = conv(192, (7, 1), name="branch7x7x3_3")(b7)
-    b7 = conv(192, (3, 3), 2, "VALID", name="branch7x7x3_4")(b7)
-    return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2)], -1)
+    convs = functools.partial(_convs, self.dtype)
+    return jnp.concatenate([
+        convs(x, ("branch3x3_1", 192), ("branch3x3_2", 320, (3, 3), 2, "VALID")),
+        convs(x, ("branch7x7x3_1", 192), ("branch7x7x3_2", 192, (1, 7)),
+              ("branch7x7x3_3", 192, (7, 1)), ("branch7x7x3_4", 192, (3, 3), 2, "VALID")),
+        _max_pool_3x3(x, 2)], -1)
 
 
 class InceptionE(nn.Module):
@@ -163,18 +163,15 @@ class InceptionE(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv, dtype=self.dtype)
-    b1 = conv(320, name="branch1x1")(x)
-    b3 = conv(384, name="branch3x3_1")(x)
-    b3 = jnp.concatenate([conv(384, (1, 3), name="branch3x3_2a")(b3),
-                          conv(384, (3, 1), name="branch3x3_2b")(b3)], -1)
-    bd = conv(448, name="branch3x3dbl_1")(x)
-    bd = conv(384, (3, 3), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([conv(384, (1, 3), name="branch3x3dbl_3a")(bd),
-                          conv(384, (3, 1), name="branch3x3dbl_3b")(bd)], -1)
+    convs = functools.partial(_convs, self.dtype)
+    b3 = convs(x, ("branch3x3_1", 384))
+    bd = convs(x, ("branch3x3dbl_1", 448), ("branch3x3dbl_2", 384, (3, 3)))
     pooled = _avg_pool_3x3(x) if self.pool == "avg" else _max_pool_3x3(x)
-    bp = conv(192, name="branch_pool")(pooled)
-    return jnp.concatenate([b1, b3, bd, bp], -1)
+    return jnp.concatenate([
+        convs(x, ("branch1x1", 320)),
+        convs(b3, ("branch3x3_2a", 384, (1, 3))), convs(b3, ("branch3x3_2b", 384, (3, 1))),
+        convs(bd, ("branch3x3dbl_3a", 384, (1, 3))), convs(bd, ("branch3x3dbl_3b", 384, (3, 1))),
+        convs(pooled, ("branch_pool", 192))], -1)
 
 
 class FIDInception(nn.Module):
@@ -251,15 +248,12 @@ def resize_bilinear(images_BHWC, size: int | tuple[int, int], *, half_pixel_cent
   h_out, w_out = (size, size) if isinstance(size, int) else size
   _, h, w, _ = images_BHWC.shape
   x = images_BHWC
-  dtype = x.dtype
+  matrix = lambda n_in, n_out: jnp.asarray(
+      interpolation_matrix(n_in, n_out, half_pixel_centers=half_pixel_centers), x.dtype)
   if h != h_out:
-    m_oh = jnp.asarray(interpolation_matrix(h, h_out, half_pixel_centers=half_pixel_centers),
-                       dtype)
-    x = jnp.einsum("oh,bhwc->bowc", m_oh, x, precision=HIGHEST)
+    x = jnp.einsum("oh,bhwc->bowc", matrix(h, h_out), x, precision=HIGHEST)
   if w != w_out:
-    m_pw = jnp.asarray(interpolation_matrix(w, w_out, half_pixel_centers=half_pixel_centers),
-                       dtype)
-    x = jnp.einsum("pw,bowc->bopc", m_pw, x, precision=HIGHEST)
+    x = jnp.einsum("pw,bowc->bopc", matrix(w, w_out), x, precision=HIGHEST)
   return x
 
 
@@ -304,10 +298,6 @@ def abstract_params() -> dict:
   return jax.eval_shape(lambda x: FIDInception().init(jax.random.PRNGKey(0), x), x)["params"]
 
 
-def _flat(tree) -> dict[tuple[str, ...], object]:
-  return {tuple(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def _torch_key(path: tuple[str, ...]) -> str:
   return ".".join(path[:-1] + (_TORCH_LEAF[path[-1]],))
 
@@ -328,7 +318,7 @@ def state_dict_shapes() -> dict[str, tuple[int, ...]]:
   """{pytorch-fid state-dict key: PyTorch-layout shape} of every weight FIDInception uses (the
   file also holds fc.bias and may hold BatchNorm's num_batches_tracked, which are ignored)."""
   return {_torch_key(path): _torch_shape(leaf.shape)
-          for path, leaf in _flat(abstract_params()).items()}
+          for path, leaf in flat_paths(abstract_params()).items()}
 
 
 def _ignored(key: str) -> bool:
@@ -339,22 +329,16 @@ def inception_params(state: dict[str, np.ndarray], source: str = "the state dict
   """pytorch-fid's {key: array} (conv OIHW, Linear (out, in)) -> FIDInception params, float32.
 
   Raises ValueError listing the first missing, unexpected and misshapen keys, if any."""
-  paths = {_torch_key(path): path for path in _flat(abstract_params())}
+  paths = {_torch_key(path): path for path in flat_paths(abstract_params())}
   shapes = state_dict_shapes()
   state = {k: np.asarray(v) for k, v in state.items() if not _ignored(k)}
-  missing = sorted(set(paths) - set(state))
-  unexpected = sorted(set(state) - set(paths))
   misshapen = [f"{k}: expected {shapes[k]}, found {state[k].shape}"
                for k in sorted(set(paths) & set(state)) if state[k].shape != shapes[k]]
-  if missing or unexpected or misshapen:
-    lines = [f"{source} is not the FID Inception-v3 state dict: expected pytorch-fid's "
-             f"{WEIGHTS_FILE} (or an .npz/.safetensors of that state dict)"]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("wrong shape", misshapen)):
-      if items:
-        lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:5])
-                     + ("; ..." if len(items) > 5 else ""))
-    raise ValueError("\n".join(lines))
+  refuse_mismatch(f"{source} is not the FID Inception-v3 state dict: expected pytorch-fid's "
+                  f"{WEIGHTS_FILE} (or an .npz/.safetensors of that state dict)", {
+                      "missing": sorted(set(paths) - set(state)),
+                      "unexpected": sorted(set(state) - set(paths)), "wrong shape": misshapen},
+                  limit=5)
   return traverse_util.unflatten_dict(
       {path: jnp.asarray(_from_torch(state[key]), jnp.float32) for key, path in paths.items()})
 

@@ -22,12 +22,14 @@ KINDS = ("flow", "ddpm", "ddpm_hybrid")  # ddpm_hybrid: DiT's mse + L_vb (learne
 TRAIN_PREDICTIONS = ("velocity", "eps", "x1")  # the score blows up at t -> 1: not a target
 
 
-def regression_loss(model_fn: Callable, x_t: jax.Array, t_B: jax.Array, cond: Any,
-                    target: jax.Array) -> jax.Array:
-  """Mean over everything of (model_fn(x_t, t, cond)[..., :C] - target)^2, float32."""
-  C = x_t.shape[-1]
-  pred = model_fn(x_t, t_B, cond)[..., :C].astype(jnp.float32)
-  return jnp.mean(jnp.square(pred - target))
+def regression_loss(objective, model_fn: Callable, x_t: jax.Array, t_B: jax.Array, cond: Any,
+                    x1: jax.Array, eps: jax.Array) -> tuple[jax.Array, dict]:
+  """Mean over everything of (model_fn(x_t, t, cond)[..., :C] - target)^2, float32, with the
+  target the objective's prediction of (x1, eps); and the metrics {'loss', 't_mean'}."""
+  target = from_x1_eps(objective.prediction, x1, eps, objective.path.coefficients(t_B))
+  pred = model_fn(x_t, t_B, cond)[..., :x_t.shape[-1]].astype(jnp.float32)
+  loss = jnp.mean(jnp.square(pred - target))
+  return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
 
 
 def _noise_like(rng: jax.Array, x1_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -65,10 +67,7 @@ class FlowMatching:
     x1, x0 = _noise_like(rng_noise, x1_BHWC)
     t_B = self.sample_t(rng_t, x1.shape[0])
     t = t_B.reshape((-1,) + (1,) * (x1.ndim - 1))
-    x_t = (1.0 - t) * x0 + t * x1
-    target = from_x1_eps(self.prediction, x1, x0, self.path.coefficients(t_B))
-    loss = regression_loss(model_fn, x_t, t_B, cond, target)
-    return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
+    return regression_loss(self, model_fn, (1.0 - t) * x0 + t * x1, t_B, cond, x1, x0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,19 +98,13 @@ class DDPM:
 
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:
-    """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
     x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
     t_B = ddpm_step_to_t(n_B, self.num_steps)
-    target = from_x1_eps(self.prediction, x1, eps, self.path.coefficients(t_B))
-    loss = regression_loss(model_fn, x_t, t_B, cond, target)
-    return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
+    return regression_loss(self, model_fn, x_t, t_B, cond, x1, eps)
 
 
-_FIELDS = {
-    "flow": {f.name: f.default for f in dataclasses.fields(FlowMatching)},
-    "ddpm": {f.name: f.default for f in dataclasses.fields(DDPM)},
-}
-_FIELDS["ddpm_hybrid"] = _FIELDS["ddpm"]
+_FIELDS = {kind: {f.name: f.default for f in dataclasses.fields(cls)}
+           for kind, cls in (("flow", FlowMatching), ("ddpm", DDPM), ("ddpm_hybrid", DDPM))}
 # config.objective's defaults (config.base_config): the fields of every kind, DDPM's chain
 # included, so that this section is the one home of the diffusion schedule (the sampler reads
 # it through `sampler_fields`). Another kind's field at this value or at its own default counts
@@ -236,12 +229,11 @@ class DDPMHybrid(DDPM):
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:
     x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
-    C = x1.shape[-1]
-    out = model_fn(x_t, ddpm_step_to_t(n_B, self.num_steps), cond).astype(jnp.float32)
+    C, t_B = x1.shape[-1], ddpm_step_to_t(n_B, self.num_steps)
+    out = model_fn(x_t, t_B, cond).astype(jnp.float32)
     if out.shape[-1] != 2 * C:
       raise ValueError(f"objective DDPMHybrid needs a learn_sigma model (2C={2 * C} output "
                        f"channels), got {out.shape[-1]}")
     mse = jnp.mean(jnp.square(out[..., :C] - eps))
     vb = jnp.mean(learned_variance_vb(out[..., :C], out[..., C:], x_t, x1, n_B, self.path))
-    return mse + vb, {"loss": mse + vb, "mse": mse, "vb": vb,
-                      "t_mean": jnp.mean(ddpm_step_to_t(n_B, self.num_steps))}
+    return mse + vb, {"loss": mse + vb, "mse": mse, "vb": vb, "t_mean": jnp.mean(t_B)}

@@ -96,6 +96,13 @@ class DerivedContract:
     return 2 * channels if self.learn_sigma else channels
 
 
+def check_options(model, *fields: tuple[str, tuple]) -> None:
+  """Raises ValueError naming the first of the (field, options) whose value is not an option."""
+  for field, options in fields:
+    if getattr(model, field) not in options:
+      raise ValueError(f"{field}={getattr(model, field)!r} is not one of {options}")
+
+
 def check_denoiser(model) -> None:
   """Raises TypeError naming what `model` lacks of the contract, ValueError for a bad field."""
   missing = [name for name in ("time_input", "condition_spec", "condition_keys",
@@ -105,8 +112,7 @@ def check_denoiser(model) -> None:
   if missing:
     raise TypeError(f"{type(model).__name__} does not implement the model contract "
                     f"(dit_jax.models.contract.Denoiser): missing {missing}")
-  if model.time_input not in TIME_INPUTS:
-    raise ValueError(f"time_input={model.time_input!r} is not one of {TIME_INPUTS}")
+  check_options(model, ("time_input", TIME_INPUTS))
   for key, spec in model.condition_spec.items():
     if spec.dtype != cond_spec(key).dtype:
       raise ValueError(f"{type(model).__name__} declares {key!r} as {spec.dtype}, but "
@@ -117,21 +123,16 @@ def example_condition(model, batch: int, abstract: bool = False) -> dict | None:
   """A placeholder `cond` from the spec: zeros (True for masks), or ShapeDtypeStructs when
   `abstract`; None for an unconditional model."""
   def make(spec):
-    shape = (batch, *spec.shape)
-    if abstract:
-      return jax.ShapeDtypeStruct(shape, spec.dtype)
-    return jnp.ones(shape, spec.dtype) if spec.dtype == np.bool_ else jnp.zeros(shape, spec.dtype)
+    fill = jax.ShapeDtypeStruct if abstract else (jnp.ones if spec.dtype == np.bool_ else jnp.zeros)
+    return fill((batch, *spec.shape), spec.dtype)
   return {key: make(spec) for key, spec in model.condition_spec.items()} or None
 
 
 def example_inputs(model, image_shape, batch: int = 1, abstract: bool = True):
   """(x (B, H, W, C), t (B,), cond) for init, tracing or compiling `model`: ShapeDtypeStructs
   when `abstract` (no memory), else zeros."""
-  if abstract:
-    x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
-    t = jax.ShapeDtypeStruct((batch,), jnp.float32)
-  else:
-    x, t = jnp.zeros((batch, *image_shape), jnp.float32), jnp.zeros((batch,), jnp.float32)
+  make = jax.ShapeDtypeStruct if abstract else jnp.zeros
+  x, t = make((batch, *image_shape), jnp.float32), make((batch,), jnp.float32)
   return x, t, example_condition(model, batch, abstract)
 
 

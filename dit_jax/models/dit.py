@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from dit_jax.models import flops
-from dit_jax.models.contract import TIME_INPUTS, DerivedContract, cond_spec, model_time
+from dit_jax.models.contract import (TIME_INPUTS, DerivedContract, check_options, cond_spec,
+                                     model_time)
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -44,6 +45,8 @@ CONDITIONINGS = ("adaln_zero", "adaln", "cross_attn", "in_context")
 POSENCS = ("sincos", "rope_axial", "rope_mixed", "rope_scaled", "none")
 ROPE_OF_POSENC = {"rope_axial": "axial", "rope_scaled": "axial", "rope_mixed": "mixed"}
 ROPE_SCALINGS = ("canonical", "interpolate")
+
+
 def preset(name: str) -> dict:
   """'DiT-XL/2' (or 'XL/2') -> dict(depth, hidden_size, num_heads, patch_size)."""
   match = re.fullmatch(r"(?:DiT-)?(S|B|L|XL)/(\d+)", name)
@@ -88,7 +91,8 @@ class DiTBlock(nn.Module):
     x_BTD = nn.with_logical_constraint(x_BTD, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
 
     if self.conditioning == "adaln_zero":
-      shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="adaLN", **kw)(c_BD)
+      shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="adaLN",
+                                                                **kw)(c_BD)
       a = checkpoint_name(attn(modulate(x_BTD, shift1, scale1)), "attn_out")
       x_BTD = gated_residual(x_BTD, gate1, a)
       m = checkpoint_name(mlp(modulate(x_BTD, shift2, scale2)), "mlp_out")
@@ -163,19 +167,13 @@ class DiT(DerivedContract, nn.Module):
     if self.hidden_size % 4:
       raise ValueError(f"hidden_size={self.hidden_size} must be divisible by 4 for the 2D "
                        "sin-cos position embedding")
-    if self.conditioning not in CONDITIONINGS:
-      raise ValueError(f"conditioning={self.conditioning!r} is not one of {CONDITIONINGS}")
-    if self.posenc not in POSENCS:
-      raise ValueError(f"posenc={self.posenc!r} is not one of {POSENCS}")
+    check_options(self, ("conditioning", CONDITIONINGS), ("posenc", POSENCS),
+                  ("attention_backend", BACKENDS), ("time_input", TIME_INPUTS))
     if self.posenc == "rope_scaled" and (self.rope_reference_size < 1
                                          or self.rope_scaling not in ROPE_SCALINGS):
       raise ValueError(f"posenc='rope_scaled' needs rope_reference_size > 0 (the token grid "
                        f"side positions map onto, e.g. the training grid; got "
                        f"{self.rope_reference_size}) and rope_scaling in {ROPE_SCALINGS}")
-    if self.attention_backend not in BACKENDS:
-      raise ValueError(f"attention_backend={self.attention_backend!r} is not one of {BACKENDS}")
-    if self.time_input not in TIME_INPUTS:
-      raise ValueError(f"time_input={self.time_input!r} is not one of {TIME_INPUTS}")
     check_remat_policy(self.remat_policy)
     if height is not None and (height % self.patch_size or width % self.patch_size):
       raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"

@@ -37,15 +37,6 @@ PAPER_PARAMS_M = {"S": 33, "B": 130, "L": 458, "XL": 675}
 
 # DiT (dit_jax.models.dit).
 
-def dit_tokens(model, height: int, width: int) -> int:
-  model.check_config(height, width)
-  return (height // model.patch_size) * (width // model.patch_size)
-
-
-def _dit_cond_tokens(model) -> int:
-  return 2 if model.num_classes else 1
-
-
 def _adaln_chunks(model) -> tuple[int, int]:
   """Modulation outputs per block and in the final layer (in units of D)."""
   return {"adaln_zero": (6, 2), "adaln": (4, 2)}.get(model.conditioning, (0, 0))
@@ -53,10 +44,11 @@ def _adaln_chunks(model) -> tuple[int, int]:
 
 def dit_flops(model, height: int, width: int, channels: int) -> dict[str, int]:
   """Forward multiply-adds per component of a DiT for one (height, width, channels) input."""
+  model.check_config(height, width)
   D, L, p = model.hidden_size, model.depth, model.patch_size
   F = int(D * model.mlp_ratio)
-  T = dit_tokens(model, height, width)
-  S = _dit_cond_tokens(model)
+  T = (height // p) * (width // p)
+  S = 2 if model.num_classes else 1  # condition tokens: t, and the label
   P = p * p * channels
   T_blocks = T + S if model.conditioning == "in_context" else T
   attention = 4 * T_blocks * D * D + 2 * T_blocks * T_blocks * D  # qkv + out; scores + values

@@ -31,18 +31,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dit_jax.models import flops
 from dit_jax.models import text_encoder as text_lib
-from dit_jax.models.contract import DerivedContract, cond_spec, example_condition
+from dit_jax.models.contract import (DerivedContract, check_options, cond_spec,
+                                     example_condition)
 from dit_jax.models.dit import DiTBlock, FinalLayer
 from dit_jax.models.mmdit_blocks import (CrossAttnBlock, DoubleStreamBlock, ParallelSingleBlock,
                                          SingleStreamBlock, check_heads)
 from dit_jax.nn import axes
 from dit_jax.nn.attention import BACKENDS, rope_axes_dims_for
 from dit_jax.nn.embed import TimestepEmbedder, dense, patchify, unpatchify, xavier_uniform
-from dit_jax.nn.posenc import grid_ids, msrope_ids, sincos_1d
+from dit_jax.nn.posenc import add_sincos_2d, grid_ids, msrope_ids
 from dit_jax.nn.stack import check_remat_policy, layer_stack
 
 Dtype = Any
@@ -52,16 +52,6 @@ TEXT_POSENCS = ("1d", "zeros", "msrope")
 SINGLE_BLOCKS = ("parallel", "sequential")
 TEXT_CONDITIONINGS = ("pooled_adaln", "cross_attn")
 TEXT_KEYS = ("text_tokens", "text_mask", "text", "pooled")  # what caption dropout replaces
-
-
-def sincos_grid(grid_h: int, grid_w: int, dim: int, max_size: int = 0) -> np.ndarray:
-  """2D sin-cos table (T, dim) [cols | rows]; with max_size, the centre crop of a max_size^2
-  table (SD3's pos_embed_max_size), so a small grid sits in the middle of the trained range."""
-  top = (max_size - grid_h) // 2 if max_size else 0
-  left = (max_size - grid_w) // 2 if max_size else 0
-  rows, cols = np.meshgrid(np.arange(grid_h) + top, np.arange(grid_w) + left, indexing="ij")
-  emb = np.concatenate([sincos_1d(cols, dim // 2), sincos_1d(rows, dim // 2)], -1)
-  return emb.reshape(grid_h * grid_w, dim).astype(np.float32)
 
 
 class MLPEmbedder(nn.Module):
@@ -112,12 +102,8 @@ class TextConditioned(DerivedContract, nn.Module):
   # --- configuration checks -------------------------------------------------------------
   def check_config(self, height: int | None = None, width: int | None = None):
     check_heads(self.hidden_size, self.num_heads)
-    for field, value, options in (("text_source", self.text_source, TEXT_SOURCES),
-                                  ("image_posenc", self.image_posenc, IMAGE_POSENCS),
-                                  ("text_posenc", self.text_posenc, TEXT_POSENCS),
-                                  ("attention_backend", self.attention_backend, BACKENDS)):
-      if value not in options:
-        raise ValueError(f"{field}={value!r} is not one of {options}")
+    check_options(self, ("text_source", TEXT_SOURCES), ("image_posenc", IMAGE_POSENCS),
+                  ("text_posenc", TEXT_POSENCS), ("attention_backend", BACKENDS))
     if self.text_source == "tokens" and self.vocab_size < 4:
       raise ValueError(f"vocab_size={self.vocab_size}: text_source='tokens' needs the "
                        "tokenizer's vocabulary size (text.make_tokenizer(name).vocab_size)")
@@ -139,15 +125,11 @@ class TextConditioned(DerivedContract, nn.Module):
 
   @property
   def condition_spec(self) -> dict:
-    S = self.text_length
-    if self.text_source == "tokens":
-      spec = {"text_tokens": cond_spec("text_tokens", (S,)),
-              "text_mask": cond_spec("text_mask", (S,))}
-    else:
-      spec = {"text": cond_spec("text", (S, self.context_dim)),
-              "text_mask": cond_spec("text_mask", (S,))}
-      if self.pooled_dim:
-        spec["pooled"] = cond_spec("pooled", (self.pooled_dim,))
+    S, tokens = self.text_length, self.text_source == "tokens"
+    key, shape = ("text_tokens", (S,)) if tokens else ("text", (S, self.context_dim))
+    spec = {key: cond_spec(key, shape), "text_mask": cond_spec("text_mask", (S,))}
+    if self.pooled_dim and not tokens:
+      spec["pooled"] = cond_spec("pooled", (self.pooled_dim,))
     if self.guidance_embed:
       spec["guidance"] = cond_spec("guidance")
     return spec
@@ -184,13 +166,16 @@ class TextConditioned(DerivedContract, nn.Module):
     pick = lambda a, b: jnp.where(drop_B.reshape((B,) + (1,) * (a.ndim - 1)), b, a)
     return {k: pick(v, null[k]) if k in TEXT_KEYS else v for k, v in cond.items()}
 
-  def encode_text(self, cond: dict, train: bool):
-    """-> text tokens (B, S, D) in model width, mask (B, S), pooled (B, K) or None."""
+  def check_cond(self, cond: dict) -> dict:
     missing = [k for k in self.condition_keys if k not in (cond or {})]
     if missing:
       raise ValueError(f"cond is missing {missing}: this model (text_source="
                        f"{self.text_source!r}) reads {self.condition_keys}")
-    cond = self.drop_captions(cond, train)
+    return cond
+
+  def encode_text(self, cond: dict, train: bool):
+    """-> text tokens (B, S, D) in model width, mask (B, S), pooled (B, K) or None."""
+    cond = self.drop_captions(self.check_cond(cond), train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mask_BS = jnp.asarray(cond["text_mask"], bool)
     if self.text_source == "tokens":
@@ -281,8 +266,7 @@ class MMDiT(TextConditioned):
     if self.depth_double < 0 or self.depth_single < 0 or self.depth_double + self.depth_single < 1:
       raise ValueError(f"depth_double={self.depth_double}, depth_single={self.depth_single}: "
                        "need non-negative depths with at least one block")
-    if self.single_block not in SINGLE_BLOCKS:
-      raise ValueError(f"single_block={self.single_block!r} is not one of {SINGLE_BLOCKS}")
+    check_options(self, ("single_block", SINGLE_BLOCKS))
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False):
@@ -300,8 +284,7 @@ class MMDiT(TextConditioned):
 
     ids_BL3 = None
     if self.image_posenc == "sincos":
-      img_BTD = img_BTD + jnp.asarray(sincos_grid(h, w, self.hidden_size,
-                                                  self.pos_embed_max_size)).astype(self.dtype)
+      img_BTD = add_sincos_2d(img_BTD, h, w, self.pos_embed_max_size)
     else:
       ids_BL3 = jnp.concatenate([self.text_ids(cond, B, S, h, w), self.image_ids(B, h, w)], 1)
     if self.image_conditioning:  # Kontext: the reference image's tokens join the image stream
@@ -351,9 +334,7 @@ class TextDiT(TextConditioned):
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)
-    if self.text_conditioning not in TEXT_CONDITIONINGS:
-      raise ValueError(f"text_conditioning={self.text_conditioning!r} is not one of "
-                       f"{TEXT_CONDITIONINGS}")
+    check_options(self, ("text_conditioning", TEXT_CONDITIONINGS))
     if self.image_posenc != "rope":
       raise ValueError("TextDiT uses image_posenc='rope'")
 
@@ -364,14 +345,12 @@ class TextDiT(TextConditioned):
     cond = self.default_condition(cond, B)
     t_B = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32), (B,))
     x_BTD, _ = self.embed_image(x_BHWC)
-    h, w = H // self.patch_size, W // self.patch_size
     if self.text_conditioning == "pooled_adaln":
-      pooled = self.pooled_text(cond, train)
-      txt_BSD = mask_BS = None
+      txt_BSD, mask_BS, pooled = None, None, self.pooled_text(cond, train)
     else:
       txt_BSD, mask_BS, pooled = self.encode_text(cond, train)
     vec_BD = self.vector(t_B, pooled, cond)
-    ids_BT3 = self.image_ids(B, h, w)
+    ids_BT3 = self.image_ids(B, H // self.patch_size, W // self.patch_size)
     dims = rope_axes_dims_for(self.hidden_size // self.num_heads, self.rope_axes_dims)
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, rope_axes_dims=dims,
               rope_base=self.rope_base, attention_backend=self.attention_backend,
@@ -387,23 +366,13 @@ class TextDiT(TextConditioned):
 
   def pooled_text(self, cond, train):
     """Only the pooled vector of the text reaches the model."""
-    _, _, pooled = self.encode_text_pooled(cond, train)
-    return pooled
-
-  def encode_text_pooled(self, cond, train):
     if self.text_source == "tokens":
-      missing = [k for k in self.condition_keys if k not in cond]
-      if missing:
-        raise ValueError(f"cond is missing {missing}: this model reads {self.condition_keys}")
-      cond = self.drop_captions(cond, train)
-      _, pooled = self.text_encoder()(cond["text_tokens"], cond["text_mask"],
-                                      cond.get("text_ids"))
-      return None, None, pooled
+      cond = self.drop_captions(self.check_cond(cond), train)
+      return self.text_encoder()(cond["text_tokens"], cond["text_mask"], cond.get("text_ids"))[1]
     if not self.pooled_dim:
       raise ValueError("text_conditioning='pooled_adaln' with text_source='embeddings' needs "
                        "pooled_dim > 0 (the pooled vector is its only text input)")
-    cond = self.drop_captions(cond, train)
-    return None, None, cond["pooled"]
+    return self.drop_captions(cond, train)["pooled"]
 
 
 # Published shapes (no weights needed: check with jax.eval_shape). Sources: the FLUX.1 reference

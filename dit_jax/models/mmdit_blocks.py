@@ -52,6 +52,19 @@ class BlockBase(nn.Module):
   def out_proj(self, name, features):
     return out_projection(features, name, **self.kw)
 
+  def modulated_attention(self, x_BLD, vec_BD, ids_BL3, mask_BL):
+    """The adaLN-Zero self-attention residual (modules "mod", "attn", "attn_out") of a
+    one-stream block; returns x and the (shift, scale, gate) left for the MLP."""
+    D = x_BLD.shape[-1]
+    shift, scale, gate, *mlp_mod = Modulation(D, 6, True, name="mod", **self.kw)(vec_BD)
+    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(modulate(x_BLD, shift, scale))
+    (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
+    return gated_residual(x_BLD, gate, self.out_proj("attn_out", D)(a_BLNH)), mlp_mod
+
+  def mlp_residual(self, x_BLD, shift_BD, scale_BD, gate_BD, name="mlp"):
+    m = Mlp(self.mlp_ratio, name=name, **self.kw)(modulate(x_BLD, shift_BD, scale_BD))
+    return gated_residual(x_BLD, gate_BD, checkpoint_name(m, "mlp_out"))
+
 
 class DoubleStreamBlock(BlockBase):
   """(img (B, T, D), txt (B, S, D), vec (B, D)) -> (img, txt). With `text_pre_only` (the last
@@ -78,9 +91,8 @@ class DoubleStreamBlock(BlockBase):
   def _residuals(self, x_BLD, a_BLNH, mod, prefix):
     _, _, gate1, shift2, scale2, gate2 = mod
     a = checkpoint_name(self.out_proj(f"{prefix}_out", x_BLD.shape[-1])(a_BLNH), "attn_out")
-    x_BLD = gated_residual(x_BLD, gate1, a)
-    m = Mlp(self.mlp_ratio, name=f"{prefix}_mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
-    return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
+    return self.mlp_residual(gated_residual(x_BLD, gate1, a), shift2, scale2, gate2,
+                             f"{prefix}_mlp")
 
 
 class SingleStreamBlock(BlockBase):
@@ -88,15 +100,8 @@ class SingleStreamBlock(BlockBase):
 
   @nn.compact
   def __call__(self, x_BLD, vec_BD, ids_BL3, mask_BL):
-    D = x_BLD.shape[-1]
-    shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="mod",
-                                                              **self.kw)(vec_BD)
-    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
-        modulate(x_BLD, shift1, scale1))
-    (a_BLNH,) = self.attend([qkv], ids_BL3, mask_BL)
-    x_BLD = gated_residual(x_BLD, gate1, self.out_proj("attn_out", D)(a_BLNH))
-    m = Mlp(self.mlp_ratio, name="mlp", **self.kw)(modulate(x_BLD, shift2, scale2))
-    return gated_residual(x_BLD, gate2, checkpoint_name(m, "mlp_out"))
+    x_BLD, mlp_mod = self.modulated_attention(x_BLD, vec_BD, ids_BL3, mask_BL)
+    return self.mlp_residual(x_BLD, *mlp_mod)
 
 
 class ParallelSingleBlock(BlockBase):
@@ -127,18 +132,10 @@ class CrossAttnBlock(BlockBase):
 
   @nn.compact
   def __call__(self, x_BTD, txt_BSD, vec_BD, ids_BT3, text_mask_BS):
-    D = x_BTD.shape[-1]
-    shift1, scale1, gate1, shift2, scale2, gate2 = Modulation(D, 6, True, name="mod",
-                                                              **self.kw)(vec_BD)
-    qkv = QKV(self.num_heads, self.qk_norm, name="attn", **self.kw)(
-        modulate(x_BTD, shift1, scale1))
-    (a_BTNH,) = self.attend([qkv], ids_BT3, None)
-    x_BTD = gated_residual(x_BTD, gate1, self.out_proj("attn_out", D)(a_BTNH))
+    x_BTD, mlp_mod = self.modulated_attention(x_BTD, vec_BD, ids_BT3, None)
     h = affine_layer_norm("norm_cross", self.param_dtype)(x_BTD).astype(self.dtype)
     cross = Attention(self.num_heads, self.attention_backend, name="cross_attn", **self.kw)
-    x_BTD = x_BTD + cross(h, txt_BSD, text_mask_BS)
-    m = Mlp(self.mlp_ratio, name="mlp", **self.kw)(modulate(x_BTD, shift2, scale2))
-    return gated_residual(x_BTD, gate2, checkpoint_name(m, "mlp_out"))
+    return self.mlp_residual(x_BTD + cross(h, txt_BSD, text_mask_BS), *mlp_mod)
 
 
 def check_heads(hidden_size: int, num_heads: int):

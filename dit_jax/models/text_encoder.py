@@ -67,12 +67,12 @@ class TextEncoder(nn.Module):
     mask_BS = jnp.asarray(mask_BS, bool)
     positions_BS3 = text_positions(mask_BS) if positions_BS3 is None else positions_BS3
     head_dim = self.width // self.num_heads
+    norm = lambda name, x: affine_layer_norm(name, self.param_dtype)(x).astype(self.dtype)
     for i in range(self.depth):
       attn = Attention(self.num_heads, self.attention_backend, rope="axial",
                        rope_axes_dims=(head_dim, 0, 0), name=f"attn_{i}", **kw)
-      h = affine_layer_norm(f"norm1_{i}", self.param_dtype)(x_BSD).astype(self.dtype)
-      x_BSD = x_BSD + attn(h, context_mask_BS=mask_BS, positions=positions_BS3)
-      h = affine_layer_norm(f"norm2_{i}", self.param_dtype)(x_BSD).astype(self.dtype)
-      x_BSD = x_BSD + Mlp(self.mlp_ratio, name=f"mlp_{i}", **kw)(h)
-    x_BSD = affine_layer_norm("norm_out", self.param_dtype)(x_BSD).astype(self.dtype)
+      x_BSD = x_BSD + attn(norm(f"norm1_{i}", x_BSD), context_mask_BS=mask_BS,
+                           positions=positions_BS3)
+      x_BSD = x_BSD + Mlp(self.mlp_ratio, name=f"mlp_{i}", **kw)(norm(f"norm2_{i}", x_BSD))
+    x_BSD = norm("norm_out", x_BSD)
     return x_BSD, masked_mean(x_BSD, mask_BS).astype(self.dtype)

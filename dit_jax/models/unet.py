@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.models import flops
-from dit_jax.models.contract import DerivedContract, cond_spec
+from dit_jax.models.contract import DerivedContract, check_options, cond_spec
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import affine_layer_norm
 from dit_jax.nn.attention import BACKENDS, Attention
@@ -133,6 +133,7 @@ def layout(model: "UNet") -> list[Step]:
 
 
 WIDE = (None, None, axes.EMBED, axes.MLP)  # conv kernels between wide feature maps
+LECUN = nn.initializers.lecun_normal()
 
 
 class ResBlock(nn.Module):
@@ -154,12 +155,11 @@ class ResBlock(nn.Module):
     h = conv(C, 3, WIDE, name="conv1", **kw)(h)
     e_BE = None if emb_BE is None else nn.silu(emb_BE)  # None: cross_attn conditioning
     if self.conditioning == "add":
-      h = h + dense(C, (axes.EMBED, axes.MLP), nn.initializers.lecun_normal(), name="emb",
-                    **kw)(e_BE)[:, None, None, :]
+      h = h + dense(C, (axes.EMBED, axes.MLP), LECUN, name="emb", **kw)(e_BE)[:, None, None, :]
     h = norm("norm2", h)
     if self.conditioning == "scale_shift":
-      ss = dense((2, C), (axes.EMBED, axes.MODULATION, axes.MLP), nn.initializers.lecun_normal(),
-                 name="emb", **kw)(e_BE).astype(jnp.float32)
+      ss = dense((2, C), (axes.EMBED, axes.MODULATION, axes.MLP), LECUN, name="emb",
+                 **kw)(e_BE).astype(jnp.float32)
       h = h * (1.0 + ss[:, None, None, 0]) + ss[:, None, None, 1]
     h = conv(C, 3, WIDE, name="conv2", kernel_init=nn.initializers.zeros,
              **kw)(nn.silu(h).astype(self.dtype))
@@ -183,14 +183,12 @@ class AttentionBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     B, H, W, C = x_BHWC.shape
     h_BTC = group_norm(self.num_groups, GN_EPS, "norm", self.param_dtype)(x_BHWC)
-    h_BTC = h_BTC.astype(self.dtype)
-    h_BTC = h_BTC.reshape(B, H * W, C)
+    h_BTC = h_BTC.astype(self.dtype).reshape(B, H * W, C)
     attn = lambda name: Attention(self.num_heads, self.attention_backend, name=name, **kw)
     if tokens_BSE is None:
       return x_BHWC + attn("attn")(h_BTC).reshape(B, H, W, C)
     norm = lambda name, y: affine_layer_norm(name, self.param_dtype)(y).astype(self.dtype)
-    h_BTC = dense(C, (axes.EMBED, axes.MLP), nn.initializers.lecun_normal(), name="proj_in",
-                  **kw)(h_BTC)
+    h_BTC = dense(C, (axes.EMBED, axes.MLP), LECUN, name="proj_in", **kw)(h_BTC)
     h_BTC = h_BTC + attn("attn")(norm("norm1", h_BTC))
     h_BTC = h_BTC + attn("cross_attn")(norm("norm2", h_BTC), tokens_BSE)
     h_BTC = h_BTC + Mlp(name="mlp", **kw)(norm("norm3", h_BTC))
@@ -241,12 +239,8 @@ class UNet(DerivedContract, nn.Module):
 
   def check_config(self, height: int | None = None, width: int | None = None):
     """Raises ValueError naming the field and the fix for an inconsistent configuration."""
-    for field, value, options in (("conditioning", self.conditioning, CONDITIONINGS),
-                                  ("downsample", self.downsample, DOWNSAMPLES),
-                                  ("upsample", self.upsample, UPSAMPLES),
-                                  ("attention_backend", self.attention_backend, BACKENDS)):
-      if value not in options:
-        raise ValueError(f"{field}={value!r} is not one of {options}")
+    check_options(self, ("conditioning", CONDITIONINGS), ("downsample", DOWNSAMPLES),
+                  ("upsample", UPSAMPLES), ("attention_backend", BACKENDS))
     if not self.channel_mult or self.num_res_blocks < 1 or self.base_channels < 1:
       raise ValueError(f"channel_mult={self.channel_mult} must be non-empty, num_res_blocks="
                        f"{self.num_res_blocks} and base_channels={self.base_channels} >= 1")
@@ -302,8 +296,7 @@ class UNet(DerivedContract, nn.Module):
 
   def counts(self, height: int, width: int, channels: int) -> tuple[dict, dict]:
     """(forward multiply-adds, parameters) per component (dit_jax.models.flops)."""
-    return flops.unet_counts(self, layout(self), height, width, channels,
-                                   self.text_length)
+    return flops.unet_counts(self, layout(self), height, width, channels, self.text_length)
 
   def condition(self, t_B, cond, train):
     """The embedding e (B, E) for the res blocks (None with cross_attn) and the condition
@@ -324,29 +317,23 @@ class UNet(DerivedContract, nn.Module):
       if cond is None or "text" not in cond:
         raise ValueError(f"text_dim={self.text_dim}: pass cond['text'] (precomputed text "
                          f"embeddings) of shape (B, S, {self.text_dim}), or set text_dim=0")
-      tokens.append(dense(E, (axes.EMBED, axes.MLP), nn.initializers.lecun_normal(),
-                          name="text_proj", **kw)(cond["text"].astype(self.dtype)))
+      tokens.append(dense(E, (axes.EMBED, axes.MLP), LECUN, name="text_proj",
+                          **kw)(cond["text"].astype(self.dtype)))
     emb_BE = None if self.conditioning == "cross_attn" else sum(embs)
     return emb_BE, (jnp.concatenate(tokens, axis=1) if tokens else None)
 
   def resample(self, step: Step, h):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    name = step.name
+    kw = dict(name=step.name, dtype=self.dtype, param_dtype=self.param_dtype)
+    C = step.out_channels
     if step.op == "down":
       if self.downsample == "conv":
-        return conv(step.out_channels, 3, WIDE, stride=2, name=name, **kw)(h)
+        return conv(C, 3, WIDE, stride=2, **kw)(h)
       pool = nn.max_pool if self.downsample == "max" else nn.avg_pool
       return pool(h, (2, 2), strides=(2, 2))
     if self.upsample == "transpose":
-      return nn.ConvTranspose(step.out_channels, (2, 2), strides=(2, 2), padding="VALID",
-                              name=name, **kw,
-                              kernel_init=nn.with_logical_partitioning(
-                                  nn.initializers.lecun_normal(), WIDE),
-                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                     (axes.MLP,)))(h)
-    B, H, W, C = h.shape
-    h = jax.image.resize(h, (B, 2 * H, 2 * W, C), "nearest")
-    return conv(step.out_channels, 3, WIDE, name=name, **kw)(h)
+      return conv(C, 2, WIDE, stride=2, padding="VALID", transpose=True, **kw)(h)
+    B, H, W, _ = h.shape
+    return conv(C, 3, WIDE, **kw)(jax.image.resize(h, (B, 2 * H, 2 * W, h.shape[-1]), "nearest"))
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False,

@@ -173,29 +173,21 @@ class MidBlock(nn.Module):
     return ResnetBlock(C, name="resnets_1", **kw)(x_BHWC)
 
 
-class Downsample(nn.Module):
-  """Stride-2 3x3 conv after padding one row/column at the bottom/right only."""
+class Resample(nn.Module):
+  """2x resampling. `direction` "down": a stride-2 3x3 conv after padding one row/column at
+  the bottom/right only; "up": nearest-neighbour 2x, then a 3x3 conv."""
+  direction: str
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC):
-    C = x_BHWC.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.direction == "up":
+      x_BHWC = x_BHWC.repeat(2, axis=1).repeat(2, axis=2)
+      return conv(x_BHWC.shape[-1], 3, "conv", **kw)(x_BHWC)
     x_BHWC = jnp.pad(x_BHWC, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    return conv(C, 3, "conv", stride=2, padding="VALID", dtype=self.dtype,
-                param_dtype=self.param_dtype)(x_BHWC)
-
-
-class Upsample(nn.Module):
-  """Nearest-neighbour 2x, then a 3x3 conv."""
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BHWC):
-    C = x_BHWC.shape[-1]
-    x_BHWC = x_BHWC.repeat(2, axis=1).repeat(2, axis=2)
-    return conv(C, 3, "conv", dtype=self.dtype, param_dtype=self.param_dtype)(x_BHWC)
+    return conv(x_BHWC.shape[-1], 3, "conv", stride=2, padding="VALID", **kw)(x_BHWC)
 
 
 class _Stage(nn.Module):
@@ -212,10 +204,8 @@ class _Stage(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for j in range(self.num_resnets):
       x_BHWC = ResnetBlock(self.out_channels, self.groups, name=f"resnets_{j}", **kw)(x_BHWC)
-    if self.resample == "down":
-      x_BHWC = Downsample(name="downsamplers_0", **kw)(x_BHWC)
-    elif self.resample == "up":
-      x_BHWC = Upsample(name="upsamplers_0", **kw)(x_BHWC)
+    if self.resample:
+      x_BHWC = Resample(self.resample, name=f"{self.resample}samplers_0", **kw)(x_BHWC)
     return x_BHWC
 
 

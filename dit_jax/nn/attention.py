@@ -218,10 +218,10 @@ def project_qkv(x_BLD, num_heads: int, qk_norm: bool, *, dtype, param_dtype):
   return q, k, v
 
 
-def out_projection(features: int, name: str, *, dtype, param_dtype, use_bias: bool = True):
+def out_projection(features: int, name: str, *, dtype, param_dtype):
   """(B, L, N, H) -> (B, L, D): the attention output projection."""
   return dense(features, (axes.HEADS, axes.KV, axes.EMBED), xavier_uniform(), axis=(-2, -1),
-               use_bias=use_bias, name=name, dtype=dtype, param_dtype=param_dtype)
+               name=name, dtype=dtype, param_dtype=param_dtype)
 
 
 class QKV(nn.Module):

@@ -11,15 +11,16 @@ Dtype = jnp.dtype
 
 
 def conv(features: int, kernel: int, names, *, name: str, dtype, param_dtype, stride: int = 1,
-         padding="SAME", kernel_init=None) -> nn.Conv:
-  """A square conv whose kernel (k, k, in, out) carries the logical `names` and whose zero bias
-  carries names[-1] (kernel_init None: lecun normal, flax's default)."""
+         padding="SAME", kernel_init=None, transpose: bool = False) -> nn.Conv:
+  """A square conv (`transpose`: nn.ConvTranspose) whose kernel (k, k, in, out) carries the
+  logical `names` and whose zero bias carries names[-1] (kernel_init None: lecun normal,
+  flax's default)."""
   kernel_init = kernel_init or nn.initializers.lecun_normal()
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=param_dtype, name=name,
-                 kernel_init=nn.with_logical_partitioning(kernel_init, tuple(names)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                        tuple(names)[-1:]))
+  return (nn.ConvTranspose if transpose else nn.Conv)(
+      features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype,
+      param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(names)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(names)[-1:]))
 
 
 def group_norm(num_groups: int, eps: float, name: str, param_dtype=jnp.float32,

@@ -138,8 +138,7 @@ class TimestepEmbedder(nn.Module):
     freq = timestep_embedding(t_B * self.time_scale, self.frequency_dim, self.max_period)
     init = nn.initializers.normal(0.02)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = dense(self.hidden_size, (axes.FREQ, axes.EMBED), init, name="mlp_0", **kw)(freq)
-    h = nn.silu(h)
+    h = nn.silu(dense(self.hidden_size, (axes.FREQ, axes.EMBED), init, name="mlp_0", **kw)(freq))
     return dense(self.hidden_size, (axes.MLP, axes.EMBED), init, name="mlp_2", **kw)(h)
 
 

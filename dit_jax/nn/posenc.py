@@ -16,22 +16,27 @@ def sincos_1d(positions: np.ndarray, dim: int, base: float = 10_000.0) -> np.nda
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
 
 
-def sincos_2d(grid_h: int, grid_w: int, dim: int, base: float = 10_000.0) -> np.ndarray:
+def sincos_2d(grid_h: int, grid_w: int, dim: int, base: float = 10_000.0,
+              max_size: int = 0) -> np.ndarray:
   """Fixed 2D embedding of a grid_h x grid_w grid, (grid_h * grid_w, dim), row-major tokens.
 
   The first dim/2 features encode the column index and the last dim/2 the row index (the
-  layout of the MAE/DiT reference, so published `pos_embed` tables match exactly).
+  layout of the MAE/DiT reference, so published `pos_embed` tables match exactly). With
+  max_size, the centre crop of a max_size^2 table (SD3's pos_embed_max_size), so a small grid
+  sits in the middle of the trained range.
   """
   if dim % 4:
     raise ValueError(f"2D sin-cos embedding needs dim divisible by 4, got hidden size {dim}")
-  rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+  top, left = ((max_size - grid_h) // 2, (max_size - grid_w) // 2) if max_size else (0, 0)
+  rows, cols = np.meshgrid(np.arange(grid_h) + top, np.arange(grid_w) + left, indexing="ij")
   emb = np.concatenate([sincos_1d(cols, dim // 2, base), sincos_1d(rows, dim // 2, base)], -1)
   return emb.reshape(grid_h * grid_w, dim).astype(np.float32)
 
 
-def add_sincos_2d(x_BTD: jnp.ndarray, grid_h: int, grid_w: int) -> jnp.ndarray:
+def add_sincos_2d(x_BTD: jnp.ndarray, grid_h: int, grid_w: int,
+                  max_size: int = 0) -> jnp.ndarray:
   """Adds the fixed 2D sin-cos table to row-major patch tokens."""
-  table = jnp.asarray(sincos_2d(grid_h, grid_w, x_BTD.shape[-1]))
+  table = jnp.asarray(sincos_2d(grid_h, grid_w, x_BTD.shape[-1], max_size=max_size))
   return x_BTD + table.astype(x_BTD.dtype)[None]
 
 
