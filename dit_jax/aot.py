@@ -135,7 +135,7 @@ def _lower_sample(config, model, image_shape, plan, batch: int):
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
   scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
   with plan.context():
-    return sampler._sample.lower(params, cond, rng, scale, batch), (params, cond, rng, scale)
+    return sampler.jitted.lower(params, cond, rng, scale, batch), (params, cond, rng, scale)
 
 
 def _attention_used(model, image_shape, plan) -> str:

@@ -179,7 +179,7 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
   cond = example_condition(model, batch_size)
   rng = jax.random.PRNGKey(seed + 1)
   scale = jnp.float32(sampler.sampler.cfg_scale)
-  _, compile_s = _compile(sampler._sample, params, cond, rng, scale, batch_size)
+  _, compile_s = _compile(sampler.jitted, params, cond, rng, scale, batch_size)
   sampler.sample(params, cond, rng, count=batch_size)  # a warm call
   start = time.perf_counter()
   for i in range(repeats):

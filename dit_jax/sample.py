@@ -33,9 +33,11 @@ class ImageSampler:
     self.image_shape = tuple(image_shape)
     self.decode = decode  # latents -> images in [-1, 1] for models trained on VAE latents
     self.plan = plan
-    # Under a sharding plan the images come back replicated, readable on every process.
-    self._sample = jax.jit(self._sample_impl, static_argnums=4,
-                           out_shardings=plan.replicated() if plan is not None else None)
+    # jitted(params, cond, rng, cfg_scale, count) -> samples, undecoded: what `sample` runs,
+    # and what `bench` and `aot` compile. Under a sharding plan the samples come back
+    # replicated, readable on every process.
+    self.jitted = jax.jit(self._sample_impl, static_argnums=4,
+                          out_shardings=plan.replicated() if plan is not None else None)
 
   def _sample_impl(self, params, cond, rng, cfg_scale, count: int):
     fn = model_fn(self.model, params)
@@ -59,7 +61,7 @@ class ImageSampler:
     if cond is not None:
       cond = {key: jnp.asarray(value) for key, value in cond.items()}
       count = len(next(iter(cond.values())))
-    out = np.asarray(self._sample(params, cond, rng, jnp.float32(scale), count))
+    out = np.asarray(self.jitted(params, cond, rng, jnp.float32(scale), count))
     # Decoded on this process's own device, from the (replicated) host copy of the latents.
     return out if self.decode is None else np.asarray(self.decode(out))
 
