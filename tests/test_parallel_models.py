@@ -12,7 +12,10 @@ from dit_jax.config import base_config
 from dit_jax.models import create_model, example_condition
 
 BACKBONES = {  # name -> (config.model, input shape)
-    "UNet cross_attn": (dict(name="UNet-small", base_channels=16, num_groups=4, num_heads=2,
+    # One level: the sharded-equals-single-device check needs every kind of U-Net layer (res
+    # block, spatial transformer, middle block), not two resolutions; compile time dominates.
+    "UNet cross_attn": (dict(name="UNet-small", base_channels=16, channel_mult=(1,),
+                             attention_levels=(0,), num_groups=4, num_heads=2,
                              conditioning="cross_attn"), (8, 8, 1)),
     "MMDiT hybrid": (dict(name="MMDiT", hidden_size=32, num_heads=2, depth_double=1,
                           depth_single=1, vocab_size=16, text_length=4, text_width=16,
