@@ -23,7 +23,7 @@ class CheckpointError(OSError):
 
 def _reason(error: Exception) -> str:
   """The first line of an error, short enough for one line of a report."""
-  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  text = (str(error).strip() or type(error).__name__).splitlines()[0]
   return f"{type(error).__name__}: {text[:200]}"
 
 

@@ -57,13 +57,12 @@ def samples(name: str, ec, run: Run, log=print):
     reference = Reference.of_features(net, extractor(real))
   sampler = run.sampler()
   labels = uniform_labels(ec.num_samples, contract.class_count(run.model), config.seed + 2)
-  conditional = "label" in spec
 
   def action(step, state):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
     images = np.concatenate(list(sample_in_batches(
         sampler, state.ema_params, labels, min(ec.batch_size, len(labels)), rng)))
-    return evaluate(extractor, images, reference, labels if conditional else None)
+    return evaluate(extractor, images, reference, labels if "label" in spec else None)
   return action
 
 
@@ -88,12 +87,11 @@ def composition(name: str, ec, run: Run, log=print):
   objects = check.split_objects(shapes_config, ec.split, min(ec.num_samples, available))
   unseen = check.unseen(objects["captions"], shapes_config)
   cond = caption_condition(config.data, objects["captions"])
-  count = len(objects["captions"])
   sampler = run.sampler()
 
   def action(step, state):
     images = np.concatenate(list(sample_in_batches(
-        sampler, state.ema_params, cond, min(ec.batch_size, count),
+        sampler, state.ema_params, cond, min(ec.batch_size, len(objects["captions"])),
         jax.random.PRNGKey(config.seed + 3))))
     return check.scores(check.check_images(images, objects), unseen)
   return action

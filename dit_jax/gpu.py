@@ -95,7 +95,9 @@ device_description_str: "{gpu.device_name}"
 """
 
 
-def require_cuda_plugin():
+def host_devices(host: Host) -> list:
+  """Compile-only devices of one host of GPUs. Set JAX_PLATFORMS=cpu so that JAX does not
+  look for a GPU."""
   try:
     import jax_plugins.xla_cuda12  # noqa: F401
   except ImportError as error:
@@ -103,12 +105,6 @@ def require_cuda_plugin():
         "compiling for a GPU needs JAX's CUDA plugin, which is not installed: pip install -e "
         "'.[aot]' (or pip install 'jax[cuda12-local]'); no GPU or CUDA library is needed")\
         from error
-
-
-def host_devices(host: Host) -> list:
-  """Compile-only devices of one host of GPUs. Set JAX_PLATFORMS=cpu so that JAX does not
-  look for a GPU."""
-  require_cuda_plugin()
   from jax.experimental import topologies
   topology = topologies.get_topology_desc(platform="cuda", target_config=target_config(
       host.chip), topology=host.topology_name)

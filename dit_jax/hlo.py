@@ -52,8 +52,7 @@ def replica_groups(attributes: str, num_devices: int) -> list[list[int]]:
     chosen = [n for n in re.findall(r"'([^']+)'", mesh[2]) if n in sizes]
     ids = np.arange(math.prod(sizes.values())).reshape([sizes[n] for n in names])
     order = [names.index(n) for n in names if n not in chosen] + [names.index(n) for n in chosen]
-    group = math.prod(sizes[n] for n in chosen)
-    return ids.transpose(order).reshape(-1, group).tolist()
+    return ids.transpose(order).reshape(-1, math.prod(sizes[n] for n in chosen)).tolist()
   return [list(range(num_devices))]
 
 
@@ -160,7 +159,7 @@ def collectives(hlo: str, num_devices: int, num_slices: int = 1) -> list[dict]:
         payload = _shape_bytes(match[2])[:1]
         add(kind, True, runs[name], _moved_bytes(kind, payload, payload, num_slices))
         continue
-      kind = op[:-len("-start")] if op.endswith("-start") else op
+      kind = op.removesuffix("-start")
       if kind not in COLLECTIVES:
         continue
       if kind == "all-reduce" and name.startswith("all-reduce-scatter"):
@@ -192,7 +191,7 @@ def _kind(opcode: str, rest: str) -> str:
     return "matmul"
   if opcode == "convolution":
     return "convolution"
-  if any(opcode.startswith(c) for c in COLLECTIVES):
+  if opcode.startswith(COLLECTIVES):
     return "collective"
   if opcode in ("copy", "transpose", "copy-start", "dynamic-update-slice", "dynamic-slice"):
     return "data movement"

@@ -68,8 +68,7 @@ def _load_images(source, indices: range, flip: bool, image_size: int | None, poo
   images, labels = [], []
   for i in indices:
     ex = examples[i // 2 if flip else i]
-    image = ex["image"][:, ::-1] if flip and i % 2 else ex["image"]
-    images.append(image)
+    images.append(ex["image"][:, ::-1] if flip and i % 2 else ex["image"])
     labels.append(ex.get("label", -1))
   return np.stack(images), np.asarray(labels, np.int32)
 
@@ -120,8 +119,7 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
 
   mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-  params = jax.device_put(params, jax.sharding.NamedSharding(mesh,
-                                                             jax.sharding.PartitionSpec()))
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
   @jax.jit
   def encode(params, x_BHWC):

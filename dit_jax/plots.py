@@ -13,9 +13,8 @@ def plot_flops(rows: list[dict], path: str):
     sizes.setdefault(row["model"].split("/")[0], []).append(row)
   for size, group in sizes.items():
     group = sorted(group, key=lambda r: r["patch_size"])
-    patches = [r["patch_size"] for r in group]
     gflops = [r["gflops"] for r in group]
-    ax_patch.plot(patches, gflops, "o-", label=size)
+    ax_patch.plot([r["patch_size"] for r in group], gflops, "o-", label=size)
     ax_params.plot(gflops, [r["params"] / 1e6 for r in group], "o", label=size)
     for r in group:
       ax_params.annotate(f"/{r['patch_size']}", (r["gflops"], r["params"] / 1e6), fontsize=7,

@@ -15,6 +15,7 @@ is the network's. Self-attention mixes all pixels: from the first attention bloc
 receptive field is the whole image (`math.inf` here).
 """
 import math
+from contextlib import nullcontext
 from fractions import Fraction
 
 import flax.linen as nn
@@ -32,7 +33,7 @@ def receptive_field(layers) -> list:
   for filter_size, stride in layers:
     r = math.inf if math.isinf(filter_size) or math.isinf(r) else r + (filter_size - 1) * jump
     jump *= Fraction(stride)
-    fields.append(r if math.isinf(r) else int(r) if r == int(r) else r)
+    fields.append(r if math.isinf(r) or r != int(r) else int(r))
   return fields
 
 
@@ -113,14 +114,11 @@ def gradient_support(fn, x_HWC: jax.Array, pixels, freeze_norm_statistics: bool 
     onehot_PHWC = jnp.stack([jnp.zeros_like(out_HWC).at[r, c].set(1.0) for r, c in pixels])
     return jax.vmap(pullback)(onehot_PHWC)[0]
 
-  def run(x_HWC):  # jitted afresh each call: a cached trace would ignore the interceptor
-    if not freeze_norm_statistics:
-      return jax.jit(grads)(x_HWC)
-    with nn.intercept_methods(_frozen_group_norm):
-      return jax.jit(grads)(x_HWC)
-
+  frozen = nn.intercept_methods(_frozen_group_norm) if freeze_norm_statistics else nullcontext()
+  with frozen:  # jitted afresh each call: a cached trace would ignore the interceptor
+    grads_PHWC = np.asarray(jax.jit(grads)(x_HWC.astype(jnp.float32)))
   supports = []
-  for grad_HWC in np.asarray(run(x_HWC.astype(jnp.float32))):
+  for grad_HWC in grads_PHWC:
     rows, cols = np.nonzero(np.abs(grad_HWC).sum(-1))
     supports.append((int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1))
                     if len(rows) else (0, 0))

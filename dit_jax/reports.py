@@ -73,9 +73,7 @@ def format_rows(rows: list[dict], fmt: str) -> str:
   body = [_cells(r, cols) for r in rows]
   if fmt == "csv":
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([key for _, key, _ in cols])
-    writer.writerows(body)
+    csv.writer(out, lineterminator="\n").writerows([[key for _, key, _ in cols], *body])
     return out.getvalue().rstrip("\n")
   if fmt == "markdown":
     return markdown_table(header, body)

@@ -216,11 +216,10 @@ def _claim(root: Path, run: RunSpec, worker: int) -> bool:
   path = root / "claims" / f"{run.workdir.parent.name}.seed_{run.seed}"
   path.parent.mkdir(parents=True, exist_ok=True)
   try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with open(path, "x") as f:
+      f.write(f"worker {worker}\n")
   except FileExistsError:
     return False
-  with os.fdopen(fd, "w") as f:
-    f.write(f"worker {worker}\n")
   return True
 
 
@@ -241,9 +240,8 @@ def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: 
   `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed."""
   (root / "logs").mkdir(parents=True, exist_ok=True)
   shutil.rmtree(root / "claims", ignore_errors=True)  # the workers claim runs afresh
-  procs = []
-  for i in range(workers):
-    log_path = root / "logs" / f"shard_{i}.log"
+  logs, procs = [root / "logs" / f"shard_{i}.log" for i in range(workers)], []
+  for i, log_path in enumerate(logs):
     with open(log_path, "w") as out:
       procs.append(subprocess.Popen(
           [sys.executable, "-m", "dit_jax.cli", "sweep", *argv, "--shard", f"{i}/{workers}"],
@@ -259,5 +257,5 @@ def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: 
     raise
   for i, code in enumerate(codes):
     if code:
-      log(f"worker {i} exited with status {code}; see {root / 'logs' / f'shard_{i}.log'}")
+      log(f"worker {i} exited with status {code}; see {logs[i]}")
   return sum(1 for code in codes if code)

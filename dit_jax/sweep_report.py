@@ -23,11 +23,12 @@ def bootstrap_interval(values, level: float = LEVEL, resamples: int = RESAMPLES,
   """(mean, low, high): the percentile bootstrap interval of the mean of `values` (resampled
   with replacement). One value gives (v, v, v): no interval without repetitions."""
   v = np.asarray(values, np.float64)
+  mean = float(v.mean())
   if v.size < 2:
-    return float(v.mean()), float(v.mean()), float(v.mean())
+    return mean, mean, mean
   picks = np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))
   low, high = np.quantile(v[picks].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
-  return float(v.mean()), float(low), float(high)
+  return mean, float(low), float(high)
 
 
 def run_rows(run: RunSpec, info: dict, history: list[dict]) -> list[dict]:
@@ -172,12 +173,12 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
     axes[1].plot(steps, mean, "o-", color=colour, label=run, ms=3)
     for ax, x in ((axes[0], "train_tflops"), (axes[1], "step")):
       ax.plot([r[x] for r in group], [r[metric] for r in group], ".", color=colour, alpha=0.3)
-    last = [r[metric] for r in finals[run]]
-    m, low, high = bootstrap_interval(last)
-    size = 4 + 10 * np.sqrt(finals[run][0]["params"] / most_params)  # area ~ parameters
-    axes[2].errorbar([finals[run][0]["gflops"]], [m], yerr=[[m - low], [high - m]], fmt="o",
+    final = finals[run]
+    m, low, high = bootstrap_interval([r[metric] for r in final])
+    size = 4 + 10 * np.sqrt(final[0]["params"] / most_params)  # area ~ parameters
+    axes[2].errorbar([final[0]["gflops"]], [m], yerr=[[m - low], [high - m]], fmt="o",
                      color=colour, capsize=3, ms=size, alpha=0.8)
-    axes[2].annotate(run, (finals[run][0]["gflops"], m), fontsize=7, xytext=(4, 3),
+    axes[2].annotate(run, (final[0]["gflops"], m), fontsize=7, xytext=(4, 3),
                      textcoords="offset points")
   axes[0].set(xscale="log", xlabel="training compute (Tflops)", ylabel=name)
   axes[1].set(xlabel="training step", ylabel=name)

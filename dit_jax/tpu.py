@@ -85,7 +85,9 @@ def parse_slice(name: str) -> Slice:
   return Slice(name, kind, chips, _shape(chips, CHIPS[kind].dims))
 
 
-def require_libtpu():
+def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
+  """Compile-only devices of `num_slices` such slices (joined by DCN); each device has its
+  `slice_index`. Needs libtpu; set JAX_PLATFORMS=cpu so that JAX does not look for a TPU."""
   try:
     import libtpu  # noqa: F401
   except ImportError as error:
@@ -93,12 +95,6 @@ def require_libtpu():
         "compiling for a TPU topology needs the TPU runtime (libtpu), which is not installed: "
         "pip install -e '.[tpu]' (or pip install 'jax[tpu]'); no TPU needs to be attached")\
         from error
-
-
-def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
-  """Compile-only devices of `num_slices` such slices (joined by DCN); each device has its
-  `slice_index`. Needs libtpu; set JAX_PLATFORMS=cpu so that JAX does not look for a TPU."""
-  require_libtpu()
   # libtpu takes a machine-wide lock meant for processes that drive a TPU; compiling needs
   # none, and another process (a second compile, a test worker) may hold it.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -106,11 +102,10 @@ def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
     raise ValueError(f"--num-slices={num_slices} must be at least 1")
   from jax.experimental import topologies
   chip = tpu_slice.chip
-  host = (2, 2, 1) if tpu_slice.chips >= 4 else (1, 1, 1)
   wrap = tuple(s >= 4 and tpu_slice.chips >= (64 if chip.dims == 3 else 256)
                for s in (*tpu_slice.shape, 1)[:3])
-  kwargs = dict(chip_config_name="megacore" if chip.cores_per_chip == 2 else "default",
-                chips_per_host_bounds=host, num_slices=num_slices, wrap=wrap)
-  topology = topologies.get_topology_desc(topology_name=tpu_slice.topology_name,
-                                          platform="tpu", **kwargs)
+  topology = topologies.get_topology_desc(
+      topology_name=tpu_slice.topology_name, platform="tpu", num_slices=num_slices, wrap=wrap,
+      chip_config_name="megacore" if chip.cores_per_chip == 2 else "default",
+      chips_per_host_bounds=(2, 2, 1) if tpu_slice.chips >= 4 else (1, 1, 1))
   return list(topology.devices)

@@ -99,6 +99,4 @@ def read_history(workdir) -> list[dict]:
 
 
 def _fmt(value) -> str:
-  if isinstance(value, int):
-    return str(value)
-  return f"{value:.4g}" if math.isfinite(value) else str(value)
+  return f"{value:.4g}" if not isinstance(value, int) and math.isfinite(value) else str(value)
