@@ -45,12 +45,13 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from dit_jax import sweep
 from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
+from dit_jax.errors import InputError
 from dit_jax.models import class_count, create_model, flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, REMAT_POLICIES, dit
 from dit_jax.nn.attention import BACKENDS
-from dit_jax.reports import FORMATS, flops_row, format_rows, format_scores
+from dit_jax.studies import sweep
+from dit_jax.studies.reports import FORMATS, flops_row, format_rows, format_scores
 
 
 def _model_names(spec: str) -> list[str]:
@@ -83,7 +84,7 @@ def cmd_flops(args, overrides):
   rows = flops_rows(args, overrides)
   print(format_rows(rows, args.format))
   if args.plot:
-    from dit_jax.plots import plot_flops
+    from dit_jax.studies.plots import plot_flops
     plot_flops(rows, args.plot)
     print(f"wrote {args.plot}", file=sys.stderr)
 
@@ -92,10 +93,10 @@ def cmd_train(args, overrides):
   if args.multihost or args.coordinator:
     from dit_jax import parallel  # before any other JAX call
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  from dit_jax import train
+  from dit_jax.training import denoiser
   config = apply_overrides(load_config(args.config), overrides)
   start, first = time.perf_counter(), []
-  state = _until_preempted("train", lambda: train.train_and_evaluate(
+  state = _until_preempted("train", lambda: denoiser.train_and_evaluate(
       config, args.workdir, on_start=lambda s: first.append(int(s.step))))
   if int(state.step) == first[0]:
     print(f"nothing was trained: {args.workdir} is at step {first[0]} and train.steps="
@@ -177,7 +178,7 @@ def _mesh_fields(spec: str) -> dict:
   for item in filter(None, spec.split(",")):
     key, sep, value = item.partition("=")
     if not sep or not (key == "rules" or value.lstrip("-").isdigit()):
-      raise ValueError(f"--mesh {spec!r}: expected key=value items with whole-number sizes, "
+      raise InputError(f"--mesh {spec!r}: expected key=value items with whole-number sizes, "
                        "such as data=2,fsdp=4,rules=fsdp")
     fields[key] = value if key == "rules" else int(value)
   return fields
@@ -194,14 +195,14 @@ def bench_model(args, overrides):
   preset_flags += ["--scan"] if args.scan else []
   if args.config:
     if preset_flags:
-      raise ValueError(f"{preset_flags} set a preset's fields; with --config set them in the "
+      raise InputError(f"{preset_flags} set a preset's fields; with --config set them in the "
                        "config, e.g. --config.model.dtype=bfloat16 "
                        "--config.model.attention_backend=cudnn")
     config = apply_overrides(load_config(args.config), overrides)
     return (config.model.name, create_model(config.model), model_input_shape(config.data),
             config)
   if overrides:
-    raise ValueError(f"--config.* overrides need --config: got {overrides}")
+    raise InputError(f"--config.* overrides need --config: got {overrides}")
   get = lambda k: BENCH_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
   name = get("model") if get("model").startswith("DiT-") else f"DiT-{get('model')}"
   model = dit(name, dtype=jnp.dtype(get("dtype")), attention_backend=get("attention"),
@@ -213,7 +214,7 @@ def bench_model(args, overrides):
 def cmd_bench(args, overrides):
   import jax
 
-  from dit_jax import bench
+  from dit_jax.perf import bench
   name, model, image_shape, config = bench_model(args, overrides)
   mesh = _mesh_fields(args.mesh)
   if args.sample:
@@ -254,7 +255,7 @@ def cmd_aot(args, overrides):
 
   import jax
   jax.config.update("jax_platforms", "cpu")  # compile-only devices; no TPU or GPU is looked for
-  from dit_jax import aot
+  from dit_jax.perf import aot
   config = validate(apply_overrides(load_config(args.config), overrides))
   target = aot.Target.create(args.topology, args.num_slices)
   _, report = aot.compile_step(config, target, args.step, args.batch_size)
@@ -273,10 +274,10 @@ def cmd_aot(args, overrides):
 
 
 def cmd_train_vae(args, overrides):
-  from dit_jax import vae_train
+  from dit_jax.training import autoencoder
   config = apply_overrides(load_config(args.config), overrides)
   start = time.perf_counter()
-  _until_preempted("train-vae", lambda: vae_train.train_vae(config, args.workdir))
+  _until_preempted("train-vae", lambda: autoencoder.train_vae(config, args.workdir))
   stats = json.loads((Path(args.workdir) / "eval.json").read_text())
   print(f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
         f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
@@ -284,7 +285,7 @@ def cmd_train_vae(args, overrides):
 
 
 def cmd_extract_latents(args, overrides):
-  from dit_jax import latents
+  from dit_jax.sampling import latents
   config = apply_overrides(load_config(args.config), overrides)
   data_config = config.data.to_dict()
   if args.split:
@@ -304,7 +305,7 @@ def _sample_labels(args, num_classes: int) -> np.ndarray:
   if args.labels:
     labels = np.array(args.labels, np.int32)
     if num_classes and labels.max() > num_classes:
-      raise ValueError(f"--labels {','.join(map(str, args.labels))}: this model has "
+      raise InputError(f"--labels {','.join(map(str, args.labels))}: this model has "
                        f"{num_classes} classes, so labels lie in 0..{num_classes} "
                        f"({num_classes} is the null class, unconditional samples)")
     return labels
@@ -323,9 +324,10 @@ def _sample_many(args, sampler, state, num_classes: int, rng):
   import jax
   from tqdm import tqdm
 
-  from dit_jax.sample import sample_to_npz, uniform_labels
+  from dit_jax.sampling.sample_set import sample_to_npz
+  from dit_jax.sampling.sampler import uniform_labels
   if not args.out.endswith(".npz"):
-    raise ValueError(f"--num {args.num} writes a sample set: name it --out FILE.npz")
+    raise InputError(f"--num {args.num} writes a sample set: name it --out FILE.npz")
   labels = uniform_labels(args.num, num_classes, args.seed)
   with tqdm(total=args.num, desc="sample", unit="image", dynamic_ncols=True) as bar:
     drawn = sample_to_npz(sampler, state.ema_params, labels, args.out,
@@ -337,9 +339,9 @@ def _sample_many(args, sampler, state, num_classes: int, rng):
 
 
 def cmd_eval(args, overrides):
-  from dit_jax import images
   from dit_jax.eval.evaluate import evaluate, load_reference
   from dit_jax.eval.features import Extractor
+  from dit_jax.sampling import images
   extractor = Extractor(_feature_net_of(args), args.batch_size)
   reference = load_reference(args.ref, extractor)
   samples, labels = images.load_npz_images(args.samples)
@@ -354,9 +356,10 @@ def _feature_net_of(args):
 
 
 def cmd_eval_ref(args, overrides):
-  from dit_jax import data, images
+  from dit_jax import data
   from dit_jax.eval.evaluate import Reference
   from dit_jax.eval.features import Extractor
+  from dit_jax.sampling import images
   extractor = Extractor(_feature_net_of(args), args.batch_size)
   if args.images:
     real, _ = images.load_npz_images(args.images)
@@ -385,7 +388,7 @@ def cmd_train_classifier(args, overrides):
 def cmd_convert(args, overrides):
   from dit_jax.convert import dit as convert_dit
   if (args.src is None) == (args.dst is None):
-    raise ValueError("pass exactly one of --from pytorch (import) or --to pytorch (export)")
+    raise InputError("pass exactly one of --from pytorch (import) or --to pytorch (export)")
   if args.src:
     info = convert_dit.convert_file(args.inp, args.out, args.model, args.num_heads)
   else:
@@ -396,9 +399,9 @@ def cmd_convert(args, overrides):
 def cmd_sample_converted(args):
   import jax
 
-  from dit_jax import images
   from dit_jax.convert.dit import load_converted
   from dit_jax.convert.dit_sample import PAPER_LABELS, decode_latents, sample_latents
+  from dit_jax.sampling import images
   params, info = load_converted(args.converted)
   labels = (np.array(args.labels, np.int32) if args.labels
             else np.array(PAPER_LABELS, np.int32) % max(info["num_classes"], 1))
@@ -410,7 +413,7 @@ def cmd_sample_converted(args):
   print(f"sampled {len(labels)} latents in {time.perf_counter() - start:.1f} s")
   if args.vae is None:
     if not args.out.endswith(".npz"):
-      raise ValueError("without --vae only latents can be written: use --out FILE.npz, or pass "
+      raise InputError("without --vae only latents can be written: use --out FILE.npz, or pass "
                        "--vae DIR (the SD VAE) to write images")
     np.savez(args.out, latents=latents, labels=labels)
   else:
@@ -426,10 +429,10 @@ def _sample_captions(args, config, sampler, state):
   """A caption-conditioned run: --per-class samples for each ';'-separated caption."""
   import jax
 
-  from dit_jax import images
   from dit_jax.data.tokenizers import caption_condition
+  from dit_jax.sampling import images
   if not args.captions:
-    raise ValueError("this model is conditioned on captions: pass --captions 'a red circle at "
+    raise InputError("this model is conditioned on captions: pass --captions 'a red circle at "
                      "the top left;a blue square in the centre' (';' between captions)")
   captions = [c.strip() for c in args.captions.split(";") if c.strip()]
   cond = {key: np.repeat(value, args.per_class, axis=0)
@@ -450,11 +453,13 @@ def cmd_sample(args, overrides):
   if args.converted:
     return cmd_sample_converted(args)
 
-  from dit_jax import flow, images, latents, parallel, train
-  from dit_jax.sample import ImageSampler, sample_in_batches
+  from dit_jax import flow, parallel
+  from dit_jax.sampling import images, latents
+  from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
+  from dit_jax.training import denoiser
   # A sample set (--num) is drawn data parallel over every device of every process.
   plan = parallel.ShardingPlan.create() if args.num else None
-  config, state = train.load_run(args.workdir, plan)
+  config, state = denoiser.load_run(args.workdir, plan)
   for key, value in (("steps", args.steps), ("method", args.method),
                      ("cfg_scale", args.cfg_scale)):
     if value is not None:
@@ -468,14 +473,14 @@ def cmd_sample(args, overrides):
   rng = jax.random.PRNGKey(args.seed)
   spec = model.condition_spec
   if "text" in spec:
-    raise ValueError(f"{config.model.name} reads cond 'text' ({spec['text'].meaning}), which the "
+    raise InputError(f"{config.model.name} reads cond 'text' ({spec['text'].meaning}), which the "
                      "CLI cannot make from --captions: it needs precomputed text embeddings; "
                      "sample with ImageSampler.sample(params, cond) and cond from "
                      "dit_jax.data.text_embeddings.load_text_embeddings(FILE.npz)")
   if "text_tokens" in spec:
     return _sample_captions(args, config, sampler, state)
   if set(spec) - {"label"}:
-    raise ValueError(f"{config.model.name} reads {sorted(spec)}: the CLI samples class labels "
+    raise InputError(f"{config.model.name} reads {sorted(spec)}: the CLI samples class labels "
                      "(--labels, --per-class) or captions (--captions) only")
   if args.num:
     return _sample_many(args, sampler, state, class_count(model), rng)

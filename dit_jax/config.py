@@ -13,12 +13,13 @@ import ml_collections
 import numpy as np
 
 from dit_jax import flow
+from dit_jax.errors import InputError, MissingFileError
 
 OPTIM_SCHEDULES = ("constant", "cosine")
 VAE_RECONSTRUCTIONS = ("l1", "l2")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A config field no run can use; the message names the field, the value and the fix."""
 
 
@@ -75,7 +76,7 @@ def vae_section(name: str = "tiny", **fields) -> ml_collections.ConfigDict:
                                     "param_dtype": _plain(vae.param_dtype), **fields})
 
 
-# What each kind of evaluator (dit_jax.evaluators) reads, with its defaults. Every kind has
+# What each kind of evaluator (dit_jax.eval.evaluators) reads, with its defaults. Every kind has
 # `every` (steps; 0: never; also at the end), `num_samples`, `batch_size` (samples per compiled
 # sampler call) and `prefix` (of the logged metric names).
 EVALUATORS = {
@@ -147,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
       eta=0.0))  # ddim only: 0 deterministic, 1 DDPM's posterior noise
-  # Evaluations during training (dit_jax.evaluators): named sections of `evaluator_section`,
+  # Evaluations during training (dit_jax.eval.evaluators): named sections of `evaluator_section`,
   # each run every `every` steps and at the end, its metrics logged as `prefix` + name.
   config.evals = ml_collections.ConfigDict()
   # Device mesh (parallel.MeshConfig): sizes of the data / fsdp / tensor axes within a slice
@@ -202,7 +203,7 @@ def config_module(spec: str):
   """(the imported config file of `spec` 'configs/dit.py:DiT-B/4', its argument 'DiT-B/4')."""
   path, _, arg = spec.partition(":")
   if not Path(path).is_file():
-    raise FileNotFoundError(f"config file {path!r} not found: pass --config path/to/file.py[:arg]")
+    raise MissingFileError(f"config file {path!r} not found: pass --config path/to/file.py[:arg]")
   module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
   if module_spec is None or module_spec.loader is None or not path.endswith(".py"):
     raise ConfigError(f"--config {path} is not a Python config file: pass a .py file with a "
@@ -222,21 +223,21 @@ def _parse_value(text: str, current):
   """Parses an override to the type of the field it replaces; ValueError says what it needs."""
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError("expected true or false")
+      raise InputError("expected true or false")
     return text.lower() in ("true", "1")
   if isinstance(current, int):
     try:
       value = float(text) if not text.lstrip("+-").isdigit() else int(text)
     except ValueError:
-      raise ValueError("expected an integer such as 64") from None
+      raise InputError("expected an integer such as 64") from None
     if not (isinstance(value, int) or (math.isfinite(value) and value.is_integer())):
-      raise ValueError("expected an integer such as 64, not a fraction (it is not rounded)")
+      raise InputError("expected an integer such as 64, not a fraction (it is not rounded)")
     return int(value)
   if isinstance(current, float):
     try:
       return float(text)  # also 1e-4, nan and inf, which validate() judges per field
     except ValueError:
-      raise ValueError("expected a number such as 0.001 or 1e-4") from None
+      raise InputError("expected a number such as 0.001 or 1e-4") from None
   if current is None:  # untyped until set: a Python literal if it parses, else a string
     try:
       return ast.literal_eval(text)
@@ -247,7 +248,7 @@ def _parse_value(text: str, current):
   try:
     return type(current)(ast.literal_eval(text))
   except (ValueError, SyntaxError, TypeError):
-    raise ValueError(f"expected a Python literal of type {type(current).__name__}, such as "
+    raise InputError(f"expected a Python literal of type {type(current).__name__}, such as "
                      f"{current!r}") from None
 
 

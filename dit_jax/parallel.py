@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dit_jax.errors import InputError
 from dit_jax.nn import axes
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -82,15 +83,15 @@ class MeshConfig:
 def resolve_sizes(sizes: Sequence[int], total: int, fields: Sequence[str]) -> tuple[int, ...]:
   """Fills in the one `-1` so that the product is `total`; errors name the config fields."""
   if any(s == 0 or s < -1 for s in sizes) or list(sizes).count(-1) > 1:
-    raise ValueError(f"{', '.join(fields)} = {tuple(sizes)}: sizes must be positive, with at "
+    raise InputError(f"{', '.join(fields)} = {tuple(sizes)}: sizes must be positive, with at "
                      "most one -1 (meaning 'the devices that are left')")
   known = math.prod(s for s in sizes if s != -1)
   if total % known:
-    raise ValueError(f"{', '.join(fields)} = {tuple(sizes)} do not divide the {total} devices: "
+    raise InputError(f"{', '.join(fields)} = {tuple(sizes)} do not divide the {total} devices: "
                      f"choose sizes whose product divides {total}")
   resolved = tuple(total // known if s == -1 else s for s in sizes)
   if math.prod(resolved) != total:
-    raise ValueError(f"{', '.join(fields)} = {tuple(sizes)} multiply to {math.prod(resolved)} "
+    raise InputError(f"{', '.join(fields)} = {tuple(sizes)} multiply to {math.prod(resolved)} "
                      f"but there are {total} devices: make the product {total}, or set one "
                      "size to -1")
   return resolved
@@ -126,7 +127,7 @@ def resolve_rules(rules: str | Sequence) -> tuple[tuple[str, Any], ...]:
   """A preset name or explicit ((logical, mesh axes), ...) pairs -> validated rules."""
   if isinstance(rules, str):
     if rules not in RULE_PRESETS:
-      raise ValueError(f"mesh.rules={rules!r} is not a preset; use one of {tuple(RULE_PRESETS)} "
+      raise InputError(f"mesh.rules={rules!r} is not a preset; use one of {tuple(RULE_PRESETS)} "
                        "or a tuple of (logical axis, mesh axis or None) pairs")
     return RULE_PRESETS[rules]
   resolved = []
@@ -134,7 +135,7 @@ def resolve_rules(rules: str | Sequence) -> tuple[tuple[str, Any], ...]:
     target = target if isinstance(target, str) or target is None else tuple(target)
     unknown = [t for t in _spec_axes(target) if t is not None and t not in MESH_AXES]
     if unknown:
-      raise ValueError(f"mesh.rules: ({logical!r}, {target!r}) names mesh axes {unknown}; the "
+      raise InputError(f"mesh.rules: ({logical!r}, {target!r}) names mesh axes {unknown}; the "
                        f"mesh axes are {MESH_AXES}")
     resolved.append((logical, target))
   return tuple(resolved)
@@ -165,7 +166,7 @@ class ShardingPlan:
     used = {a for _, target in rules for a in _spec_axes(target)}
     idle = [a for a in MESH_AXES if mesh.shape[a] > 1 and a not in used]
     if idle:
-      raise ValueError(f"mesh.{idle[0]}={mesh.shape[idle[0]]} but mesh.rules={cfg.rules!r} "
+      raise InputError(f"mesh.{idle[0]}={mesh.shape[idle[0]]} but mesh.rules={cfg.rules!r} "
                        f"shards nothing over {idle[0]!r}: the devices would repeat the same "
                        f"work. Set mesh.{idle[0]}=1 or use rules that use it "
                        f"(presets: {tuple(RULE_PRESETS)})")
@@ -211,7 +212,7 @@ class ShardingPlan:
         parts = math.prod(self.mesh.shape[a] for a in _spec_axes(entry))
         if leaf.shape[dim] % parts:
           names = "*".join(f"mesh.{a}" for a in _spec_axes(entry))
-          raise ValueError(
+          raise InputError(
               f"parameter {_path_str(path)} has shape {leaf.shape}; its dimension {dim} "
               f"({leaf.shape[dim]}) must be split over {names} = {parts} and is not divisible. "
               f"Change {self._field_hint(entry)} or {names}")
@@ -244,7 +245,7 @@ class ShardingPlan:
   def check_batch(self, global_batch: int):
     if global_batch % self.batch_divisor:
       sizes = " * ".join(f"mesh.{a}={self.mesh.shape[a]}" for a in self.batch_axes)
-      raise ValueError(f"data.batch_size={global_batch} must be divisible by {sizes} = "
+      raise InputError(f"data.batch_size={global_batch} must be divisible by {sizes} = "
                        f"{self.batch_divisor} (the batch is split over those axes): use a "
                        f"multiple of {self.batch_divisor}")
 

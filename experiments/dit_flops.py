@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 from dit_jax.models import flops
-from dit_jax.reports import flops_row, format_rows
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
-from dit_jax.plots import plot_flops
+from dit_jax.studies.plots import plot_flops
+from dit_jax.studies.reports import flops_row, format_rows
 
 
 def preset_rows(with_xla: bool) -> list[dict]:

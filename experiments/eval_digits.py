@@ -17,13 +17,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dit_jax import data, engine, flow, train
+from dit_jax import data, engine, flow
 from dit_jax.config import model_input_shape
 from dit_jax.eval.classifier import classifier_net
 from dit_jax.eval.evaluate import Reference, evaluate
 from dit_jax.eval.features import Extractor
 from dit_jax.models import create_model
-from dit_jax.sample import ImageSampler, sample_in_batches, uniform_labels
+from dit_jax.sampling.sampler import ImageSampler, sample_in_batches, uniform_labels
+from dit_jax.training import denoiser
 
 
 def samples_of(config, params, labels, seed: int) -> np.ndarray:
@@ -41,7 +42,7 @@ def main():
   parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
   args = parser.parse_args()
 
-  config, state = train.load_run(args.run)
+  config, state = denoiser.load_run(args.run)
   net = classifier_net("digits/8", config.data.get("data_dir"))
   extractor = Extractor(net, 250)
   test, _ = data.read_images("digits/8", "test", config.data.get("data_dir"))
@@ -50,7 +51,7 @@ def main():
   real, real_labels = data.read_images("digits/8", "train", config.data.get("data_dir"),
                                        limit=args.num)
   model = create_model(config.model)
-  task = train.denoiser_task(model, None, model_input_shape(config.data))
+  task = denoiser.denoiser_task(model, None, model_input_shape(config.data))
   untrained = engine.create_state(task, engine.make_optimizer(config.optim, 1)[0],
                                   jax.random.PRNGKey(config.seed)).params
   sets = {}

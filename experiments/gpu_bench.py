@@ -180,10 +180,10 @@ def run_ours(setting: dict, repeats: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from dit_jax import bench
   from dit_jax.config import load_config, model_input_shape
   from dit_jax.models import create_model
   from dit_jax.models.dit import dit
+  from dit_jax.perf import bench
   config = None
   if "config" in setting:
     config = load_config(str(ROOT / setting["config"]))

@@ -62,15 +62,16 @@ def run_samples(run, test: dict, cfg_scale: float) -> np.ndarray:
   """uint8 samples of the test captions from the final EMA weights of a sweep run, cached in
   its directory; every model of a seed starts from the same noise."""
   import jax
-  from dit_jax import flow, train
+  from dit_jax import flow
   from dit_jax.models import create_model
-  from dit_jax.sample import ImageSampler, sample_in_batches
+  from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
+  from dit_jax.training import denoiser
   steps = json.loads((run.workdir / "result.json").read_text())["steps"]
   n = len(test["images"])
   cache = run.workdir / "composition" / f"step{steps}_cfg{cfg_scale:g}_n{n}.npy"
   if cache.exists():
     return np.load(cache)
-  config, state = train.load_run(run.workdir)
+  config, state = denoiser.load_run(run.workdir)
   sampler = ImageSampler(create_model(config.model), flow.make_objective(config.objective),
                          config.sample, test["images"].shape[1:])
   out = np.concatenate(list(sample_in_batches(sampler, state.ema_params, test["cond"], n,
@@ -83,7 +84,7 @@ def run_samples(run, test: dict, cfg_scale: float) -> np.ndarray:
 def run_entry(run, cfg_scale: float) -> dict:
   """What the tables and the curves need of one finished run: counts, settings, losses and the
   composition evaluator's scores during training."""
-  from dit_jax.training_log import read_history
+  from dit_jax.engine.run_log import read_history
   info = json.loads((run.workdir / "result.json").read_text())
   config = json.loads((run.workdir / "config.json").read_text())
   history = read_history(run.workdir)
@@ -111,7 +112,8 @@ def paired_difference(a: dict, b: dict, key: str, resamples: int = 2000,
 
 
 def report(args):
-  from dit_jax import images, sweep
+  from dit_jax.sampling import images
+  from dit_jax.studies import sweep
   base, spec = sweep.load(args.sweep)
   runs = sweep.expand(spec, args.sweep_dir)
   finished = [r for r in runs if (r.workdir / "result.json").exists()]

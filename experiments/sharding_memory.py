@@ -3,7 +3,7 @@ communication each preset needs per step, computed from the shardings (shapes on
 
     python experiments/sharding_memory.py   # writes experiments/results/sharding_memory.md
 
-The state is what `train.init_train_state` creates: float32 parameters, EMA parameters and
+The state is what `denoiser.init_train_state` creates: float32 parameters, EMA parameters and
 AdamW's two moments (activations come on top and depend on batch and remat). The shard of
 every array follows `parallel.shard_shape` of its partition spec, exactly as the train step
 lays it out; the mesh per device count is the one listed in the table.
@@ -15,9 +15,10 @@ import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec
 
-from dit_jax import parallel, train
+from dit_jax import engine, parallel
 from dit_jax.config import base_config
 from dit_jax.models.dit import dit
+from dit_jax.training import denoiser
 
 RESULTS = Path(__file__).parent / "results"
 DEVICE_COUNTS = (1, 8, 64, 256)
@@ -78,11 +79,11 @@ def communication_gb(preset: str, mesh: dict, params: int, tokens: int, width: i
 
 def main():
   model = dit("DiT-XL/2", num_classes=1000)
-  optimizer, _ = train.make_optimizer(base_config().optim, 1000)
+  optimizer, _ = engine.make_optimizer(base_config().optim, 1000)
   abstract = jax.eval_shape(
-      lambda key: train.create_train_state(model, optimizer, key, LATENT_SHAPE),
+      lambda key: engine.create_state(denoiser.denoiser_task(model, None, LATENT_SHAPE), optimizer, key),
       jax.random.PRNGKey(0))
-  logical = train.logical_param_specs(model, LATENT_SHAPE)
+  logical = engine.logical_param_specs(denoiser.denoiser_task(model, None, LATENT_SHAPE))
   params = sum(x.size for x in jax.tree.leaves(abstract.params))
   tokens = (LATENT_SHAPE[0] // model.patch_size) ** 2
   rows = []

@@ -10,7 +10,7 @@ part can be rerun or extended without redoing the others.
     python experiments/tpu_aot.py --report         # only rewrite the markdown
 
 Every figure but compile time comes from XLA's compiled TPU program; step times are roofline
-ESTIMATES (dit_jax.aot), not measurements.
+ESTIMATES (dit_jax.perf.aot), not measurements.
 """
 import argparse
 import json
@@ -22,8 +22,9 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dit_jax import aot, tpu  # noqa: E402
+from dit_jax import tpu  # noqa: E402
 from dit_jax.config import load_config, validate  # noqa: E402
+from dit_jax.perf import aot
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = RESULTS / "tpu_aot.json"

@@ -106,15 +106,16 @@ def check_composition_evaluator(run):
   """The config's composition evaluator logged, at the last step, the exact check of its
   captions sampled from the EMA weights of that step with the noise it documents."""
   import jax
-  from dit_jax import flow, parallel, train
+  from dit_jax import flow, parallel
   from dit_jax.data.tokenizers import make_tokenizer
+  from dit_jax.engine.run_log import read_history
   from dit_jax.eval import composition
   from dit_jax.models import create_model
-  from dit_jax.sample import ImageSampler, sample_in_batches
-  from dit_jax.training_log import read_history
+  from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
+  from dit_jax.training import denoiser
   logged = [h for h in read_history(run) if "eval/object" in h]
   assert [h["step"] for h in logged] == [2]
-  config, state = train.load_run(run, parallel.ShardingPlan.create(
+  config, state = denoiser.load_run(run, parallel.ShardingPlan.create(
       json.loads((run / "config.json").read_text())["mesh"]))
   shapes_config = composition.shapes_config(config.data.name)
   objects = composition.split_objects(shapes_config, "test", 8)
@@ -132,8 +133,8 @@ def check_composition_evaluator(run):
 def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path, monkeypatch):
   """The U-Net's `text` is float features of a frozen encoder: captions cannot be tokenised
   for it (an MM-DiT reading `text_tokens` can, test above)."""
-  from dit_jax import train
   from dit_jax.config import base_config
+  from dit_jax.training import denoiser
   config = base_config()
   config.model = {"name": "UNet-small", "num_classes": 0, "text_dim": 6}
   monkeypatch.setattr(train, "load_run", lambda workdir, plan=None: (config, None))
@@ -159,8 +160,8 @@ def test_bench_times_the_sampler(capsys, method, evaluations):
 
 def test_bench_times_the_model_of_a_config(capsys):
   """`bench --config` runs any family; its TFLOP/s come from that model's own flop count."""
-  from dit_jax.models import create_model
   from dit_jax.config import load_config
+  from dit_jax.models import create_model
   overrides = ["--config.model.hidden_size=32", "--config.model.num_heads=2",
                "--config.model.text_width=16", "--config.model.text_heads=2",
                "--config.model.depth_double=1", "--config.model.depth_single=1",

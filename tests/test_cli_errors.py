@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dit_jax import cli, images
+from dit_jax import cli
 from dit_jax.convert.io import load_tensors
+from dit_jax.sampling import images
 
 TINY_RUN = ["--config.train.steps=2", "--config.model.depth=1", "--config.model.hidden_size=16",
             "--config.model.num_heads=2", "--config.train.sample_every=0",

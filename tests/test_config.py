@@ -11,10 +11,8 @@ from dit_jax.config import (ABSENT, EVALUATORS, RESUMABLE_FIELDS, ConfigError, a
                             model_input_shape, validate, vae_config)
 from dit_jax.models import create_model
 from dit_jax.models.dit import POSENCS, DiT
-from dit_jax.models.mmdit import PRESET_INPUT
-from dit_jax.models.mmdit import PRESETS as MMDIT_PRESETS
-from dit_jax.models.unet import CONDITIONINGS as UNET_CONDITIONINGS
-from dit_jax.models.unet import PRESETS as UNET_PRESETS
+from dit_jax.models.mmdit import PRESETS as MMDIT_PRESETS, PRESET_INPUT
+from dit_jax.models.unet import CONDITIONINGS as UNET_CONDITIONINGS, PRESETS as UNET_PRESETS
 from dit_jax.models.vae import create_vae, vae_preset
 
 _spec = importlib.util.spec_from_file_location("mmdit_config", "configs/mmdit.py")
@@ -303,7 +301,8 @@ def test_evaluator_sections_are_checked_by_their_type():
 
 
 def test_an_evaluator_refuses_a_model_it_cannot_condition():
-  from dit_jax import evaluators, flow
+  from dit_jax import flow
+  from dit_jax.eval import evaluators
   from dit_jax.models import create_model
   for spec, kind, match in [("configs/mmdit.py:mmdit_double", "samples",
                              r"config.evals.e: a 'samples' evaluator draws class labels"),
@@ -311,7 +310,7 @@ def test_an_evaluator_refuses_a_model_it_cannot_condition():
                              r"config.evals.e: a 'composition' evaluator feeds caption token")]:
     config = load_config(spec)
     config.evals = {"e": evaluator_section(kind)}
-    run = evaluators.Run(config, create_model(config.model), flow.make_objective(
+    run = evaluators.EvalContext(config, create_model(config.model), flow.make_objective(
         config.objective), (8, 8, 3), None)
     with pytest.raises(ValueError, match=match):
       evaluators.hooks(run)

@@ -2,7 +2,7 @@ import pytest
 
 from dit_jax.models import flops
 from dit_jax.models.dit import CONDITIONINGS, PRESETS, dit
-from dit_jax.reports import flops_row
+from dit_jax.studies.reports import flops_row
 
 # Table 1 of the DiT paper (the lecture's table): patch 4 at 256x256, one decimal.
 LECTURE_GFLOPS_P4 = {"DiT-S/4": 1.4, "DiT-B/4": 5.6, "DiT-L/4": 19.7, "DiT-XL/4": 29.1}

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax import checkpoint, data, flow, parallel, train
+from dit_jax import data, engine, flow, parallel
+from dit_jax.engine import checkpoint
 from dit_jax.models import create_model
+from dit_jax.training import denoiser
 
 WORKER = Path(__file__).parent / "multihost" / "worker.py"
 MESH = {"data": 1, "fsdp": 8, "rules": "fsdp"}
@@ -57,18 +59,17 @@ def test_two_processes_equal_one_process(two_process_run):
   """Rebuild the run in this process: the global batch is process 0's half followed by
   process 1's half, exactly as make_array_from_process_local_data lays it out."""
   _, workdir, _ = two_process_run
-  config, _ = train.load_run(workdir)
+  config, _ = denoiser.load_run(workdir)
   model = create_model(config.model)
-  optimizer, schedule = train.make_optimizer(config.optim, config.train.steps)
+  optimizer, schedule = engine.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)
   plan = parallel.ShardingPlan.create(MESH)
-  ema = train.engine.ema_of(config.train)
-  abstract, shardings = train.state_shardings(model, optimizer, (8, 8, 1), plan, ema)
+  ema = engine.ema_of(config.train)
+  abstract, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, (8, 8, 1)), optimizer, plan, ema)
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:  # the whole state
-    restored, _ = ckpt.restore(train.with_shardings(abstract, shardings))
-  state = train.init_train_state(model, optimizer, jax.random.PRNGKey(config.seed), (8, 8, 1),
-                                 plan, ema)
-  step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
+    restored, _ = ckpt.restore(engine.with_shardings(abstract, shardings))
+  state = engine.init_state(denoiser.denoiser_task(model, None, (8, 8, 1)), optimizer, jax.random.PRNGKey(config.seed), plan, ema)
+  step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
   halves = [data.make_iterator(config.data, process_index=i, process_count=2) for i in (0, 1)]
   for _ in range(config.train.steps):
     parts = [next(it) for it in halves]

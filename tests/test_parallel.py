@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from dit_jax import checkpoint, flow, parallel, train
+from dit_jax import engine, flow, parallel
 from dit_jax.config import base_config
+from dit_jax.engine import checkpoint
 from dit_jax.models.dit import DiT, dit
+from dit_jax.training import denoiser
 
 GOLDEN = Path(__file__).parent / "golden" / "dit_xl2_fsdp_tp_specs.json"
 IMAGE_SHAPE = (8, 8, 3)
@@ -28,7 +30,7 @@ def small_model(**kw):
 def setup(model=None):
   config = base_config()
   model = model or small_model()
-  optimizer, schedule = train.make_optimizer(config.optim, 100)
+  optimizer, schedule = engine.make_optimizer(config.optim, 100)
   objective = flow.make_objective(config.objective)
   return model, optimizer, schedule, objective
 
@@ -47,8 +49,8 @@ def step_fn_for(sizes, rules):
   per process."""
   model, optimizer, schedule, objective = default_setup()
   plan = plan_for(sizes, rules)
-  _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
-  return plan, shardings, train.make_step_fn(model, objective, schedule, plan, shardings)
+  _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, plan)
+  return plan, shardings, engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
 
 
 def batches(count, size=16, seed=0):
@@ -65,10 +67,10 @@ def plan_for(sizes, rules, devices=None):
 
 def run_steps(model, optimizer, schedule, objective, plan, data, state=None, step_fn=None):
   if state is None:
-    state = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE, plan)
+    state = engine.init_state(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, jax.random.PRNGKey(0), plan)
   if step_fn is None:
-    _, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, plan)
-    step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
+    _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, plan)
+    step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
   losses = []
   for batch in data:
     state, metrics = step_fn(state, plan.global_batch(batch))
@@ -85,8 +87,8 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 def reference():
   """Two single-device steps (no mesh at all): the numbers every mesh must reproduce."""
   model, optimizer, schedule, objective = setup()
-  state = train.create_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE)
-  step_fn = train.make_step_fn(model, objective, schedule)
+  state = engine.create_state(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, jax.random.PRNGKey(0))
+  step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule)
   losses = []
   for batch in batches(2):
     state, metrics = step_fn(state, jax.tree.map(jnp.asarray, batch))
@@ -111,7 +113,7 @@ def test_sharded_steps_equal_single_device(reference, sizes, rules):
 def test_state_is_sharded_as_the_rules_say():
   model, optimizer, *_ = setup()
   plan = plan_for((2, 2, 2), "fsdp_tp")
-  state = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE, plan)
+  state = engine.init_state(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, jax.random.PRNGKey(0), plan)
   qkv = state.params["blocks_0"]["attn"]["qkv"]["kernel"]  # (D, 3, N, H)
   assert qkv.sharding.spec == PartitionSpec("fsdp", None, "tensor", None)
   assert qkv.addressable_shards[0].data.shape == (32, 3, 2, 16)
@@ -129,8 +131,8 @@ def test_state_is_sharded_as_the_rules_say():
 
 def spec_table(plan, model, image_shape):
   """{parameter path: mesh axes per dimension} for the golden file."""
-  optimizer, _ = train.make_optimizer(base_config().optim, 10)
-  _, shardings = train.state_shardings(model, optimizer, image_shape, plan)
+  optimizer, _ = engine.make_optimizer(base_config().optim, 10)
+  _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, image_shape), optimizer, plan)
   flat = jax.tree_util.tree_flatten_with_path(shardings.params)[0]
   return {parallel._path_str(path): [list(e) if isinstance(e, tuple) else e
                                      for e in s.spec] for path, s in flat}
@@ -168,8 +170,8 @@ def test_reshard_on_restore_and_continue_equals_uninterrupted(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
   ckpt.save(2, state)
   four = plan_for((4, 1, 1), "dp", jax.devices()[:4])
-  abstract, shardings = train.state_shardings(model, optimizer, IMAGE_SHAPE, four)
-  restored, _ = ckpt.restore(train.with_shardings(abstract, shardings))
+  abstract, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, four)
+  restored, _ = ckpt.restore(engine.with_shardings(abstract, shardings))
   ckpt.close()
   kernel = restored.params["blocks_0"]["mlp"]["fc1"]["kernel"]
   assert len(kernel.sharding.device_set) == 4 and kernel.sharding.is_fully_replicated
@@ -184,10 +186,9 @@ def collectives(sizes, rules):
   model, optimizer, _, _ = default_setup()
   plan, shardings, step_fn = step_fn_for(sizes, rules)
   abstract = jax.eval_shape(
-      lambda: train.init_train_state(model, optimizer, jax.random.PRNGKey(0), IMAGE_SHAPE,
-                                     plan))
+      lambda: engine.init_state(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, jax.random.PRNGKey(0), plan))
   batch = plan.global_batch(batches(1)[0])
-  hlo = step_fn.lower(train.with_shardings(abstract, shardings), batch).compile().as_text()
+  hlo = step_fn.lower(engine.with_shardings(abstract, shardings), batch).compile().as_text()
   return {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(")
           for op in ("all-gather", "all-reduce", "reduce-scatter")}
 
@@ -212,7 +213,7 @@ def test_bad_mesh_and_batch_sizes_name_the_fields():
     plan_for((8, 1, 1), "zero")
   model, optimizer, *_ = setup(small_model(hidden_size=48, num_heads=3))
   with pytest.raises(ValueError, match="Change model.num_heads or mesh.tensor"):
-    train.state_shardings(model, optimizer, IMAGE_SHAPE, plan_for((1, 4, 2), "fsdp_tp"))
+    engine.state_shardings(denoiser.denoiser_task(model, None, IMAGE_SHAPE), optimizer, plan_for((1, 4, 2), "fsdp_tp"))
 
 
 def test_mesh_sizes_resolve_and_neighbours_share_an_axis():

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax import flow, parallel, train
+from dit_jax import engine, flow, parallel
 from dit_jax.config import base_config
 from dit_jax.models import create_model, example_condition
+from dit_jax.training import denoiser
 
 BACKBONES = {  # name -> (config.model, input shape)
     # One level: the sharded-equals-single-device check needs every kind of U-Net layer (res
@@ -47,23 +48,23 @@ def test_backbone_sharded_step_equals_single_device(backbone):
   model_config, shape = BACKBONES[backbone]
   model = create_model(model_config)
   config = base_config()
-  optimizer, schedule = train.make_optimizer(config.optim, 10)
+  optimizer, schedule = engine.make_optimizer(config.optim, 10)
   objective = flow.make_objective(config.objective)
   batch = random_batch(model, shape)
 
   # One compiled init rather than op-by-op (a compile per parameter shape); like the sharded
   # init below, which is jitted too.
-  state = jax.jit(lambda rng: train.create_train_state(model, optimizer, rng, shape))(
+  state = jax.jit(lambda rng: engine.create_state(denoiser.denoiser_task(model, None, shape), optimizer, rng))(
       jax.random.PRNGKey(0))
-  reference, ref_metrics = train.make_step_fn(model, objective, schedule)(
+  reference, ref_metrics = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule)(
       state, jax.tree.map(jnp.asarray, batch))
   reference = jax.device_get(reference)
 
   for rules, (data, fsdp, tensor) in MESHES.items():
     plan = parallel.ShardingPlan.create(dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules))
-    _, shardings = train.state_shardings(model, optimizer, shape, plan)
-    sharded = train.init_train_state(model, optimizer, jax.random.PRNGKey(0), shape, plan)
-    step_fn = train.make_step_fn(model, objective, schedule, plan, shardings)
+    _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, shape), optimizer, plan)
+    sharded = engine.init_state(denoiser.denoiser_task(model, None, shape), optimizer, jax.random.PRNGKey(0), plan)
+    step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
     sharded, metrics = step_fn(sharded, plan.global_batch(batch))
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5,
                                err_msg=rules)

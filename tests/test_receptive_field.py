@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dit_jax.models.unet import unet
-from dit_jax.receptive_field import (UPSAMPLE, _frozen_group_norm, gradient_support,
+from receptive_field import (UPSAMPLE, _frozen_group_norm, gradient_support,
                                      receptive_field, unet_receptive_fields)
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.convert.io import load_tensors, refuse_mismatch, save_tensors
+from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.dit import PRESETS, SIZES, DiT, preset
 from dit_jax.nn.posenc import sincos_2d
 
@@ -86,7 +87,7 @@ def describe(info: dict) -> str:
 
 def _shape(state, key):
   if key not in state:
-    raise ValueError(f"checkpoint has no {key!r}: not a facebookresearch/DiT state dict (keys "
+    raise InputError(f"checkpoint has no {key!r}: not a facebookresearch/DiT state dict (keys "
                      f"start with {sorted(state)[:5]})")
   return tuple(state[key].shape)
 
@@ -100,12 +101,12 @@ def infer_info(state: dict, model: str | None = None, num_heads: int | None = No
   depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
   out = _shape(state, "final_layer.linear.weight")[0] // (p * p)
   if out not in (C, 2 * C):
-    raise ValueError(f"final_layer.linear has {out} output channels per pixel for {C} input "
+    raise InputError(f"final_layer.linear has {out} output channels per pixel for {C} input "
                      f"channels: expected {C} or {2 * C} (learn_sigma)")
   T = _shape(state, "pos_embed")[1]
   grid = round(T ** 0.5)
   if grid * grid != T:
-    raise ValueError(f"pos_embed has {T} tokens, not a square grid: the original DiT is square")
+    raise InputError(f"pos_embed has {T} tokens, not a square grid: the original DiT is square")
   fc1 = state.get("blocks.0.mlp.fc1.weight")
   table = state.get("y_embedder.embedding_table.weight")
   info = {"depth": depth, "hidden_size": D, "patch_size": p, "in_channels": C,
@@ -116,19 +117,19 @@ def infer_info(state: dict, model: str | None = None, num_heads: int | None = No
     want = preset(model)
     got = {"depth": depth, "hidden_size": D, "patch_size": p}
     if any(want[k] != got[k] for k in got):
-      raise ValueError(f"--model {model} is depth={want['depth']}, hidden_size="
+      raise InputError(f"--model {model} is depth={want['depth']}, hidden_size="
                        f"{want['hidden_size']}, patch_size={want['patch_size']} but the file has "
                        f"{got}: pass the matching model or leave it out to infer it")
     num_heads = want["num_heads"]
   if num_heads is None:
     sizes = [s for s, v in SIZES.items() if (v["depth"], v["hidden_size"]) == (depth, D)]
     if not sizes:
-      raise ValueError(f"no DiT preset has depth={depth} and hidden_size={D}, so the head count "
+      raise InputError(f"no DiT preset has depth={depth} and hidden_size={D}, so the head count "
                        "is unknown: pass num_heads (--num-heads)")
     num_heads = SIZES[sizes[0]]["num_heads"]
   info["num_heads"] = int(num_heads)
   if p != p2 or D % info["num_heads"]:
-    raise ValueError(f"unsupported patch conv {(D, C, p, p2)} or num_heads={num_heads}")
+    raise InputError(f"unsupported patch conv {(D, C, p, p2)} or num_heads={num_heads}")
   return info
 
 
@@ -245,7 +246,7 @@ def check_pos_embed(pos_embed: np.ndarray, info: dict):
   ours = sincos_2d(grid, grid, info["hidden_size"])
   err = float(np.max(np.abs(np.asarray(pos_embed, np.float64).reshape(ours.shape) - ours)))
   if err > POS_EMBED_ATOL:
-    raise ValueError(f"pos_embed differs from the 2D sin-cos table of a {grid}x{grid} grid by up "
+    raise InputError(f"pos_embed differs from the 2D sin-cos table of a {grid}x{grid} grid by up "
                      f"to {err:.3g}: this is not a fixed sin-cos DiT (or its token order differs)")
 
 
@@ -288,7 +289,7 @@ def load_converted(ckpt_dir: str | Path) -> tuple[dict, dict]:
   ckpt_dir = Path(ckpt_dir)
   for name in (PARAMS_FILE, CONFIG_FILE):
     if not (ckpt_dir / name).is_file():
-      raise FileNotFoundError(f"{ckpt_dir / name} not found: make the directory with "
+      raise MissingFileError(f"{ckpt_dir / name} not found: make the directory with "
                               "`dit-jax convert --from pytorch --in FILE.pt --out DIR`")
   info = json.loads((ckpt_dir / CONFIG_FILE).read_text())
   params = flax.traverse_util.unflatten_dict(load_tensors(ckpt_dir / PARAMS_FILE), sep="/")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.convert.dit import make_model
+from dit_jax.errors import InputError
 from dit_jax.flow.paths import VPPath
 from dit_jax.flow.samplers import respaced_grid, sample_ddpm
 from dit_jax.models import model_fn
@@ -52,16 +53,16 @@ def sample_latents(params, info: dict, labels, rng, *, method: str = "ddpm", ste
   Guidance runs when cfg_scale != 1 (two model evaluations per step, batched).
   """
   if method not in METHODS:
-    raise ValueError(f"method={method!r} is not one of {METHODS} (the DiT sampler)")
+    raise InputError(f"method={method!r} is not one of {METHODS} (the DiT sampler)")
   side = info["input_size"]
   size = (side, side) if size is None else tuple(size)
   labels = jnp.asarray(labels, jnp.int32)
   if info["num_classes"] and (labels.min() < 0 or labels.max() > info["num_classes"]):
-    raise ValueError(f"labels must lie in 0..{info['num_classes']} ({info['num_classes']} is "
+    raise InputError(f"labels must lie in 0..{info['num_classes']} ({info['num_classes']} is "
                      "the null class)")
   guided = bool(info["num_classes"]) and cfg_scale != 1.0
   if cfg_scale != 1.0 and not info["num_classes"]:
-    raise ValueError("cfg_scale needs a class-conditional model; use cfg_scale=1")
+    raise InputError("cfg_scale needs a class-conditional model; use cfg_scale=1")
   shape = (*size, info["in_channels"])
   items = tuple(sorted((k, v) for k, v in info.items() if not isinstance(v, (list, dict))))
   out = _sample(params, labels, rng, jnp.float32(cfg_scale), info_items=items, method=method,

@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from dit_jax.errors import InputError, MissingFileError, MissingPackageError
+
 FORMATS = (".safetensors", ".npz", ".pt", ".pth", ".bin")
 
 
@@ -22,12 +24,12 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
   """The flat {name: array} in a weight file, by its extension (see FORMATS)."""
   path = Path(path)
   if path.is_dir():
-    raise IsADirectoryError(f"weight file {path} is a directory: pass the file itself")
+    raise InputError(f"weight file {path} is a directory: pass the file itself")
   if not path.is_file():
-    raise FileNotFoundError(f"weight file {path} not found")
+    raise MissingFileError(f"weight file {path} not found")
   suffix = path.suffix.lower()
   if path.stat().st_size == 0:
-    raise ValueError(f"weight file {path} is empty (0 bytes): an interrupted download or copy? "
+    raise InputError(f"weight file {path} is empty (0 bytes): an interrupted download or copy? "
                      "Fetch or write it again")
   if suffix == ".safetensors":
     return _load_safetensors(path)
@@ -35,7 +37,7 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
     return _load_npz(path)
   if suffix in (".pt", ".pth", ".bin"):
     return _load_torch(path)
-  raise ValueError(f"{path}: unknown weight format {suffix!r}; use one of {FORMATS}")
+  raise InputError(f"{path}: unknown weight format {suffix!r}; use one of {FORMATS}")
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -44,21 +46,21 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
   try:
     return dict(load_file(str(path)))
   except SafetensorError as e:
-    raise ValueError(f"{path} is not a readable .safetensors file ({e}): it is damaged, "
+    raise InputError(f"{path} is not a readable .safetensors file ({e}): it is damaged, "
                      "truncated or of another format; write it again") from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
   """The arrays of an .npz (a zip of .npy files); object arrays are refused, never unpickled."""
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not an .npz file (a zip archive of .npy arrays, as np.savez "
+    raise InputError(f"{path} is not an .npz file (a zip archive of .npy arrays, as np.savez "
                      "writes): it is damaged or of another format")
   try:
     with zipfile.ZipFile(path) as archive:
       return {member.removesuffix(".npy"): _npy_member(path, archive, member)
               for member in archive.namelist()}
   except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-    raise ValueError(f"{path}: damaged .npz archive ({e}); write it again") from None
+    raise InputError(f"{path}: damaged .npz archive ({e}); write it again") from None
 
 
 def _npy_member(path: Path, archive: zipfile.ZipFile, member: str) -> np.ndarray:
@@ -66,13 +68,13 @@ def _npy_member(path: Path, archive: zipfile.ZipFile, member: str) -> np.ndarray
     try:
       version = np.lib.format.read_magic(f)
     except ValueError:
-      raise ValueError(f"{path}: member {member!r} is not a .npy array; an .npz of weights "
+      raise InputError(f"{path}: member {member!r} is not a .npy array; an .npz of weights "
                        "holds numeric arrays only") from None
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
     dtype = read_header(f)[2]  # checked before any data is read
     if dtype.hasobject:
-      raise ValueError(f"{path}: array {member.removesuffix('.npy')!r} holds Python objects "
+      raise InputError(f"{path}: array {member.removesuffix('.npy')!r} holds Python objects "
                        f"(dtype {dtype}), which dit-jax never loads (unpickling can run code); "
                        "save the weights as numeric arrays, e.g. np.asarray(v, np.float32)")
     f.seek(0)
@@ -83,14 +85,14 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise ImportError(
+    raise MissingPackageError(
         f"reading {path} needs PyTorch, which is not installed: `pip install torch`, or convert "
         "it once elsewhere to .safetensors or .npz (numpy arrays keyed by state-dict name)"
     ) from None
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
   except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-    raise ValueError(f"{path} is not a readable PyTorch state dict of tensors ({e})") from None
+    raise InputError(f"{path} is not a readable PyTorch state dict of tensors ({e})") from None
   for key in ("ema", "model"):  # training checkpoints wrap the state dicts: prefer the EMA
     if isinstance(state, dict) and isinstance(state.get(key), dict):
       state = state[key]
@@ -111,7 +113,7 @@ def save_tensors(path: str | Path, tensors: dict[str, np.ndarray]):
   elif suffix == ".npz":
     np.savez(path, **arrays)
   else:
-    raise ValueError(f"{path}: can only write .safetensors or .npz, got {suffix!r}")
+    raise InputError(f"{path}: can only write .safetensors or .npz, got {suffix!r}")
 
 
 def flat_paths(tree) -> dict[tuple[str, ...], object]:
@@ -127,4 +129,4 @@ def refuse_mismatch(header: str, problems: dict[str, list[str]], footer: str | N
   lines = [f"  {title} ({len(items)}): " + "; ".join(items[:limit])
            + ("; ..." if len(items) > limit else "") for title, items in problems.items() if items]
   if lines:
-    raise ValueError("\n".join([header, *lines, *([footer] if footer else [])]))
+    raise InputError("\n".join([header, *lines, *([footer] if footer else [])]))

@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch, save_tensors
+from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.vae import AutoencoderKL
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -139,11 +140,11 @@ def vae_from_config(config: dict, **overrides) -> AutoencoderKL:
                        ("up_block_types", "UpDecoderBlock2D")):
     types = config.get(field, [block] * n)
     if any(t != block for t in types):
-      raise ValueError(f"VAE config {field}={types}: only {block} blocks are supported")
+      raise InputError(f"VAE config {field}={types}: only {block} blocks are supported")
   if config.get("act_fn", "silu") != "silu":
-    raise ValueError(f"VAE config act_fn={config['act_fn']!r}: only 'silu' is supported")
+    raise InputError(f"VAE config act_fn={config['act_fn']!r}: only 'silu' is supported")
   if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-    raise ValueError(f"VAE config _class_name={config['_class_name']!r}: only AutoencoderKL")
+    raise InputError(f"VAE config _class_name={config['_class_name']!r}: only AutoencoderKL")
   fields = dict(
       in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3),
       block_out_channels=tuple(config.get("block_out_channels", (64,))),
@@ -167,7 +168,7 @@ def resolve_vae_dir(path: str | Path) -> Path:
   for candidate in (path, path / "vae"):
     if (candidate / "config.json").is_file() and _weights_file(candidate):
       return candidate
-  raise FileNotFoundError(
+  raise MissingFileError(
       f"--vae {path}: no VAE there. Expected a diffusers AutoencoderKL folder (config.json + "
       f"{WEIGHTS}), a pipeline folder with vae/, or a `dit-jax train-vae` workdir")
 

@@ -12,15 +12,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from dit_jax.errors import InputError
+
 
 class ArrayIterator:
   def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int = 0,
                process_index: int = 0, process_count: int = 1):
     sizes = {key: len(value) for key, value in arrays.items()}
     if len(set(sizes.values())) != 1:
-      raise ValueError(f"ArrayIterator arrays must have one length, got {sizes}")
+      raise InputError(f"ArrayIterator arrays must have one length, got {sizes}")
     if batch_size < 1 or batch_size % process_count:
-      raise ValueError(f"data.batch_size={batch_size} must be >= 1 and divisible by the "
+      raise InputError(f"data.batch_size={batch_size} must be >= 1 and divisible by the "
                        f"{process_count} processes")
     self.arrays = dict(arrays)
     self.size = next(iter(sizes.values()))

@@ -4,6 +4,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from dit_jax.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -31,27 +33,27 @@ class DataConfig:
     get = config.get if isinstance(config, Mapping) else (
         lambda key, default: getattr(config, key, default))
     if get("name", None) is None:
-      raise ValueError("data.name is required: a TFDS name such as 'digits/16', "
+      raise InputError("data.name is required: a TFDS name such as 'digits/16', "
                        "'shapes/single_32' or 'imagenet2012'")
     return cls(**{f.name: get(f.name, f.default) for f in dataclasses.fields(cls)})
 
   def __post_init__(self):
     """Fails early on values the pipeline cannot use, naming the field."""
     if self.batch_size < 1:
-      raise ValueError(f"data.batch_size={self.batch_size}: the global batch must be >= 1")
+      raise InputError(f"data.batch_size={self.batch_size}: the global batch must be >= 1")
     if self.image_size is not None and self.image_size < 1:
-      raise ValueError(f"data.image_size={self.image_size}: use a positive size or None")
+      raise InputError(f"data.image_size={self.image_size}: use a positive size or None")
     if not 0 <= self.seed < 2**32:
-      raise ValueError(f"data.seed={self.seed}: grain needs 0 <= seed < 2**32")
+      raise InputError(f"data.seed={self.seed}: grain needs 0 <= seed < 2**32")
     if self.num_threads < 0 or self.prefetch < 0 or self.worker_count < 0:
-      raise ValueError("data.num_threads, data.prefetch and data.worker_count must be >= 0, got "
+      raise InputError("data.num_threads, data.prefetch and data.worker_count must be >= 0, got "
                        f"{self.num_threads}, {self.prefetch}, {self.worker_count}")
 
   def local_batch_size(self, process_count: int) -> int:
     """The per-process batch; the global batch must split evenly over processes."""
     if self.batch_size % process_count:
       lower = self.batch_size - self.batch_size % process_count
-      raise ValueError(
+      raise InputError(
           f"data.batch_size={self.batch_size} is the global batch and must be divisible by "
           f"the number of processes ({process_count}): use a multiple of {process_count} "
           f"such as {lower or process_count} or {lower + process_count}")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_jax.errors import InputError, MissingFileError
+
 META = "latents.json"
 
 
@@ -31,7 +33,7 @@ def chunk_paths(folder: Path, chunk: int) -> dict[str, Path]:
 def read_meta(folder) -> dict:
   path = Path(folder) / META
   if not path.is_file():
-    raise FileNotFoundError(f"data.latents={str(folder)!r} holds no {META}: write it with "
+    raise MissingFileError(f"data.latents={str(folder)!r} holds no {META}: write it with "
                             "`dit-jax extract-latents --config ... --vae ... --out DIR`")
   return json.loads(path.read_text())
 
@@ -45,7 +47,7 @@ class LatentSource:
     unfinished = [k for k in range(self.meta["num_chunks"])
                   if not chunk_paths(self.folder, k)["done"].exists()]
     if unfinished:
-      raise FileNotFoundError(
+      raise MissingFileError(
           f"data.latents={str(self.folder)!r}: {len(unfinished)} of {self.meta['num_chunks']} "
           f"chunks are unfinished (first: {unfinished[0]}); rerun the same `dit-jax "
           "extract-latents` command to complete them")
@@ -92,6 +94,6 @@ def check_data_config(data_config, meta: dict):
   for field, value in want.items():
     have = get(field, None)
     if have is not None and have != value:
-      raise ValueError(f"data.{field}={have} but the latents in data.latents="
+      raise InputError(f"data.{field}={have} but the latents in data.latents="
                        f"{get('latents', None)!r} have {field}={value} (latent shape "
                        f"{h}x{w}x{c}): set data.{field}={value}")

@@ -28,6 +28,7 @@ from PIL import Image
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
 from dit_jax.data.tokenizers import make_tokenizer
+from dit_jax.errors import InputError
 
 
 def crop_resize(image_HWC: np.ndarray, size: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def preprocess(example: dict, *, image_size: int | None, keep: dict, text=None) 
   """One decoded TFDS example -> {'image': (H, W, C) float32 in [-1, 1], 'label': int32, ...}."""
   image = np.asarray(example["image"])
   if image.dtype != np.uint8:
-    raise ValueError(f"expected uint8 images, got {image.dtype}: only 8-bit images are supported")
+    raise InputError(f"expected uint8 images, got {image.dtype}: only 8-bit images are supported")
   out = {"image": _sized(image, image_size).astype(np.float32) / 127.5 - 1.0}
   if "label" in example:
     out["label"] = np.asarray(example["label"], np.int32)
@@ -90,7 +91,7 @@ def _text_tokenizer(cfg: DataConfig, source):
   if not cfg.text_tokenizer:
     return None
   if "caption" not in source.dataset_info.features:
-    raise ValueError(f"data.text_tokenizer={cfg.text_tokenizer!r} but {cfg.name} has no "
+    raise InputError(f"data.text_tokenizer={cfg.text_tokenizer!r} but {cfg.name} has no "
                      "'caption' feature: unset data.text_tokenizer or use a captioned data set")
   return make_tokenizer(cfg.text_tokenizer), cfg.text_length
 
@@ -100,7 +101,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if count < 1 or not 0 <= index < count:
-    raise ValueError(f"process_index={index}, process_count={count}: need "
+    raise InputError(f"process_index={index}, process_count={count}: need "
                      "0 <= process_index < process_count")
   return index, count
 
@@ -118,7 +119,7 @@ def make_dataset(data_config, *, process_index: int | None = None,
     source = sources.open_source(cfg.name, cfg.split, cfg.data_dir)
   usable = len(source) - len(source) % count
   if usable // count < local_batch:
-    raise ValueError(
+    raise InputError(
         f"data.split={cfg.split!r} of {cfg.name} has {len(source)} examples, fewer than one "
         f"batch of {local_batch} for each of {count} processes: lower data.batch_size="
         f"{cfg.batch_size} or use a larger split")
@@ -171,5 +172,5 @@ def read_images(name: str, split: str, data_dir: str | None = None,
     if "label" in example:
       labels.append(int(example["label"]))
   if not images:
-    raise ValueError(f"split {split!r} of {name} is empty")
+    raise InputError(f"split {split!r} of {name} is empty")
   return np.stack(images), (np.asarray(labels, np.int32) if labels else None)

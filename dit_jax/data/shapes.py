@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from dit_jax.errors import InputError
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # name -> RGB; saturated and far apart so a checker can match them exactly
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -153,7 +155,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     if c.resolution < 15 or not 1 <= c.min_objects <= c.max_objects <= GRID * GRID:
-      raise ValueError(f"shapes config {c.name!r}: need resolution >= 15 and "
+      raise InputError(f"shapes config {c.name!r}: need resolution >= 15 and "
                        f"1 <= min_objects <= max_objects <= {GRID * GRID}, got {c}")
     k = c.max_objects
     features = {

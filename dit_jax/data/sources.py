@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from dit_jax.data.config import DataConfig
 from dit_jax.data.digits import Digits
 from dit_jax.data.shapes import Shapes
+from dit_jax.errors import InputError, MissingFileError
 
 BUNDLED = {cls.name: cls for cls in (Digits, Shapes)}  # registered with TFDS on import
 
@@ -27,7 +28,7 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   try:
     return tfds.builder(name, data_dir=os.fspath(data_dir) if data_dir else None)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"data.name={name!r} is not a TFDS data set; bundled ones: "
+    raise InputError(f"data.name={name!r} is not a TFDS data set; bundled ones: "
                      f"{', '.join(bundled_names())}") from e
 
 
@@ -44,7 +45,7 @@ def _prepared(b: tfds.core.DatasetBuilder, name: str, data_dir) -> tfds.core.Dat
   if b.is_prepared():
     return b
   if b.name not in BUNDLED and not b.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    raise ValueError(f"{name} is not prepared in {b.data_dir} and preparing it here would "
+    raise InputError(f"{name} is not prepared in {b.data_dir} and preparing it here would "
                      f"download it: {_how_to_prepare(b, name)}")
   try:
     b.download_and_prepare(
@@ -70,7 +71,7 @@ def open_source(name: str, split: str, data_dir: str | None = None):
   except Exception as e:  # pylint: disable=broad-except
     if b.is_prepared():
       raise
-    raise FileNotFoundError(f"data.name={name!r} is not prepared in {b.data_dir} "
+    raise MissingFileError(f"data.name={name!r} is not prepared in {b.data_dir} "
                             f"(data.data_dir={data_dir!r}): {_how_to_prepare(b, name)}") from e
 
 
@@ -87,11 +88,11 @@ def image_shape(data_config) -> tuple[int, int, int]:
   cfg = DataConfig.from_config(data_config)
   features = builder(cfg.name, cfg.data_dir).info.features
   if "image" not in features:
-    raise ValueError(f"data.name={cfg.name!r} has no 'image' feature: {list(features)}")
+    raise InputError(f"data.name={cfg.name!r} has no 'image' feature: {list(features)}")
   height, width, channels = features["image"].shape
   if cfg.image_size:
     return (cfg.image_size, cfg.image_size, channels)
   if height is None or width is None:
-    raise ValueError(f"data.image_size: {cfg.name} stores images of varying size "
+    raise InputError(f"data.image_size: {cfg.name} stores images of varying size "
                      f"{features['image'].shape}; set data.image_size to crop and resize them")
   return (height, width, channels)

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from dit_jax.errors import InputError, MissingFileError
+
 
 def load_text_embeddings(path, pooled_dim: int | None = None) -> dict[str, np.ndarray]:
   """Reads precomputed text features: an .npz with 'text' (N, S, Dc), 'text_mask' (N, S) and
@@ -13,19 +15,19 @@ def load_text_embeddings(path, pooled_dim: int | None = None) -> dict[str, np.nd
   example i (`{k: v[i]}`), ready for a model with text_source='embeddings'."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"text embeddings {path} not found: compute them with your frozen "
+    raise MissingFileError(f"text embeddings {path} not found: compute them with your frozen "
                             "encoder and save np.savez(path, text=..., text_mask=..., pooled=...)")
   with np.load(path) as f:
     out = {k: f[k] for k in ("text", "text_mask", "pooled") if k in f}
   if "text" not in out or out["text"].ndim != 3:
-    raise ValueError(f"{path}: needs 'text' of shape (N, S, Dc)")
+    raise InputError(f"{path}: needs 'text' of shape (N, S, Dc)")
   n, s, _ = out["text"].shape
   mask = out.get("text_mask", np.ones((n, s), bool))
   if mask.shape != (n, s):
-    raise ValueError(f"{path}: 'text_mask' has shape {mask.shape}, expected {(n, s)}")
+    raise InputError(f"{path}: 'text_mask' has shape {mask.shape}, expected {(n, s)}")
   out["text_mask"] = mask.astype(bool)
   if pooled_dim and ("pooled" not in out or out["pooled"].shape != (n, pooled_dim)):
-    raise ValueError(f"{path}: the model has pooled_dim={pooled_dim} and needs 'pooled' of "
+    raise InputError(f"{path}: the model has pooled_dim={pooled_dim} and needs 'pooled' of "
                      f"shape {(n, pooled_dim)}; got {out.get('pooled', np.empty(0)).shape}")
   out["text"] = out["text"].astype(np.float32)
   return out

@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from dit_jax.data.shapes import COLOUR_NAMES, POSITIONS, SHAPES
+from dit_jax.errors import InputError
 from dit_jax.models.contract import BOS, PAD
 
 UNK = 2
@@ -48,7 +49,7 @@ class ByteTokenizer(WordTokenizer):
 
 def _pad(ids: list[int], length: int, text: str) -> tuple[np.ndarray, np.ndarray]:
   if len(ids) > length:
-    raise ValueError(f"caption {text!r} needs {len(ids)} tokens (with BOS) but the text length "
+    raise InputError(f"caption {text!r} needs {len(ids)} tokens (with BOS) but the text length "
                      f"is {length}: raise data.text_length / model.text_length")
   tokens = np.zeros((length,), np.int32)
   tokens[:len(ids)] = ids
@@ -78,4 +79,4 @@ def make_tokenizer(name: str) -> WordTokenizer:
     return WordTokenizer(shapes_vocabulary())
   if name == "bytes":
     return ByteTokenizer()
-  raise ValueError(f"text tokenizer {name!r} is not one of {TOKENIZERS}")
+  raise InputError(f"text tokenizer {name!r} is not one of {TOKENIZERS}")

@@ -26,6 +26,7 @@ from flax import traverse_util
 from dit_jax import data, engine, parallel
 from dit_jax.config import base_config
 from dit_jax.data.arrays import ArrayIterator
+from dit_jax.errors import InputError, MissingFileError
 from dit_jax.eval.features import Extractor, FeatureNet
 
 FEATURE_NETS = "dit_jax_feature_nets"  # folder in the TFDS data_dir
@@ -98,7 +99,7 @@ def train_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
   config = classifier_config(name, data_dir, steps)
   images, labels = data.read_images(name, "train", data_dir)
   if labels is None:
-    raise ValueError(f"{name} has no class labels, so no classifier can be trained on it: "
+    raise InputError(f"{name} has no class labels, so no classifier can be trained on it: "
                      "evaluate with --inception FILE instead")
   num_classes = int(data.sources.builder(name, data_dir).info.features["label"].num_classes)
   model = Classifier(num_classes, tuple(config.classifier.widths), config.classifier.features)
@@ -145,7 +146,7 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
   out = cache_dir(name, data_dir)
   if not (out / "classifier.json").is_file():
     if not train:
-      raise FileNotFoundError(f"no {name} classifier in {out}: train it once with `dit-jax "
+      raise MissingFileError(f"no {name} classifier in {out}: train it once with `dit-jax "
                               f"train-classifier --data {name}`")
     train_classifier(name, data_dir, steps, log)
   info = json.loads((out / "classifier.json").read_text())

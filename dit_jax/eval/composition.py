@@ -6,11 +6,16 @@ shape of its pixels (fill ratio of their bounding box: square ~1, circle ~0.785,
 ~0.5) are compared with the caption's objects, and cells the caption leaves empty must stay
 empty. This measures binding (the right colour and shape in the right place), which FD does
 not. `split_objects` reads a split's captions and objects; `check_images` scores samples per
-image and `accuracies` turns that into fractions.
+image and `accuracies` turns that into fractions. `composition_evaluator` is the training-time
+evaluator of kind 'composition' (`dit_jax.eval.evaluators`).
 """
+import jax
 import numpy as np
 
 from dit_jax.data import shapes
+from dit_jax.data.tokenizers import caption_condition
+from dit_jax.errors import InputError
+from dit_jax.sampling.sampler import sample_in_batches
 
 OBJECT_KEYS = ("shape", "colour", "row", "col")
 
@@ -20,7 +25,7 @@ def shapes_config(data_name: str) -> shapes.ShapesConfig:
   family, _, name = data_name.partition("/")
   configs = {c.name: c for c in shapes.Shapes.BUILDER_CONFIGS}
   if family != "shapes" or name not in configs:
-    raise ValueError(f"data.name={data_name!r}: the composition check needs a shapes config, "
+    raise InputError(f"data.name={data_name!r}: the composition check needs a shapes config, "
                      f"one of {sorted('shapes/' + n for n in configs)}")
   return configs[name]
 
@@ -109,3 +114,31 @@ def scores(per_image: dict[str, np.ndarray], unseen_mask: np.ndarray) -> dict[st
   if unseen_mask[:n].any():
     out["all_objects_unseen"] = accuracies(per_image, unseen_mask[:n])["all_objects"]
   return out
+
+
+def composition_evaluator(name: str, ec, run, log=print):
+  """The first num_samples captions of the shapes data's `split`, sampled from the same noise
+  at every evaluation (a learning curve of one sample set) and checked exactly."""
+  config, keys = run.config, run.model.condition_keys
+  if set(keys) != {"text_tokens", "text_mask"}:
+    raise InputError(f"config.evals.{name}: a 'composition' evaluator feeds caption token ids "
+                     f"(text_tokens, text_mask), but {config.model.name} reads {sorted(keys)}")
+  if not config.data.text_tokenizer:
+    raise InputError(f"config.evals.{name}: set config.data.text_tokenizer (e.g. "
+                     "'words:shapes'), the tokenizer the model was trained with")
+  data_config = shapes_config(config.data.name)
+  if ec.split not in shapes.SPLIT_IDS:
+    raise InputError(f"config.evals.{name}.split={ec.split!r}: a shapes data set has the splits "
+                     f"{tuple(shapes.SPLIT_IDS)}")
+  available = data_config.num_test if ec.split == "test" else data_config.num_train
+  objects = split_objects(data_config, ec.split, min(ec.num_samples, available))
+  unseen_mask = unseen(objects["captions"], data_config)
+  cond = caption_condition(config.data, objects["captions"])
+  sampler = run.sampler()
+
+  def action(step, state):
+    images = np.concatenate(list(sample_in_batches(
+        sampler, state.ema_params, cond, min(ec.batch_size, len(objects["captions"])),
+        jax.random.PRNGKey(config.seed + 3))))
+    return scores(check_images(images, objects), unseen_mask)
+  return action

@@ -10,14 +10,20 @@ recall). It is read from
     features are computed here, and precomputed mu / sigma / mu_s / sigma_s, which are used
     for FID / sFID when present, as the ADM evaluator does;
   - any `.npz` of uint8 images in `arr_0` (a `dit-jax sample` output).
+
+`samples_evaluator` is the training-time evaluator of kind 'samples' (`dit_jax.eval.evaluators`).
 """
 import dataclasses
 from pathlib import Path
 
+import jax
 import numpy as np
 
+from dit_jax.errors import InputError, MissingFileError
 from dit_jax.eval import metrics
 from dit_jax.eval.features import Extractor, FeatureNet, inception_net
+from dit_jax.models import contract
+from dit_jax.sampling.sampler import sample_in_batches, uniform_labels
 
 
 def feature_net(spec: str, data_dir: str | None = None, log=print) -> FeatureNet:
@@ -57,20 +63,20 @@ def load_reference(path, extractor: Extractor) -> Reference:
   """A reference in the extractor's feature net from any of the files the module names."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
+    raise MissingFileError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
                             "pass an ADM reference batch (.npz with images in arr_0)")
   net = extractor.net
   with np.load(path, allow_pickle=False) as f:
     keys = set(f.files)
     if "net" in keys:  # ours
       if str(f["net"]) != net.name:
-        raise ValueError(f"reference {path} holds {f['net']} features but the samples are "
+        raise InputError(f"reference {path} holds {f['net']} features but the samples are "
                          f"scored with {net.name}: use the same feature net for both")
       spatial = (metrics.GaussianStats(f["mu_s"], f["sigma_s"]) if "mu_s" in keys else None)
       return Reference(net.name, metrics.GaussianStats(f["mu"], f["sigma"]), spatial,
                        f["pool"] if "pool" in keys else None)
     if "arr_0" not in keys:
-      raise ValueError(f"reference {path} has neither images (arr_0) nor dit_jax statistics "
+      raise InputError(f"reference {path} has neither images (arr_0) nor dit_jax statistics "
                        f"(net, mu, sigma); it holds {sorted(keys)}")
     ref = Reference.of_features(net, extractor(f["arr_0"]))
     if "mu" in keys and net.name == "inception":  # ADM's precomputed statistics win
@@ -101,3 +107,31 @@ def evaluate(extractor: Extractor, samples: np.ndarray, reference: Reference,
   if labels is not None and net.label_classes:
     out["accuracy"] = metrics.conditional_accuracy(features["logits"], labels)
   return out
+
+
+def samples_evaluator(name: str, ec, run, log=print):
+  """num_samples EMA samples with uniform labels, scored against the reference."""
+  from dit_jax import data  # deferred: TFDS and grain, only to read the real images
+  config, spec = run.config, run.model.condition_spec
+  if set(spec) - {"label"}:
+    raise InputError(f"config.evals.{name}: a 'samples' evaluator draws class labels or "
+                     f"nothing, but {config.model.name} reads {sorted(spec)}; use a "
+                     f"'composition' evaluator for captions, or remove config.evals.{name}")
+  data_dir = config.data.get("data_dir")
+  net = feature_net(config.data.name if ec.features == "data" else ec.features, data_dir, log)
+  extractor = Extractor(net, ec.batch_size, run.plan)
+  if ec.reference:
+    reference = load_reference(ec.reference, extractor)
+  else:
+    real, _ = data.read_images(config.data.name, ec.split, data_dir,
+                               config.data.get("image_size"))
+    reference = Reference.of_features(net, extractor(real))
+  sampler = run.sampler()
+  labels = uniform_labels(ec.num_samples, contract.class_count(run.model), config.seed + 2)
+
+  def action(step, state):
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
+    images = np.concatenate(list(sample_in_batches(
+        sampler, state.ema_params, labels, min(ec.batch_size, len(labels)), rng)))
+    return evaluate(extractor, images, reference, labels if "label" in spec else None)
+  return action

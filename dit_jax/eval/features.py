@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import parallel
+from dit_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +33,10 @@ class FeatureNet:
 
   def check_images(self, images: np.ndarray, what: str = "images"):
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f"{what}: expected uint8 (N, H, W, C) images in 0..255 (the layout "
+      raise InputError(f"{what}: expected uint8 (N, H, W, C) images in 0..255 (the layout "
                        f"of `dit-jax sample --out F.npz`), got {images.dtype} {images.shape}")
     if self.image_shape is not None and tuple(images.shape[1:]) != tuple(self.image_shape):
-      raise ValueError(f"{what} are {images.shape[1:]} but the {self.name} feature net reads "
+      raise InputError(f"{what} are {images.shape[1:]} but the {self.name} feature net reads "
                        f"{tuple(self.image_shape)} images: evaluate samples of that data set "
                        "with its own net (--features NAME), or use --inception FILE")
 

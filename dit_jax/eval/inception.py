@@ -30,6 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch
+from dit_jax.errors import InputError, MissingFileError
 
 Dtype = jnp.dtype
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
@@ -182,7 +183,7 @@ class FIDInception(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC):
     if x_BHWC.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-      raise ValueError(f"FIDInception takes (B, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) images in "
+      raise InputError(f"FIDInception takes (B, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) images in "
                        f"[-1, 1], got shape {x_BHWC.shape}: resize them with `preprocess`")
     conv = functools.partial(BasicConv, dtype=self.dtype)
     kw = dict(dtype=self.dtype)
@@ -243,7 +244,7 @@ def resize_bilinear(images_BHWC, size: int | tuple[int, int], *, half_pixel_cent
   exact matrix products; an axis that keeps its size is left as it is."""
   images_BHWC = jnp.asarray(images_BHWC)
   if images_BHWC.ndim != 4 or not jnp.issubdtype(images_BHWC.dtype, jnp.floating):
-    raise ValueError(f"resize_bilinear takes float images (B, H, W, C), got "
+    raise InputError(f"resize_bilinear takes float images (B, H, W, C), got "
                      f"{images_BHWC.dtype} of shape {images_BHWC.shape}")
   h_out, w_out = (size, size) if isinstance(size, int) else size
   _, h, w, _ = images_BHWC.shape
@@ -267,10 +268,10 @@ def preprocess(images_BHWC, mode: str):
 
   Shapes only decide the computation, so it jits (mode static)."""
   if mode not in MODES:
-    raise ValueError(f"preprocess mode {mode!r}: use one of {MODES}")
+    raise InputError(f"preprocess mode {mode!r}: use one of {MODES}")
   shape, dtype = np.shape(images_BHWC), getattr(images_BHWC, "dtype", None)
   if len(shape) != 4 or shape[-1] not in (1, 3) or dtype != np.uint8:
-    raise ValueError(f"preprocess takes uint8 images (B, H, W, 3) or (B, H, W, 1) with values "
+    raise InputError(f"preprocess takes uint8 images (B, H, W, 3) or (B, H, W, 1) with values "
                      f"0..255, got {dtype} of shape {shape}")
   x = jnp.asarray(images_BHWC).astype(jnp.float32)
   if mode == "adm":
@@ -348,7 +349,7 @@ def load_inception(path: str | Path) -> dict:
   or an .npz/.safetensors holding the same state dict. Nothing is downloaded."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Inception weights {path} not found: pass the path of pytorch-fid's {WEIGHTS_FILE} "
         "(the FID Inception-v3 ported from TensorFlow; dit-jax downloads nothing), or an "
         ".npz/.safetensors of that state dict")

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
+
 PR_NEIGHBOURS = 3        # k of the k-NN radii, as the ADM evaluator
 IS_SPLITS = 10           # the Inception Score is the mean over this many splits
 _BLOCK = 1024            # rows of one pairwise-distance block (memory: block x N floats)
@@ -29,7 +31,7 @@ class GaussianStats:
   def of(cls, features_ND) -> "GaussianStats":
     x = np.asarray(features_ND, np.float64)
     if x.ndim != 2 or len(x) < 2:
-      raise ValueError(f"statistics need at least 2 feature vectors (N, D); got shape {x.shape}")
+      raise InputError(f"statistics need at least 2 feature vectors (N, D); got shape {x.shape}")
     return cls(x.mean(axis=0), np.cov(x, rowvar=False))
 
 
@@ -42,7 +44,7 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
   so no imaginary parts and no eps retry (the ADM evaluator's scipy.linalg.sqrtm route).
   """
   if a.mu.shape != b.mu.shape or a.sigma.shape != b.sigma.shape:
-    raise ValueError(f"statistics of different feature sizes: {a.mu.shape} and {b.mu.shape}; "
+    raise InputError(f"statistics of different feature sizes: {a.mu.shape} and {b.mu.shape}; "
                      "both sides must come from the same feature network")
   diff = a.mu - b.mu
   root_a = _psd_sqrt(a.sigma)
@@ -62,7 +64,7 @@ def inception_score(logits_NK, splits: int = IS_SPLITS) -> tuple[float, float]:
   posterior of the part. With 50,000 samples the parts are ADM's 5,000."""
   logits = np.asarray(logits_NK, np.float64)
   if len(logits) < splits:
-    raise ValueError(f"inception score over {splits} splits needs >= {splits} samples, "
+    raise InputError(f"inception score over {splits} splits needs >= {splits} samples, "
                      f"got {len(logits)}")
   log_p = logits - logits.max(axis=1, keepdims=True)
   log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
@@ -104,7 +106,7 @@ def knn_radii(features_ND, k: int = PR_NEIGHBOURS) -> np.ndarray:
   itself, at distance 0, counts as the 0-th, as in the ADM evaluator)."""
   x = np.asarray(features_ND, np.float32)
   if len(x) <= k:
-    raise ValueError(f"k-NN radii with k={k} need more than {k} feature vectors, got {len(x)}")
+    raise InputError(f"k-NN radii with k={k} need more than {k} feature vectors, got {len(x)}")
   v = jnp.asarray(x)
   return np.concatenate([np.asarray(_kth_smallest(jnp.asarray(b), v, k))[:n]
                          for b, n in _blocks(x)])
@@ -130,5 +132,5 @@ def conditional_accuracy(logits_NK, labels_N) -> float:
   """Share of class-conditional samples that the classifier assigns to their label."""
   logits, labels = np.asarray(logits_NK), np.asarray(labels_N)
   if logits.shape[:1] != labels.shape or labels.ndim != 1:
-    raise ValueError(f"one label per sample: logits {logits.shape}, labels {labels.shape}")
+    raise InputError(f"one label per sample: logits {logits.shape}, labels {labels.shape}")
   return float(np.mean(np.argmax(logits, axis=1) == labels))

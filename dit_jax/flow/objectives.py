@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
 from dit_jax.flow import paths, timesteps
 from dit_jax.flow.paths import LinearPath, VPPath, ddpm_step_to_t, from_x1_eps
 
@@ -116,13 +117,13 @@ CONFIG_DEFAULTS = dict(kind="flow", t_dist="logit_normal", logit_mean=0.0, logit
 
 def _choice(prefix, name, value, options):
   if value not in options:
-    raise ValueError(f"{prefix}.{name}={value!r} is not one of {tuple(options)}")
+    raise InputError(f"{prefix}.{name}={value!r} is not one of {tuple(options)}")
 
 
 def _positive(prefix, kw, *names):
   for name in names:
     if not kw[name] > 0:
-      raise ValueError(f"{prefix}.{name}={kw[name]!r} must be positive")
+      raise InputError(f"{prefix}.{name}={kw[name]!r} must be positive")
 
 
 def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
@@ -139,12 +140,12 @@ def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
   known = set().union(*_FIELDS.values())
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"{prefix} has fields {unknown} that no objective takes; known fields: "
+    raise InputError(f"{prefix} has fields {unknown} that no objective takes; known fields: "
                      f"{sorted(known | {'kind'})}")
   for name in sorted(set(fields) - set(own)):
     other = next(k for k in KINDS if name in _FIELDS[k])
     if fields[name] not in (_FIELDS[other][name], CONFIG_DEFAULTS[name]):
-      raise ValueError(f"{prefix}.{name}={fields[name]!r} only applies to kind={other!r}, "
+      raise InputError(f"{prefix}.{name}={fields[name]!r} only applies to kind={other!r}, "
                        f"but {prefix}.kind={kind!r}: remove it or change the kind")
   kw = {**own, **{name: fields[name] for name in own if name in fields}}
   if kw["prediction"] is None:
@@ -156,11 +157,11 @@ def make_objective(config, prefix: str = "objective") -> FlowMatching | DDPM:
     return FlowMatching(**kw)
   _positive(prefix, kw, "num_steps", "beta_start", "beta_end")
   if not kw["beta_start"] <= kw["beta_end"] < 1:
-    raise ValueError(f"{prefix}.beta_start={kw['beta_start']} and {prefix}.beta_end="
+    raise InputError(f"{prefix}.beta_start={kw['beta_start']} and {prefix}.beta_end="
                      f"{kw['beta_end']} need 0 < beta_start <= beta_end < 1")
   if kind == "ddpm_hybrid":
     if kw["prediction"] != "eps":
-      raise ValueError(f"{prefix}.kind='ddpm_hybrid' trains eps (and the variance): set "
+      raise InputError(f"{prefix}.kind='ddpm_hybrid' trains eps (and the variance): set "
                        f"{prefix}.prediction='eps' or None")
     return DDPMHybrid(**kw)
   return DDPM(**kw)
@@ -232,7 +233,7 @@ class DDPMHybrid(DDPM):
     C, t_B = x1.shape[-1], ddpm_step_to_t(n_B, self.num_steps)
     out = model_fn(x_t, t_B, cond).astype(jnp.float32)
     if out.shape[-1] != 2 * C:
-      raise ValueError(f"objective DDPMHybrid needs a learn_sigma model (2C={2 * C} output "
+      raise InputError(f"objective DDPMHybrid needs a learn_sigma model (2C={2 * C} output "
                        f"channels), got {out.shape[-1]}")
     mse = jnp.mean(jnp.square(out[..., :C] - eps))
     vb = jnp.mean(learned_variance_vb(out[..., :C], out[..., C:], x_t, x1, n_B, self.path))

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
+
 PREDICTIONS = ("velocity", "eps", "x1", "score")
 
 
@@ -145,7 +147,7 @@ def _expand(c: jax.Array, x: jax.Array) -> jax.Array:
 
 def _check(prediction: str):
   if prediction not in PREDICTIONS:
-    raise ValueError(f"prediction={prediction!r} is not one of {PREDICTIONS}")
+    raise InputError(f"prediction={prediction!r} is not one of {PREDICTIONS}")
 
 
 def to_x1_eps(prediction: str, pred: jax.Array, x: jax.Array,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
 from dit_jax.flow.paths import (VPPath, ddpm_posterior, ddpm_step_to_t, mix_log_variance,
                                 t_to_ddpm_step)
 from dit_jax.flow.timesteps import shifted_grid
@@ -47,7 +48,7 @@ def uses_guidance(null_cond: Any, cfg_scale) -> bool:
   scale = _concrete_value(cfg_scale)
   if null_cond is None:
     if scale is not None and scale != 1.0:
-      raise ValueError(f"cfg_scale={scale} needs null_cond (the unconditional input, e.g. "
+      raise InputError(f"cfg_scale={scale} needs null_cond (the unconditional input, e.g. "
                        "{'label': full(B, num_classes)} for DiT), or use cfg_scale=1")
     return False
   return scale is None or scale != 1.0
@@ -55,11 +56,11 @@ def uses_guidance(null_cond: Any, cfg_scale) -> bool:
 
 def _check_null_cond(cond, null_cond, batch):
   if jax.tree.structure(cond) != jax.tree.structure(null_cond):
-    raise ValueError(f"null_cond must have the structure of cond: got {jax.tree.structure(cond)}"
+    raise InputError(f"null_cond must have the structure of cond: got {jax.tree.structure(cond)}"
                      f" and {jax.tree.structure(null_cond)}")
   for c, u in zip(jax.tree.leaves(cond), jax.tree.leaves(null_cond)):
     if jnp.shape(c) != jnp.shape(u) or jnp.shape(c)[:1] != (batch,):
-      raise ValueError(f"cond and null_cond leaves must both be shaped (B={batch}, ...), got "
+      raise InputError(f"cond and null_cond leaves must both be shaped (B={batch}, ...), got "
                        f"{jnp.shape(c)} and {jnp.shape(u)}")
 
 
@@ -79,7 +80,7 @@ def guided_fn(model_fn: Callable, cond: Any, null_cond: Any = None,
     B, C = x_BHWC.shape[0], x_BHWC.shape[-1]
     k = C if guide_channels is None else guide_channels
     if not 0 < k <= C:
-      raise ValueError(f"guide_channels={guide_channels} must be in 1..{C} (x's channels)")
+      raise InputError(f"guide_channels={guide_channels} must be in 1..{C} (x's channels)")
     keep = slice(None) if all_channels else slice(0, C)
     t_B = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (B,))
     if not guided:
@@ -116,7 +117,7 @@ def sample_ode(model_fn: Callable, x0_BHWC: jax.Array, cond: Any, grid_T: jax.Ar
                cfg_scale: float | jax.Array = 1.0) -> jax.Array:
   """Integrates the velocity of model_fn over the times grid_T (t_0 = 0 noise ... 1 data)."""
   if method not in ODE_STEPS:
-    raise ValueError(f"method={method!r} is not an ODE method {tuple(ODE_STEPS)}")
+    raise InputError(f"method={method!r} is not an ODE method {tuple(ODE_STEPS)}")
   fn, step = guided_fn(model_fn, cond, null_cond, cfg_scale), ODE_STEPS[method]
 
   def body(x, ts):
@@ -168,7 +169,7 @@ def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: An
     n, m, key = inputs
     out = fn(x, ddpm_step_to_t(n, path.num_steps))
     if learned_variance and out.shape[-1] != 2 * C:
-      raise ValueError(f"learned-variance sampling needs a learn_sigma model with 2C={2 * C} "
+      raise InputError(f"learned-variance sampling needs a learn_sigma model with 2C={2 * C} "
                        f"output channels, got {out.shape[-1]}: sample eps-only models without "
                        "learned_variance")
     eps = out[..., :C]
@@ -184,7 +185,7 @@ def sample_ddpm(model_fn: Callable, rng: jax.Array, x0_BHWC: jax.Array, cond: An
   if deterministic:
     keys = jnp.zeros(n_T.shape[0] - 1)  # DDIM(eta=0) needs no rng
   elif rng is None:
-    raise ValueError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
+    raise InputError("stochastic sampling (ddpm, or ddim with eta > 0) needs an rng key")
   else:
     keys = jax.random.split(rng, n_T.shape[0] - 1)
   x, _ = jax.lax.scan(body, jnp.asarray(x0_BHWC, jnp.float32), (n_T[:-1], n_T[1:], keys))
@@ -219,17 +220,17 @@ class Sampler:
   def check(self, prefix: str = "sample") -> "Sampler":
     """Raises ValueError naming the field (as `prefix.field`) for an invalid setting."""
     if self.method not in METHODS:
-      raise ValueError(f"{prefix}.method={self.method!r} is not one of {METHODS}")
+      raise InputError(f"{prefix}.method={self.method!r} is not one of {METHODS}")
     if not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
-      raise ValueError(f"{prefix}.steps={self.steps!r} must be a positive integer")
+      raise InputError(f"{prefix}.steps={self.steps!r} must be a positive integer")
     if not self.shift > 0:
-      raise ValueError(f"{prefix}.shift={self.shift!r} must be positive")
+      raise InputError(f"{prefix}.shift={self.shift!r} must be positive")
     if self.eta != 0.0 and self.method != "ddim":
-      raise ValueError(f"{prefix}.eta={self.eta!r} only applies to method='ddim'")
+      raise InputError(f"{prefix}.eta={self.eta!r} only applies to method='ddim'")
     if not 0.0 <= self.eta <= 1.0:
-      raise ValueError(f"{prefix}.eta={self.eta!r} must be in [0, 1] (0: DDIM, 1: DDPM noise)")
+      raise InputError(f"{prefix}.eta={self.eta!r} must be in [0, 1] (0: DDIM, 1: DDPM noise)")
     if self.method in ("ddpm", "ddim") and self.steps > self.path.num_steps:
-      raise ValueError(f"{prefix}.steps={self.steps} exceeds the {self.path.num_steps} steps of "
+      raise InputError(f"{prefix}.steps={self.steps} exceeds the {self.path.num_steps} steps of "
                        f"the DDPM chain (objective.num_steps): use at most "
                        f"{self.path.num_steps}")
     return self
@@ -258,12 +259,12 @@ def make_sampler(config, prefix: str = "sample", *, path: VPPath = VPPath(),
   schedule = sorted(set(fields) & ({f.name for f in dataclasses.fields(VPPath)}
                                    | {"path", "learned_variance"}))
   if schedule:
-    raise ValueError(f"{prefix} has fields {schedule}: the DDPM chain is defined once, in "
+    raise InputError(f"{prefix} has fields {schedule}: the DDPM chain is defined once, in "
                      "config.objective (num_steps, beta_start, beta_end, kind='ddpm_hybrid' "
                      "for a learned variance); remove them here")
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"{prefix} has fields {unknown} that the sampler does not take; known "
+    raise InputError(f"{prefix} has fields {unknown} that the sampler does not take; known "
                      f"fields: {sorted(known)}")
   return Sampler(path=path, learned_variance=learned_variance, **fields).check(prefix)
 
@@ -274,10 +275,10 @@ def sampler_for(config, objective, prefix: str = "sample") -> Sampler:
   chain = objective.sampler_fields()
   sampler = make_sampler(config, prefix, **chain)
   if "path" in chain and sampler.method == "heun":
-    raise ValueError(f"{prefix}.method='heun' evaluates t = 1, where a DDPM model's velocity is "
+    raise InputError(f"{prefix}.method='heun' evaluates t = 1, where a DDPM model's velocity is "
                      "infinite: use 'ddim', 'ddpm' or 'euler' with objective.kind='ddpm'")
   if "path" not in chain and sampler.method in ("ddpm", "ddim"):
-    raise ValueError(f"{prefix}.method={sampler.method!r} walks a DDPM chain, which a "
+    raise InputError(f"{prefix}.method={sampler.method!r} walks a DDPM chain, which a "
                      "flow-matching model (objective.kind='flow') was not trained on: use "
                      "'euler' or 'heun'")
   return sampler
@@ -291,7 +292,7 @@ def respaced_steps(steps: int, num_steps: int = 1000) -> np.ndarray:
   (clean data): round(i (N-1) / (steps-1)) for i < steps, so both ends 0 and N-1 are kept
   (250 of 1000: 999, 995, ..., 4, 0, -1). Not our uniform grid, which skips step 0."""
   if not 1 <= steps <= num_steps:
-    raise ValueError(f"steps={steps} must be in 1..{num_steps} (the DDPM chain's num_steps)")
+    raise InputError(f"steps={steps} must be in 1..{num_steps} (the DDPM chain's num_steps)")
   stride = (num_steps - 1) / (steps - 1) if steps > 1 else 0.0
   taken, position = set(), 0.0
   for _ in range(steps):  # accumulated in float64 as the reference respacing does

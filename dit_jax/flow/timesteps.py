@@ -15,6 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
+
 T_DISTS = ("uniform", "logit_normal")
 
 
@@ -32,7 +34,7 @@ def sd3_shift(num_tokens: int, base_tokens: int = 256) -> float:
   1024^2 models use a hand-picked shift of 3.0 rather than sqrt(4096 / 256) = 4.
   """
   if num_tokens <= 0 or base_tokens <= 0:
-    raise ValueError(f"token counts must be positive, got num_tokens={num_tokens}, "
+    raise InputError(f"token counts must be positive, got num_tokens={num_tokens}, "
                      f"base_tokens={base_tokens}")
   return math.sqrt(num_tokens / base_tokens)
 
@@ -70,14 +72,14 @@ def sample_t(rng: jax.Array, shape: tuple[int, ...], dist: str = "uniform", mean
   elif dist == "logit_normal":
     t = logit_normal_t(rng, shape, mean, std)
   else:
-    raise ValueError(f"t_dist={dist!r} is not one of {T_DISTS}")
+    raise InputError(f"t_dist={dist!r} is not one of {T_DISTS}")
   return shift_time(t, shift)
 
 
 def uniform_grid(steps: int) -> jax.Array:
   """(steps + 1,) times 0 = t_0 < ... < t_steps = 1, equally spaced."""
   if steps < 1:
-    raise ValueError(f"steps={steps} must be at least 1")
+    raise InputError(f"steps={steps} must be at least 1")
   return jnp.linspace(0.0, 1.0, steps + 1, dtype=jnp.float32)
 
 

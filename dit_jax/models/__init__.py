@@ -4,11 +4,11 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
 from dit_jax.models.contract import (KEYS, CondSpec, Denoiser, check_denoiser, class_count,
                                      cond_spec, example_condition, example_inputs)
 from dit_jax.models.dit import DiT, dit
-from dit_jax.models.mmdit import NAMES as MMDIT_NAMES
-from dit_jax.models.mmdit import MMDiT, TextDiT, mmdit
+from dit_jax.models.mmdit import MMDiT, NAMES as MMDIT_NAMES, TextDiT, mmdit
 from dit_jax.models.unet import UNet, unet
 
 _TUPLE_FIELDS = ("rope_axes_dims", "cond_image_shape", "channel_mult", "attention_levels")
@@ -36,7 +36,7 @@ def create_model(model_config):
   name = fields.pop("name", None)
   family = _family(name) if name else None
   if family is None:
-    raise ValueError(f"config.model.name={name!r} is not a known model: use a DiT preset such "
+    raise InputError(f"config.model.name={name!r} is not a known model: use a DiT preset such "
                      "as 'DiT-XL/2' (sizes S, B, L, XL; patch 2, 4, 8) or 'DiT' with explicit "
                      "patch_size, hidden_size, depth and num_heads; a U-Net ('UNet-small', "
                      f"'UNet'); or one of {MMDIT_NAMES}")
@@ -44,7 +44,7 @@ def create_model(model_config):
   known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"config.model has fields {unknown} that {cls.__name__} does not take; "
+    raise InputError(f"config.model has fields {unknown} that {cls.__name__} does not take; "
                      f"known fields: {sorted(known)}")
   for key in ("dtype", "param_dtype"):
     if key in fields:

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
+
 PAD, BOS = 0, 1  # token ids of `text_tokens` (see the module docstring)
 TIME_INPUTS = ("unit", "ddpm_step")
 
@@ -50,7 +52,7 @@ class CondSpec:
 def cond_spec(key: str, shape: tuple[int, ...] = ()) -> CondSpec:
   """The spec of condition `key` with this model's `shape`; dtype and meaning from `KEYS`."""
   if key not in KEYS:
-    raise ValueError(f"condition key {key!r} is not one of {tuple(KEYS)}: add it to "
+    raise InputError(f"condition key {key!r} is not one of {tuple(KEYS)}: add it to "
                      "dit_jax.models.contract.KEYS with its dtype and meaning")
   dtype, meaning = KEYS[key]
   return CondSpec(tuple(int(s) for s in shape), np.dtype(dtype), meaning)
@@ -100,7 +102,7 @@ def check_options(model, *fields: tuple[str, tuple]) -> None:
   """Raises ValueError naming the first of the (field, options) whose value is not an option."""
   for field, options in fields:
     if getattr(model, field) not in options:
-      raise ValueError(f"{field}={getattr(model, field)!r} is not one of {options}")
+      raise InputError(f"{field}={getattr(model, field)!r} is not one of {options}")
 
 
 def check_denoiser(model) -> None:
@@ -115,7 +117,7 @@ def check_denoiser(model) -> None:
   check_options(model, ("time_input", TIME_INPUTS))
   for key, spec in model.condition_spec.items():
     if spec.dtype != cond_spec(key).dtype:
-      raise ValueError(f"{type(model).__name__} declares {key!r} as {spec.dtype}, but "
+      raise InputError(f"{type(model).__name__} declares {key!r} as {spec.dtype}, but "
                        f"{key!r} means {KEYS[key][1]} ({cond_spec(key).dtype}) everywhere")
 
 
@@ -149,7 +151,7 @@ def model_time(t_B: jax.Array, time_input: str, num_ddpm_steps: int = 1000) -> j
     return jnp.asarray(t_B, jnp.float32)
   if time_input == "ddpm_step":
     return ddpm_step(t_B, num_ddpm_steps).astype(jnp.float32)
-  raise ValueError(f"time_input={time_input!r} is not one of {TIME_INPUTS}")
+  raise InputError(f"time_input={time_input!r} is not one of {TIME_INPUTS}")
 
 
 def class_count(model) -> int:

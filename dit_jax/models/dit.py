@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from dit_jax.errors import InputError
 from dit_jax.models import flops
 from dit_jax.models.contract import (TIME_INPUTS, DerivedContract, check_options, cond_spec,
                                      model_time)
@@ -51,7 +52,7 @@ def preset(name: str) -> dict:
   """'DiT-XL/2' (or 'XL/2') -> dict(depth, hidden_size, num_heads, patch_size)."""
   match = re.fullmatch(r"(?:DiT-)?(S|B|L|XL)/(\d+)", name)
   if not match:
-    raise ValueError(f"unknown DiT model name {name!r}: expected 'DiT-<size>/<patch>' with size "
+    raise InputError(f"unknown DiT model name {name!r}: expected 'DiT-<size>/<patch>' with size "
                      f"in {tuple(SIZES)}, e.g. 'DiT-XL/2'")
   return dict(SIZES[match[1]], patch_size=int(match[2]))
 
@@ -162,21 +163,21 @@ class DiT(DerivedContract, nn.Module):
   def check_config(self, height: int | None = None, width: int | None = None):
     """Raises ValueError naming the field and the fix for an inconsistent configuration."""
     if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads="
+      raise InputError(f"hidden_size={self.hidden_size} is not divisible by num_heads="
                        f"{self.num_heads}: pick a head count that divides the width")
     if self.hidden_size % 4:
-      raise ValueError(f"hidden_size={self.hidden_size} must be divisible by 4 for the 2D "
+      raise InputError(f"hidden_size={self.hidden_size} must be divisible by 4 for the 2D "
                        "sin-cos position embedding")
     check_options(self, ("conditioning", CONDITIONINGS), ("posenc", POSENCS),
                   ("attention_backend", BACKENDS), ("time_input", TIME_INPUTS))
     if self.posenc == "rope_scaled" and (self.rope_reference_size < 1
                                          or self.rope_scaling not in ROPE_SCALINGS):
-      raise ValueError(f"posenc='rope_scaled' needs rope_reference_size > 0 (the token grid "
+      raise InputError(f"posenc='rope_scaled' needs rope_reference_size > 0 (the token grid "
                        f"side positions map onto, e.g. the training grid; got "
                        f"{self.rope_reference_size}) and rope_scaling in {ROPE_SCALINGS}")
     check_remat_policy(self.remat_policy)
     if height is not None and (height % self.patch_size or width % self.patch_size):
-      raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
+      raise InputError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
                        f" use an image size that is a multiple of {self.patch_size} or another "
                        "patch size")
 
@@ -205,7 +206,7 @@ class DiT(DerivedContract, nn.Module):
     if not self.num_classes:
       return t_emb_BD, t_emb_BD[:, None]
     if cond is None or "label" not in cond:
-      raise ValueError(f"this DiT is class-conditional (num_classes={self.num_classes}): pass "
+      raise InputError(f"this DiT is class-conditional (num_classes={self.num_classes}): pass "
                        "cond={'label': labels} (label num_classes is the null class), or set "
                        "num_classes=0 for an unconditional model")
     y_emb_BD = LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,

@@ -32,8 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dit_jax.models import flops
-from dit_jax.models import text_encoder as text_lib
+from dit_jax.errors import InputError
+from dit_jax.models import flops, text_encoder as text_lib
 from dit_jax.models.contract import (DerivedContract, check_options, cond_spec,
                                      example_condition)
 from dit_jax.models.dit import DiTBlock, FinalLayer
@@ -105,13 +105,13 @@ class TextConditioned(DerivedContract, nn.Module):
     check_options(self, ("text_source", TEXT_SOURCES), ("image_posenc", IMAGE_POSENCS),
                   ("text_posenc", TEXT_POSENCS), ("attention_backend", BACKENDS))
     if self.text_source == "tokens" and self.vocab_size < 4:
-      raise ValueError(f"vocab_size={self.vocab_size}: text_source='tokens' needs the "
+      raise InputError(f"vocab_size={self.vocab_size}: text_source='tokens' needs the "
                        "tokenizer's vocabulary size (text.make_tokenizer(name).vocab_size)")
     if self.image_posenc == "rope":
       rope_axes_dims_for(self.hidden_size // self.num_heads, self.rope_axes_dims)
     check_remat_policy(self.remat_policy)
     if height is not None and (height % self.patch_size or width % self.patch_size):
-      raise ValueError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
+      raise InputError(f"input {height}x{width} is not divisible by patch_size={self.patch_size}:"
                        f" use a multiple of {self.patch_size} or another patch size")
 
   def stack(self, block_cls, block_kwargs, depth, name, scan=None, start=0):
@@ -169,7 +169,7 @@ class TextConditioned(DerivedContract, nn.Module):
   def check_cond(self, cond: dict) -> dict:
     missing = [k for k in self.condition_keys if k not in (cond or {})]
     if missing:
-      raise ValueError(f"cond is missing {missing}: this model (text_source="
+      raise InputError(f"cond is missing {missing}: this model (text_source="
                        f"{self.text_source!r}) reads {self.condition_keys}")
     return cond
 
@@ -253,7 +253,7 @@ class MMDiT(TextConditioned):
     spec = super().condition_spec
     if self.image_conditioning:
       if len(self.cond_image_shape) != 3:
-        raise ValueError(f"cond_image_shape={self.cond_image_shape}: image_conditioning needs "
+        raise InputError(f"cond_image_shape={self.cond_image_shape}: image_conditioning needs "
                          "the (height, width, channels) of the conditioning image")
       spec["cond_image"] = cond_spec("cond_image", self.cond_image_shape)
     return spec
@@ -264,7 +264,7 @@ class MMDiT(TextConditioned):
   def check_config(self, height=None, width=None):
     super().check_config(height, width)
     if self.depth_double < 0 or self.depth_single < 0 or self.depth_double + self.depth_single < 1:
-      raise ValueError(f"depth_double={self.depth_double}, depth_single={self.depth_single}: "
+      raise InputError(f"depth_double={self.depth_double}, depth_single={self.depth_single}: "
                        "need non-negative depths with at least one block")
     check_options(self, ("single_block", SINGLE_BLOCKS))
 
@@ -291,7 +291,7 @@ class MMDiT(TextConditioned):
       ref = cond["cond_image"]
       ref_BTD, _ = self.embed_image(ref, x_embedder)
       if self.image_posenc == "sincos":
-        raise ValueError("image_conditioning needs image_posenc='rope' (index id 1 marks the "
+        raise InputError("image_conditioning needs image_posenc='rope' (index id 1 marks the "
                          "conditioning image)")
       hr, wr = ref.shape[1] // p, ref.shape[2] // p
       ids_BL3 = jnp.concatenate([ids_BL3, self.image_ids(B, hr, wr, index=1)], 1)
@@ -336,7 +336,7 @@ class TextDiT(TextConditioned):
     super().check_config(height, width)
     check_options(self, ("text_conditioning", TEXT_CONDITIONINGS))
     if self.image_posenc != "rope":
-      raise ValueError("TextDiT uses image_posenc='rope'")
+      raise InputError("TextDiT uses image_posenc='rope'")
 
   @nn.compact
   def __call__(self, x_BHWC, t_B, cond: dict | None = None, *, train: bool = False):
@@ -370,7 +370,7 @@ class TextDiT(TextConditioned):
       cond = self.drop_captions(self.check_cond(cond), train)
       return self.text_encoder()(cond["text_tokens"], cond["text_mask"], cond.get("text_ids"))[1]
     if not self.pooled_dim:
-      raise ValueError("text_conditioning='pooled_adaln' with text_source='embeddings' needs "
+      raise InputError("text_conditioning='pooled_adaln' with text_source='embeddings' needs "
                        "pooled_dim > 0 (the pooled vector is its only text input)")
     return self.drop_captions(cond, train)["pooled"]
 
@@ -425,5 +425,5 @@ def mmdit(name: str, **overrides) -> TextConditioned:
   if name == "MMDiT":
     return MMDiT(**overrides)
   if name not in PRESETS:
-    raise ValueError(f"unknown MM-DiT model name {name!r}: use one of {NAMES}")
+    raise InputError(f"unknown MM-DiT model name {name!r}: use one of {NAMES}")
   return MMDiT(**{**PRESETS[name], **overrides})

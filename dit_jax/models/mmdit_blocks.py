@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from dit_jax.errors import InputError
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import Modulation, affine_layer_norm, gated_residual, modulate
 from dit_jax.nn.attention import QKV, Attention, axial_angles, joint_attention, out_projection
@@ -140,7 +141,7 @@ class CrossAttnBlock(BlockBase):
 
 def check_heads(hidden_size: int, num_heads: int):
   if hidden_size % num_heads or (hidden_size // num_heads) % 2:
-    raise ValueError(f"hidden_size={hidden_size} must split into num_heads={num_heads} heads of "
+    raise InputError(f"hidden_size={hidden_size} must split into num_heads={num_heads} heads of "
                      "even width (RoPE rotates pairs): pick a head count that divides the width")
 
 

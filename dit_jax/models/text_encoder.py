@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
 from dit_jax.models.contract import BOS
 from dit_jax.nn import axes
 from dit_jax.nn.adaln import affine_layer_norm
@@ -57,7 +58,7 @@ class TextEncoder(nn.Module):
   @nn.compact
   def __call__(self, tokens_BS, mask_BS, positions_BS3=None):
     if self.width % self.num_heads or (self.width // self.num_heads) % 2:
-      raise ValueError(f"text_width={self.width} must split into text_heads={self.num_heads} "
+      raise InputError(f"text_width={self.width} must split into text_heads={self.num_heads} "
                        "heads of even width")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     table = self.param("embedding", nn.with_logical_partitioning(

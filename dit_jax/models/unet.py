@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
 from dit_jax.models import flops
 from dit_jax.models.contract import DerivedContract, check_options, cond_spec
 from dit_jax.nn import axes
@@ -78,7 +79,7 @@ PRESET_INPUTS = {"UNet-small": (8, 8, 1), "UNet-ADM-256": (256, 256, 3),
 def unet(name: str, **overrides) -> "UNet":
   """A U-Net by preset name ('UNet-small', 'UNet-ADM-256', 'UNet-SD-latent'), fields overridden."""
   if name not in PRESETS:
-    raise ValueError(f"unknown U-Net preset {name!r}: expected one of {tuple(PRESETS)}, or "
+    raise InputError(f"unknown U-Net preset {name!r}: expected one of {tuple(PRESETS)}, or "
                      "name='UNet' with explicit fields")
   return UNet(**{**PRESETS[name], **overrides})
 
@@ -242,28 +243,28 @@ class UNet(DerivedContract, nn.Module):
     check_options(self, ("conditioning", CONDITIONINGS), ("downsample", DOWNSAMPLES),
                   ("upsample", UPSAMPLES), ("attention_backend", BACKENDS))
     if not self.channel_mult or self.num_res_blocks < 1 or self.base_channels < 1:
-      raise ValueError(f"channel_mult={self.channel_mult} must be non-empty, num_res_blocks="
+      raise InputError(f"channel_mult={self.channel_mult} must be non-empty, num_res_blocks="
                        f"{self.num_res_blocks} and base_channels={self.base_channels} >= 1")
     bad = [lv for lv in self.attention_levels if not 0 <= lv < self.num_levels]
     if bad:
-      raise ValueError(f"attention_levels={self.attention_levels} has levels {bad} outside "
+      raise InputError(f"attention_levels={self.attention_levels} has levels {bad} outside "
                        f"0..{self.num_levels - 1} (one per entry of channel_mult)")
     if self.conditioning == "cross_attn" and not self.attention_levels:
-      raise ValueError("conditioning='cross_attn' injects time and class only in attention "
+      raise InputError("conditioning='cross_attn' injects time and class only in attention "
                        "blocks: set attention_levels (e.g. (1,)) or use 'add' / 'scale_shift'")
     for m in self.channel_mult:
       ch = self.base_channels * m
       if ch % self.num_groups:
-        raise ValueError(f"num_groups={self.num_groups} does not divide the width {ch} "
+        raise InputError(f"num_groups={self.num_groups} does not divide the width {ch} "
                          f"(base_channels * channel_mult): pick num_groups dividing every width")
       if self.attention_levels and ch % self.heads(ch):
-        raise ValueError(f"width {ch} is not divisible into {self.heads(ch)} heads: change "
+        raise InputError(f"width {ch} is not divisible into {self.heads(ch)} heads: change "
                          "num_heads / head_channels")
       if self.head_channels and ch % self.head_channels:
-        raise ValueError(f"head_channels={self.head_channels} does not divide the width {ch}")
+        raise InputError(f"head_channels={self.head_channels} does not divide the width {ch}")
     factor = 2 ** (self.num_levels - 1)
     if height is not None and (height % factor or width % factor):
-      raise ValueError(f"input {height}x{width} cannot be halved {self.num_levels - 1} times "
+      raise InputError(f"input {height}x{width} cannot be halved {self.num_levels - 1} times "
                        f"(len(channel_mult)={self.num_levels} levels): use an image size that "
                        f"is a multiple of {factor}, or fewer levels in channel_mult")
 
@@ -307,7 +308,7 @@ class UNet(DerivedContract, nn.Module):
     embs = [t_BE]
     if self.num_classes:
       if cond is None or "label" not in cond:
-        raise ValueError(f"this U-Net is class-conditional (num_classes={self.num_classes}): "
+        raise InputError(f"this U-Net is class-conditional (num_classes={self.num_classes}): "
                          "pass cond={'label': labels} (num_classes is the null class), or set "
                          "num_classes=0")
       embs.append(LabelEmbedder(self.num_classes, E, self.class_dropout_prob, name="y_embedder",
@@ -315,7 +316,7 @@ class UNet(DerivedContract, nn.Module):
     tokens = [jnp.stack(embs, axis=1)] if self.conditioning == "cross_attn" else []
     if self.text_dim:
       if cond is None or "text" not in cond:
-        raise ValueError(f"text_dim={self.text_dim}: pass cond['text'] (precomputed text "
+        raise InputError(f"text_dim={self.text_dim}: pass cond['text'] (precomputed text "
                          f"embeddings) of shape (B, S, {self.text_dim}), or set text_dim=0")
       tokens.append(dense(E, (axes.EMBED, axes.MLP), LECUN, name="text_proj",
                           **kw)(cond["text"].astype(self.dtype)))

@@ -36,8 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dit_jax.nn import axes
-from dit_jax.nn import conv as conv_lib
+from dit_jax.errors import InputError
+from dit_jax.nn import axes, conv as conv_lib
 from dit_jax.nn.attention import BACKENDS, attention
 
 Dtype = jnp.dtype
@@ -272,14 +272,14 @@ class AutoencoderKL(nn.Module):
     """Raises ValueError naming the field when the VAE cannot be built or run on HxW."""
     for c in self.block_out_channels:
       if c % self.norm_num_groups:
-        raise ValueError(f"vae.block_out_channels={tuple(self.block_out_channels)}: every "
+        raise InputError(f"vae.block_out_channels={tuple(self.block_out_channels)}: every "
                          f"width must be divisible by vae.norm_num_groups={self.norm_num_groups}")
     if self.attention_backend not in BACKENDS:
-      raise ValueError(f"vae.attention_backend={self.attention_backend!r} is not one of "
+      raise InputError(f"vae.attention_backend={self.attention_backend!r} is not one of "
                        f"{BACKENDS}")
     for side in (height, width):
       if side is not None and side % self.downsample:
-        raise ValueError(f"image side {side} is not divisible by the VAE downsampling factor "
+        raise InputError(f"image side {side} is not divisible by the VAE downsampling factor "
                          f"{self.downsample} (2^(len(block_out_channels) - 1)): resize the "
                          "images (data.image_size) or use fewer blocks")
 
@@ -329,7 +329,7 @@ class AutoencoderKL(nn.Module):
 def vae_preset(name: str, **overrides) -> AutoencoderKL:
   """A VAE by preset name (see PRESETS) with field overrides."""
   if name not in PRESETS:
-    raise ValueError(f"vae preset {name!r} is not one of {sorted(PRESETS)}")
+    raise InputError(f"vae preset {name!r} is not one of {sorted(PRESETS)}")
   return AutoencoderKL(**{**PRESETS[name], **overrides})
 
 
@@ -342,14 +342,14 @@ def create_vae(vae_config) -> AutoencoderKL:
   fields = dict(vae_config)
   if "preset" in fields:  # the field's old name (runs saved before it was renamed)
     if "name" in fields:
-      raise ValueError("config.vae has both name and preset: preset is the old name of "
+      raise InputError("config.vae has both name and preset: preset is the old name of "
                        "config.vae.name; remove it")
     warnings.warn("config.vae.preset is now config.vae.name: rename it in your config")
     fields["name"] = fields.pop("preset")
   preset_name = fields.pop("name", None)
   unknown = sorted(set(fields) - set(ARCH_FIELDS) - {"dtype", "param_dtype"})
   if unknown:
-    raise ValueError(f"config.vae has fields {unknown} that AutoencoderKL does not take; "
+    raise InputError(f"config.vae has fields {unknown} that AutoencoderKL does not take; "
                      f"known: {sorted(ARCH_FIELDS)} and name, dtype, param_dtype")
   for key in ("dtype", "param_dtype"):
     if key in fields:

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
 from dit_jax.nn import axes
 from dit_jax.nn.embed import dense, xavier_uniform
 from dit_jax.nn.norms import RMSNorm
@@ -64,7 +65,7 @@ def chunked_attention(q_BTNH, k_BSNH, v_BSNH, kv_mask_BS=None, chunk: int = CHUN
 def jax_nn_attention(q_BTNH, k_BSNH, v_BSNH, kv_mask_BS=None, implementation=None):
   """jax.nn.dot_product_attention; `implementation` None (JAX picks), "xla" or "cudnn"."""
   if implementation == "cudnn" and q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
-    raise ValueError(
+    raise InputError(
         f"attention backend 'cudnn' needs bfloat16 or float16 inputs, got {q_BTNH.dtype}: set "
         "the model's compute dtype to bfloat16, or use attention_backend='xla' or 'auto'")
   mask = None if kv_mask_BS is None else kv_mask_BS[:, None, None, :]
@@ -134,7 +135,7 @@ def resolve_backend(backend: str, dtype, head_dim: int = 0, num_scores: int = 0)
   """Turns "auto" into a concrete backend for the platform, the compute dtype, the head width
   and the number of scores per (batch, head) T * S (0: short)."""
   if backend not in BACKENDS:
-    raise ValueError(f"attention_backend={backend!r} is not one of {BACKENDS}")
+    raise InputError(f"attention_backend={backend!r} is not one of {BACKENDS}")
   if backend != "auto":
     return backend
   platform = target_platform()
@@ -172,7 +173,7 @@ def rope_axes_dims_for(head_dim: int, rope_axes_dims=()) -> tuple[int, ...]:
   """The axial split to use ((): the default), checked against the head width."""
   dims = tuple(rope_axes_dims) or default_rope_axes_dims(head_dim)
   if sum(dims) != head_dim or any(d % 2 for d in dims):
-    raise ValueError(f"rope_axes_dims={dims} must be even and sum to the head width {head_dim}")
+    raise InputError(f"rope_axes_dims={dims} must be even and sum to the head width {head_dim}")
   return dims
 
 
@@ -207,7 +208,7 @@ def project_qkv(x_BLD, num_heads: int, qk_norm: bool, *, dtype, param_dtype):
   the calling module; optional per-head RMSNorm of q and k ("q_norm", "k_norm": SD3.5/FLUX)."""
   D = x_BLD.shape[-1]
   if D % num_heads:
-    raise ValueError(f"hidden_size={D} is not divisible by num_heads={num_heads}")
+    raise InputError(f"hidden_size={D} is not divisible by num_heads={num_heads}")
   N, H = num_heads, D // num_heads
   qkv = dense((3, N, H), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV), xavier_uniform(),
               name="qkv", dtype=dtype, param_dtype=param_dtype)(x_BLD)
@@ -272,7 +273,7 @@ class Attention(nn.Module):
                rotate_mask=None):
     D = x_BTD.shape[-1]
     if self.rope not in ROPES:
-      raise ValueError(f"rope={self.rope!r} is not one of {ROPES}")
+      raise InputError(f"rope={self.rope!r} is not one of {ROPES}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     angles = None
     if context_BSD is None:
@@ -283,7 +284,7 @@ class Attention(nn.Module):
           angles = angles * rotate_mask[:, :, None, None]
     else:
       if D % self.num_heads:
-        raise ValueError(f"hidden_size={D} is not divisible by num_heads={self.num_heads}")
+        raise InputError(f"hidden_size={D} is not divisible by num_heads={self.num_heads}")
       N, H = self.num_heads, D // self.num_heads
       q_BTNH = dense((N, H), (axes.EMBED, axes.HEADS, axes.KV), xavier_uniform(),
                      name="q", **kw)(x_BTD)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax.errors import InputError
 from dit_jax.nn import axes
 
 Dtype = jnp.dtype
@@ -21,7 +22,7 @@ def patchify(x_BHWC: jax.Array, patch_size: int) -> jax.Array:
   B, H, W, C = x_BHWC.shape
   p = patch_size
   if H % p or W % p:
-    raise ValueError(
+    raise InputError(
         f"image size {H}x{W} is not divisible by patch_size={p}: choose a patch size that "
         f"divides both sides, or resize/crop the input to a multiple of {p}")
   x = x_BHWC.reshape(B, H // p, p, W // p, p, C)
@@ -34,10 +35,10 @@ def unpatchify(x_BTP: jax.Array, patch_size: int, height: int, width: int) -> ja
   B, T, P = x_BTP.shape
   p = patch_size
   if height % p or width % p:
-    raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}")
+    raise InputError(f"image size {height}x{width} is not divisible by patch_size={p}")
   h, w = height // p, width // p
   if T != h * w or P % (p * p):
-    raise ValueError(
+    raise InputError(
         f"cannot unpatchify {T} tokens of size {P} into a {height}x{width} image with "
         f"patch_size={p}: expected {h * w} tokens of size p*p*C")
   C = P // (p * p)
@@ -97,7 +98,7 @@ class Dense(nn.Module):
     axis = tuple(a % x.ndim for a in axis)
     in_shape = tuple(x.shape[a] for a in axis)
     if len(self.names) != len(in_shape) + len(features):
-      raise ValueError(f"{self.name}: {len(self.names)} axis names {self.names} for a kernel of "
+      raise InputError(f"{self.name}: {len(self.names)} axis names {self.names} for a kernel of "
                        f"shape {in_shape + features}")
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(_flat_init(self.kernel_init, len(in_shape)),

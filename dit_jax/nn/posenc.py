@@ -6,11 +6,13 @@ Absolute sin-cos (1D and 2D) as in the Transformer, MAE and DiT; the RoPE family
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.errors import InputError
+
 
 def sincos_1d(positions: np.ndarray, dim: int, base: float = 10_000.0) -> np.ndarray:
   """(...,) positions -> (..., dim) as [sin(p w_i) | cos(p w_i)], w_i = base^(-i / (dim/2))."""
   if dim % 2:
-    raise ValueError(f"sin-cos embedding dim must be even, got {dim}")
+    raise InputError(f"sin-cos embedding dim must be even, got {dim}")
   omega = 1.0 / base ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
   angles = np.asarray(positions, np.float64)[..., None] * omega
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
@@ -26,7 +28,7 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int, base: float = 10_000.0,
   sits in the middle of the trained range.
   """
   if dim % 4:
-    raise ValueError(f"2D sin-cos embedding needs dim divisible by 4, got hidden size {dim}")
+    raise InputError(f"2D sin-cos embedding needs dim divisible by 4, got hidden size {dim}")
   top, left = ((max_size - grid_h) // 2, (max_size - grid_w) // 2) if max_size else (0, 0)
   rows, cols = np.meshgrid(np.arange(grid_h) + top, np.arange(grid_w) + left, indexing="ij")
   emb = np.concatenate([sincos_1d(cols, dim // 2, base), sincos_1d(rows, dim // 2, base)], -1)
@@ -49,7 +51,7 @@ def add_sincos_2d(x_BTD: jnp.ndarray, grid_h: int, grid_w: int,
 def rope_frequencies(dim: int, base: float = 10_000.0) -> np.ndarray:
   """theta_i = base^(-2i/dim) for the dim/2 rotary pairs of a dim-wide vector."""
   if dim % 2:
-    raise ValueError(f"RoPE needs an even width, got {dim}")
+    raise InputError(f"RoPE needs an even width, got {dim}")
   return base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
 
 
@@ -65,7 +67,7 @@ def axial_rope_angles(ids_LA: jnp.ndarray, axes_dims: tuple[int, ...],
   frequencies of that width (FLUX: (16, 56, 56) for (index, row, col)); (..., L, A) ->
   (..., L, sum(axes_dims)/2). Axes never mix: a pair sees one coordinate only."""
   if ids_LA.shape[-1] != len(axes_dims):
-    raise ValueError(f"position ids have {ids_LA.shape[-1]} axes but rope axes_dims="
+    raise InputError(f"position ids have {ids_LA.shape[-1]} axes but rope axes_dims="
                      f"{tuple(axes_dims)} has {len(axes_dims)}")
   parts = [rope_angles(ids_LA[..., a], d, base) for a, d in enumerate(axes_dims) if d]
   return jnp.concatenate(parts, axis=-1)
@@ -76,7 +78,7 @@ def mixed_frequencies(phi_N: jnp.ndarray, head_dim: int, base: float = 10.0) -> 
   directions phi_N: magnitudes base^(-4j/H), j < H/4, along phi and along phi + pi/2; a pair's
   (col, row) frequency is that vector's (cos, sin) components."""
   if head_dim % 4:
-    raise ValueError(f"mixed 2D RoPE needs a head width divisible by 4, got {head_dim}")
+    raise InputError(f"mixed 2D RoPE needs a head width divisible by 4, got {head_dim}")
   magnitude = base ** (-jnp.arange(0, head_dim, 4, dtype=jnp.float32) / head_dim)  # (H/4,)
   phi_NK = jnp.repeat(jnp.asarray(phi_N, jnp.float32)[:, None], magnitude.size, axis=1)
   directions = jnp.concatenate([phi_NK, phi_NK + jnp.pi / 2], -1)  # (N, H/2)
@@ -96,7 +98,7 @@ def apply_rope(x_BLNH: jnp.ndarray, angles: jnp.ndarray) -> jnp.ndarray:
   angles shared by all heads a head axis of 1, e.g. (B, L, 1, H/2)."""
   B, L, N, H = x_BLNH.shape
   if angles.shape[-1] != H // 2:
-    raise ValueError(f"RoPE angles cover {2 * angles.shape[-1]} features, heads are {H} wide")
+    raise InputError(f"RoPE angles cover {2 * angles.shape[-1]} features, heads are {H} wide")
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x = x_BLNH.astype(jnp.float32).reshape(B, L, N, H // 2, 2)
   x0, x1 = x[..., 0], x[..., 1]

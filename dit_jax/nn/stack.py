@@ -16,6 +16,7 @@ import functools
 import flax.linen as nn
 import jax
 
+from dit_jax.errors import InputError
 from dit_jax.nn import axes
 
 # A scanned stack without a policy would save every intermediate of the block for the
@@ -36,7 +37,7 @@ REMAT_POLICIES = {
 
 def check_remat_policy(remat_policy: str):
   if remat_policy not in REMAT_POLICIES:
-    raise ValueError(f"remat_policy={remat_policy!r} is not one of {tuple(REMAT_POLICIES)}")
+    raise InputError(f"remat_policy={remat_policy!r} is not one of {tuple(REMAT_POLICIES)}")
 
 
 def _call(block, carry, args):

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax import cli, data, images, sample
+from dit_jax import cli, data
 from dit_jax.eval import classifier, metrics
 from dit_jax.eval.evaluate import Reference, evaluate, load_reference
 from dit_jax.eval.features import Extractor, FeatureNet
+from dit_jax.sampling import images, sample_set, sampler
 
 
 def toy_net(name="toy", label_classes=3) -> FeatureNet:
@@ -100,11 +101,11 @@ class FakeSampler:
 
 
 def test_sample_sets_resume_after_an_interruption(tmp_path):
-  labels = sample.uniform_labels(50, 10, seed=0)
+  labels = sampler.uniform_labels(50, 10, seed=0)
   assert labels.min() >= 0 and labels.max() < 10 and len(set(labels)) > 5
   rng = np.asarray([0, 42], np.uint32)
   whole = tmp_path / "whole.npz"
-  sample.sample_to_npz(FakeSampler(), None, labels, whole, batch_size=8, rng=rng, chunk_size=20)
+  sample_set.sample_to_npz(FakeSampler(), None, labels, whole, batch_size=8, rng=rng, chunk_size=20)
 
   class Interrupt(Exception):
     pass
@@ -115,11 +116,11 @@ def test_sample_sets_resume_after_an_interruption(tmp_path):
       raise Interrupt
   part = tmp_path / "part.npz"
   with pytest.raises(Interrupt):
-    sample.sample_to_npz(FakeSampler(), None, labels, part, batch_size=8, rng=rng,
+    sample_set.sample_to_npz(FakeSampler(), None, labels, part, batch_size=8, rng=rng,
                          chunk_size=20, progress=stop_in_third_chunk)
   assert not part.exists() and len(list((tmp_path / "part.npz.chunks").glob("chunk-*"))) == 2
   again = FakeSampler()
-  drawn = sample.sample_to_npz(again, None, labels, part, batch_size=8, rng=rng, chunk_size=20)
+  drawn = sample_set.sample_to_npz(again, None, labels, part, batch_size=8, rng=rng, chunk_size=20)
   assert drawn == 10 and again.calls == 2  # only the last chunk, in batches of 8
   np.testing.assert_array_equal(images.load_npz_images(part)[0],
                                 images.load_npz_images(whole)[0])
@@ -127,7 +128,7 @@ def test_sample_sets_resume_after_an_interruption(tmp_path):
   (tmp_path / "other.npz.chunks").mkdir()
   (tmp_path / "other.npz.chunks" / "meta.json").write_text(json.dumps({"num": 3}))
   with pytest.raises(ValueError, match="chunks of another sampling command"):
-    sample.sample_to_npz(FakeSampler(), None, labels, tmp_path / "other.npz", batch_size=8,
+    sample_set.sample_to_npz(FakeSampler(), None, labels, tmp_path / "other.npz", batch_size=8,
                          rng=rng, chunk_size=20)
 
 
@@ -190,9 +191,9 @@ def test_inception_scores_fid_sfid_is_precision_recall(tmp_path):
 
 
 def test_training_logs_its_evaluations(digits_net, tmp_path):
-  from dit_jax import train
   from dit_jax.config import base_config, evaluator_section
-  from dit_jax.training_log import read_history
+  from dit_jax.engine.run_log import read_history
+  from dit_jax.training import denoiser
   data_dir, _ = digits_net
   config = base_config()
   config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
@@ -201,7 +202,7 @@ def test_training_logs_its_evaluations(digits_net, tmp_path):
   config.train.update(steps=4, log_every=2, checkpoint_every=0, sample_every=0)
   config.sample.update(method="euler", steps=2)
   config.evals.samples = evaluator_section("samples", every=2, num_samples=24, batch_size=16)
-  train.train_and_evaluate(config, str(tmp_path))
+  denoiser.train_and_evaluate(config, str(tmp_path))
   evals = [h for h in read_history(tmp_path) if "eval/fd" in h]
   assert [h["step"] for h in evals] == [2, 4]
   for h in evals:

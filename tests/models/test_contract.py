@@ -11,7 +11,7 @@ from dit_jax.models import (KEYS, Denoiser, check_denoiser, class_count, cond_sp
 from dit_jax.models.dit import dit
 from dit_jax.models.mmdit import MMDiT, TextDiT
 from dit_jax.models.unet import unet
-from dit_jax.reports import flops_row
+from dit_jax.studies.reports import flops_row
 
 TEXT = dict(patch_size=4, hidden_size=32, num_heads=2, text_length=5, text_width=16,
             text_depth=1, text_heads=2)

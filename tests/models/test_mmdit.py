@@ -11,9 +11,9 @@ from dit_jax import flow
 from dit_jax.data import shapes
 from dit_jax.data.tokenizers import make_tokenizer
 from dit_jax.models import contract, create_model, example_condition, model_fn
-from dit_jax.models.text_encoder import text_positions
 from dit_jax.models.mmdit import PRESET_INPUT, PUBLISHED_PARAMS, MMDiT, TextDiT, mmdit
 from dit_jax.models.mmdit_blocks import DoubleStreamBlock
+from dit_jax.models.text_encoder import text_positions
 from dit_jax.nn.attention import joint_attention
 
 RES, S = 24, 24
@@ -227,7 +227,7 @@ def test_create_model_by_name_and_kontext_shapes():
                     **dict(SMALL, hidden_size=128, patch_size=4)),
 ])
 def test_analytic_flops_match_xla_cost_analysis(make):
-  from dit_jax.reports import flops_row
+  from dit_jax.studies.reports import flops_row
   row = flops_row(make(), "m", 32, 32, 3, with_xla=True)
   # XLA also counts elementwise work (norms, softmax, RoPE): a few percent at this width.
   assert 1.0 <= row["xla_gflops"] / row["gflops"] < 1.1, row

@@ -33,7 +33,7 @@ def main():
   parallel.initialize_distributed(f"localhost:{port}", int(count), int(index))
   from dit_jax.config import load_config
   from dit_jax.engine import Preempted
-  from dit_jax.vae_train import train_vae
+  from dit_jax.training.autoencoder import train_vae
   config = load_config(str(Path(__file__).parents[2] / "configs" / "vae.py"))
   # The smallest VAE train_vae runs (one level, no attention or 1x1 quant convs): what is
   # tested is how the processes stop, not the model.

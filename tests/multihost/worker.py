@@ -18,8 +18,8 @@ def main():
   port, count, index, data_dir, workdir, mesh = sys.argv[1:]
   from dit_jax import parallel
   parallel.initialize_distributed(f"localhost:{port}", int(count), int(index))
-  from dit_jax import train
   from dit_jax.config import base_config
+  from dit_jax.training import denoiser
   config = base_config()
   config.model.update(name="DiT", patch_size=2, hidden_size=32, depth=1, num_heads=2,
                       num_classes=10)
@@ -29,7 +29,7 @@ def main():
                       samples_per_class=1, ema_decay=0.9)
   config.sample.update(method="euler", steps=2)
   config.mesh.update(json.loads(mesh))
-  state = train.train_and_evaluate(config, workdir)
+  state = denoiser.train_and_evaluate(config, workdir)
   shard = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]
   print(json.dumps(dict(process=jax.process_index(), devices=jax.device_count(),
                         local_devices=jax.local_device_count(), step=int(state.step),

@@ -1,0 +1,25 @@
+"""The one training engine: what every training run of the library goes through.
+
+Owns the train state (`state.py`: TrainState with the optimizer and EMA inside, the `Task`
+= init + loss, the pure jitted step, `prepare`), the loop with its hooks (`loop.py`: restore,
+train, save; signals, divergence guard, profiler, periodic hooks), Orbax checkpoints
+(`checkpoint.py`), the one-writer lock of a run directory (`workdir_lock.py`) and the run's
+log (`run_log.py`: console, TensorBoard, metrics.jsonl).
+
+Imports: `config`, `parallel` and the libraries below them; never a model family, a data
+set, a sampler or an evaluator (tasks and hooks are handed in by `dit_jax.training`).
+"""
+from dit_jax.engine.loop import (DivergenceError, DivergenceGuard, Periodic, Preempted, Run,
+                                 StopSignals, check_resume, run, start_from)
+from dit_jax.engine.state import (EMA, CheckpointableIterator, Prepared, StepFn, Task,
+                                  TrainState, abstract_params, create_state, decay_mask,
+                                  ema_of, init_state, learning_rate_schedule,
+                                  logical_param_specs, make_optimizer, make_step_fn, prepare,
+                                  state_shardings, train_step, with_shardings)
+
+__all__ = ["abstract_params", "check_resume", "CheckpointableIterator", "create_state",
+           "decay_mask", "DivergenceError", "DivergenceGuard", "EMA", "ema_of", "init_state",
+           "learning_rate_schedule", "logical_param_specs", "make_optimizer", "make_step_fn",
+           "Periodic", "Preempted", "prepare", "Prepared", "Run", "run", "start_from",
+           "state_shardings", "StepFn", "StopSignals", "Task", "train_step", "TrainState",
+           "with_shardings"]

@@ -1,0 +1,152 @@
+"""Orbax checkpoints of the train state and the data iterator position.
+
+Saves are asynchronous (training goes on while arrays are written) and atomic (Orbax writes
+to a temporary directory and renames it when complete, so a crash never leaves a half-written
+step behind). The last `keep` steps are kept.
+
+Restoring verifies: a step that fails to restore (a truncated data file, a missing metadata
+or manifest file) is skipped for the newest intact one, and the step used and the steps
+skipped, with why, are reported. Training moves a skipped step to `checkpoints-damaged/`
+(never deleting it) so that later saves of the same step number do not collide with it.
+"""
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from dit_jax.errors import InputError, MissingFileError, RunFailedError
+
+
+class CheckpointError(RunFailedError, OSError):
+  """No checkpoint can be read or written (damage, I/O); the message names the step and path."""
+
+
+def _reason(error: Exception) -> str:
+  """The first line of an error, short enough for one line of a report."""
+  text = (str(error).strip() or type(error).__name__).splitlines()[0]
+  return f"{type(error).__name__}: {text[:200]}"
+
+
+class Checkpointer:
+  """Save / restore of {"state": pytree of arrays, "data": JSON-able iterator state}."""
+
+  def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+    if not isinstance(keep, int) or keep < 1:
+      raise InputError(f"train.keep_checkpoints={keep!r} must be an integer >= 1: a run keeps "
+                       "at least its latest checkpoint")
+    self.directory = Path(directory).absolute()
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict | None = None):
+    items = dict(state=ocp.args.StandardSave(state))
+    if data_state is not None:
+      items["data"] = ocp.args.JsonSave(data_state)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores `step` (default: the latest) onto the shapes/shardings of `abstract_state`.
+
+    Returns (state, data_state or None), or None when there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    has_data = (self.directory / str(step) / "data").exists()
+    if has_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], (restored["data"] if has_data else None)
+
+  def restore_latest_intact(self, abstract_state, *, quarantine: bool = False, report=None):
+    """restore() of the newest step that restores; None when there is no checkpoint.
+
+    `report(text)` is told which step was used and which were skipped and why; with
+    `quarantine` the skipped steps move to `checkpoints-damaged/` (process 0 of a training
+    run). Raises CheckpointError when no step restores."""
+    return first_intact(self.all_steps(), lambda s: self.restore(abstract_state, s),
+                        self.directory, quarantine=self.quarantine if quarantine else None,
+                        report=report)
+
+  def quarantine(self, step: int) -> Path:
+    """Moves a damaged step out of the manager's directory, keeping its files."""
+    target = self.directory.parent / f"{self.directory.name}-damaged" / f"{step}-{int(time.time())}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(self.directory / str(step)), str(target))
+    self.manager.reload()
+    return target
+
+  def wait(self):
+    """Blocks until pending asynchronous saves are on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.wait()
+    self.manager.close()
+
+
+def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, report=None):
+  """load(step) for the newest of `steps` that loads without error (None if there are none);
+  `quarantine(step)` moves each skipped step aside, `report(text)` says what happened."""
+  skipped = []
+  for step in sorted(steps, reverse=True):
+    try:
+      restored = load(step)
+    except Exception as error:  # any failure to read a step is damage: try the one before
+      skipped.append((step, _reason(error)))
+      continue
+    if skipped and report is not None:
+      moved = [quarantine(s) for s, _ in skipped] if quarantine else []
+      lines = "; ".join(f"step {s} ({why})" for s, why in skipped)
+      where = f"; moved to {moved[0].parent}" if moved else ""
+      report(f"checkpoint: restored step {step}, skipped damaged {lines}{where}")
+    return restored
+  if skipped:
+    lines = "\n".join(f"  step {s}: {why}" for s, why in skipped)
+    raise CheckpointError(f"no checkpoint restores in {directory}:\n{lines}\n"
+                          "Restore the files from a backup, or start a new --workdir")
+  return None
+
+
+def restore_params(directory: str | Path, abstract_params: dict, report=None,
+                   step: int | None = None):
+  """(step, {name: params}) of the newest intact step (or of `step` only: a learning curve
+  from the kept checkpoints), reading only the parameter subtrees named in `abstract_params`
+  (e.g. {"ema_params": ...}): sampling never reads the optimizer state, so damage or a
+  structure change there does not block it."""
+  directory = Path(directory).absolute()
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() \
+      else []
+  if step is not None:
+    if step not in steps:
+      raise MissingFileError(f"no checkpoint of step {step} in {directory} (kept: "
+                              f"{sorted(steps)}; train.keep_checkpoints says how many stay)")
+    steps = [step]
+  reader = ocp.PyTreeCheckpointer()
+
+  def load(step):
+    args = ocp.args.PyTreeRestore(
+        abstract_params, restore_args=ocp.checkpoint_utils.construct_restore_args(
+            abstract_params), partial_restore=True)
+    return step, reader.restore(directory / str(step) / "state", args=args)
+
+  return first_intact(steps, load, directory, report=report)
+
+
+def abstract_like(state):
+  """ShapeDtypeStructs (with shardings) of a concrete state, to restore onto."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -1,0 +1,277 @@
+"""The loop of the one training engine: restore or initialise the state, train with hooks
+(logs, checkpoints, signals, sample grids, evaluators, profiler), save.
+
+Restarting with the same command resumes exactly: the step, the optimizer and EMA state, the
+data iterator position and the per-step random keys (fold_in(seed key, step)) all come back.
+Guarantees (README "Reliability"): checkpoints are atomic and written only from a finite,
+checked state; a damaged newest checkpoint falls back to the newest intact one; the recorded
+config changes only after a resume succeeded; one writer per workdir; SIGTERM/SIGINT save and
+stop with exit status 128 + signal.
+"""
+import dataclasses
+import json
+import signal
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from dit_jax import parallel
+from dit_jax.config import meaning_changes, validate
+from dit_jax.engine import checkpoint
+from dit_jax.engine.run_log import MetricsLog
+from dit_jax.engine.state import (CheckpointableIterator, Task, TrainState, init_state,
+                                  prepare)
+from dit_jax.engine.workdir_lock import WorkdirLock
+from dit_jax.errors import InputError, RunFailedError
+
+# ------------------------------------------------------------------------------------------
+# Stopping: signals, divergence
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM / SIGINT made the loop save and stop; `exit_status` is what a
+  scheduler sees (128 + signal number, as for a process the signal killed)."""
+
+  def __init__(self, step: int, signum: int, state=None):
+    self.step, self.signum, self.state = step, signum, state
+    self.exit_status = 128 + signum
+    super().__init__(f"{signal.Signals(signum).name}: saved step {step} and stopped; rerun the "
+                     "same command to resume")
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop at the next step
+  boundary. A second Ctrl-C interrupts at once (the last saved checkpoint stays)."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def requested(self) -> int | None:
+    return self.signum
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class DivergenceError(RunFailedError, FloatingPointError):
+  pass
+
+
+class DivergenceGuard:
+  """Checks fetched per-step metrics before anything is saved: a non-finite step (loss,
+  gradient norm or parameters) always stops the run; with `spike_factor` > 0 so does a loss
+  above spike_factor x the median of the last `window` losses (after `window` steps)."""
+
+  def __init__(self, spike_factor: float = 0.0, window: int = 100, where: str = ""):
+    self.spike_factor = spike_factor
+    self.recent = deque(maxlen=window)
+    self.where = where
+
+  def check(self, steps_metrics: list[tuple[int, dict]]):
+    for step, m in steps_metrics:
+      loss = float(m["loss"])
+      if not m.get("finite", 1.0) or not np.isfinite(loss):
+        raise DivergenceError(
+            f"step {step} is not finite (loss {loss:.4g}, grad_norm {float(m['grad_norm']):.4g}): "
+            f"training stopped and no checkpoint was written after it (the last good one is "
+            f"kept{self.where}). Lower optim.lr, set optim.grad_clip, or check the data")
+      if self.spike_factor > 0 and len(self.recent) == self.recent.maxlen:
+        median = float(np.median(self.recent))
+        if loss > self.spike_factor * median:
+          raise DivergenceError(
+              f"loss {loss:.4g} at step {step} is above train.spike_factor={self.spike_factor} "
+              f"x the median {median:.4g} of the last {len(self.recent)} steps: training "
+              f"stopped before saving (the last good checkpoint is kept{self.where}). Lower "
+              "optim.lr or set optim.grad_clip; train.spike_factor=0 turns this guard off")
+      self.recent.append(loss)
+
+
+def first_signal(signum: int | None) -> int | None:
+  """The signal any process received (the largest number, the same on every process)."""
+  if jax.process_count() == 1:
+    return signum
+  got = multihost_utils.process_allgather(np.array(signum or 0))
+  return int(got.max()) or None
+
+
+# ------------------------------------------------------------------------------------------
+# Hooks
+
+
+@dataclasses.dataclass
+class Periodic:
+  """`action(step, state)` every `every` steps (and at the last step when `at_end`); a dict it
+  returns is logged as metrics (evaluators). Every process calls it (sharded parameters)."""
+  name: str
+  every: int
+  action: Callable[[int, TrainState], dict | None]
+  at_end: bool = True
+
+  def due(self, step: int, total: int) -> bool:
+    return (self.every > 0 and step % self.every == 0) or (self.at_end and step == total)
+
+
+class Profile:
+  """A jax.profiler trace of steps [start, start + steps) into workdir/profile (TensorBoard's
+  profile plugin or Perfetto read it)."""
+
+  def __init__(self, workdir: Path, start: int, steps: int):
+    self.dir, self.start, self.stop = Path(workdir) / "profile", start, start + steps
+    self.active = False
+
+  def before(self, step: int):  # step = steps completed so far
+    if not self.active and self.start <= step < self.stop:
+      jax.profiler.start_trace(str(self.dir))
+      self.active = True
+
+  def after(self, step: int, state):
+    if self.active and step >= self.stop:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+# ------------------------------------------------------------------------------------------
+# The run: restore, loop, save
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def read_run_config(workdir: Path) -> dict | None:
+  path = Path(workdir) / "config.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):
+  """A resumed run must mean the same thing: refuses every differing field that is not in
+  config.RESUMABLE_FIELDS, naming old and new values."""
+  changes = meaning_changes(saved, json.loads(config.to_json())) if saved is not None else []
+  if changes:
+    lines = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
+    raise InputError(
+        f"workdir {workdir} holds a run with a different config ({lines}). These fields change "
+        "what the checkpoint means: resume with the recorded values (config.json) or pick a new "
+        "--workdir")
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything `run` needs besides the task; built by train.py, vae_train.py, experiments."""
+  config: ml_collections.ConfigDict   # the whole config: recorded, checked on resume
+  workdir: Path
+  data: CheckpointableIterator
+  plan: parallel.ShardingPlan
+  hooks: list = dataclasses.field(default_factory=list)   # Periodic
+  on_start: Callable[[TrainState], None] | None = None
+  initial_params: Any = None   # a fresh run starts from these (fine-tuning), not from init
+
+
+def run(task: Task, r: Run) -> TrainState:
+  """Trains `task` for config.train.steps on r.data; writes checkpoints, logs, config.json and
+  what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
+  made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
+  the last good step)."""
+  config, workdir, plan = validate(r.config), Path(r.workdir), r.plan
+  is_main = jax.process_index() == 0
+  s = prepare(task, config, plan)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with WorkdirLock(workdir, enabled=is_main), \
+       checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints) as ckpt:
+    saved_config = read_run_config(workdir) if ckpt.all_steps() else None
+    check_resume(saved_config, config, workdir)
+    restored = ckpt.restore_latest_intact(s.abstract_state(),
+                                          quarantine=is_main, report=print if is_main else None)
+    if jax.process_count() > 1:  # every process sees the steps process 0 moved aside
+      multihost_utils.sync_global_devices("checkpoint restored")
+      ckpt.manager.reload()
+    if restored is None:
+      state = init_state(task, s.optimizer, jax.random.PRNGKey(config.seed), plan, s.ema)
+      if r.initial_params is not None:
+        state = start_from(state, r.initial_params, s.shardings)
+    else:
+      state, data_state = restored
+      if data_state is not None:
+        r.data.set_state(data_state)
+    if is_main:  # only now: a refused or failed resume leaves the recorded config as it was
+      (workdir / "config.json").write_text(config.to_json(indent=2))
+    if r.on_start is not None:
+      r.on_start(state)
+    return _loop(task, r, state, ckpt, s.step_fn)
+
+
+def start_from(state: TrainState, params, shardings) -> TrainState:
+  """`state` with its parameters and EMA replaced by `params` (same tree and shapes, placed in
+  the state's shardings); the optimizer moments stay at their initial zeros."""
+  expected = {jax.tree_util.keystr(k): v.shape
+              for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  given = {jax.tree_util.keystr(k): np.shape(v)
+           for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  problems = [f"{k}: missing" for k in expected if k not in given]
+  problems += [f"{k}: unexpected" for k in given if k not in expected]
+  problems += [f"{k}: {given[k]} != {shape}" for k, shape in expected.items()
+               if k in given and given[k] != shape]
+  if problems:
+    raise InputError("train.init_from holds parameters of another architecture than "
+                     f"config.model ({'; '.join(problems[:8])}"
+                     f"{'; ...' if len(problems) > 8 else ''}): make config.model match it")
+  cast = jax.tree.map(lambda p, ref: np.asarray(p, ref.dtype), params, state.params)
+  return state.replace(params=jax.device_put(cast, shardings.params),
+                       ema_params=jax.device_put(cast, shardings.ema_params))
+
+
+def _loop(task, r: Run, state, ckpt, step_fn):
+  tc, plan, total_steps = r.config.train, r.plan, int(r.config.train.steps)
+  log = MetricsLog(r.workdir, enabled=jax.process_index() == 0, total_steps=total_steps,
+                   images_per_step=r.config.data.batch_size)
+  guard = DivergenceGuard(float(tc.get("spike_factor", 0.0)), int(tc.get("spike_window", 100)),
+                          where=f" in {r.workdir / 'checkpoints'}")
+  profile = Profile(r.workdir, int(tc.get("profile_start", 0)), int(tc.get("profile_steps", 0)))
+  signals = StopSignals()
+  step = int(state.step)
+  if step >= total_steps:
+    log.message(f"nothing to train: the run is at step {step} and train.steps={total_steps}")
+  try:
+    log.start(step)
+    while step < total_steps:
+      profile.before(step)
+      local = next(r.data)
+      batch = plan.global_batch({key: local[key] for key in task.batch_keys})
+      state, metrics = step_fn(state, batch)
+      step += 1
+      log.add(step, metrics)
+      profile.after(step, state)
+      signum = first_signal(signals.requested())
+      saving = _is_due(step, tc.checkpoint_every, total_steps) or signum is not None
+      if saving or _is_due(step, tc.log_every, total_steps):
+        guard.check(log.flush(step))  # raises before anything of a bad step is saved
+      if saving:
+        ckpt.save(step, state, r.data.get_state())
+      for hook in r.hooks:
+        if hook.due(step, total_steps):
+          log.scalars(step, hook.action(step, state) or {})
+      if signum is not None:
+        raise Preempted(step, signum, state)
+  finally:
+    profile.close()
+    signals.restore()
+    log.close()
+  return state

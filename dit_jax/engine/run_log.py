@@ -1,0 +1,123 @@
+"""Metrics of a training run: progress bar, console lines, TensorBoard events, metrics.jsonl.
+
+Per-step metrics stay on the device until a flush, so logging never blocks a step; the flush
+returns them fetched, for the engine's divergence guard to check before anything is saved.
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+
+class MetricsLog:
+  def __init__(self, workdir: Path, *, enabled: bool, total_steps: int, images_per_step: int):
+    self.workdir = Path(workdir)
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self.images_per_step = images_per_step
+    self.pending: list[tuple[int, dict]] = []
+    self.history: list[dict] = read_history(self.workdir)
+    self.bar = self.writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def start(self, step: int):
+    # A resumed run drops history written after its checkpoint (those steps are redone).
+    kept = [h for h in self.history if h["step"] <= step]
+    if self.enabled and len(kept) != len(self.history):
+      (self.workdir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in kept))
+    self.history = kept
+    self.last_time, self.last_step = time.perf_counter(), step
+    if self.enabled:
+      self.bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
+                      dynamic_ncols=True, mininterval=1.0)
+
+  def add(self, step: int, metrics: dict):
+    self.pending.append((step, metrics))
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def flush(self, step: int) -> list[tuple[int, dict]]:
+    """Averages the pending metrics into one row, writes it everywhere, and returns the
+    per-step metrics as host floats [(step, {name: value})]."""
+    if not self.pending:
+      return []
+    steps = [s for s, _ in self.pending]
+    fetched = [{k: float(v) for k, v in m.items()}
+               for m in jax.device_get([m for _, m in self.pending])]
+    now = time.perf_counter()
+    row = {"step": step, **{key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}}
+    row.pop("finite", None)  # a guard flag, not a metric
+    row["steps_per_s"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    row["images_per_s"] = row["steps_per_s"] * self.images_per_step
+    self.pending.clear()
+    self.last_time, self.last_step = now, step
+    self._write(row)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+    return list(zip(steps, fetched))
+
+  def scalars(self, step: int, values: dict):
+    """Extra metrics of a step (an evaluator's), as their own row."""
+    if values:
+      self._write({"step": step, **{k: float(v) for k, v in values.items()}})
+
+  def _write(self, row: dict):
+    self.history.append(row)
+    if not self.enabled:
+      return
+    for key, value in row.items():
+      if key != "step":
+        self.writer.add_scalar(key, value, row["step"])
+    self.writer.flush()
+    with open(self.workdir / "metrics.jsonl", "a") as f:
+      f.write(json.dumps(row) + "\n")
+    self.message(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+
+  def message(self, text: str):
+    if self.enabled:
+      tqdm.write(text)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
+def read_history(workdir) -> list[dict]:
+  """The rows of workdir/metrics.jsonl (training rows have a 'loss', evaluator rows not)."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(value) -> str:
+  return f"{value:.4g}" if not isinstance(value, int) and math.isfinite(value) else str(value)
+
+
+def plot_loss_curve(history: list[dict], path):
+  """Training loss (and learning rate) against step from the logged metrics."""
+  if not history:
+    return
+  import matplotlib  # deferred: only a run that draws imports it
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = [h["step"] for h in history]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(steps, [h["loss"] for h in history], label="loss")
+  ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+  ax.grid(True, which="both", alpha=0.3)
+  if "lr" in history[0]:
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [h["lr"] for h in history], color="tab:gray", alpha=0.5, label="lr")
+    lr_ax.set_ylabel("learning rate")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

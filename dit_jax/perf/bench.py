@@ -1,0 +1,196 @@
+"""Throughput: `dit-jax bench` times the real jitted, sharded train step or sampler.
+
+The train step is exactly the one `dit-jax train` runs (loss, gradients, AdamW, EMA) on random
+data already on the devices, so the figure isolates the model and its sharding from input
+loading; the sampler is the `lax.scan` one of `dit-jax sample` (`ImageSampler`: every step,
+guidance included, in one compiled call, the samples split over the devices). Any model of the
+contract can be timed (a DiT preset, or the model of a config). Achieved TFLOP/s counts a
+multiply-add as 2 flops of the model's analytic count (`model.forward_flops`): 3 forward
+passes per image for a train step, one per model evaluation (two under guidance) for sampling.
+"""
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax import engine, flow, parallel
+from dit_jax.config import base_config
+from dit_jax.errors import MissingFileError
+from dit_jax.models.contract import example_condition
+from dit_jax.perf import hlo
+from dit_jax.sampling.sampler import ImageSampler
+from dit_jax.training import denoiser
+
+
+@dataclasses.dataclass
+class BenchResult:
+  images_per_s: float
+  step_ms: float
+  compile_s: float
+  train_tflops_per_s: float  # per device
+  memory_gib: float | None   # per device: arguments + outputs + temporaries of the step
+  profile: list | None = None  # with profile_dir: where a step's kernel time goes (profile_rows)
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
+                     mesh_config=None, seed: int = 0, config=None,
+                     profile_dir: str | None = None) -> BenchResult:
+  """Compiles the train step for `model` on `batch_size` images of `image_shape` under
+  `mesh_config` (default: data parallel over all devices) and times `steps` steps; the
+  optimizer and objective are those of `config` (default: the base config). With
+  `profile_dir`, then traces PROFILE_STEPS more steps there (jax.profiler, with a Perfetto
+  trace) and sums their kernels by kind and place (`profile_rows`)."""
+  config = base_config() if config is None else config
+  optimizer, schedule = engine.make_optimizer(config.optim, 1000)
+  objective = flow.make_objective(config.objective)
+  plan = parallel.ShardingPlan.create(mesh_config)
+  plan.check_batch(batch_size)
+  ema = engine.EMA(0.9999)
+  _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, image_shape), optimizer, plan, ema)
+  state = engine.init_state(denoiser.denoiser_task(model, None, image_shape), optimizer, jax.random.PRNGKey(seed), plan, ema)
+  rng = np.random.default_rng(seed)
+  local = {"image": rng.standard_normal((batch_size, *image_shape)).astype(np.float32)}
+  # The condition's values do not change the step's cost: the contract's placeholders.
+  local.update({k: np.asarray(v) for k, v in (example_condition(model, batch_size) or {}).items()})
+  batch = plan.global_batch(local)
+  step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
+  compiled, compile_s = _compile(step_fn, state, batch)
+  memory = compiled.memory_analysis()
+  for _ in range(2):  # warm steps
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready((state, metrics))
+  seconds = (time.perf_counter() - start) / steps
+  if not np.isfinite(float(metrics["loss"])):
+    raise FloatingPointError(f"non-finite loss {float(metrics['loss'])} while benchmarking")
+  profile = None
+  if profile_dir is not None:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(PROFILE_STEPS):
+        state, metrics = step_fn(state, batch)
+      jax.block_until_ready((state, metrics))
+    profile = profile_rows(latest_trace(profile_dir), hlo.instructions(compiled.as_text()),
+                           PROFILE_STEPS)
+
+  macs = sum(model.forward_flops(*image_shape).values())
+  tflops = 3 * 2 * macs * batch_size / seconds / plan.mesh.devices.size / 1e12
+  footprint = None
+  if memory is not None:  # donated state aliases its outputs: count it once
+    footprint = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**30
+  return BenchResult(images_per_s=batch_size / seconds, step_ms=1000 * seconds,
+                     compile_s=compile_s, train_tflops_per_s=tflops, memory_gib=footprint,
+                     profile=profile)
+
+
+PROFILE_STEPS = 3
+
+
+def _compile(jitted, *args):
+  """(executable, seconds to lower and compile it). Calls of `jitted` on such arguments then
+  run this executable (jit's cache): timed calls after it exclude compilation."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def latest_trace(profile_dir: str) -> str:
+  """The newest Perfetto trace jax.profiler wrote under `profile_dir`."""
+  traces = glob.glob(os.path.join(profile_dir, "plugins", "profile", "*",
+                                  "perfetto_trace.json.gz"))
+  if not traces:
+    raise MissingFileError(f"no perfetto_trace.json.gz under {profile_dir}/plugins/profile")
+  return max(traces, key=os.path.getmtime)
+
+
+def profile_rows(trace_path: str, instructions: dict, steps: int) -> list[dict]:
+  """Kernel time per step of a traced program, by (kind, region), largest first: the events
+  that name an HLO op (on the accelerator's own timeline when the trace has one, else device
+  0's), their kind and place from `hlo.instructions` of the compiled program. Each row: kind,
+  region, ms (per step), kernels (per step), share (of the summed kernel time)."""
+  with gzip.open(trace_path, "rt") as f:
+    events = json.load(f)["traceEvents"]
+  names = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  # The accelerator's own timeline: a /device: process with HLO ops (not, say, the TPU
+  # runtime's "/device:CUSTOM:Megascale Trace", which libtpu adds once it is loaded).
+  device_pids = {e["pid"] for e in events if "hlo_op" in e.get("args", {})
+                 and names.get(e["pid"], "").startswith("/device:")}
+  totals = collections.defaultdict(lambda: [0.0, 0])
+  for e in events:
+    args = e.get("args", {})
+    if e.get("ph") != "X" or "hlo_op" not in args:
+      continue
+    if device_pids and e["pid"] not in device_pids:
+      continue
+    if not device_pids and args.get("device_ordinal", "0") != "0":
+      continue
+    kind, op_name = instructions.get(args["hlo_op"], ("other", ""))
+    total = totals[(kind, hlo.op_region(op_name) if op_name else "")]
+    total[0] += e["dur"] / 1000  # microseconds -> ms
+    total[1] += 1
+  summed = sum(ms for ms, _ in totals.values()) or 1.0
+  rows = [dict(kind=kind, region=region, ms=ms / steps, kernels=count / steps, share=ms / summed)
+          for (kind, region), (ms, count) in totals.items()]
+  return sorted(rows, key=lambda r: -r["ms"])
+
+
+@dataclasses.dataclass
+class SampleBenchResult:
+  images_per_s: float
+  batch_s: float             # one compiled call: `batch_size` samples, every step
+  compile_s: float
+  evaluations: int           # model evaluations per sample (x2 batch under guidance)
+  tflops_per_s: float        # per device
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats: int = 1,
+                 mesh_config=None, seed: int = 0, config=None) -> SampleBenchResult:
+  """Compiles the sampler of `sample_config` (method, steps, cfg_scale) for `batch_size`
+  samples of `model` under `mesh_config` (default: split over all devices) and times
+  `repeats` calls. The objective (the prediction converted to the sampler's) is `config`'s;
+  without a config, DDPM / DDIM sample the published DiT's objective (a learned variance
+  when the model outputs one) and Euler / Heun flow matching."""
+  if config is None:
+    config = base_config()
+    if dict(sample_config)["method"] in ("ddpm", "ddim"):
+      config.objective.kind = "ddpm_hybrid" if getattr(model, "learn_sigma", False) else "ddpm"
+  objective = flow.make_objective(config.objective)
+  plan = parallel.ShardingPlan.create(mesh_config)
+  plan.check_batch(batch_size)
+  optimizer, _ = engine.make_optimizer(config.optim, 1000)
+  params = engine.init_state(denoiser.denoiser_task(model, None, image_shape), optimizer, jax.random.PRNGKey(seed), plan, engine.EMA(0.0)).params
+  sampler = ImageSampler(model, objective, sample_config, image_shape, plan)
+  cond = example_condition(model, batch_size)
+  rng = jax.random.PRNGKey(seed + 1)
+  scale = jnp.float32(sampler.sampler.cfg_scale)
+  _, compile_s = _compile(sampler.jitted, params, cond, rng, scale, batch_size)
+  sampler.sample(params, cond, rng, count=batch_size)  # a warm call
+  start = time.perf_counter()
+  for i in range(repeats):
+    images = sampler.sample(params, cond, jax.random.fold_in(rng, i), count=batch_size)
+  seconds = (time.perf_counter() - start) / repeats  # `sample` returns host arrays: synced
+  if not np.isfinite(images).all():
+    raise FloatingPointError("non-finite samples while benchmarking")
+  evaluations = sampler.sampler.evaluations
+  guided = 2 if cond is not None else 1  # the scale is traced: the doubled batch always runs
+  macs = sum(model.forward_flops(*image_shape).values())
+  tflops = 2 * macs * evaluations * guided * batch_size / seconds / plan.mesh.devices.size / 1e12
+  return SampleBenchResult(images_per_s=batch_size / seconds, batch_s=seconds,
+                           compile_s=compile_s, evaluations=evaluations, tflops_per_s=tflops)

@@ -1,0 +1,134 @@
+"""Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
+import os
+import struct
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dit_jax.errors import InputError
+
+
+def to_uint8(images_NHWC) -> np.ndarray:
+  """[-1, 1] floats -> uint8 in [0, 255] (values outside are clipped)."""
+  images = (np.asarray(images_NHWC, np.float32) + 1.0) * 127.5
+  return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def make_grid(images_NHWC: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
+  """N images -> one (rows*H', cols*W', C) image, filled row by row, with a pad border."""
+  n, h, w, c = images_NHWC.shape
+  cols = -(-n // rows)
+  grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), images_NHWC.dtype)
+  for i, image in enumerate(images_NHWC):
+    r, col = divmod(i, cols)
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
+  """Writes a uint8 image; `upscale` repeats pixels so tiny images stay visible."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if upscale > 1:
+    image_HWC = image_HWC.repeat(upscale, 0).repeat(upscale, 1)
+  mode = "L" if image_HWC.shape[-1] == 1 else "RGB"
+  Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(path)
+
+
+def save_npy_atomic(path: Path, array: np.ndarray):
+  """np.save under a temporary name, then renamed: the file exists only when whole."""
+  tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def save_npz(images_NHWC: np.ndarray, labels, path):
+  """uint8 NHWC images in `arr_0` and labels in `labels`, as evaluation suites read them."""
+  save_npz_chunks([images_NHWC], labels, path)
+
+
+def save_npz_chunks(chunks_NHWC: Iterable[np.ndarray], labels, path):
+  """Like save_npz for images that arrive in chunks (n_i, H, W, C), n_i summing to
+  len(labels): each chunk goes into `arr_0` as it comes, so memory holds one chunk however
+  many images there are. The file is written under a temporary name and renamed when whole,
+  so an interrupted run leaves no truncated .npz behind."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  labels = np.asarray(labels)
+  tmp = path.with_name(f".{path.name}.partial")
+  try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:  # np.savez's layout
+      with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+        _write_npy_chunks(member, chunks_NHWC, len(labels))
+      with archive.open("labels.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, labels, allow_pickle=False)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _write_npy_chunks(stream, chunks, num: int):
+  """One .npy of shape (num, ...) from chunks along the first axis: the header, sized from
+  the first chunk, then each chunk's bytes in turn (no concatenation)."""
+  first, written = None, 0
+  for chunk in chunks:
+    chunk = np.ascontiguousarray(chunk)
+    if first is None:
+      first = chunk
+      header = np.lib.format.header_data_from_array_1_0(chunk)
+      np.lib.format.write_array_header_1_0(stream, dict(header, shape=(num, *chunk.shape[1:])))
+    if chunk.shape[1:] != first.shape[1:] or chunk.dtype != first.dtype:
+      raise InputError(f"chunk of shape {chunk.shape} {chunk.dtype} after chunks of "
+                       f"{first.shape[1:]} {first.dtype}: every chunk must hold the same images")
+    written += len(chunk)
+    if written > num:
+      raise InputError(f"chunks hold more than the {num} images the labels announce")
+    stream.write(chunk.data.cast("B"))
+  if written != num:
+    raise InputError(f"chunks held {written} images, the labels {num}: one label per image")
+
+
+def load_npz_images(path) -> tuple[np.ndarray, np.ndarray | None]:
+  """(uint8 (N, H, W, C) images of `arr_0`, the `labels` array or None) of a sample or
+  reference .npz. An uncompressed member (np.savez, `dit-jax sample`) is memory-mapped, so a
+  50,000-image set is read as it is used, not loaded whole."""
+  path = Path(path)
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    if "arr_0.npy" not in names:
+      raise InputError(f"{path} has no images in arr_0 (it holds {names}): pass an .npz of "
+                       "uint8 NHWC images, as `dit-jax sample --out F.npz` writes")
+    labels = None
+    if "labels.npy" in names:
+      with archive.open("labels.npy") as f:
+        labels = np.lib.format.read_array(f, allow_pickle=False)
+    info = archive.getinfo("arr_0.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+      with archive.open(info) as f:
+        arr = np.lib.format.read_array(f, allow_pickle=False)
+    else:
+      arr = _memmap_member(path, info)
+  if arr.dtype != np.uint8 or arr.ndim != 4:
+    raise InputError(f"{path}: arr_0 is {arr.dtype} {arr.shape}; expected uint8 (N, H, W, C) "
+                     "images in 0..255")
+  return arr, labels
+
+
+def _memmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26..30
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    offset = f.tell()
+  if fortran or dtype.hasobject:
+    raise InputError(f"{path}: arr_0 is not a plain C-ordered array")
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)

@@ -1,0 +1,261 @@
+"""Sweeps: one base run, named override sets and seeds, each trained with the normal training
+machinery (`denoiser.train_and_evaluate`: same loop, checkpoints, evaluation hook) and summarised
+by `dit_jax.studies.sweep_report`.
+
+A sweep file is a config file with a second function:
+
+    def get_config(arg=""):   # the base run, as for `dit-jax train`
+    def get_sweep(arg=""):    # what varies
+      return dict(
+          title="Conditioning designs",
+          axes={"model.conditioning": ["adaln_zero", "adaln"]},   # their product (optional)
+          runs={"S/4": {"model.hidden_size": 32, "model.patch_size": 4}},  # named (optional)
+          seeds=[0, 1, 2])    # config.seed and config.data.seed of each repetition
+
+Every named set is crossed with every point of the axes and every seed. Run directories are
+`WORKDIR/runs/<name>/seed_<seed>`; a finished one (its result.json) is skipped, an interrupted
+one resumes from its checkpoints, a failed one (error.txt) is retried on the next call.
+"""
+import copy
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import ml_collections
+
+from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
+
+SWEEP_KEYS = ("title", "description", "axes", "runs", "seeds", "metrics")
+DEFAULT_METRICS = ("eval/fd", "eval/accuracy", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  title: str
+  description: str
+  axes: dict        # field -> values, crossed
+  runs: dict        # name -> {field: value}
+  seeds: tuple
+  metrics: tuple    # what the report tabulates and plots (keys of metrics.jsonl rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  name: str
+  seed: int
+  fields: dict      # set on the base config (then config.seed = config.data.seed = seed)
+  workdir: Path
+
+
+def _sweep_of(raw, where: str) -> Sweep:
+  raw = raw.to_dict() if isinstance(raw, ml_collections.ConfigDict) else dict(raw)
+  unknown = set(raw) - set(SWEEP_KEYS)
+  if unknown:
+    raise ConfigError(f"{where}: get_sweep() returned unknown keys {sorted(unknown)}; it may "
+                      f"hold {', '.join(SWEEP_KEYS)}")
+  axes, runs = dict(raw.get("axes") or {}), dict(raw.get("runs") or {})
+  for field, values in axes.items():
+    if isinstance(values, str) or not list(values):
+      raise ConfigError(f"{where}: axes[{field!r}] must be a non-empty list of values")
+  seeds = tuple(raw.get("seeds", (0,)))
+  if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+    raise ConfigError(f"{where}: seeds={list(seeds)} must be distinct integers, e.g. [0, 1, 2]")
+  return Sweep(raw.get("title", Path(where).stem), raw.get("description", ""),
+               {k: list(v) for k, v in axes.items()}, runs, seeds,
+               tuple(raw.get("metrics", DEFAULT_METRICS)))
+
+
+def with_seeds(sweep: Sweep, seeds) -> Sweep:
+  """The sweep restricted to `seeds`, a subset of its own (`dit-jax sweep --seeds`)."""
+  missing = sorted(set(seeds) - set(sweep.seeds))
+  if missing:
+    raise ConfigError(f"--seeds: {missing} not among the sweep's seeds {list(sweep.seeds)}; "
+                      "add them to its get_sweep() to train them")
+  return dataclasses.replace(sweep, seeds=tuple(s for s in sweep.seeds if s in set(seeds)))
+
+
+def load(spec: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDict, Sweep]:
+  """(base config with --config.* overrides applied, the sweep) of 'configs/sweeps/F.py[:arg]'."""
+  module, arg = config_module(spec)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"--config {spec}: a sweep file needs get_sweep(arg) next to "
+                      "get_config(arg); see configs/sweeps/")
+  call = (lambda f: f(arg)) if arg else (lambda f: f())
+  base = apply_overrides(validate(call(module.get_config)), list(overrides))
+  return base, _sweep_of(call(module.get_sweep), spec)
+
+
+def _short(value) -> str:
+  return value if isinstance(value, str) else repr(value)
+
+
+def slug(name: str) -> str:
+  """A directory name for a run name ('S/4 conditioning=adaln' -> 'S-4_conditioning=adaln')."""
+  return re.sub(r"[^A-Za-z0-9.=+-]+", "_", name.replace("/", "-")).strip("_") or "base"
+
+
+def expand(sweep: Sweep, root) -> list[RunSpec]:
+  """Every (named set x point of the axes) x seed, seeds innermost."""
+  specs, dirs = [], {}
+  for run_name, run_fields in (sweep.runs or {"": {}}).items():
+    for values in itertools.product(*sweep.axes.values()):
+      point = dict(zip(sweep.axes, values, strict=True))
+      name = " ".join([run_name] + [f"{f.split('.')[-1]}={_short(v)}" for f, v in point.items()])
+      name = name.strip() or "base"
+      if dirs.setdefault(slug(name), name) != name:
+        raise ConfigError(f"sweep runs {dirs[slug(name)]!r} and {name!r} share the directory "
+                          f"{slug(name)!r}: rename one")
+      for seed in sweep.seeds:
+        specs.append(RunSpec(name, seed, {**run_fields, **point},
+                             Path(root) / "runs" / slug(name) / f"seed_{seed}"))
+  return specs
+
+
+def run_config(base: ml_collections.ConfigDict, run: RunSpec) -> ml_collections.ConfigDict:
+  config = set_fields(copy.deepcopy(base), run.fields, where=f"sweep run {run.name!r}:")
+  config.seed = config.data.seed = run.seed
+  return config
+
+
+def counts(config) -> dict:
+  """Forward Gflops (multiply-add = 1 flop) and parameters of one input of the run's model."""
+  from dit_jax.config import model_input_shape
+  from dit_jax.models import create_model
+  from dit_jax.models.flops import count_params
+  model = create_model(config.model)
+  h, w, c = model_input_shape(config.data)
+  return dict(gflops=sum(model.forward_flops(h, w, c).values()) / 1e9,
+              params=count_params(model, h, w, c), batch_size=config.data.batch_size,
+              steps=config.train.steps, image_shape=[h, w, c])
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=lambda v: v.to_dict()
+                               if isinstance(v, ml_collections.ConfigDict) else repr(v)))
+
+
+def train_run(run: RunSpec, config, log=print) -> str:
+  """Trains one run unless finished (result.json at config.train.steps; a higher train.steps
+  trains it further); returns 'finished', 'trained' or 'failed' (error.txt). A signal
+  (engine.Preempted) propagates: the run is saved and the sweep stops."""
+  import jax
+
+  from dit_jax.engine import Preempted
+  from dit_jax.training import denoiser
+  result, error = run.workdir / "result.json", run.workdir / "error.txt"
+  if result.exists() and json.loads(result.read_text())["steps"] == config.train.steps:
+    return "finished"
+  run.workdir.mkdir(parents=True, exist_ok=True)
+  result.unlink(missing_ok=True)
+  error.unlink(missing_ok=True)
+  log(f"== {run.name} seed {run.seed} -> {run.workdir}")
+  start = time.perf_counter()
+  try:
+    denoiser.train_and_evaluate(config, str(run.workdir))
+  except Preempted:
+    raise
+  except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
+    error.write_text(traceback.format_exc())
+    log(f"!! {run.name} seed {run.seed} failed; see {error}")
+    return "failed"
+  finally:
+    seconds = _add_seconds(run.workdir, time.perf_counter() - start)
+  info = dict(name=run.name, seed=run.seed, fields=_jsonable(run.fields), seconds=seconds,
+              devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", **counts(config))
+  result.write_text(json.dumps(info, indent=1) + "\n")
+  return "trained"
+
+
+def _add_seconds(workdir: Path, seconds: float) -> float:
+  """Adds `seconds` to the run's wall clock summed over the calls that trained it (resumes
+  included); returns the sum."""
+  path = workdir / "wall.json"
+  total = seconds + (json.loads(path.read_text())["seconds"] if path.exists() else 0.0)
+  path.write_text(json.dumps(dict(seconds=total)))
+  return total
+
+
+def check_recorded(runs: list[RunSpec], configs: list):
+  """Refuses a sweep whose runs already on disk were trained with other fields (before any
+  training), naming the run and the fields: a changed sweep needs a new --workdir."""
+  from dit_jax import engine
+  for run, config in zip(runs, configs, strict=True):
+    saved = engine.read_run_config(run.workdir)
+    if saved is not None:
+      try:
+        engine.check_resume(saved, config, run.workdir)
+      except ValueError as e:
+        raise ConfigError(f"sweep run {run.name!r} seed {run.seed}: {e}") from None
+
+
+def run_all(base, sweep: Sweep, root, shard: tuple[int, int] = (0, 1), log=print) -> dict:
+  """Trains the runs back to back; returns {status: count}. Worker i of n side-by-side
+  workers (shard (i, n), n > 1) trains each run it claims first, so a worker that finishes
+  early takes the next run instead of idling while another has several left."""
+  runs = expand(sweep, root)
+  configs = [run_config(base, r) for r in runs]  # every run's fields checked before any trains
+  check_recorded(runs, configs)
+  index, count = shard
+  status = {"finished": 0, "trained": 0, "failed": 0}
+  for run, config in zip(runs, configs, strict=True):
+    if count == 1 or _claim(Path(root), run, index):
+      status[train_run(run, config, log)] += 1
+  return status
+
+
+def _claim(root: Path, run: RunSpec, worker: int) -> bool:
+  """True for the one worker that creates the run's claim file (atomic O_EXCL create)."""
+  path = root / "claims" / f"{run.workdir.parent.name}.seed_{run.seed}"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    with open(path, "x") as f:
+      f.write(f"worker {worker}\n")
+  except FileExistsError:
+    return False
+  return True
+
+
+def shard_env(index: int, devices_per_run: int) -> dict:
+  """Environment of side-by-side worker `index`: its own GPUs, or that many fake CPU devices."""
+  ids = range(index * devices_per_run, (index + 1) * devices_per_run)
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, ids)))
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count="
+                                       f"{devices_per_run}"])
+  return env
+
+
+def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: Path,
+                     log=print) -> int:
+  """Runs `dit-jax sweep ARGV --shard i/workers` in `workers` processes, each seeing its own
+  `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed."""
+  (root / "logs").mkdir(parents=True, exist_ok=True)
+  shutil.rmtree(root / "claims", ignore_errors=True)  # the workers claim runs afresh
+  logs, procs = [root / "logs" / f"shard_{i}.log" for i in range(workers)], []
+  for i, log_path in enumerate(logs):
+    with open(log_path, "w") as out:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "dit_jax.cli", "sweep", *argv, "--shard", f"{i}/{workers}"],
+          stdout=out, stderr=subprocess.STDOUT, env=shard_env(i, devices_per_run)))
+    log(f"worker {i}: pid {procs[-1].pid}, log {log_path}")
+  try:
+    codes = [p.wait() for p in procs]
+  except KeyboardInterrupt:  # the workers save their runs on SIGTERM, as `dit-jax train` does
+    for p in procs:
+      p.terminate()
+    for p in procs:
+      p.wait()
+    raise
+  for i, code in enumerate(codes):
+    if code:
+      log(f"worker {i} exited with status {code}; see {logs[i]}")
+  return sum(1 for code in codes if code)

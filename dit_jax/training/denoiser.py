@@ -1,0 +1,138 @@
+"""Training a denoiser (DiT, U-Net, MM-DiT) from a config: the engine's task for a model and an
+objective, and `train_and_evaluate(config, workdir)`, what `dit-jax train` calls.
+
+The loop, state, checkpoints, guards and hooks are the engine's (`dit_jax.engine`); this file
+only says what a denoiser's parameters and loss are, and adds its hooks: sample grids of the
+EMA model, the loss plot, and the evaluations of config.evals (`dit_jax.eval.evaluators`).
+"""
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dit_jax import engine, flow, parallel
+from dit_jax.config import model_input_shape
+from dit_jax.engine import checkpoint
+from dit_jax.engine.run_log import plot_loss_curve, read_history
+from dit_jax.errors import InputError, MissingFileError
+from dit_jax.eval import evaluators
+from dit_jax.models import contract, create_model, model_fn
+from dit_jax.sampling.sampler import grid_condition
+
+
+def _denoiser_loss(params, batch, rng, *, model, objective):
+  loss_rng, dropout_rng = jax.random.split(rng)
+  cond = {key: batch[key] for key in model.condition_keys} or None
+  fn = model_fn(model, params, train=True, rng=dropout_rng)
+  return objective.loss(fn, loss_rng, batch["image"], cond)
+
+
+def denoiser_task(model, objective, image_shape) -> engine.Task:
+  """A denoiser trained with `objective` on batches of `image` and its condition keys."""
+  def init(rng):
+    return model.init(rng, *contract.example_inputs(model, image_shape, abstract=False))["params"]
+  return engine.Task(init=init, batch_keys=("image", *model.condition_keys),
+                     loss=functools.partial(_denoiser_loss, model=model, objective=objective))
+
+
+def single_device_plan() -> parallel.ShardingPlan:
+  return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
+
+
+def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, engine.TrainState]:
+  """The config and the EMA parameters of the newest intact checkpoint of a run directory
+  (or of checkpoint `step`), for sampling and evaluation, restored onto `plan` (default: one
+  device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
+  state are filled: the optimizer state is never read, so neither damage nor a change there
+  blocks sampling."""
+  workdir = Path(workdir)
+  path = workdir / "config.json"
+  if not workdir.is_dir():
+    raise MissingFileError(f"--workdir {workdir} is not a directory: pass the directory "
+                            "written by `dit-jax train`")
+  if not path.exists():
+    raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
+                            "`dit-jax train`")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  plan = plan or single_device_plan()
+  model = create_model(config.model)
+  task = denoiser_task(model, None, model_input_shape(config.data))
+  restored = checkpoint.restore_params(workdir / "checkpoints",
+                                       {"ema_params": engine.abstract_params(task, plan)},
+                                       report=print, step=step)
+  if restored is None:
+    raise MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
+  step, tree = restored
+  return config, engine.TrainState(step=jnp.int32(step), params=None, ema_params=tree["ema_params"],
+                            opt_state=None, rng=None)
+
+
+def initial_params(config, model):
+  """The parameters of config.train.init_from (a published DiT converted with `dit-jax
+  convert`), checked against config.model, or None for a run from random init."""
+  path = config.train.get("init_from")
+  if not path:
+    return None
+  from dit_jax.convert.dit import load_converted, model_fields
+  params, info = load_converted(path)
+  differ = [f"model.{key}: {getattr(model, key)!r} here, {value!r} there"
+            for key, value in model_fields(info).items() if getattr(model, key) != value]
+  if differ:
+    raise InputError(f"train.init_from={path} is a DiT with other fields than config.model "
+                     f"({'; '.join(differ)}): set them with --config.model.FIELD=VALUE")
+  return params
+
+
+def sample_grid_hook(run: evaluators.EvalContext, workdir, rows_cond) -> engine.Periodic:
+  """EMA samples, one row per class (or per caption), and the loss plot."""
+  config, sampler = run.config, run.sampler()
+  is_main = jax.process_index() == 0
+
+  def action(step, state):
+    # Every process samples (the parameters are spread over all); process 0 writes.
+    sampler.write_grid(state.ema_params, jax.random.PRNGKey(config.seed + 1),
+                       Path(workdir) / "samples" / f"step_{step:07d}.png",
+                       per_class=config.train.samples_per_class, write=is_main,
+                       rows_cond=rows_cond)
+    if is_main:
+      history = [h for h in read_history(workdir) if "loss" in h]
+      plot_loss_curve(history, Path(workdir) / "loss.png")
+  return engine.Periodic("samples", config.train.sample_every, action,
+                         at_end=config.train.sample_every > 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_start=None) -> engine.TrainState:
+  """Trains config.model on config.data with config.objective; writes everything to workdir.
+
+  Runs on the mesh of config.mesh (all devices of all processes); every process runs this
+  same function, only process 0 writes logs and images, all write their checkpoint shards.
+  Raises engine.Preempted after SIGTERM / SIGINT (saved; rerun to resume). `on_start(state)`
+  is called with the restored or initial state before the first step.
+  """
+  from dit_jax import data  # TFDS and grain: only when training from a data set
+
+  if config.data.get("latent_downsample", 1) > 1 and not config.data.get("latents"):
+    raise InputError("config.data.latent_downsample > 1 needs config.data.latents: a folder "
+                     "written by `dit-jax extract-latents --config ... --vae ... --out DIR`")
+  model = create_model(config.model)
+  objective = flow.make_objective(config.objective)
+  image_shape = model_input_shape(config.data)
+  plan = parallel.ShardingPlan.create(config.get("mesh"))
+  data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  rows_cond = None  # caption-conditioned models: grid rows are the first captions of the data
+  if model.condition_keys and "label" not in model.condition_spec:
+    first = next(data.make_iterator(dict(config.data.to_dict(), shuffle=False),
+                                    process_index=0, process_count=1))
+    rows_cond = grid_condition(model, first)
+  evaluated = evaluators.EvalContext(config, model, objective, image_shape, plan)
+  hooks = [sample_grid_hook(evaluated, workdir, rows_cond)] if config.train.sample_every else []
+  hooks += evaluators.hooks(evaluated)
+  run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
+                   on_start=on_start, initial_params=initial_params(config, model))
+  return engine.run(denoiser_task(model, objective, image_shape), run)

@@ -1,0 +1,91 @@
+"""Profiles of the benchmarked step: kernels by kind and place, read from the optimized HLO and
+a jax.profiler trace (hand-written ones with known sums, then a real traced step)."""
+import gzip
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from dit_jax.models.dit import dit
+from dit_jax.perf import bench, hlo
+
+# A GPU program's kernels as XLA prints them (shortened): a cuBLAS GEMM, cuDNN attention and
+# its backward, an elementwise fusion, an FSDP gather and a layout copy.
+GPU_HLO = """\
+ENTRY %main (p: bf16[8,64,64]) -> bf16[8,64,64] {
+  %custom-call.3 = (bf16[512,192]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(train_step)/jvp(DiT)/DiT.blocks/blocks_3/attn/qkv/dot_general"}
+  %custom-call.7 = (bf16[8,4,64,16]{3,2,1,0}, u8[0]{0}) custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/jvp(DiT)/DiT.blocks/blocks_3/attn/dot_product_attention"}
+  %custom-call.9 = (bf16[8,4,64,16]{3,2,1,0}) custom-call(%q, %k, %v, %o), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={op_name="jit(train_step)/transpose(jvp(DiT))/DiT.blocks/blocks_3/attn/dot_product_attention"}
+  %loop_add_fusion.2 = f32[8,64,64]{2,1,0} fusion(%x, %y), kind=kLoop, calls=%fused_add.2, metadata={op_name="jit(train_step)/transpose(jvp(DiT))/DiT.blocks/blocks_0/adaLN/add"}
+  %all-gather-start.1 = (f32[64]{0}, f32[256]{0}) all-gather-start(%w), replica_groups={{0,1,2,3}}, dimensions={0}, metadata={op_name="jit(train_step)/jvp(DiT)/DiT.blocks/blocks_1/mlp/fc1/all_gather"}
+  %copy.4 = f32[64,64]{0,1} copy(%m), metadata={op_name="jit(train_step)/add"}
+  ROOT %t = bf16[8,64,64]{2,1,0} tuple(%y)
+}
+"""
+
+
+def test_instructions_by_kind_and_place():
+  table = hlo.instructions(GPU_HLO)
+  assert table["custom-call.3"] == ("matmul", "jit(train_step)/jvp(DiT)/DiT.blocks/blocks_3/"
+                                              "attn/qkv/dot_general")
+  assert [table[n][0] for n in ("custom-call.7", "custom-call.9", "loop_add_fusion.2",
+                                "all-gather-start.1", "copy.4")] == [
+      "attention", "attention", "fusion", "collective", "data movement"]
+  regions = {n: hlo.op_region(op) for n, (_, op) in table.items() if op}
+  assert regions == {"custom-call.3": "forward DiT.blocks/attn",
+                     "custom-call.7": "forward DiT.blocks/attn",
+                     "custom-call.9": "backward DiT.blocks/attn",
+                     "loop_add_fusion.2": "backward DiT.blocks/adaLN",
+                     "all-gather-start.1": "forward DiT.blocks/mlp",
+                     "copy.4": "update"}
+
+
+def write_trace(path, events):
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+
+
+def test_profile_rows_sum_the_device_timeline(tmp_path):
+  """Two steps on a GPU timeline: the host's launch events (same hlo_op) are not counted,
+  durations are summed per (kind, region) and divided by the steps."""
+  meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+          {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "pid": 9, "name": "process_name",
+           "args": {"name": "/device:CUSTOM:Megascale Trace"}}]
+  kernel = lambda pid, op, us: {"ph": "X", "pid": pid, "tid": 0, "ts": 0, "dur": us,
+                                "name": "k", "args": {"hlo_op": op}}
+  events = meta + [kernel(7, "custom-call.3", 300.0), kernel(7, "custom-call.3", 500.0),
+                   kernel(7, "custom-call.7", 200.0), kernel(7, "custom-call.7", 200.0),
+                   kernel(7, "loop_add_fusion.2", 100.0), kernel(7, "unknown.1", 100.0),
+                   kernel(1, "custom-call.3", 9999.0)]
+  write_trace(tmp_path / "t.json.gz", events)
+  rows = bench.profile_rows(str(tmp_path / "t.json.gz"), hlo.instructions(GPU_HLO), steps=2)
+  by_key = {(r["kind"], r["region"]): r for r in rows}
+  assert by_key[("matmul", "forward DiT.blocks/attn")]["ms"] == pytest.approx(0.4)
+  assert by_key[("matmul", "forward DiT.blocks/attn")]["kernels"] == 1.0
+  assert by_key[("attention", "forward DiT.blocks/attn")]["ms"] == pytest.approx(0.2)
+  assert by_key[("fusion", "backward DiT.blocks/adaLN")]["ms"] == pytest.approx(0.05)
+  assert by_key[("other", "")]["ms"] == pytest.approx(0.05)
+  assert rows[0]["kind"] == "matmul" and sum(r["share"] for r in rows) == pytest.approx(1.0)
+  assert rows[0]["share"] == pytest.approx(800 / 1400)
+
+
+def test_a_traced_train_step_is_summed_by_pass(tmp_path):
+  """A real data-parallel step on the CPU devices (device 0's kernels): they come from the
+  forward and backward passes of the model and from the update (loss, AdamW, EMA). With
+  libtpu loaded (a TPU topology made, as `aot` does; where it is installed), its profiler
+  adds a /device: timeline of its own without HLO ops, which must not hide the CPU's."""
+  try:
+    from dit_jax.perf import aot
+    aot.Target.create("v5e-4")
+  except ModuleNotFoundError:  # no libtpu here
+    pass
+  model = dit("DiT-S/4", dtype=jnp.float32, attention_backend="xla", num_classes=10, depth=2,
+              hidden_size=64, num_heads=4)
+  result = bench.bench_train_step(model, (8, 8, 4), 8, steps=1, profile_dir=str(tmp_path))
+  rows = result.profile
+  steps = {r["region"].split(" ")[0] for r in rows if r["kind"] != "other"}
+  assert {"forward", "backward", "update"} <= steps
+  assert all(r["ms"] > 0 and r["kernels"] > 0 for r in rows)
+  assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+  assert any("DiT.blocks/attn" in r["region"] for r in rows)

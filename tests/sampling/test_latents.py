@@ -1,0 +1,182 @@
+"""The latent pipeline: extract-latents (flips, chunks, resumption), the latent data set as
+training batches (posterior sampling, scaling, checkpointable state), and decoder_for."""
+import socket
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from dit_jax import data
+from dit_jax.convert.vae import abstract_params, load_vae, save_vae
+from dit_jax.data import latent_source
+from dit_jax.data.pipeline import preprocess
+from dit_jax.models.vae import AutoencoderKL
+from dit_jax.sampling import latents
+
+SPLIT = "test"  # digits/8 test: a few hundred 8x8 gray images
+VAE = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                    latent_channels=2, norm_num_groups=4, scaling_factor=0.7, shift_factor=0.2)
+
+
+def _no_network(*args, **kwargs):
+  raise AssertionError("the latent pipeline tried to use the network")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """digits/8 prepared offline, and a random-weight VAE folder (no init: compiling is slow)."""
+  root = tmp_path_factory.mktemp("latents")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(socket.socket, "connect", _no_network)
+    data.prepare("digits/8", str(root / "tfds"))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32),
+                        abstract_params(VAE))
+  save_vae(root / "vae", VAE, params)
+  return dict(root=root, data_dir=str(root / "tfds"), vae=str(root / "vae"), params=params)
+
+
+def _extract(setup, out, **kw):
+  cfg = dict(name="digits/8", split=SPLIT, data_dir=setup["data_dir"])
+  return latents.extract_latents(cfg, setup["vae"], out, flip=True, batch_size=32,
+                                 chunk_size=128, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def extracted(setup):
+  out = setup["root"] / "full"
+  info = _extract(setup, out)
+  return out, info
+
+
+def _files(folder):
+  return {p.name: p.read_bytes() for p in sorted(folder.glob("*.npy"))}
+
+
+def test_moments_are_the_encodings_of_images_and_their_flips(setup, extracted):
+  out, info = extracted
+  source = data.open_source("digits/8", SPLIT, setup["data_dir"])
+  assert info["num_examples"] == 2 * len(source) and info["latent_shape"] == [4, 4, 2]
+  stored = latent_source.LatentSource(out)
+  picks = [0, 1, 2, 3, 255, 256, len(stored) - 1]
+  images = []
+  for i in picks:
+    image = preprocess(source[i // 2], image_size=None, keep={})["image"]
+    images.append(image[:, ::-1] if i % 2 else image)
+    assert stored[i]["label"] == source[i // 2]["label"]
+  dist = VAE.apply({"params": setup["params"]}, np.stack(images), method=VAE.encode)
+  want = np.concatenate([dist.mean, dist.logvar], axis=-1)
+  got = np.stack([stored[i]["moments"] for i in picks])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert not np.allclose(got[0], got[1])  # the flip is encoded, not copied
+
+
+def test_interrupted_extraction_resumes_to_the_same_files(setup, extracted):
+  out = setup["root"] / "resumed"
+  first = _extract(setup, out, max_chunks=2)  # "interrupted" after two chunks
+  assert first["chunks_done_now"] == 2
+  with pytest.raises(FileNotFoundError, match="unfinished"):
+    latent_source.LatentSource(out)
+  # A crash after writing chunk 1 but before its marker, with a stray temporary file:
+  (out / "chunk-000001.done").unlink()
+  (out / "moments-000002.tmp123.npy").write_bytes(b"partial")
+  second = _extract(setup, out)
+  assert second["chunks_done_now"] == second["chunks_of_this_process"] - 1
+  assert _files(out) == _files(extracted[0])  # tmp files are not *.npy-named chunks
+
+
+def test_processes_split_the_chunks(setup, extracted):
+  out = setup["root"] / "two_processes"
+  a = _extract(setup, out, process_index=0, process_count=2)
+  b = _extract(setup, out, process_index=1, process_count=2)
+  assert a["chunks_done_now"] + b["chunks_done_now"] == a["chunks_of_this_process"] + b[
+      "chunks_of_this_process"] == latent_source.read_meta(out)["num_chunks"]
+  assert _files(out) == _files(extracted[0])
+
+
+def test_other_arguments_on_the_same_out_dir_are_refused(setup, extracted):
+  cfg = dict(name="digits/8", split=SPLIT, data_dir=setup["data_dir"])
+  with pytest.raises(ValueError, match="another extraction.*flip"):
+    latents.extract_latents(cfg, setup["vae"], extracted[0], flip=False, batch_size=32,
+                            chunk_size=128, progress=False)
+
+
+def _latent_data(setup, out, **kw):
+  return dict(name="digits/8", split=SPLIT, data_dir=setup["data_dir"], latents=str(out),
+              batch_size=64, image_size=8, latent_downsample=2, latent_channels=2,
+              num_threads=1, **kw)
+
+
+def test_batches_are_scaled_posterior_samples(setup, extracted):
+  out, _ = extracted
+  stored = latent_source.LatentSource(out)
+  batch = next(data.make_iterator(_latent_data(setup, out, shuffle=False),
+                                  process_index=0, process_count=1))
+  assert batch["image"].shape == (64, 4, 4, 2) and batch["image"].dtype == np.float32
+  moments = np.stack([stored[i]["moments"] for i in range(64)])
+  np.testing.assert_array_equal(batch["label"], [stored[i]["label"] for i in range(64)])
+  mean, logvar = np.split(moments, 2, axis=-1)
+  eps = (batch["image"] / VAE.scaling_factor + VAE.shift_factor - mean) / np.exp(0.5 * logvar)
+  assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1.0) < 0.1  # z = mean + std * N(0, 1)
+
+
+def test_latent_iterator_resumes_and_redraws_noise_each_epoch(setup, extracted):
+  out, _ = extracted
+  cfg = _latent_data(setup, out, shuffle=False)
+  it = data.make_iterator(cfg, process_index=0, process_count=1)
+  next(it)
+  state = it.get_state()
+  want = next(it)
+  again = data.make_iterator(cfg, process_index=0, process_count=1)
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again)["image"], want["image"])
+  per_epoch = len(latent_source.LatentSource(out)) // 64
+  first = data.make_dataset(cfg, process_index=0, process_count=1)
+  a, b = first[0], first[per_epoch]  # same examples (no shuffle), next epoch
+  np.testing.assert_array_equal(a["label"], b["label"])
+  assert not np.allclose(a["image"], b["image"])
+
+
+def test_config_must_match_the_latents(setup, extracted):
+  out, _ = extracted
+  with pytest.raises(ValueError, match="data.latent_channels=4.*set data.latent_channels=2"):
+    data.make_iterator(dict(_latent_data(setup, out), latent_channels=4), process_index=0,
+                       process_count=1)
+
+
+def test_decoder_for_inverts_the_scaling(setup, extracted):
+  out, _ = extracted
+  config = ml_collections.ConfigDict(dict(data=_latent_data(setup, out)))
+  decode = latents.decoder_for(config)
+  vae, params = load_vae(setup["vae"])
+  z = np.random.default_rng(1).standard_normal((2, 4, 4, 2)).astype(np.float32)
+  want = np.clip(vae.apply({"params": params}, z, method=vae.decode), -1, 1)
+  np.testing.assert_allclose(decode((z - 0.2) * 0.7), want, atol=1e-5)
+  pixels = ml_collections.ConfigDict(dict(data=dict(name="digits/8", latent_downsample=1)))
+  assert latents.decoder_for(pixels) is None
+
+
+def test_training_on_latents_decodes_its_samples(setup, extracted, tmp_path):
+  """train_and_evaluate on the latent folder: the model sees 4x4x2 latents, and the sample
+  grid is decoded back to 8x8 pixel digits."""
+  from PIL import Image
+
+  from dit_jax.config import base_config
+  from dit_jax.training import denoiser
+  out, _ = extracted
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                      num_classes=10)
+  config.data.update(name="digits/8", split=SPLIT, data_dir=setup["data_dir"], batch_size=16,
+                     image_size=8, latent_downsample=2, latent_channels=2, latents=str(out),
+                     vae=setup["vae"])
+  config.train.update(steps=2, log_every=1, checkpoint_every=2, sample_every=2,
+                      samples_per_class=1)
+  config.sample.update(method="euler", steps=2)
+  state = denoiser.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 2
+  assert state.params["x_embedder"]["kernel"].shape == (2 * 2 * 2, 32)  # 4x4x2 latents
+  grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
+  # 10 rows of decoded 8x8 tiles with 1-pixel borders, upscaled 8x (4x4 latents would be 816).
+  assert grid.shape[:2] == ((10 * (8 + 1) + 1) * 8, (1 * (8 + 1) + 1) * 8)

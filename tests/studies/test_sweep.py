@@ -1,0 +1,214 @@
+"""Sweeps: expanding a sweep file, the runner (skip finished, extend, retry failed, refuse a
+changed sweep), the report (rows, training compute, bootstrap intervals) and side-by-side
+workers."""
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dit_jax import cli
+from dit_jax.config import ConfigError, load_config
+from dit_jax.engine.run_log import read_history
+from dit_jax.studies import sweep, sweep_report
+from dit_jax.training import denoiser
+
+TINY = """
+from dit_jax.config import base_config, evaluator_section
+
+def get_config(arg=""):
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                      num_classes=10, learn_sigma=False)
+  config.data.update(name="digits/8", batch_size=16)
+  config.train.update(steps=4, log_every=2, checkpoint_every=2, sample_every=0)
+  config.sample.update(method="euler", steps=2)
+  config.evals.samples = evaluator_section("samples", every=2, num_samples=20,
+                                        batch_size=20)
+  return config
+
+def get_sweep(arg=""):
+  return dict(title="tiny", {sweep}, metrics=("eval/fd", "eval/accuracy", "loss"))
+"""
+
+
+def sweep_file(tmp_path, sweep_fields: str, name="tiny.py"):
+  path = tmp_path / name
+  path.write_text(textwrap.dedent(TINY).replace("{sweep}", sweep_fields))
+  return str(path)
+
+
+def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
+  path = sweep_file(tmp_path, 'runs={"a": {"model.depth": 2}, "b": {}}, '
+                              'axes={"model.conditioning": ["adaln_zero", "adaln"], '
+                              '"optim.lr": [1e-3]}, seeds=[3, 4]')
+  base, spec = sweep.load(path, ["train.steps=7"])
+  runs = sweep.expand(spec, tmp_path / "w")
+  assert len(runs) == 2 * 2 * 1 * 2
+  assert [r.name for r in runs[::2]] == [
+      "a conditioning=adaln_zero lr=0.001", "a conditioning=adaln lr=0.001",
+      "b conditioning=adaln_zero lr=0.001", "b conditioning=adaln lr=0.001"]
+  assert [r.seed for r in runs[:2]] == [3, 4]
+  assert len({r.workdir for r in runs}) == len(runs)
+  config = sweep.run_config(base, runs[3])
+  assert (config.model.depth, config.model.conditioning, config.seed, config.data.seed,
+          config.train.steps) == (2, "adaln", 4, 4, 7)
+  assert base.model.depth == 1 and base.seed == 0  # the base is not modified
+  # `dit-jax sweep --seeds 4`: a subset of the sweep's seeds, the same run directories
+  subset = sweep.expand(sweep.with_seeds(spec, (4,)), tmp_path / "w")
+  assert subset == [r for r in runs if r.seed == 4]
+  with pytest.raises(ConfigError, match=r"--seeds: \[5\] not among the sweep's seeds \[3, 4\]"):
+    sweep.with_seeds(spec, (4, 5))
+
+  for fields, match in [
+      ('runs={"x": {"model.depthh": 2}}', r"sweep run 'x': 'model.depthh': .*no field"),
+      ('runs={"x": {"model.depth": "deep"}}', r"sweep run 'x'.*model.depth"),
+      ('runs={"x": {"model.depth": 0}}', r"sweep run 'x'.*model.depth=0"),
+      ('runs={"a/b": {}, "a-b": {}}', "share the directory 'a-b'"),
+      ('axes={"model.depth": []}', r"axes\['model.depth'\] must be a non-empty list"),
+      ('seeds=[1, 1]', "must be distinct integers"),
+      ('seed=[1]', "unknown keys"),
+  ]:
+    with pytest.raises(ConfigError, match=match):
+      base, spec = sweep.load(sweep_file(tmp_path, fields, "bad.py"))
+      [sweep.run_config(base, r) for r in sweep.expand(spec, tmp_path)]
+  (tmp_path / "plain.py").write_text("def get_config(arg=''):\n  return None\n")
+  with pytest.raises(SystemExit, match="a sweep file needs get_sweep"):
+    cli.main(["sweep", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)])
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+
+
+@pytest.mark.parametrize("name", sorted(
+    [p.name for p in SWEEPS.glob("*.py")]
+    + [f"{p.name}:gpu" for p in SWEEPS.glob("*.py") if "gpu" in p.read_text()]))
+def test_every_sweep_file_expands_to_valid_runs(name, tmp_path):
+  base, spec = sweep.load(str(SWEEPS / name))
+  runs = sweep.expand(spec, tmp_path)
+  configs = [sweep.run_config(base, r) for r in runs]  # each validated
+  assert len({r.workdir for r in runs}) == len(runs) == len(configs)
+
+
+def test_migrated_sweeps_train_the_models_of_their_config_files(tmp_path):
+  """The studies moved onto the runner train what their config files define."""
+  def models(sweep_file):
+    base, spec = sweep.load(str(SWEEPS / sweep_file))
+    return {r.name: sweep.run_config(base, r).model for r in sweep.expand(spec, tmp_path)}
+  configs = SWEEPS.parent
+  for name, model in models("posenc.py").items():
+    assert model == load_config(f"{configs / 'posenc.py'}:{name}").model, name
+  unet = models("unet_vs_dit.py")
+  assert unet.pop("DiT") == load_config(str(configs / "quickstart.py")).model
+  for name, model in unet.items():
+    assert model == load_config(f"{configs / 'unet.py'}:{name.split()[-1]}").model, name
+  for name, model in models("mmdit_composition.py").items():
+    assert model == load_config(f"{configs / 'mmdit.py'}:{name}").model, name
+
+
+def test_bootstrap_interval_against_exact_and_normal_theory():
+  assert sweep_report.bootstrap_interval([2.5]) == (2.5, 2.5, 2.5)
+  # Three seeds: every resample is one of 27 equally likely ones; (1, 1, 1) alone has
+  # probability 1/27 > 2.5%, so the 95% interval runs from the smallest to the largest value.
+  assert sweep_report.bootstrap_interval([1.0, 2.0, 3.0]) == (2.0, 1.0, 3.0)
+  values = np.random.default_rng(0).normal(5.0, 2.0, 400)
+  mean, low, high = sweep_report.bootstrap_interval(values)
+  half = 1.96 * values.std() / np.sqrt(values.size)  # the bootstrap's normal limit
+  assert mean == pytest.approx(values.mean())
+  assert (high - low) / 2 == pytest.approx(half, rel=0.08)
+  assert (mean - low) == pytest.approx(high - mean, rel=0.25)
+
+
+def fake_training(calls, fail=()):
+  """train.train_and_evaluate stand-in: logs a loss and an FD per run without training."""
+  def fake(config, workdir):
+    calls.append((workdir, int(config.train.steps)))
+    if config.model.hidden_size in fail:
+      raise FloatingPointError("diverged")
+    lines = [dict(step=s, loss=1.0 / s, steps_per_s=10.0) for s in (2, 4)]
+    lines += [{"step": 4, "eval/fd": float(config.model.hidden_size + config.seed)}]
+    (Path(workdir) / "config.json").write_text(config.to_json())
+    (Path(workdir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+  return fake
+
+
+
+def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sweep(
+    tmp_path, monkeypatch, capsys):
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0, 1]')
+  work = tmp_path / "w"
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", fake_training(calls, fail=(32,)))
+  with pytest.raises(SystemExit, match="2 runs failed") as stop:
+    cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  assert stop.value.code == 1 and len(calls) == 4
+  wide = work / "runs" / "wide" / "seed_0"
+  assert "FloatingPointError: diverged" in (wide / "error.txt").read_text()
+  table = (work / "results.md").read_text()
+  assert "| wide | not run |" in table and "Not finished (2): wide seed 0, wide seed 1" in table
+  # narrow: FD 16 and 17 over the two seeds; the interval of two values spans both
+  assert "| 16.50 [16.00, 17.00] |" in table
+
+  calls.clear()
+  monkeypatch.setattr(train, "train_and_evaluate", fake_training(calls))
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  assert sorted(c[0] for c in calls) == [str(work / "runs" / "wide" / f"seed_{s}")
+                                         for s in (0, 1)]  # only the failed ones again
+  assert not (wide / "error.txt").exists()
+  rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+  assert [(r["run"], r["seed"], r["eval/fd"]) for r in rows] == [
+      ("narrow", 0, 16.0), ("narrow", 1, 17.0), ("wide", 0, 32.0), ("wide", 1, 33.0)]
+  result = json.loads((wide / "result.json").read_text())
+  for row in rows:  # the DiT paper's training compute: 3 x forward Gflops x batch x steps
+    assert row["train_tflops"] == pytest.approx(3 * row["gflops"] * 16 * 4 / 1e3)
+    assert row["loss"] == 0.25
+  assert rows[2]["gflops"] == result["gflops"] > rows[0]["gflops"]
+  assert result["params"] > rows[0]["params"] and result["seconds"] >= 0
+  assert (work / "fd.png").stat().st_size > 0 and (work / "accuracy.png").exists() is False
+
+  calls.clear()
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  assert calls == []  # every run finished: nothing trains
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.train.steps=6"])
+  assert len(calls) == 4 and {c[1] for c in calls} == {6}  # more steps: every run goes on
+  with pytest.raises(SystemExit, match=r"sweep run 'narrow' seed 0: .*optim.lr: 0.001 -> 0.01"):
+    cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.optim.lr=0.01"])
+  capsys.readouterr()
+
+
+def test_a_sweep_trains_evaluates_and_extends_its_runs(digits_net, tmp_path):
+  data_dir, _ = digits_net
+  path = sweep_file(tmp_path, 'runs={"tiny": {}}, seeds=[0, 1]')
+  work = tmp_path / "w"
+  args = ["sweep", "--config", path, "--workdir", str(work), f"--config.data.data_dir={data_dir}"]
+  cli.main([*args, "--config.train.steps=2"])
+  first = read_history(work / "runs" / "tiny" / "seed_0")
+  cli.main([*args, "--config.train.steps=4"])  # resumes both runs from their step-2 checkpoint
+  history = read_history(work / "runs" / "tiny" / "seed_0")
+  assert history[:len(first)] == first
+  rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+  assert [(r["seed"], r["step"]) for r in rows] == [(0, 2), (0, 4), (1, 2), (1, 4)]
+  for row in rows:
+    assert row["eval/fd"] > 0 and 0 <= row["eval/accuracy"] <= 1 and np.isfinite(row["loss"])
+  assert rows[0]["eval/fd"] != rows[2]["eval/fd"]  # the seeds differ
+  info = json.loads((work / "runs" / "tiny" / "seed_1" / "result.json").read_text())
+  assert info["steps"] == 4 and info["devices"] == "8 x cpu"
+
+
+def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
+  data_dir, _ = digits_net
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0, 1]')
+  work = tmp_path / "w"
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--parallel", "2", "--seeds", "0",
+            f"--config.data.data_dir={data_dir}", "--config.train.steps=2"])
+  assert not list(work.glob("runs/*/seed_1"))  # the workers got --seeds too
+  logs = [(work / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
+  for run in ("narrow", "wide"):
+    info = json.loads((work / "runs" / run / "seed_0" / "result.json").read_text())
+    assert info["devices"] == "1 x cpu" and info["steps"] == 2  # each worker saw one device
+    assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
+  rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+  assert [r["run"] for r in rows] == ["narrow", "wide"]
