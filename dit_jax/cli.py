@@ -397,32 +397,10 @@ def cmd_convert(args, overrides):
 
 
 def cmd_sample_converted(args):
-  import jax
-
-  from dit_jax.convert.dit import load_converted
-  from dit_jax.convert.dit_sample import PAPER_LABELS, decode_latents, sample_latents
-  from dit_jax.sampling import images
-  params, info = load_converted(args.converted)
-  labels = (np.array(args.labels, np.int32) if args.labels
-            else np.array(PAPER_LABELS, np.int32) % max(info["num_classes"], 1))
-  start = time.perf_counter()
-  latents = sample_latents(params, info, labels, jax.random.PRNGKey(args.seed),
-                           method=args.method or "ddpm", steps=args.steps or 250,
-                           cfg_scale=4.0 if args.cfg_scale is None else args.cfg_scale,
-                           guide_channels=args.guide_channels)
-  print(f"sampled {len(labels)} latents in {time.perf_counter() - start:.1f} s")
-  if args.vae is None:
-    if not args.out.endswith(".npz"):
-      raise InputError("without --vae only latents can be written: use --out FILE.npz, or pass "
-                       "--vae DIR (the SD VAE) to write images")
-    np.savez(args.out, latents=latents, labels=labels)
-  else:
-    samples = images.to_uint8(decode_latents(latents, args.vae))
-    if args.out.endswith(".npz"):
-      images.save_npz(samples, labels, args.out)
-    else:
-      images.save_png(images.make_grid(samples, rows=-(-len(samples) // 4)), args.out)
-  print(f"wrote {len(labels)} samples to {args.out}")
+  from dit_jax.sampling.converted import sample_converted
+  print(sample_converted(args.converted, args.out, labels=args.labels, method=args.method,
+                         steps=args.steps, cfg_scale=args.cfg_scale,
+                         guide_channels=args.guide_channels, seed=args.seed, vae=args.vae))
 
 
 def _sample_captions(args, config, sampler, state):
@@ -456,10 +434,10 @@ def cmd_sample(args, overrides):
   from dit_jax import flow, parallel
   from dit_jax.sampling import images, latents
   from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
-  from dit_jax.training import denoiser
+  from dit_jax.sampling import runs
   # A sample set (--num) is drawn data parallel over every device of every process.
   plan = parallel.ShardingPlan.create() if args.num else None
-  config, state = denoiser.load_run(args.workdir, plan)
+  config, state = runs.load_run(args.workdir, plan)
   for key, value in (("steps", args.steps), ("method", args.method),
                      ("cfg_scale", args.cfg_scale)):
     if value is not None:

@@ -23,6 +23,7 @@ from dit_jax.eval.classifier import classifier_net
 from dit_jax.eval.evaluate import Reference, evaluate
 from dit_jax.eval.features import Extractor
 from dit_jax.models import create_model
+from dit_jax.sampling import runs
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches, uniform_labels
 from dit_jax.training import denoiser
 
@@ -42,7 +43,7 @@ def main():
   parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
   args = parser.parse_args()
 
-  config, state = denoiser.load_run(args.run)
+  config, state = runs.load_run(args.run)
   net = classifier_net("digits/8", config.data.get("data_dir"))
   extractor = Extractor(net, 250)
   test, _ = data.read_images("digits/8", "test", config.data.get("data_dir"))

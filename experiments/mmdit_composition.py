@@ -65,13 +65,13 @@ def run_samples(run, test: dict, cfg_scale: float) -> np.ndarray:
   from dit_jax import flow
   from dit_jax.models import create_model
   from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
-  from dit_jax.training import denoiser
+  from dit_jax.sampling.runs import load_run
   steps = json.loads((run.workdir / "result.json").read_text())["steps"]
   n = len(test["images"])
   cache = run.workdir / "composition" / f"step{steps}_cfg{cfg_scale:g}_n{n}.npy"
   if cache.exists():
     return np.load(cache)
-  config, state = denoiser.load_run(run.workdir)
+  config, state = load_run(run.workdir)
   sampler = ImageSampler(create_model(config.model), flow.make_objective(config.objective),
                          config.sample, test["images"].shape[1:])
   out = np.concatenate(list(sample_in_batches(sampler, state.ema_params, test["cond"], n,

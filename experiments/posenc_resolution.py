@@ -28,7 +28,7 @@ from dit_jax import flow
 from dit_jax.data.digits import NUM_TRAIN, digit_images, resize_gray
 from dit_jax.engine.run_log import read_history
 from dit_jax.models import create_model
-from dit_jax.sampling import images
+from dit_jax.sampling import images, runs
 from dit_jax.sampling.sampler import ImageSampler
 from dit_jax.studies import sweep
 from dit_jax.training import denoiser
@@ -75,7 +75,7 @@ def sample_resolutions(workdir: Path, per_class: int, seed: int) -> tuple[int, d
   """(trained step, {side: (N, side, side, C) uint8}) from the run's EMA parameters, N =
   per_class * 10 in label order; the same key at every side. Samples are cached in the run
   directory (sampling at 16x16 takes minutes on CPU), so redrawing the report is cheap."""
-  config, state = denoiser.load_run(workdir)
+  config, state = runs.load_run(workdir)
   step = int(state.step)
   cache = workdir / f"posenc_samples_step{step}_seed{seed}_per{per_class}.npz"
   if cache.exists():

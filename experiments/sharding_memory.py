@@ -3,7 +3,7 @@ communication each preset needs per step, computed from the shardings (shapes on
 
     python experiments/sharding_memory.py   # writes experiments/results/sharding_memory.md
 
-The state is what `denoiser.init_train_state` creates: float32 parameters, EMA parameters and
+The state is what `engine.init_state` creates: float32 parameters, EMA parameters and
 AdamW's two moments (activations come on top and depend on batch and remat). The shard of
 every array follows `parallel.shard_shape` of its partition spec, exactly as the train step
 lays it out; the mesh per device count is the one listed in the table.

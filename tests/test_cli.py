@@ -9,6 +9,7 @@ from PIL import Image
 from dit_jax import cli
 from dit_jax.models import flops
 from dit_jax.models.dit import dit
+from dit_jax.sampling import runs
 
 
 def run(capsys, *argv):
@@ -112,10 +113,9 @@ def check_composition_evaluator(run):
   from dit_jax.eval import composition
   from dit_jax.models import create_model
   from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
-  from dit_jax.training import denoiser
   logged = [h for h in read_history(run) if "eval/object" in h]
   assert [h["step"] for h in logged] == [2]
-  config, state = denoiser.load_run(run, parallel.ShardingPlan.create(
+  config, state = runs.load_run(run, parallel.ShardingPlan.create(
       json.loads((run / "config.json").read_text())["mesh"]))
   shapes_config = composition.shapes_config(config.data.name)
   objects = composition.split_objects(shapes_config, "test", 8)
@@ -134,10 +134,9 @@ def test_sample_of_a_text_feature_unet_asks_for_precomputed_embeddings(tmp_path,
   """The U-Net's `text` is float features of a frozen encoder: captions cannot be tokenised
   for it (an MM-DiT reading `text_tokens` can, test above)."""
   from dit_jax.config import base_config
-  from dit_jax.training import denoiser
   config = base_config()
   config.model = {"name": "UNet-small", "num_classes": 0, "text_dim": 6}
-  monkeypatch.setattr(train, "load_run", lambda workdir, plan=None: (config, None))
+  monkeypatch.setattr(runs, "load_run", lambda workdir, plan=None: (config, None))
   with pytest.raises(SystemExit, match="precomputed text embeddings"):
     cli.main(["sample", "--workdir", str(tmp_path), "--captions", "a red circle",
               "--out", str(tmp_path / "x.png")])

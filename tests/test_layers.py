@@ -27,7 +27,7 @@ FORBIDDEN = {
     # the engine knows no model family, data set, sampler or evaluator: tasks and hooks come in
     "dit_jax.engine": ("dit_jax.models", "dit_jax.flow", "dit_jax.data", "dit_jax.convert",
                        *ABOVE_MODELS[1:]),
-    "dit_jax.sampling": ABOVE_MODELS[:1] + ABOVE_MODELS[2:],
+    "dit_jax.sampling": ABOVE_MODELS[2:],  # reads checkpoints with the engine
     "dit_jax.eval": ABOVE_MODELS[3:],
     "dit_jax.training": ABOVE_MODELS[4:],
     "dit_jax.perf": ABOVE_MODELS[5:],

@@ -13,6 +13,7 @@ import pytest
 from dit_jax import data, engine, flow, parallel
 from dit_jax.engine import checkpoint
 from dit_jax.models import create_model
+from dit_jax.sampling import runs
 from dit_jax.training import denoiser
 
 WORKER = Path(__file__).parent / "multihost" / "worker.py"
@@ -59,7 +60,7 @@ def test_two_processes_equal_one_process(two_process_run):
   """Rebuild the run in this process: the global batch is process 0's half followed by
   process 1's half, exactly as make_array_from_process_local_data lays it out."""
   _, workdir, _ = two_process_run
-  config, _ = denoiser.load_run(workdir)
+  config, _ = runs.load_run(workdir)
   model = create_model(config.model)
   optimizer, schedule = engine.make_optimizer(config.optim, config.train.steps)
   objective = flow.make_objective(config.objective)

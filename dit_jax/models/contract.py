@@ -138,6 +138,14 @@ def example_inputs(model, image_shape, batch: int = 1, abstract: bool = True):
   return x, t, example_condition(model, batch, abstract)
 
 
+def params_init(model, image_shape):
+  """rng -> the model's parameters (boxed with logical axis names) for images of
+  `image_shape`: the `init` of a model's engine task and of restoring its checkpoints."""
+  def init(rng):
+    return model.init(rng, *example_inputs(model, image_shape, abstract=False))["params"]
+  return init
+
+
 def ddpm_step(t: jax.Array, num_steps: int) -> jax.Array:
   """t in [0, 1] -> the nearest DDPM step n = N (1 - t) - 1 (int32); the inverse of
   `flow.paths.ddpm_step_to_t`."""

@@ -6,18 +6,15 @@ only says what a denoiser's parameters and loss are, and adds its hooks: sample 
 EMA model, the loss plot, and the evaluations of config.evals (`dit_jax.eval.evaluators`).
 """
 import functools
-import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from dit_jax import engine, flow, parallel
 from dit_jax.config import model_input_shape
-from dit_jax.engine import checkpoint
 from dit_jax.engine.run_log import plot_loss_curve, read_history
-from dit_jax.errors import InputError, MissingFileError
+from dit_jax.errors import InputError
 from dit_jax.eval import evaluators
 from dit_jax.models import contract, create_model, model_fn
 from dit_jax.sampling.sampler import grid_condition
@@ -32,43 +29,8 @@ def _denoiser_loss(params, batch, rng, *, model, objective):
 
 def denoiser_task(model, objective, image_shape) -> engine.Task:
   """A denoiser trained with `objective` on batches of `image` and its condition keys."""
-  def init(rng):
-    return model.init(rng, *contract.example_inputs(model, image_shape, abstract=False))["params"]
-  return engine.Task(init=init, batch_keys=("image", *model.condition_keys),
+  return engine.Task(init=contract.params_init(model, image_shape), batch_keys=("image", *model.condition_keys),
                      loss=functools.partial(_denoiser_loss, model=model, objective=objective))
-
-
-def single_device_plan() -> parallel.ShardingPlan:
-  return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
-
-
-def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None
-             ) -> tuple[ml_collections.ConfigDict, engine.TrainState]:
-  """The config and the EMA parameters of the newest intact checkpoint of a run directory
-  (or of checkpoint `step`), for sampling and evaluation, restored onto `plan` (default: one
-  device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
-  state are filled: the optimizer state is never read, so neither damage nor a change there
-  blocks sampling."""
-  workdir = Path(workdir)
-  path = workdir / "config.json"
-  if not workdir.is_dir():
-    raise MissingFileError(f"--workdir {workdir} is not a directory: pass the directory "
-                            "written by `dit-jax train`")
-  if not path.exists():
-    raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
-                            "`dit-jax train`")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  plan = plan or single_device_plan()
-  model = create_model(config.model)
-  task = denoiser_task(model, None, model_input_shape(config.data))
-  restored = checkpoint.restore_params(workdir / "checkpoints",
-                                       {"ema_params": engine.abstract_params(task, plan)},
-                                       report=print, step=step)
-  if restored is None:
-    raise MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
-  step, tree = restored
-  return config, engine.TrainState(step=jnp.int32(step), params=None, ema_params=tree["ema_params"],
-                            opt_state=None, rng=None)
 
 
 def initial_params(config, model):

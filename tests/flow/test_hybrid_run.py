@@ -5,7 +5,7 @@ import numpy as np
 
 from dit_jax import cli, data, flow
 from dit_jax.models import create_model
-from dit_jax.sampling import images
+from dit_jax.sampling import images, runs
 from dit_jax.sampling.sampler import ImageSampler
 from dit_jax.training import denoiser
 
@@ -26,7 +26,7 @@ def test_a_ddpm_hybrid_run_trains_and_samples_through_the_cli(tmp_path):
   got = np.load(out)["arr_0"]
   assert got.shape == (3, 8, 8, 1) and got.dtype == np.uint8
   # what the CLI ran: the run's objective gives the chain (100 steps) and the learned variance
-  config, state = denoiser.load_run(run)
+  config, state = runs.load_run(run)
   objective = flow.make_objective(config.objective)
   sampler = ImageSampler(create_model(config.model), objective, config.sample, (8, 8, 1))
   assert sampler.sampler.learned_variance and sampler.sampler.path == flow.VPPath(100)

@@ -140,7 +140,7 @@ def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sw
                               'seeds=[0, 1]')
   work = tmp_path / "w"
   calls = []
-  monkeypatch.setattr(train, "train_and_evaluate", fake_training(calls, fail=(32,)))
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls, fail=(32,)))
   with pytest.raises(SystemExit, match="2 runs failed") as stop:
     cli.main(["sweep", "--config", path, "--workdir", str(work)])
   assert stop.value.code == 1 and len(calls) == 4
@@ -152,7 +152,7 @@ def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sw
   assert "| 16.50 [16.00, 17.00] |" in table
 
   calls.clear()
-  monkeypatch.setattr(train, "train_and_evaluate", fake_training(calls))
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls))
   cli.main(["sweep", "--config", path, "--workdir", str(work)])
   assert sorted(c[0] for c in calls) == [str(work / "runs" / "wide" / f"seed_{s}")
                                          for s in (0, 1)]  # only the failed ones again

@@ -12,6 +12,7 @@ from dit_jax import cli, data, engine, flow
 from dit_jax.config import base_config
 from dit_jax.engine import checkpoint
 from dit_jax.models import contract, create_model
+from dit_jax.sampling import runs
 from dit_jax.training import denoiser
 
 
@@ -98,10 +99,10 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 def _params(workdir):
   """The whole train state of a run's newest checkpoint (params, EMA, optimizer, key)."""
-  config, _ = denoiser.load_run(workdir)
+  config, _ = runs.load_run(workdir)
   model = create_model(config.model)
   optimizer, _ = engine.make_optimizer(config.optim, config.train.steps)
-  abstract = engine.state_shardings(denoiser.denoiser_task(model, None, (8, 8, 1)), optimizer, denoiser.single_device_plan(), engine.ema_of(config.train))
+  abstract = engine.state_shardings(denoiser.denoiser_task(model, None, (8, 8, 1)), optimizer, runs.single_device_plan(), engine.ema_of(config.train))
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
     return jax.device_get(ckpt.restore(engine.with_shardings(*abstract))[0])
 
@@ -164,7 +165,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
   monkeypatch.setattr(data, "make_iterator", Poisoned)
   with pytest.raises(FloatingPointError, match="step 6 is not finite"):
     denoiser.train_and_evaluate(tiny_config(data_dir, steps=8), tmp_path)
-  config, state = denoiser.load_run(tmp_path)
+  config, state = runs.load_run(tmp_path)
   assert int(state.step) == 4
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state.params))
 

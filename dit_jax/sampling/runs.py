@@ -1,0 +1,48 @@
+"""Reading a training run for sampling and evaluation: its recorded config and the EMA
+parameters of a checkpoint, restored onto any sharding plan."""
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dit_jax import engine, parallel
+from dit_jax.config import model_input_shape
+from dit_jax.engine import checkpoint
+from dit_jax.errors import MissingFileError
+from dit_jax.models import contract, create_model
+
+
+def single_device_plan() -> parallel.ShardingPlan:
+  return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
+
+
+def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None
+             ) -> tuple[ml_collections.ConfigDict, engine.TrainState]:
+  """The config and the EMA parameters of the newest intact checkpoint of a run directory
+  (or of checkpoint `step`), for sampling and evaluation, restored onto `plan` (default: one
+  device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
+  state are filled: the optimizer state is never read, so neither damage nor a change there
+  blocks sampling."""
+  workdir = Path(workdir)
+  path = workdir / "config.json"
+  if not workdir.is_dir():
+    raise MissingFileError(f"--workdir {workdir} is not a directory: pass the directory "
+                           "written by `dit-jax train`")
+  if not path.exists():
+    raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
+                           "`dit-jax train`")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  plan = plan or single_device_plan()
+  model = create_model(config.model)
+  task = engine.Task(init=contract.params_init(model, model_input_shape(config.data)),
+                     loss=None)
+  restored = checkpoint.restore_params(workdir / "checkpoints",
+                                       {"ema_params": engine.abstract_params(task, plan)},
+                                       report=print, step=step)
+  if restored is None:
+    raise MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
+  step, tree = restored
+  return config, engine.TrainState(step=jnp.int32(step), params=None,
+                                   ema_params=tree["ema_params"], opt_state=None, rng=None)
