@@ -13,6 +13,8 @@ In a U-Net the longest path runs through every layer in order (encoder, middle, 
 skip connections are shortcuts through a subset of the layers, so the trunk's receptive field
 is the network's. Self-attention mixes all pixels: from the first attention block on, the
 receptive field is the whole image (`math.inf` here).
+
+    python experiments/receptive_field.py     # the table of the three U-Net presets
 """
 import math
 from contextlib import nullcontext
@@ -123,3 +125,29 @@ def gradient_support(fn, x_HWC: jax.Array, pixels, freeze_norm_statistics: bool 
     supports.append((int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1))
                     if len(rows) else (0, 0))
   return supports
+
+
+def main():
+  """The convolutions' (jump, R) after each stage of the presets; '(attention: global)' where
+  self-attention first makes the field the whole image."""
+  from dit_jax.models.unet import unet
+  presets = ("UNet-small", "UNet-ADM-256", "UNet-SD-latent")
+  fields = {name: unet_receptive_fields(unet(name)) for name in presets}
+  stages = list(dict.fromkeys(r["stage"] for name in sorted(presets, key=lambda n: -len(fields[n]))
+                              for r in fields[name]))
+  print("| stage | " + " | ".join(presets) + " |")
+  print("|---" * (len(presets) + 1) + "|")
+  for stage in stages:
+    cells = []
+    for name in presets:
+      rows = fields[name]
+      i = next((i for i, r in enumerate(rows) if r["stage"] == stage), None)
+      first_global = i is not None and math.isinf(rows[i]["R"]) and (
+          i == 0 or not math.isinf(rows[i - 1]["R"]))
+      cells.append("" if i is None else f"{rows[i]['jump']}, {rows[i]['R_conv']}"
+                   + (" (attention: global)" if first_global else ""))
+    print(f"| {stage} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,5 +1,7 @@
+import importlib.util
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -8,8 +10,14 @@ import numpy as np
 import pytest
 
 from dit_jax.models.unet import unet
-from receptive_field import (UPSAMPLE, _frozen_group_norm, gradient_support,
-                                     receptive_field, unet_receptive_fields)
+
+# The receptive-field tools are experiment code (experiments/receptive_field.py), not library.
+_SPEC = importlib.util.spec_from_file_location(
+    "receptive_field", Path(__file__).resolve().parents[1] / "experiments" / "receptive_field.py")
+rf = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(rf)
+UPSAMPLE, _frozen_group_norm, gradient_support = rf.UPSAMPLE, rf._frozen_group_norm, rf.gradient_support
+receptive_field, unet_receptive_fields = rf.receptive_field, rf.unet_receptive_fields
 
 
 def brute_force_1d(layers) -> int:
