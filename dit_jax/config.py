@@ -14,6 +14,8 @@ import numpy as np
 
 from dit_jax import flow
 from dit_jax.errors import InputError, MissingFileError
+from dit_jax.models import create_model
+from dit_jax.models.vae import create_vae, vae_arch, vae_preset
 
 OPTIM_SCHEDULES = ("constant", "cosine")
 VAE_RECONSTRUCTIONS = ("l1", "l2")
@@ -44,7 +46,6 @@ def model_section(name: str, **fields) -> ml_collections.ConfigDict:
 
       config.model = model_section("UNet-small", conditioning="cross_attn")
   """
-  from dit_jax.models import create_model  # models import flax: only when a section is built
   model = create_model({"name": name})
   values = {f.name: _plain(getattr(model, f.name)) for f in dataclasses.fields(model)
             if f.name not in ("parent", "name")}
@@ -70,7 +71,6 @@ def rename_model(section, name: str) -> ml_collections.ConfigDict:
 
 def vae_section(name: str = "tiny", **fields) -> ml_collections.ConfigDict:
   """config.vae of a VAE run: the preset's architecture fields and dtypes, then `fields`."""
-  from dit_jax.models.vae import vae_arch, vae_preset
   vae = vae_preset(name)
   return ml_collections.ConfigDict({"name": name, **vae_arch(vae), "dtype": _plain(vae.dtype),
                                     "param_dtype": _plain(vae.param_dtype), **fields})
@@ -413,7 +413,6 @@ def _check_sections(config):
       if "sample" in config:
         flow.sampler_for(config.sample, objective)
     if "model" in config:
-      from dit_jax.models import create_model
       model = create_model(config.model)
       width, heads = getattr(model, "hidden_size", None), getattr(model, "num_heads", None)
       if width and heads and width % heads:
@@ -421,7 +420,6 @@ def _check_sections(config):
                           f"model.num_heads={heads}: change either, e.g. --config.model."
                           f"hidden_size={width - width % heads or heads}")
     if "vae" in config:
-      from dit_jax.models.vae import create_vae
       create_vae(config.vae)
   except ConfigError:
     raise

@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 
 import jax
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 import numpy as np
 
 from dit_jax.errors import InputError, MissingFileError, MissingPackageError
@@ -41,8 +43,6 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
   try:
     return dict(load_file(str(path)))
   except SafetensorError as e:
@@ -108,7 +108,6 @@ def save_tensors(path: str | Path, tensors: dict[str, np.ndarray]):
   arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
   suffix = path.suffix.lower()
   if suffix == ".safetensors":
-    from safetensors.numpy import save_file
     save_file(arrays, str(path))
   elif suffix == ".npz":
     np.savez(path, **arrays)

@@ -23,7 +23,7 @@ class MetricsLog:
     self.history: list[dict] = read_history(self.workdir)
     self.bar = self.writer = None
     if enabled:
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # deferred: only process 0 writes events
       self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
 
   def start(self, step: int):
@@ -106,11 +106,10 @@ def plot_loss_curve(history: list[dict], path):
   """Training loss (and learning rate) against step from the logged metrics."""
   if not history:
     return
-  import matplotlib  # deferred: only a run that draws imports it
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # deferred: matplotlib loads only when a run draws
   steps = [h["step"] for h in history]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig = Figure(figsize=(6, 3.5))
+  ax = fig.subplots()
   ax.plot(steps, [h["loss"] for h in history], label="loss")
   ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
   ax.grid(True, which="both", alpha=0.3)
@@ -120,4 +119,3 @@ def plot_loss_curve(history: list[dict], path):
     lr_ax.set_ylabel("learning rate")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)

@@ -19,6 +19,7 @@ import numpy as np
 
 from dit_jax import parallel
 from dit_jax.errors import InputError
+from dit_jax.eval import inception
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +44,10 @@ class FeatureNet:
 
 def inception_net(path, dtype=jnp.float32) -> FeatureNet:
   """The FID Inception-v3 with pytorch-fid's weights file at `path` (ADM preprocessing)."""
-  from dit_jax.eval import inception
   return inception_feature_net(inception.load_inception(path), dtype, {"weights": str(path)})
 
 
 def inception_feature_net(params, dtype=jnp.float32, info: dict | None = None) -> FeatureNet:
-  from dit_jax.eval import inception
   module = inception.FIDInception(dtype=dtype)
 
   def apply(p, images):

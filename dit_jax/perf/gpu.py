@@ -9,7 +9,9 @@ in the `.[aot]` extra) runs it. cuDNN attention also needs the cuDNN library.
 import dataclasses
 import re
 
-from dit_jax.errors import InputError
+from jax.experimental import topologies
+
+from dit_jax.errors import InputError, MissingPackageError
 
 GIB = 2 ** 30
 
@@ -103,11 +105,10 @@ def host_devices(host: Host) -> list:
   try:
     import jax_plugins.xla_cuda12  # noqa: F401
   except ImportError as error:
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         "compiling for a GPU needs JAX's CUDA plugin, which is not installed: pip install -e "
         "'.[aot]' (or pip install 'jax[cuda12-local]'); no GPU or CUDA library is needed")\
         from error
-  from jax.experimental import topologies
   topology = topologies.get_topology_desc(platform="cuda", target_config=target_config(
       host.chip), topology=host.topology_name)
   return list(topology.devices)

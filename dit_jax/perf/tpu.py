@@ -11,7 +11,9 @@ import dataclasses
 import math
 import os
 
-from dit_jax.errors import InputError
+from jax.experimental import topologies
+
+from dit_jax.errors import InputError, MissingPackageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   try:
     import libtpu  # noqa: F401
   except ImportError as error:
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         "compiling for a TPU topology needs the TPU runtime (libtpu), which is not installed: "
         "pip install -e '.[tpu]' (or pip install 'jax[tpu]'); no TPU needs to be attached")\
         from error
@@ -102,7 +104,6 @@ def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if num_slices < 1:
     raise InputError(f"--num-slices={num_slices} must be at least 1")
-  from jax.experimental import topologies
   chip = tpu_slice.chip
   wrap = tuple(s >= 4 and tpu_slice.chips >= (64 if chip.dims == 3 else 256)
                for s in (*tpu_slice.shape, 1)[:3])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dit_jax.errors import InputError
 from dit_jax.sampling import images
@@ -59,5 +60,4 @@ def _on_process_0(flag: bool) -> bool:
   """Process 0's value of `flag` on every process (their disks may differ)."""
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))

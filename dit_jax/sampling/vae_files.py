@@ -39,6 +39,7 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
   """(AutoencoderKL, params) from our folder, or from a diffusers folder via the importer."""
   folder = native_dir(path)
   if folder is None:
+    # deferred: the third-party importer loads only for a diffusers folder (training never)
     from dit_jax.convert.vae import load_vae as import_diffusers_vae
     return import_diffusers_vae(path, dtype)
   arch = json.loads((folder / CONFIG).read_text())
@@ -54,5 +55,5 @@ def vae_dir(path: str | Path) -> Path:
   folder = native_dir(path)
   if folder is not None:
     return folder
-  from dit_jax.convert.vae import resolve_vae_dir
+  from dit_jax.convert.vae import resolve_vae_dir  # deferred: as in load_vae
   return resolve_vae_dir(path)
