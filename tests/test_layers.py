@@ -91,3 +91,33 @@ def test_no_import_cycles():
         stack.append(m)
     return seen
   assert [m for m in GRAPH if m in reachable(m)] == []
+
+
+# House rules of the layout (issue 29): small modules, a thin CLI, imports at the top of a
+# module unless they defer a heavy or optional dependency (each such import says so).
+MAX_MODULE_LINES, MAX_CLI_LINES, MAX_FUNCTION_LEVEL_IMPORTS = 500, 350, 42
+
+
+def function_level_imports(path: Path) -> list[int]:
+  tree = ast.parse(path.read_text())
+  top = set(map(id, tree.body))
+  return [node.lineno for node in ast.walk(tree)
+          if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top]
+
+
+def test_modules_are_small_and_the_cli_thin():
+  lines = {module_name(p): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
+  assert {m: n for m, n in lines.items() if n > MAX_MODULE_LINES} == {}
+  assert lines["dit_jax.cli"] <= MAX_CLI_LINES
+
+
+def test_function_level_imports_are_few():
+  found = {module_name(p): function_level_imports(p) for p in ROOT.rglob("*.py")}
+  assert sum(map(len, found.values())) <= MAX_FUNCTION_LEVEL_IMPORTS, found
+
+
+def test_the_house_rules_can_fail(tmp_path):
+  """The counters above see what they count."""
+  module = tmp_path / "m.py"
+  module.write_text("import os\n\ndef f():\n  import json\n  if 1:\n    from x import y\n")
+  assert function_level_imports(module) == [4, 6]
