@@ -137,9 +137,20 @@ def test_relative_links_resolve(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "docs").glob("*.md")),
                          ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_docs_pages_link_back_to_readme(path):
-    targets = [target.partition("#")[0] for _, target in links(path)]
-    assert "../README.md" in targets, f"{path.name} has no link back to ../README.md"
+def test_docs_pages_start_with_a_summary_that_links_back_to_readme(path):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines and lines[0].startswith("# "), f"{path.name} does not start with a title"
+    first_paragraph = text.split("\n\n")[1] if "\n\n" in text else ""
+    assert "](../README.md" in first_paragraph, (
+        f"{path.name}: the paragraph after the title should summarise the page and link back "
+        "to ../README.md")
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_code_fences_are_closed(path):
+    fences = [line for line in path.read_text(encoding="utf-8").splitlines() if FENCE.match(line)]
+    assert len(fences) % 2 == 0, f"{path}: an unclosed code fence hides the text after it"
 
 
 def test_readme_is_short_and_self_contained():
