@@ -25,7 +25,7 @@ import numpy as np
 
 from dit_jax import engine, flow, parallel
 from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
-from dit_jax.errors import InputError, RunFailedError
+from dit_jax.errors import InputError, MissingPackageError, RunFailedError
 from dit_jax.models import contract, create_model
 from dit_jax.nn.attention import resolve_backend
 from dit_jax.perf import gpu, hlo, tpu
@@ -170,7 +170,7 @@ def compile_step(config, target: Target, step: str = "train", sample_batch: int 
   except RuntimeError as error:  # JAX checks for the cuDNN library while lowering its attention
     if "cuDNN" not in str(error):
       raise
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         f"cuDNN attention (model.attention_backend={config.model.get('attention_backend')!r}) "
         "needs the cuDNN library to compile for a GPU: pip install nvidia-cudnn-cu12, or "
         "compile with --config.model.attention_backend=xla") from error

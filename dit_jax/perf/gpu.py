@@ -9,7 +9,7 @@ in the `.[aot]` extra) runs it. cuDNN attention also needs the cuDNN library.
 import dataclasses
 import re
 
-from dit_jax.errors import InputError
+from dit_jax.errors import InputError, MissingPackageError
 
 GIB = 2 ** 30
 
@@ -103,7 +103,7 @@ def host_devices(host: Host) -> list:
   try:
     import jax_plugins.xla_cuda12  # noqa: F401
   except ImportError as error:
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         "compiling for a GPU needs JAX's CUDA plugin, which is not installed: pip install -e "
         "'.[aot]' (or pip install 'jax[cuda12-local]'); no GPU or CUDA library is needed")\
         from error

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 
-from dit_jax.errors import InputError
+from dit_jax.errors import InputError, MissingPackageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def slice_devices(tpu_slice: Slice, num_slices: int = 1) -> list:
   try:
     import libtpu  # noqa: F401
   except ImportError as error:
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         "compiling for a TPU topology needs the TPU runtime (libtpu), which is not installed: "
         "pip install -e '.[tpu]' (or pip install 'jax[tpu]'); no TPU needs to be attached")\
         from error
