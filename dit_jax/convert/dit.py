@@ -308,3 +308,14 @@ def export_file(ckpt_dir, out_path):
   params, info = load_converted(ckpt_dir)
   save_tensors(out_path, export_state(params, info))
   return info
+
+
+def convert(in_path, out_path, *, to_pytorch: bool = False, model: str | None = None,
+            num_heads: int | None = None) -> str:
+  """`dit-jax convert`: a facebookresearch/DiT checkpoint file -> converted directory, or with
+  `to_pytorch` a converted directory -> a state-dict file; returns a one-line summary."""
+  if to_pytorch:
+    info = export_file(in_path, out_path)
+  else:
+    info = convert_file(in_path, out_path, model, num_heads)
+  return f"wrote {out_path}: {info.get('model') or 'DiT'} {describe(info)}"

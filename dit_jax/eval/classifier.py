@@ -154,3 +154,13 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
     params = traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
   model = Classifier(info["num_classes"], tuple(info["widths"]), info["features"])
   return _feature_net(name, model, params, info["image_shape"], info)
+
+
+def ensure_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
+                      force: bool = False, log=print) -> dict:
+  """`dit-jax train-classifier`: trains the classifier of `name` unless cached (or with
+  `force`); returns its info (test and train accuracy, steps) with "cache", its folder."""
+  if force or not (cache_dir(name, data_dir) / "classifier.json").exists():
+    train_classifier(name, data_dir, steps, log)
+  info = classifier_net(name, data_dir, train=False).info
+  return dict(info, cache=str(cache_dir(name, data_dir)))

@@ -19,10 +19,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dit_jax.errors import InputError, MissingFileError
+from dit_jax.errors import DitJaxError, InputError, MissingFileError
 from dit_jax.eval import metrics
 from dit_jax.eval.features import Extractor, FeatureNet, inception_net
 from dit_jax.models import contract
+from dit_jax.sampling import images
 from dit_jax.sampling.sampler import sample_in_batches, uniform_labels
 
 
@@ -65,6 +66,17 @@ def load_reference(path, extractor: Extractor) -> Reference:
   if not path.is_file():
     raise MissingFileError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
                             "pass an ADM reference batch (.npz with images in arr_0)")
+  try:
+    return _read_reference(path, extractor)
+  except images.NPZ_READ_ERRORS as e:
+    raise images.npz_error(path, e) from None
+  except ValueError as e:  # np.load of a file that is neither .npz nor .npy
+    if isinstance(e, DitJaxError):
+      raise
+    raise images.npz_error(path, e) from None
+
+
+def _read_reference(path: Path, extractor: Extractor) -> Reference:
   net = extractor.net
   with np.load(path, allow_pickle=False) as f:
     keys = set(f.files)
@@ -109,6 +121,37 @@ def evaluate(extractor: Extractor, samples: np.ndarray, reference: Reference,
   return out
 
 
+def evaluate_files(samples, ref, features: str, data_dir: str | None = None,
+                   batch_size: int = 200) -> dict[str, float]:
+  """`dit-jax eval`: the scores of the sample .npz against the reference file in the feature
+  net `features` ('inception:FILE' or a bundled data set), with "samples", their count."""
+  extractor = Extractor(feature_net(features, data_dir), batch_size)
+  reference = load_reference(ref, extractor)
+  drawn, labels = images.load_npz_images(samples)
+  return {"samples": len(drawn), **evaluate(extractor, drawn, reference, labels)}
+
+
+def write_reference(out, features: str, *, image_file=None, latents=None, data=None,
+                    split: str = "test", image_size: int | None = None, num: int | None = None,
+                    data_dir: str | None = None, batch_size: int = 200) -> str:
+  """`dit-jax eval-ref`: writes the reference statistics of real images to `out`: the first
+  `num` images of an .npz (`image_file`), of the data set a latent folder was encoded from
+  (`latents`), or of a TFDS split (`data`). Returns a one-line summary."""
+  from dit_jax import data as datasets  # deferred: TFDS and grain, only to read data sets
+  extractor = Extractor(feature_net(features, data_dir), batch_size)
+  if image_file:
+    real, _ = images.load_npz_images(image_file)
+    real = real[:num]
+  elif latents:  # the images the latents were encoded from
+    meta = datasets.latent_source.read_meta(latents)
+    real, _ = datasets.read_images(meta["name"], meta["split"], data_dir, meta["image_size"],
+                                   num)
+  else:
+    real, _ = datasets.read_images(data, split, data_dir, image_size, num)
+  Reference.of_features(extractor.net, extractor(real)).save(out)
+  return f"wrote {extractor.net.name} reference statistics of {len(real)} images to {out}"
+
+
 def samples_evaluator(name: str, ec, run, log=print):
   """num_samples EMA samples with uniform labels, scored against the reference."""
   from dit_jax import data  # deferred: TFDS and grain, only to read the real images
@@ -131,7 +174,7 @@ def samples_evaluator(name: str, ec, run, log=print):
 
   def action(step, state):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step)
-    images = np.concatenate(list(sample_in_batches(
+    samples = np.concatenate(list(sample_in_batches(
         sampler, state.ema_params, labels, min(ec.batch_size, len(labels)), rng)))
-    return evaluate(extractor, images, reference, labels if "label" in spec else None)
+    return evaluate(extractor, samples, reference, labels if "label" in spec else None)
   return action

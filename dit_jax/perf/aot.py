@@ -13,6 +13,7 @@ moves per step (loop bodies counted once per iteration), and a roofline ESTIMATE
 time (compute at peak bf16, memory traffic at its bandwidth, collectives at the ICI / NVLink
 or DCN bandwidth) that is never a measurement.
 """
+import copy
 import dataclasses
 import math
 import re
@@ -23,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import engine, flow, parallel
-from dit_jax.config import model_input_shape
-from dit_jax.errors import InputError, RunFailedError
+from dit_jax.config import apply_overrides, load_config, model_input_shape, validate
+from dit_jax.errors import InputError, MissingPackageError, RunFailedError
 from dit_jax.models import contract, create_model
 from dit_jax.nn.attention import resolve_backend
 from dit_jax.perf import gpu, hlo, tpu
@@ -169,7 +170,7 @@ def compile_step(config, target: Target, step: str = "train", sample_batch: int 
   except RuntimeError as error:  # JAX checks for the cuDNN library while lowering its attention
     if "cuDNN" not in str(error):
       raise
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         f"cuDNN attention (model.attention_backend={config.model.get('attention_backend')!r}) "
         "needs the cuDNN library to compile for a GPU: pip install nvidia-cudnn-cu12, or "
         "compile with --config.model.attention_backend=xla") from error
@@ -327,6 +328,27 @@ def check_fits(report: Report, compile_variant=None) -> Report:
     report.levers = fit_levers(report, compile_variant)
     raise DoesNotFit(report)
   return report
+
+
+def plan_step(config: str, overrides=(), topology: str = "v5e-8", num_slices: int = 1,
+              step: str = "train", batch_size: int = 256,
+              attention_baseline: bool = False) -> Report:
+  """`dit-jax aot`: compiles the step of a config file (with its "section.field=value"
+  overrides) for `topology` and returns the report. With `attention_baseline` the report
+  also holds the total of the same step under XLA attention. Raises DoesNotFit (its
+  `.report` has the levers, remat and scan recompiled) when it needs more memory than a chip."""
+  cfg = validate(apply_overrides(load_config(config), overrides))
+  target = Target.create(topology, num_slices)
+  _, report = compile_step(cfg, target, step, batch_size)
+
+  def variant(**fields):
+    changed = copy.deepcopy(cfg)
+    changed.model.update(fields)
+    return compile_step(changed, target, step, batch_size)[1]
+
+  if attention_baseline and report.attention not in ("xla", "n/a"):
+    report.xla_attention_total = variant(attention_backend="xla").memory["total"]
+  return check_fits(report, variant)
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import engine, flow, parallel
-from dit_jax.config import base_config
-from dit_jax.errors import MissingFileError
+from dit_jax.config import apply_overrides, base_config, load_config, model_input_shape
+from dit_jax.errors import InputError, MissingFileError
+from dit_jax.models import create_model
 from dit_jax.models.contract import example_condition
+from dit_jax.models.dit import dit
 from dit_jax.perf import hlo
 from dit_jax.sampling.sampler import ImageSampler
 from dit_jax.training import denoiser
@@ -194,3 +196,88 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
   tflops = 2 * macs * evaluations * guided * batch_size / seconds / plan.mesh.devices.size / 1e12
   return SampleBenchResult(images_per_s=batch_size / seconds, batch_s=seconds,
                            compile_s=compile_s, evaluations=evaluations, tflops_per_s=tflops)
+
+
+# ------------------------------------------------------------------------------------------
+# `dit-jax bench`: the model of the flags or of a config, one timed row, its one-line summary
+
+BENCH_DEFAULTS = dict(model="DiT-XL/2", dtype="bfloat16", attention="auto", remat="none")
+
+
+def mesh_fields(spec: str) -> dict:
+  """The mesh config of a --mesh string such as "data=2,fsdp=4,rules=fsdp" ("": all data)."""
+  fields = {}
+  for item in filter(None, spec.split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or not (key == "rules" or value.lstrip("-").isdigit()):
+      raise InputError(f"--mesh {spec!r}: expected key=value items with whole-number sizes, "
+                       "such as data=2,fsdp=4,rules=fsdp")
+    fields[key] = value if key == "rules" else int(value)
+  return fields
+
+
+def bench_model(model: str | None = None, *, config: str | None = None, overrides=(),
+                dtype: str | None = None, attention: str | None = None,
+                remat: str | None = None, scan: bool = False, image_size: int = 256,
+                latent_downsample: int = 8, channels: int = 4):
+  """(name, model, image shape, config or None) to time: a DiT preset built from the preset
+  fields (None: BENCH_DEFAULTS), or the model of a `config` file with its overrides."""
+  given = dict(model=model, dtype=dtype, attention=attention, remat=remat)
+  preset_flags = [f"--{k}" for k, v in given.items() if v is not None] + ["--scan"] * scan
+  if config:
+    if preset_flags:
+      raise InputError(f"{preset_flags} set a preset's fields; with --config set them in the "
+                       "config, e.g. --config.model.dtype=bfloat16 "
+                       "--config.model.attention_backend=cudnn")
+    cfg = apply_overrides(load_config(config), overrides)
+    return cfg.model.name, create_model(cfg.model), model_input_shape(cfg.data), cfg
+  if overrides:
+    raise InputError(f"--config.* overrides need --config: got {list(overrides)}")
+  get = {k: BENCH_DEFAULTS[k] if v is None else v for k, v in given.items()}
+  name = get["model"] if get["model"].startswith("DiT-") else f"DiT-{get['model']}"
+  net = dit(name, dtype=jnp.dtype(get["dtype"]), attention_backend=get["attention"],
+            scan_layers=scan, remat_policy=get["remat"])
+  side = image_size // latent_downsample
+  return name, net, (side, side, channels), None
+
+
+def bench_row(name: str, model, image_shape, batch_size: int, *, config=None, mesh: str = "",
+              steps: int = 10, sample: tuple[str, int] | None = None, cfg_scale: float = 4.0,
+              profile_dir: str | None = None) -> dict:
+  """Times the train step (or with `sample` = (method, steps) the sampler, `steps` batches)
+  and returns one row: the model's design fields, the devices and the timings."""
+  mesh_config = mesh_fields(mesh)
+  if sample:
+    sample_config = dict(method=sample[0], steps=sample[1], cfg_scale=cfg_scale, shift=1.0,
+                         eta=0.0)
+    result = bench_sample(model, image_shape, batch_size, sample_config, repeats=steps,
+                          mesh_config=mesh_config, config=config)
+  else:
+    result = bench_train_step(model, image_shape, batch_size, steps=steps,
+                              mesh_config=mesh_config, config=config, profile_dir=profile_dir)
+  # Fields a family may lack (the U-Net has no scan) are reported as None.
+  design = {k: getattr(model, f, None) for k, f in (("attention", "attention_backend"),
+            ("scan", "scan_layers"), ("remat", "remat_policy"))}
+  design["dtype"] = str(np.dtype(model.dtype))
+  return dict(model=name, batch=batch_size, input=list(image_shape), **design,
+              devices=len(jax.devices()), device=jax.devices()[0].device_kind,
+              **result.as_dict())
+
+
+def format_bench_row(row: dict, sample: tuple[str, int] | None = None,
+                     cfg_scale: float = 4.0) -> str:
+  """The row of `bench_row` as a summary line (and the top 20 profile regions, if any)."""
+  head = (f"{row['model']} batch {row['batch']} {row['dtype']} attention={row['attention']} "
+          f"scan={row['scan']} remat={row['remat']} on {row['devices']} x {row['device']}: ")
+  if sample:
+    return head + (f"{sample[0]} {sample[1]} steps, guidance {cfg_scale}: "
+                   f"{row['images_per_s']:.1f} images/s, {row['batch_s']:.2f} s per batch, "
+                   f"{row['tflops_per_s']:.1f} TFLOP/s per device, compile "
+                   f"{row['compile_s']:.1f} s")
+  memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
+  lines = [head + f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
+           f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
+           f"compile {row['compile_s']:.1f} s"]
+  lines += [f"  {p['kind']:<13} {p['region']:<40} {p['ms']:9.2f} ms/step {p['kernels']:6.0f} "
+            f"kernels {p['share']:6.1%}" for p in (row["profile"] or [])[:20]]
+  return "\n".join(lines)

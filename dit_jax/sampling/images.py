@@ -1,14 +1,19 @@
 """Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
 import os
+import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dit_jax.errors import InputError
+from dit_jax.errors import DitJaxError, InputError, MissingFileError
+
+# What reading a damaged, empty, missing or unreadable .npz raises (np.load: pickle, EOF).
+NPZ_READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, pickle.UnpicklingError, OSError)
 
 
 def to_uint8(images_NHWC) -> np.ndarray:
@@ -97,6 +102,25 @@ def load_npz_images(path) -> tuple[np.ndarray, np.ndarray | None]:
   reference .npz. An uncompressed member (np.savez, `dit-jax sample`) is memory-mapped, so a
   50,000-image set is read as it is used, not loaded whole."""
   path = Path(path)
+  try:
+    return _read_npz_images(path)
+  except NPZ_READ_ERRORS as e:
+    raise npz_error(path, e) from None
+
+
+def npz_error(path, error: Exception) -> DitJaxError:
+  """The library error of an .npz that could not be read: missing, or what is wrong with it."""
+  if isinstance(error, DitJaxError):
+    return error
+  if isinstance(error, FileNotFoundError):
+    return MissingFileError(f"{path} not found: pass an existing .npz file")
+  reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+  return InputError(f"{path} is not a readable .npz file ({reason or type(error).__name__}): "
+                    "it is damaged, empty, unreadable or of another format; write it again "
+                    "(np.savez, `dit-jax sample --out F.npz`)")
+
+
+def _read_npz_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     if "arr_0.npy" not in names:

@@ -162,6 +162,20 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
           "num_examples": meta["num_examples"], "latent_shape": meta["latent_shape"]}
 
 
+def extract_latents_of(config, vae_path, out_dir, *, split: str | None = None,
+                       **options) -> str:
+  """`dit-jax extract-latents`: extract_latents of a training config's data section (its
+  split replaced by `split`), `options` as extract_latents takes; returns a one-line summary."""
+  data_config = config.data.to_dict()
+  if split:
+    data_config["split"] = split
+  info = extract_latents(data_config, vae_path, out_dir, **options)
+  return (f"encoded {info['encoded']} examples in {info['seconds']:.1f} s "
+          f"({info['examples_per_s']:.1f}/s); {info['chunks_of_this_process']} chunks of this "
+          f"process done; latents {tuple(info['latent_shape'])} x {info['num_examples']} in "
+          f"{out_dir}")
+
+
 def decoder_for(config):
   """For a run trained on latents: a function scaled latents (B, h, w, c) -> images in [-1, 1]
   (B, H, W, C), jitted once; None for pixel-space runs.

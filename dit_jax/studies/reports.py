@@ -3,6 +3,7 @@ functions the CLI and the experiments share.
 
     rows = [flops_row(model, "DiT-B/4", 32, 32, 4)]
     print(format_rows(rows, "markdown"))
+    print(format_rows(flops_rows("XL/2,B/4", image_size=512), "table"))
 
 Every count comes through the model contract (`forward_flops`, `param_counts`), so any model
 of a config has a row.
@@ -11,8 +12,10 @@ import csv
 import io
 import json
 
+from dit_jax.config import apply_overrides, load_config, model_input_shape
 from dit_jax.errors import InputError
-from dit_jax.models import flops
+from dit_jax.models import create_model, flops
+from dit_jax.models.dit import PRESETS, dit
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -43,6 +46,36 @@ def flops_row(model, name: str, height: int, width: int, channels: int,
   if with_xla:
     row["xla_gflops"] = flops.xla_flops(model, height, width, channels) / 2 / 1e9
   return row
+
+
+def model_names(spec: str) -> list[str]:
+  """DiT preset names of a comma list such as "XL/2,B/4" (the "DiT-" is optional), or "all"."""
+  if spec == "all":
+    return list(PRESETS)
+  return [n if n.startswith("DiT-") else f"DiT-{n}" for n in spec.split(",") if n]
+
+
+def flops_rows(models: str = "all", *, config: str | None = None, overrides=(),
+               image_size: int = 256, latent_downsample: int = 8, channels: int = 4,
+               conditioning: str = "adaln_zero", num_classes: int = 1000,
+               learn_sigma: bool = True, with_xla: bool = False) -> list[dict]:
+  """One row per DiT preset of `models` on image_size / latent_downsample latents, or the one
+  row of the model of a `config` file (with "section.field=value" overrides)."""
+  if config:
+    cfg = apply_overrides(load_config(config), overrides)
+    named = [(cfg.model.name, create_model(cfg.model))]
+    *size, channels = model_input_shape(cfg.data)
+  else:
+    if overrides:
+      raise InputError(f"--config.* overrides need --config: got {list(overrides)}")
+    if image_size % latent_downsample:
+      raise InputError(f"--image-size {image_size} is not divisible by "
+                       f"--latent-downsample {latent_downsample}")
+    side = image_size // latent_downsample
+    kw = dict(conditioning=conditioning, num_classes=num_classes, learn_sigma=learn_sigma)
+    named = [(name, dit(name, **kw)) for name in model_names(models)]
+    size = (side, side)
+  return [flops_row(model, name, *size, channels, with_xla=with_xla) for name, model in named]
 
 
 def _columns(rows):

@@ -32,6 +32,7 @@ from pathlib import Path
 import ml_collections
 
 from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
+from dit_jax.engine.loop import check_resume, read_run_config
 
 SWEEP_KEYS = ("title", "description", "axes", "runs", "seeds", "metrics")
 DEFAULT_METRICS = ("eval/fd", "eval/accuracy", "loss")
@@ -186,12 +187,11 @@ def _add_seconds(workdir: Path, seconds: float) -> float:
 def check_recorded(runs: list[RunSpec], configs: list):
   """Refuses a sweep whose runs already on disk were trained with other fields (before any
   training), naming the run and the fields: a changed sweep needs a new --workdir."""
-  from dit_jax import engine
   for run, config in zip(runs, configs, strict=True):
-    saved = engine.read_run_config(run.workdir)
+    saved = read_run_config(run.workdir)
     if saved is not None:
       try:
-        engine.check_resume(saved, config, run.workdir)
+        check_resume(saved, config, run.workdir)
       except ValueError as e:
         raise ConfigError(f"sweep run {run.name!r} seed {run.seed}: {e}") from None
 

@@ -13,6 +13,7 @@ config.json) plus, at the end, `vae/` in dit_jax's own VAE folder format (`vae_f
 scaling_factor is 1 / std of the latents (the SD recipe).
 """
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -105,3 +106,14 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
     images.save_png(images.make_grid(pairs, rows=2), workdir / "reconstructions.png",
                     upscale=max(1, 64 // x.shape[1]))
   return vae, params
+
+
+def train_vae_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """`dit-jax train-vae`: train_vae, then one line with the evaluation PSNR, the scaling
+  factor and the folder to pass as --vae."""
+  start = time.perf_counter()
+  train_vae(config, workdir)
+  stats = json.loads((Path(workdir) / "eval.json").read_text())
+  return (f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
+          f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
+          f"{workdir} (the VAE folder is {Path(workdir) / 'vae'})")

@@ -6,6 +6,7 @@ only says what a denoiser's parameters and loss are, and adds its hooks: sample 
 EMA model, the loss plot, and the evaluations of config.evals (`dit_jax.eval.evaluators`).
 """
 import functools
+import time
 from pathlib import Path
 
 import jax
@@ -98,3 +99,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
                    on_start=on_start, initial_params=initial_params(config, model))
   return engine.run(denoiser_task(model, objective, image_shape), run)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """`dit-jax train`: train_and_evaluate, then one line on what it trained and where its
+  outputs are (or why nothing was trained: the run was already at train.steps)."""
+  start, first = time.perf_counter(), []
+  state = train_and_evaluate(config, workdir, on_start=lambda s: first.append(int(s.step)))
+  if int(state.step) == first[0]:
+    return (f"nothing was trained: {workdir} is at step {first[0]} and train.steps="
+            f"{config.train.steps}; raise --config.train.steps to train further")
+  return (f"trained steps {first[0]}..{int(state.step)} in {time.perf_counter() - start:.0f} "
+          f"s; samples, loss.png, metrics.jsonl, tensorboard/ and checkpoints/ are in {workdir}")

@@ -202,6 +202,22 @@ def test_round_trip_export_import(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
+def test_convert_both_ways_through_files(tmp_path):
+  """convert.convert, the call of `dit-jax convert`: import then export gives back the same
+  tensors, and each says what it wrote."""
+  state, _ = fake_state(5, patch=4, input_size=16)
+  save_tensors(tmp_path / "orig.npz", state)
+  line = convert.convert(tmp_path / "orig.npz", tmp_path / "ckpt", num_heads=2)
+  params, info = convert.load_converted(tmp_path / "ckpt")
+  assert line == f"wrote {tmp_path / 'ckpt'}: DiT {convert.describe(info)}"
+  line = convert.convert(tmp_path / "ckpt", tmp_path / "back.npz", to_pytorch=True)
+  assert line == f"wrote {tmp_path / 'back.npz'}: DiT {convert.describe(info)}"
+  back = convert.load_tensors(tmp_path / "back.npz")
+  assert back.keys() == state.keys()
+  for key in state:
+    np.testing.assert_array_equal(back[key], state[key], err_msg=key)
+
+
 def _shape_state(info):
   return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in convert.expected_shapes(info).items()}
 

@@ -208,3 +208,59 @@ def test_training_logs_its_evaluations(digits_net, tmp_path):
   for h in evals:
     assert h["eval/fd"] > 0 and 0 <= h["eval/accuracy"] <= 1 and 1 <= h["eval/is"] <= 10
     assert 0 <= h["eval/precision"] <= 1 and 0 <= h["eval/recall"] <= 1
+
+
+def test_evaluate_files_and_write_reference_are_the_library_steps(tmp_path, monkeypatch):
+  """The calls of `dit-jax eval-ref` / `eval`: the reference file holds the statistics of the
+  first `num` images, and the scores are `evaluate` of the samples against it."""
+  from dit_jax.eval import evaluate as evaluate_module
+  specs = []
+  monkeypatch.setattr(evaluate_module, "feature_net",
+                      lambda spec, data_dir=None: specs.append((spec, data_dir)) or toy_net())
+  real, drawn = random_images(300, seed=1), random_images(200, seed=2)
+  labels = np.arange(200) % 3
+  np.savez(tmp_path / "real.npz", arr_0=real)
+  images.save_npz(drawn, labels, tmp_path / "drawn.npz")
+  line = evaluate_module.write_reference(tmp_path / "ref.npz", "toy", image_file=tmp_path /
+                                         "real.npz", num=250, data_dir="d", batch_size=64)
+  assert line == f"wrote toy reference statistics of 250 images to {tmp_path / 'ref.npz'}"
+  extractor = Extractor(toy_net(), 64)
+  expected = Reference.of_features(extractor.net, extractor(real[:250]))
+  saved = load_reference(tmp_path / "ref.npz", extractor)
+  np.testing.assert_allclose(saved.stats.mu, expected.stats.mu, rtol=1e-6)
+  np.testing.assert_allclose(saved.stats.sigma, expected.stats.sigma, rtol=1e-6, atol=1e-9)
+  scores = evaluate_module.evaluate_files(tmp_path / "drawn.npz", tmp_path / "ref.npz", "toy",
+                                          "d", 64)
+  want = evaluate(extractor, drawn, saved, labels)
+  assert scores.pop("samples") == 200 and set(scores) == set(want)
+  assert scores == pytest.approx(want)
+  assert specs == [("toy", "d"), ("toy", "d")]
+
+
+def test_unreadable_npz_files_are_input_errors_naming_the_file(tmp_path):
+  from dit_jax.errors import InputError, MissingFileError
+  (tmp_path / "empty.npz").write_bytes(b"")
+  (tmp_path / "text.npz").write_text("not arrays\n")
+  (tmp_path / "folder.npz").mkdir()
+  np.savez(tmp_path / "whole.npz", arr_0=random_images(4))
+  (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
+  for name in ("empty.npz", "text.npz", "folder.npz", "cut.npz"):
+    with pytest.raises(InputError, match=f"{tmp_path / name} is not a readable .npz file"):
+      images.load_npz_images(tmp_path / name)
+  with pytest.raises(MissingFileError, match=f"{tmp_path / 'missing.npz'} not found"):
+    images.load_npz_images(tmp_path / "missing.npz")
+  extractor = Extractor(toy_net(), 8)
+  for name in ("empty.npz", "text.npz", "cut.npz"):
+    with pytest.raises(InputError, match=f"{tmp_path / name} is not a readable .npz file"):
+      load_reference(tmp_path / name, extractor)
+
+
+def test_ensure_classifier_trains_only_when_missing_or_forced(digits_net, monkeypatch):
+  data_dir, info = digits_net
+  monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+  cached = classifier.ensure_classifier("digits/8", data_dir)
+  assert cached == dict(info, cache=str(classifier.cache_dir("digits/8", data_dir)))
+  calls = []
+  monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(a))
+  assert classifier.ensure_classifier("digits/8", data_dir, 7, force=True) == cached
+  assert calls == [("digits/8", data_dir, 7, print)]

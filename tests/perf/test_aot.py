@@ -222,6 +222,22 @@ def test_unknown_slice_lists_valid_ones(name):
     tpu.parse_slice(name)
 
 
+def test_plan_step_adds_the_xla_attention_baseline(v5e_4):
+  """aot.plan_step, the call of `dit-jax aot`: the baseline is the total of the same step
+  compiled with XLA attention, and a topology that is neither a slice nor a host is refused."""
+  from dit_jax.config import apply_overrides, load_config, validate
+  from dit_jax.errors import InputError
+  overrides = [a[len("--config."):] for a in BASE if a.startswith("--config.")]
+  overrides += ["data.batch_size=8", "data.image_size=256"]
+  report = aot.plan_step("configs/dit.py:DiT-S/8", overrides, "v5e-4", attention_baseline=True)
+  xla = validate(apply_overrides(load_config("configs/dit.py:DiT-S/8"),
+                                 overrides + ["model.attention_backend=xla"]))
+  assert report.attention == "splash" and report.fits and not report.levers
+  assert report.xla_attention_total == aot.compile_step(xla, v5e_4)[1].memory["total"]
+  with pytest.raises(InputError, match="--topology 'v5e-12'"):
+    aot.plan_step("configs/dit.py:DiT-S/8", overrides, "v5e-12")
+
+
 # -- the command ------------------------------------------------------------------------------
 
 def test_cli_without_libtpu_says_how_to_install_it(capsys, monkeypatch):

@@ -6,6 +6,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
+from dit_jax.errors import InputError, MissingPackageError
 from dit_jax.models.dit import dit
 from dit_jax.perf import bench, hlo
 
@@ -78,7 +79,7 @@ def test_a_traced_train_step_is_summed_by_pass(tmp_path):
   try:
     from dit_jax.perf import aot
     aot.Target.create("v5e-4")
-  except ModuleNotFoundError:  # no libtpu here
+  except MissingPackageError:  # no libtpu here
     pass
   model = dit("DiT-S/4", dtype=jnp.float32, attention_backend="xla", num_classes=10, depth=2,
               hidden_size=64, num_heads=4)
@@ -89,3 +90,54 @@ def test_a_traced_train_step_is_summed_by_pass(tmp_path):
   assert all(r["ms"] > 0 and r["kernels"] > 0 for r in rows)
   assert sum(r["share"] for r in rows) == pytest.approx(1.0)
   assert any("DiT.blocks/attn" in r["region"] for r in rows)
+
+
+# -- what `dit-jax bench` builds and prints ---------------------------------------------------
+
+def test_mesh_fields_parse_sizes_and_rules():
+  assert bench.mesh_fields("") == {}
+  assert bench.mesh_fields("data=2,fsdp=4,rules=fsdp") == dict(data=2, fsdp=4, rules="fsdp")
+  assert bench.mesh_fields("fsdp=-1,") == dict(fsdp=-1)  # -1: the rest of the devices
+  for bad in ("fsdp", "data=x", "data=2,tensor"):
+    with pytest.raises(InputError, match=f"--mesh {bad!r}: expected key=value items"):
+      bench.mesh_fields(bad)
+
+
+def test_bench_model_of_preset_fields_and_of_a_config():
+  name, model, shape, config = bench.bench_model()
+  assert (name, shape, config) == ("DiT-XL/2", (32, 32, 4), None)
+  assert model == dit("DiT-XL/2", dtype=jnp.bfloat16, attention_backend="auto",
+                      scan_layers=False, remat_policy="none")
+  name, model, shape, _ = bench.bench_model("S/8", dtype="float32", attention="xla", scan=True,
+                                            remat="full", image_size=64, latent_downsample=1,
+                                            channels=3)
+  assert (name, shape) == ("DiT-S/8", (64, 64, 3))
+  assert model == dit("DiT-S/8", dtype=jnp.float32, attention_backend="xla", scan_layers=True,
+                      remat_policy="full")
+  name, model, shape, config = bench.bench_model(config="configs/dit.py:DiT-B/4",
+                                                 overrides=["model.depth=2"])
+  assert (name, shape, model.depth, config.model.depth) == ("DiT-B/4", (32, 32, 4), 2, 2)
+  with pytest.raises(InputError, match=r"\['--dtype', '--scan'\] set a preset's fields"):
+    bench.bench_model(config="configs/dit.py:DiT-B/4", dtype="float32", scan=True)
+  with pytest.raises(InputError, match="overrides need --config"):
+    bench.bench_model(overrides=["model.depth=2"])
+
+
+ROW = dict(model="DiT-S/8", batch=8, input=[8, 8, 4], attention="xla", scan=False,
+           remat="none", dtype="float32", devices=8, device="cpu", images_per_s=123.456,
+           step_ms=64.81, compile_s=3.21, train_tflops_per_s=0.0123, memory_gib=None,
+           profile=[dict(kind="matmul", region="blocks/attn", ms=1.5, kernels=12, share=0.25)])
+
+
+def test_format_bench_row_train_step_and_sampler():
+  head = "DiT-S/8 batch 8 float32 attention=xla scan=False remat=none on 8 x cpu: "
+  lines = bench.format_bench_row(ROW).splitlines()
+  assert lines[0] == head + ("123.5 images/s, 64.8 ms/step, 0.0 TFLOP/s per device, step "
+                             "memory n/a, compile 3.2 s")
+  assert lines[1].split() == ["matmul", "blocks/attn", "1.50", "ms/step", "12", "kernels",
+                              "25.0%"]
+  sampled = dict(ROW, batch_s=2.5, tflops_per_s=1.25, memory_gib=1.5)
+  assert bench.format_bench_row(sampled, ("ddpm", 250), 4.0) == head + (
+      "ddpm 250 steps, guidance 4.0: 123.5 images/s, 2.50 s per batch, 1.2 TFLOP/s per "
+      "device, compile 3.2 s")
+  assert "step memory 1.50 GiB" in bench.format_bench_row(dict(ROW, memory_gib=1.5))

@@ -95,6 +95,21 @@ def test_processes_split_the_chunks(setup, extracted):
   assert _files(out) == _files(extracted[0])
 
 
+def test_extract_latents_of_a_training_config(setup, extracted):
+  """latents.extract_latents_of, the call of `dit-jax extract-latents`: the config's data
+  section with its split replaced writes the same files as extract_latents."""
+  config = ml_collections.ConfigDict(dict(data=dict(name="digits/8", split="train",
+                                                    data_dir=setup["data_dir"])))
+  out = setup["root"] / "of_config"
+  line = latents.extract_latents_of(config, setup["vae"], out, split=SPLIT, flip=True,
+                                    batch_size=32, chunk_size=128, progress=False)
+  assert _files(out) == _files(extracted[0])
+  meta = latent_source.read_meta(out)
+  assert line.startswith(f"encoded {extracted[1]['encoded']} examples in ")
+  assert line.endswith(f"latents {tuple(meta['latent_shape'])} x {meta['num_examples']} in "
+                       f"{out}")
+
+
 def test_other_arguments_on_the_same_out_dir_are_refused(setup, extracted):
   cfg = dict(name="digits/8", split=SPLIT, data_dir=setup["data_dir"])
   with pytest.raises(ValueError, match="another extraction.*flip"):

@@ -11,7 +11,7 @@ import pytest
 from dit_jax import cli
 from dit_jax.config import ConfigError, load_config
 from dit_jax.engine.run_log import read_history
-from dit_jax.studies import sweep, sweep_report
+from dit_jax.studies import sweep, sweep_report, sweep_run
 from dit_jax.training import denoiser
 
 TINY = """
@@ -78,7 +78,7 @@ def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
     cli.main(["sweep", "--config", str(tmp_path / "plain.py"), "--workdir", str(tmp_path)])
 
 
-SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 
 
 @pytest.mark.parametrize("name", sorted(
@@ -212,3 +212,47 @@ def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
     assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
   rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
   assert [r["run"] for r in rows] == ["narrow", "wide"]
+
+
+def test_run_sweep_reports_fails_and_stops_on_a_signal(tmp_path, monkeypatch, capsys):
+  """sweep_run.run_sweep, the library call of `dit-jax sweep`: the summary it returns is the
+  one on disk, failed runs raise RunFailedError after the summary, --report trains nothing,
+  and a signal (engine.Preempted) stops the sweep with the CLI's 128 + signal status."""
+  import signal
+
+  from dit_jax.engine import Preempted
+  from dit_jax.errors import RunFailedError
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0, 1]')
+  work, calls, lines = tmp_path / "w", [], []
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls, fail=(32,)))
+  with pytest.raises(RunFailedError, match="2 runs failed"):
+    sweep_run.run_sweep(path, work, log=lines.append)
+  assert lines[0] == f"sweep 'tiny': 4 runs (2 settings x 2 seeds) in {work}"
+  assert "0 finished, 2 trained, 2 failed" in lines and len(calls) == 4
+  assert (work / "results.md").read_text() in lines  # the table is printed as written
+
+  calls.clear()
+  paths = sweep_run.run_sweep(path, work, report_only=True, log=lines.append)
+  assert calls == [] and paths["finished"] == 2 and paths["table"] == work / "results.md"
+  assert sweep_run.run_sweep(path, work, seeds=(1,), shard=(0, 2), report_only=True,
+                             log=lines.append) is None  # a worker shard leaves the summary
+
+  def preempted(config, workdir):
+    raise Preempted(3, signal.SIGTERM)
+  monkeypatch.setattr(denoiser, "train_and_evaluate", preempted)
+  with pytest.raises(Preempted):
+    sweep_run.run_sweep(path, work, log=lines.append)
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  assert stop.value.code == 128 + signal.SIGTERM
+  assert capsys.readouterr().err.endswith("dit-jax sweep: SIGTERM: saved step 3 and stopped; "
+                                          "rerun the same command to resume\n")
+
+
+def test_side_by_side_workers_get_the_same_sweep():
+  """The worker command line parses back to the parent's sweep, overrides and seeds."""
+  argv = sweep_run.worker_argv("s.py", "w", ["train.steps=2"], (0, 2))
+  assert argv == ["--config", "s.py", "--workdir", "w", "--config.train.steps=2", "--seeds",
+                  "0,2"]
+  assert sweep_run.worker_argv("s.py", "w", [], None) == ["--config", "s.py", "--workdir", "w"]

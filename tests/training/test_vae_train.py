@@ -82,3 +82,21 @@ def test_vae_training_runs_sharded_and_exports_what_it_trained(tmp_path):
   _, loaded = load_vae(tmp_path / "run" / "vae")
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                loaded, jax.device_get(params))
+
+
+def test_train_vae_summary_reads_what_training_wrote(tmp_path, monkeypatch):
+  """The line `dit-jax train-vae` prints comes from the run's eval.json."""
+  import json
+
+  import ml_collections
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append(workdir)
+    (tmp_path / "eval.json").write_text(json.dumps(dict(psnr=31.234, scaling_factor=0.5)))
+  monkeypatch.setattr(autoencoder, "train_vae", fake_train)
+  config = ml_collections.ConfigDict(dict(vae_train=dict(eval_split="test")))
+  line = autoencoder.train_vae_summary(config, str(tmp_path))
+  assert calls == [str(tmp_path)] and line.startswith("trained in ")
+  assert line.endswith(f"test PSNR 31.23 dB, scaling_factor 0.5; --vae {tmp_path} (the VAE "
+                       f"folder is {tmp_path / 'vae'})")

@@ -1,0 +1,53 @@
+"""A sweep from its file to its summary: what `dit-jax sweep` does, callable from a notebook.
+
+    run_sweep("configs/sweeps/conditioning.py", "runs/conditioning", ["train.steps=200"])
+
+Apart from `sweep` (which `sweep_report` imports) so that the two modules import no cycle.
+"""
+from pathlib import Path
+
+from dit_jax.errors import RunFailedError
+from dit_jax.studies import sweep, sweep_report
+
+
+def worker_argv(config: str, workdir, overrides, seeds) -> list[str]:
+  """The `dit-jax sweep` arguments a side-by-side worker gets: the same sweep and overrides."""
+  return ["--config", config, "--workdir", str(workdir), *[f"--config.{o}" for o in overrides],
+          *(["--seeds", ",".join(map(str, seeds))] if seeds is not None else [])]
+
+
+def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_per_run: int = 1,
+              seeds=None, report_only: bool = False, shard: tuple[int, int] = (0, 1),
+              log=print) -> dict:
+  """Trains the runs not yet finished (back to back, or in `parallel` worker processes), then
+  writes the summary (results.jsonl, results.md, plots; worker shards leave it to their
+  parent) and returns sweep_report.write's paths (None for a shard). Raises RunFailedError
+  when runs or workers failed; engine.Preempted (a signal) propagates, the run saved."""
+  base, spec = sweep.load(config, list(overrides))
+  if seeds is not None:
+    spec = sweep.with_seeds(spec, seeds)
+  root = Path(workdir)
+  runs = sweep.expand(spec, root)
+  log(f"sweep {spec.title!r}: {len(runs)} runs ({len(runs) // len(spec.seeds)} settings x "
+      f"{len(spec.seeds)} seeds) in {root}")
+  failed = 0
+  if report_only:
+    pass  # only the summary below
+  elif parallel > 1:
+    argv = worker_argv(config, workdir, overrides, spec.seeds if seeds is not None else None)
+    failed = sweep.run_side_by_side(argv, parallel, devices_per_run, root, log)
+  else:
+    status = sweep.run_all(base, spec, root, shard, log)
+    log(", ".join(f"{count} {what}" for what, count in status.items()))
+    failed = status["failed"]
+  paths = None
+  if shard == (0, 1):  # a side-by-side worker leaves the summary to its parent
+    paths = sweep_report.write(spec, root)
+    log(paths["table"].read_text())
+    log(f"wrote {paths['results']}, {paths['table']} and {len(paths['plots'])} plots; "
+        f"{paths['finished']} of {len(runs)} runs finished")
+  if failed:
+    raise RunFailedError(f"{failed} {'workers' if parallel > 1 else 'runs'} failed (error.txt "
+                         f"in their run directories, logs in {root / 'logs'}); rerun the same "
+                         "command to retry them")
+  return paths
