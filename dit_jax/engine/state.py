@@ -94,7 +94,7 @@ def make_optimizer(optim, total_steps: int):
 
 def ema_of(train_config) -> EMA:
   return EMA(decay=float(train_config.ema_decay),
-             warmup=bool(train_config.get("ema_warmup", False)))
+             warmup=bool(train_config.ema_warmup))
 
 
 # ------------------------------------------------------------------------------------------

@@ -170,10 +170,10 @@ def decoder_for(config):
   scale and shift are those the latents were written with.
   """
   data = config.data
-  meta = latent_source.read_meta(data.latents) if data.get("latents") else None
-  if meta is None and data.get("latent_downsample", 1) <= 1:
+  meta = latent_source.read_meta(data.latents) if data.latents else None
+  if meta is None and data.latent_downsample <= 1:
     return None
-  vae_path = data.get("vae") or (meta or {}).get("vae")
+  vae_path = data.vae or (meta or {}).get("vae")
   if not vae_path:
     raise InputError("config.data.vae is not set: point it at the VAE folder used by "
                      "extract-latents to decode samples")
