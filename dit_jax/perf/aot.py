@@ -142,14 +142,16 @@ def _lower_sample(config, model, image_shape, plan, batch: int):
 
 
 def _attention_used(model, image_shape, plan) -> str:
+  """The kernel(s) each attention of the model compiles with ('/'-joined when its attentions
+  differ, as a U-Net's levels may), from the contract's `attention_shapes`; 'n/a' without."""
   backend = getattr(model, "attention_backend", None)
-  if backend is None:
+  shapes = model.attention_shapes(*image_shape)
+  if backend is None or not shapes:
     return "n/a"
-  tokens = image_shape[0] * image_shape[1] // max(getattr(model, "patch_size", 1), 1) ** 2
-  head_dim = model.hidden_size // model.num_heads if hasattr(model, "num_heads") else 0
+  dtype = getattr(model, "dtype", jnp.float32)
   with plan.context():
-    return resolve_backend(backend, getattr(model, "dtype", jnp.float32), head_dim,
-                           tokens * tokens)
+    used = [resolve_backend(backend, dtype, head_dim, scores) for head_dim, scores in shapes]
+  return "/".join(dict.fromkeys(used))
 
 
 def compile_step(config, target: Target, step: str = "train", sample_batch: int = 0):
