@@ -17,10 +17,11 @@ from dit_jax.perf import aot, bench
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 BATCH = 8
-SMALL_MMDIT = ["model.text_depth=1", "data.image_size=16"]
+SMALL_MMDIT = ["model.text_depth=0", "data.image_size=16"]  # captions embedded, no encoder
 FAMILIES = {  # name -> (config spec, overrides that shrink it)
     "dit": ("quickstart.py", ["model.depth=1", "model.hidden_size=32", "model.num_heads=2"]),
-    "unet": ("unet.py", ["model.base_channels=16"]),
+    "unet": ("unet.py", ["model.base_channels=16", "model.channel_mult=(1,)",
+                         "model.attention_levels=(0,)"]),
     "mmdit_double": ("mmdit.py:mmdit_double", ["model.depth_double=1", *SMALL_MMDIT]),
     "mmdit_single": ("mmdit.py:mmdit_single", ["model.depth_single=1", *SMALL_MMDIT]),
     "mmdit_hybrid": ("mmdit.py:mmdit_hybrid", ["model.depth_double=1", "model.depth_single=1",
