@@ -511,6 +511,25 @@ def meaning_changes(saved, new) -> list[tuple[str, object, object]]:
   return changes
 
 
+def with_defaults(saved) -> ml_collections.ConfigDict:
+  """A recorded config (a run's config.json) with every schema field it lacks at its default:
+  a run recorded before a field existed reads as that default, as `meaning_changes` counts it,
+  so code may read every field directly."""
+  config = ml_collections.ConfigDict(saved)
+  present = _leaves(config)
+  for field, value in _leaves(_schema(config)).items():
+    if field in present:
+      continue
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 def model_input_shape(data_config) -> tuple[int, int, int]:
   """(H, W, C) the model sees: VAE latents when data.latent_downsample > 1, else the images."""
   factor = data_config.get("latent_downsample", 1)

@@ -29,8 +29,9 @@ def _denoiser_loss(params, batch, rng, *, model, objective):
 
 def denoiser_task(model, objective, image_shape) -> engine.Task:
   """A denoiser trained with `objective` on batches of `image` and its condition keys."""
-  return engine.Task(init=contract.params_init(model, image_shape), batch_keys=("image", *model.condition_keys),
-                     loss=functools.partial(_denoiser_loss, model=model, objective=objective))
+  return engine.Task(init=contract.params_init(model, image_shape),
+                     loss=functools.partial(_denoiser_loss, model=model, objective=objective),
+                     batch_keys=("image", *model.condition_keys))
 
 
 def initial_params(config, model):
