@@ -532,7 +532,7 @@ def with_defaults(saved) -> ml_collections.ConfigDict:
 
 def model_input_shape(data_config) -> tuple[int, int, int]:
   """(H, W, C) the model sees: VAE latents when data.latent_downsample > 1, else the images."""
-  factor = data_config.get("latent_downsample", 1)
+  factor = data_config.latent_downsample
   if factor > 1:
     side = data_config.image_size // factor
     return side, side, data_config.latent_channels
