@@ -147,7 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
       init_from=None))  # a `dit-jax convert` folder: a fresh run fine-tunes its parameters
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
-      eta=0.0))  # ddim only: 0 deterministic, 1 DDPM's posterior noise
+      eta=0.0,  # ddim only: 0 deterministic, 1 DDPM's posterior noise
+      guide_channels=0,     # guide only the first k channels (DiT's sampler: 3); 0: all
+      spacing="uniform"))   # 'respaced': Improved DDPM's respacing of the chain (ddpm, ddim)
   # Evaluations during training (dit_jax.eval.evaluators): named sections of `evaluator_section`,
   # each run every `every` steps and at the end, its metrics logged as `prefix` + name.
   config.evals = ml_collections.ConfigDict()
@@ -370,6 +372,8 @@ _RULES = {field: (test, need) for field, test, need in (
      "stronger guidance)"),
     ("sample.shift", *_positive(" (1: the uniform grid)")),
     ("sample.eta", *_within(0, 1, note=" (ddim: 0 deterministic, 1 DDPM noise)")),
+    ("sample.guide_channels", *_at_least(0, " (0: every channel)")),
+    ("sample.spacing", *_one_of(flow.samplers.SPACINGS)),
     *((f"mesh.{axis}", lambda v: v == -1 or v >= 1, "-1 (the devices left) or >= 1")
       for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")),
     ("vae_train.reconstruction", *_one_of(VAE_RECONSTRUCTIONS)),
@@ -505,9 +509,28 @@ def meaning_changes(saved, new) -> list[tuple[str, object, object]]:
   return changes
 
 
+def with_defaults(saved) -> ml_collections.ConfigDict:
+  """A recorded config (a run's config.json) with every schema field it lacks at its default:
+  a run recorded before a field existed reads as that default, as `meaning_changes` counts it,
+  so code may read every field directly."""
+  config = ml_collections.ConfigDict(saved)
+  present = _leaves(config)
+  for field, value in _leaves(_schema(config)).items():
+    if field in present:
+      continue
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
 def model_input_shape(data_config) -> tuple[int, int, int]:
   """(H, W, C) the model sees: VAE latents when data.latent_downsample > 1, else the images."""
-  factor = data_config.get("latent_downsample", 1)
+  factor = data_config.latent_downsample
   if factor > 1:
     side = data_config.image_size // factor
     return side, side, data_config.latent_channels

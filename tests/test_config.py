@@ -8,7 +8,7 @@ import pytest
 from dit_jax import flow
 from dit_jax.config import (ABSENT, EVALUATORS, RESUMABLE_FIELDS, ConfigError, apply_overrides,
                             base_config, evaluator_section, load_config, meaning_changes,
-                            model_input_shape, validate, vae_config)
+                            model_input_shape, validate, vae_config, with_defaults)
 from dit_jax.models import create_model
 from dit_jax.models.dit import POSENCS, DiT
 from dit_jax.models.mmdit import PRESETS as MMDIT_PRESETS, PRESET_INPUT
@@ -347,6 +347,20 @@ def test_meaning_changes_lists_every_other_field():
   changes = dict((field, (a, b)) for field, a, b in meaning_changes(saved.to_dict(), new))
   assert changes["objective.beta_end"] == (0.02, ABSENT)
   assert changes["model.extra"] == (ABSENT, 1)
+
+
+def test_a_recorded_config_reads_missing_fields_as_their_defaults():
+  """config.json of a run recorded before sample.guide_channels / data.vae existed: those read
+  as the defaults, the recorded values stay, and nothing changes its meaning."""
+  recorded = json.loads(load_config("configs/unet.py").to_json())
+  recorded["sample"]["steps"] = 7
+  del recorded["sample"]["guide_channels"], recorded["data"]["vae"]
+  config = with_defaults(recorded)
+  assert config.sample.guide_channels == 0 and config.data.vae is None
+  assert config.sample.steps == 7 and config.model.name == "UNet-small"
+  assert config.model.base_channels == recorded["model"]["base_channels"]
+  assert meaning_changes(recorded, config) == []
+  validate(config)
 
 
 def test_a_run_without_a_model_section_resumes():

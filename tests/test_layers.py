@@ -12,7 +12,7 @@ ROOT = Path(dit_jax.__file__).parent
 # nn < models < flow/data/convert/parallel < config < engine < sampling < eval < training <
 # perf < studies < cli: the tree is the architecture diagram.
 ABOVE_MODELS = ("dit_jax.engine", "dit_jax.sampling", "dit_jax.eval", "dit_jax.training",
-                "dit_jax.perf", "dit_jax.studies", "dit_jax.cli")
+                "dit_jax.perf", "dit_jax.studies", "dit_jax.cli", "dit_jax.cli_flags")
 # layer prefix -> prefixes it must not import
 FORBIDDEN = {
     "dit_jax.errors": ("dit_jax.",),

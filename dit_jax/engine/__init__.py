@@ -10,16 +10,16 @@ Imports: `config`, `parallel` and the libraries below them; never a model family
 set, a sampler or an evaluator (tasks and hooks are handed in by `dit_jax.training`).
 """
 from dit_jax.engine.loop import (DivergenceError, DivergenceGuard, Periodic, Preempted, Run,
-                                 StopSignals, check_resume, run, start_from)
+                                 StopSignals, check_resume, is_due, run, start_from)
 from dit_jax.engine.state import (EMA, CheckpointableIterator, Prepared, StepFn, Task,
                                   TrainState, abstract_params, create_state, decay_mask,
-                                  ema_of, init_state, learning_rate_schedule,
+                                  ema_of, init_params, init_state, learning_rate_schedule,
                                   logical_param_specs, make_optimizer, make_step_fn, prepare,
                                   state_shardings, train_step, with_shardings)
 
 __all__ = ["abstract_params", "check_resume", "CheckpointableIterator", "create_state",
-           "decay_mask", "DivergenceError", "DivergenceGuard", "EMA", "ema_of", "init_state",
-           "learning_rate_schedule", "logical_param_specs", "make_optimizer", "make_step_fn",
-           "Periodic", "Preempted", "prepare", "Prepared", "Run", "run", "start_from",
-           "state_shardings", "StepFn", "StopSignals", "Task", "train_step", "TrainState",
-           "with_shardings"]
+           "decay_mask", "DivergenceError", "DivergenceGuard", "EMA", "ema_of", "init_params",
+           "init_state", "is_due", "learning_rate_schedule", "logical_param_specs",
+           "make_optimizer", "make_step_fn", "Periodic", "Preempted", "prepare", "Prepared", "Run",
+           "run", "start_from", "state_shardings", "StepFn", "StopSignals", "Task", "train_step",
+           "TrainState", "with_shardings"]

@@ -111,6 +111,12 @@ def first_signal(signum: int | None) -> int | None:
 # Hooks
 
 
+def is_due(step: int, every: int, total: int, at_end: bool = True) -> bool:
+  """The one cadence rule of hooks, logs and checkpoints: every `every` steps (0: never), and
+  at the last step `total` when `at_end`."""
+  return (every > 0 and step % every == 0) or (at_end and step == total)
+
+
 @dataclasses.dataclass
 class Periodic:
   """`action(step, state)` every `every` steps (and at the last step when `at_end`); a dict it
@@ -121,7 +127,7 @@ class Periodic:
   at_end: bool = True
 
   def due(self, step: int, total: int) -> bool:
-    return (self.every > 0 and step % self.every == 0) or (self.at_end and step == total)
+    return is_due(step, self.every, total, self.at_end)
 
 
 class Profile:
@@ -150,10 +156,6 @@ class Profile:
 
 # ------------------------------------------------------------------------------------------
 # The run: restore, loop, save
-
-
-def _is_due(step: int, every: int, last: int) -> bool:
-  return step == last or (every > 0 and step % every == 0)
 
 
 def read_run_config(workdir: Path) -> dict | None:
@@ -242,9 +244,9 @@ def _loop(task, r: Run, state, ckpt, step_fn):
   tc, plan, total_steps = r.config.train, r.plan, int(r.config.train.steps)
   log = MetricsLog(r.workdir, enabled=jax.process_index() == 0, total_steps=total_steps,
                    images_per_step=r.config.data.batch_size)
-  guard = DivergenceGuard(float(tc.get("spike_factor", 0.0)), int(tc.get("spike_window", 100)),
+  guard = DivergenceGuard(float(tc.spike_factor), int(tc.spike_window),
                           where=f" in {r.workdir / 'checkpoints'}")
-  profile = Profile(r.workdir, int(tc.get("profile_start", 0)), int(tc.get("profile_steps", 0)))
+  profile = Profile(r.workdir, int(tc.profile_start), int(tc.profile_steps))
   signals = StopSignals()
   step = int(state.step)
   if step >= total_steps:
@@ -260,8 +262,8 @@ def _loop(task, r: Run, state, ckpt, step_fn):
       log.add(step, metrics)
       profile.after(step, state)
       signum = first_signal(signals.requested())
-      saving = _is_due(step, tc.checkpoint_every, total_steps) or signum is not None
-      if saving or _is_due(step, tc.log_every, total_steps):
+      saving = is_due(step, tc.checkpoint_every, total_steps) or signum is not None
+      if saving or is_due(step, tc.log_every, total_steps):
         guard.check(log.flush(step))  # raises before anything of a bad step is saved
       if saving:
         ckpt.save(step, state, r.data.get_state())

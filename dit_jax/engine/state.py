@@ -94,7 +94,7 @@ def make_optimizer(optim, total_steps: int):
 
 def ema_of(train_config) -> EMA:
   return EMA(decay=float(train_config.ema_decay),
-             warmup=bool(train_config.get("ema_warmup", False)))
+             warmup=bool(train_config.ema_warmup))
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class CheckpointableIterator(Protocol):
 
 
 def create_state(task: Task, optimizer, rng, ema: EMA = EMA()) -> TrainState:
-  init_rng, base_rng = jax.random.split(rng)
+  init_rng, base_rng = jax.random.split(rng)  # init_params draws the parameters the same way
   return TrainState.create(nn.unbox(task.init(init_rng)), optimizer, base_rng, ema)
 
 
@@ -138,6 +138,15 @@ def abstract_params(task: Task, plan: parallel.ShardingPlan):
   """ShapeDtypeStructs of the parameters with their shardings under `plan` (no memory)."""
   abstract = nn.unbox(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
   return with_shardings(abstract, plan.param_shardings(logical_param_specs(task), abstract))
+
+
+def init_params(task: Task, rng, plan: parallel.ShardingPlan):
+  """The parameters alone (no optimizer state, no EMA), created directly in their shards: for
+  sampling and benchmarks. The same values as init_state(task, ..., rng, ...).params."""
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_params(task, plan))
+  init = jax.jit(lambda key: nn.unbox(task.init(jax.random.split(key)[0])),
+                 out_shardings=shardings)
+  return init(rng)
 
 
 def init_state(task: Task, optimizer, rng, plan: parallel.ShardingPlan,

@@ -160,14 +160,14 @@ def samples_evaluator(name: str, ec, run, log=print):
     raise InputError(f"config.evals.{name}: a 'samples' evaluator draws class labels or "
                      f"nothing, but {config.model.name} reads {sorted(spec)}; use a "
                      f"'composition' evaluator for captions, or remove config.evals.{name}")
-  data_dir = config.data.get("data_dir")
+  data_dir = config.data.data_dir
   net = feature_net(config.data.name if ec.features == "data" else ec.features, data_dir, log)
   extractor = Extractor(net, ec.batch_size, run.plan)
   if ec.reference:
     reference = load_reference(ec.reference, extractor)
   else:
     real, _ = data.read_images(config.data.name, ec.split, data_dir,
-                               config.data.get("image_size"))
+                               config.data.image_size)
     reference = Reference.of_features(net, extractor(real))
   sampler = run.sampler()
   labels = uniform_labels(ec.num_samples, contract.class_count(run.model), config.seed + 2)

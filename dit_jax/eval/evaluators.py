@@ -42,7 +42,7 @@ def hooks(run: EvalContext, log=print) -> list[engine.Periodic]:
   """One hook per section of run.config.evals with every > 0, set up now (before training)."""
   return [engine.Periodic(f"evals.{name}", ec.every,
                           _prefixed(KINDS[ec.type](name, ec, run, log), ec.prefix))
-          for name, ec in run.config.get("evals", {}).items() if ec.every > 0]
+          for name, ec in run.config.evals.items() if ec.every > 0]
 
 
 def _prefixed(action, prefix: str):

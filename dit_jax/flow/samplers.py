@@ -32,6 +32,9 @@ from dit_jax.flow.paths import (VPPath, ddpm_posterior, ddpm_step_to_t, mix_log_
 from dit_jax.flow.timesteps import shifted_grid
 
 METHODS = ("euler", "heun", "ddpm", "ddim")
+# The time grid of `Sampler`: 'uniform' (shifted by `shift`), or 'respaced', Improved DDPM's
+# even respacing of the DDPM chain that keeps both its ends (the published DiT's sampler).
+SPACINGS = ("uniform", "respaced")
 PredictFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_BHWC, t scalar) -> (B, H, W, C)
 
 
@@ -114,11 +117,13 @@ ODE_STEPS = {"euler": euler_step, "heun": heun_step}
 
 def sample_ode(model_fn: Callable, x0_BHWC: jax.Array, cond: Any, grid_T: jax.Array, *,
                method: str = "euler", null_cond: Any = None,
-               cfg_scale: float | jax.Array = 1.0) -> jax.Array:
+               cfg_scale: float | jax.Array = 1.0,
+               guide_channels: int | None = None) -> jax.Array:
   """Integrates the velocity of model_fn over the times grid_T (t_0 = 0 noise ... 1 data)."""
   if method not in ODE_STEPS:
     raise InputError(f"method={method!r} is not an ODE method {tuple(ODE_STEPS)}")
-  fn, step = guided_fn(model_fn, cond, null_cond, cfg_scale), ODE_STEPS[method]
+  fn = guided_fn(model_fn, cond, null_cond, cfg_scale, guide_channels=guide_channels)
+  step = ODE_STEPS[method]
 
   def body(x, ts):
     return step(fn, x, *ts), None
@@ -207,9 +212,13 @@ class Sampler:
   eta: float = 0.0            # ddim: 0 deterministic, 1 DDPM's posterior variance
   path: VPPath = VPPath()     # ddpm/ddim: the chain the eps model was trained on
   learned_variance: bool = False  # ddpm/ddim: the model outputs (eps, v) (objective ddpm_hybrid)
+  guide_channels: int = 0     # guide only the first k channels (`guided_fn`); 0: all
+  spacing: str = "uniform"    # one of SPACINGS; 'respaced': ddpm/ddim only
 
   def grid(self) -> jax.Array:
     """(steps + 1,) times from 0 (noise) to 1 (data)."""
+    if self.spacing == "respaced":
+      return respaced_grid(self.steps, self.path.num_steps)
     return shifted_grid(self.steps, self.shift)
 
   @property
@@ -229,6 +238,14 @@ class Sampler:
       raise InputError(f"{prefix}.eta={self.eta!r} only applies to method='ddim'")
     if not 0.0 <= self.eta <= 1.0:
       raise InputError(f"{prefix}.eta={self.eta!r} must be in [0, 1] (0: DDIM, 1: DDPM noise)")
+    if self.spacing not in SPACINGS:
+      raise InputError(f"{prefix}.spacing={self.spacing!r} is not one of {SPACINGS}")
+    if self.spacing == "respaced" and self.method not in ("ddpm", "ddim"):
+      raise InputError(f"{prefix}.spacing='respaced' respaces the DDPM chain: it needs "
+                       f"method 'ddpm' or 'ddim', not {self.method!r}")
+    if not isinstance(self.guide_channels, (int, np.integer)) or self.guide_channels < 0:
+      raise InputError(f"{prefix}.guide_channels={self.guide_channels!r} must be an integer "
+                       ">= 0 (0: guide every channel)")
     if self.method in ("ddpm", "ddim") and self.steps > self.path.num_steps:
       raise InputError(f"{prefix}.steps={self.steps} exceeds the {self.path.num_steps} steps of "
                        f"the DDPM chain (objective.num_steps): use at most "
@@ -241,7 +258,7 @@ class Sampler:
     (None is fine otherwise)."""
     self.check()
     scale = self.cfg_scale if cfg_scale is None else cfg_scale
-    kw = dict(null_cond=null_cond, cfg_scale=scale)
+    kw = dict(null_cond=null_cond, cfg_scale=scale, guide_channels=self.guide_channels or None)
     if self.method in ODE_STEPS:
       return sample_ode(model_fn, x0_BHWC, cond, self.grid(), method=self.method, **kw)
     eta = None if self.method == "ddpm" else self.eta
@@ -251,9 +268,10 @@ class Sampler:
 
 def make_sampler(config, prefix: str = "sample", *, path: VPPath = VPPath(),
                  learned_variance: bool = False) -> Sampler:
-  """Builds a Sampler from a ConfigDict or dict (method, steps, cfg_scale, shift, eta) and
-  what the training objective fixes: the DDPM chain `path` and `learned_variance` (use
-  `objective.sampler_fields()`). The schedule lives in config.objective only."""
+  """Builds a Sampler from a ConfigDict or dict (method, steps, cfg_scale, shift, eta,
+  guide_channels, spacing) and what the training objective fixes: the DDPM chain `path` and
+  `learned_variance` (use `objective.sampler_fields()`). The schedule lives in
+  config.objective only."""
   fields = dict(config)
   known = {f.name for f in dataclasses.fields(Sampler)} - {"path", "learned_variance"}
   schedule = sorted(set(fields) & ({f.name for f in dataclasses.fields(VPPath)}

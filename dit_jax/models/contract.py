@@ -85,6 +85,12 @@ class Denoiser(Protocol):
     """Parameters per component where the family has a closed form, else None (then count
     them with jax.eval_shape)."""
 
+  def attention_shapes(self, height: int, width: int, channels: int
+                       ) -> tuple[tuple[int, int], ...]:
+    """(head width, scores per example and head T * S) of each distinct self- or joint
+    attention of the image tokens, widest scores first: what picks an 'auto' attention
+    kernel (`aot` reports it)."""
+
 
 class DerivedContract:
   """The contract members every family derives the same way from its own fields; a denoiser
@@ -109,7 +115,7 @@ def check_denoiser(model) -> None:
   """Raises TypeError naming what `model` lacks of the contract, ValueError for a bad field."""
   missing = [name for name in ("time_input", "condition_spec", "condition_keys",
                                "null_condition", "output_channels", "forward_flops",
-                               "param_counts")
+                               "param_counts", "attention_shapes")
              if not hasattr(model, name)]
   if missing:
     raise TypeError(f"{type(model).__name__} does not implement the model contract "

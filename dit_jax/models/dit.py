@@ -198,6 +198,10 @@ class DiT(DerivedContract, nn.Module):
   def param_counts(self, height: int, width: int, channels: int) -> dict[str, int]:
     return flops.dit_params(self, channels)
 
+  def attention_shapes(self, height: int, width: int, channels: int):
+    tokens = (height // self.patch_size) * (width // self.patch_size)
+    return ((self.hidden_size // self.num_heads, tokens * tokens),)
+
   def condition(self, t_B, cond, train):
     """The conditioning vector c (B, D) and the condition tokens (B, S, D), S = 1 or 2."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

@@ -137,6 +137,11 @@ class TextConditioned(DerivedContract, nn.Module):
   def param_counts(self, height: int, width: int, channels: int) -> None:
     return None  # no closed form kept: count with jax.eval_shape
 
+  def attention_shapes(self, height: int, width: int, channels: int):
+    """Image tokens attend among themselves (TextDiT); MMDiT widens this to joint attention."""
+    tokens = (height // self.patch_size) * (width // self.patch_size)
+    return ((self.hidden_size // self.num_heads, tokens * tokens),)
+
   def null_condition(self, cond: dict) -> dict:
     """The empty caption: BOS + padding for tokens; zero features, no valid token, zero pooled
     vector for embeddings. Other keys (guidance, cond_image) are kept."""
@@ -260,6 +265,14 @@ class MMDiT(TextConditioned):
 
   def forward_flops(self, height: int, width: int, channels: int) -> dict[str, int]:
     return flops.mmdit_flops(self, height, width, channels)
+
+  def attention_shapes(self, height: int, width: int, channels: int):
+    """Joint attention over the text, image and conditioning-image tokens in every block."""
+    p = self.patch_size
+    tokens = (height // p) * (width // p) + self.text_length
+    if self.image_conditioning:
+      tokens += (self.cond_image_shape[0] // p) * (self.cond_image_shape[1] // p)
+    return ((self.hidden_size // self.num_heads, tokens * tokens),)
 
   def check_config(self, height=None, width=None):
     super().check_config(height, width)

@@ -295,6 +295,18 @@ class UNet(DerivedContract, nn.Module):
   def param_counts(self, height: int, width: int, channels: int) -> dict[str, int]:
     return self.counts(height, width, channels)[1]
 
+  def attention_shapes(self, height: int, width: int, channels: int):
+    """One per attention level (and the middle block's, at the last level): width
+    base_channels * channel_mult[level] in heads, on the feature map of that level."""
+    levels = set(self.attention_levels) | ({self.num_levels - 1} if self.attention_levels
+                                           else set())
+    shapes = set()
+    for level in levels:
+      ch = self.base_channels * self.channel_mult[level]
+      tokens = (height >> level) * (width >> level)
+      shapes.add((ch // self.heads(ch), tokens * tokens))
+    return tuple(sorted(shapes, key=lambda s: -s[1]))
+
   def counts(self, height: int, width: int, channels: int) -> tuple[dict, dict]:
     """(forward multiply-adds, parameters) per component (dit_jax.models.flops)."""
     return flops.unet_counts(self, layout(self), height, width, channels, self.text_length)

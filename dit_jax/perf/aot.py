@@ -143,14 +143,16 @@ def _lower_sample(config, model, image_shape, plan, batch: int):
 
 
 def _attention_used(model, image_shape, plan) -> str:
+  """The kernel(s) each attention of the model compiles with ('/'-joined when its attentions
+  differ, as a U-Net's levels may), from the contract's `attention_shapes`; 'n/a' without."""
   backend = getattr(model, "attention_backend", None)
-  if backend is None:
+  shapes = model.attention_shapes(*image_shape)
+  if backend is None or not shapes:
     return "n/a"
-  tokens = image_shape[0] * image_shape[1] // max(getattr(model, "patch_size", 1), 1) ** 2
-  head_dim = model.hidden_size // model.num_heads if hasattr(model, "num_heads") else 0
+  dtype = getattr(model, "dtype", jnp.float32)
   with plan.context():
-    return resolve_backend(backend, getattr(model, "dtype", jnp.float32), head_dim,
-                           tokens * tokens)
+    used = [resolve_backend(backend, dtype, head_dim, scores) for head_dim, scores in shapes]
+  return "/".join(dict.fromkeys(used))
 
 
 def compile_step(config, target: Target, step: str = "train", sample_batch: int = 0):
@@ -159,7 +161,7 @@ def compile_step(config, target: Target, step: str = "train", sample_batch: int 
     raise InputError(f"--step={step!r} is not one of {STEPS}")
   model = create_model(config.model)
   image_shape = model_input_shape(config.data)
-  plan = parallel.ShardingPlan.create(config.get("mesh"), devices=target.devices)
+  plan = parallel.ShardingPlan.create(config.mesh, devices=target.devices)
   start = time.perf_counter()
   batch = int(config.data.batch_size) if step == "train" else int(sample_batch)
   try:
@@ -256,10 +258,10 @@ def _report(config, target, step, batch, model, image_shape, plan, compiled, mem
   roofline = dict(times, estimate=times[bound], no_overlap=sum(times.values()), bound=bound)
   settings = dict(dtype=str(getattr(model, "dtype", "")), scan_layers=getattr(
       model, "scan_layers", None), remat_policy=getattr(model, "remat_policy", None),
-      rules=config.mesh.get("rules", "dp"), mesh=dict(plan.mesh.shape))
+      rules=config.mesh.rules, mesh=dict(plan.mesh.shape))
   return Report(topology=target.name, compiler_topology=target.compiler_topology,
                 num_slices=target.num_slices, chips=chips, step=step, batch=batch,
-                model=str(config.model.get("name", type(model).__name__)), settings=settings,
+                model=str(config.model.name), settings=settings,
                 attention=_attention_used(model, image_shape, plan), memory=memory,
                 hbm_bytes=int(chip.hbm_gib * GIB), compile_s=compile_s,
                 xla_flops=xla_flops, analytic_flops=analytic,

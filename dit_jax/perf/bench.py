@@ -18,6 +18,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dit_jax import engine, flow, parallel
@@ -49,23 +50,22 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
                      profile_dir: str | None = None) -> BenchResult:
   """Compiles the train step for `model` on `batch_size` images of `image_shape` under
   `mesh_config` (default: data parallel over all devices) and times `steps` steps; the
-  optimizer and objective are those of `config` (default: the base config). With
-  `profile_dir`, then traces PROFILE_STEPS more steps there (jax.profiler, with a Perfetto
-  trace) and sums their kernels by kind and place (`profile_rows`)."""
-  config = base_config() if config is None else config
-  optimizer, schedule = engine.make_optimizer(config.optim, 1000)
-  objective = flow.make_objective(config.objective)
-  plan = parallel.ShardingPlan.create(mesh_config)
-  plan.check_batch(batch_size)
-  ema = engine.EMA(0.9999)
-  _, shardings = engine.state_shardings(denoiser.denoiser_task(model, None, image_shape), optimizer, plan, ema)
-  state = engine.init_state(denoiser.denoiser_task(model, None, image_shape), optimizer, jax.random.PRNGKey(seed), plan, ema)
+  optimizer, EMA and objective are those of `config` (default: the base config), built by
+  `engine.prepare` as `dit-jax train` builds them. With `profile_dir`, then traces
+  PROFILE_STEPS more steps there (jax.profiler, with a Perfetto trace) and sums their
+  kernels by kind and place (`profile_rows`)."""
+  config = _bench_config(config, batch_size, mesh_config)
+  plan = parallel.ShardingPlan.create(config.mesh)
+  task = denoiser.denoiser_task(model, flow.make_objective(config.objective), image_shape)
+  prepared = engine.prepare(task, config, plan)
+  state = engine.init_state(task, prepared.optimizer, jax.random.PRNGKey(seed), plan,
+                            prepared.ema)
   rng = np.random.default_rng(seed)
   local = {"image": rng.standard_normal((batch_size, *image_shape)).astype(np.float32)}
   # The condition's values do not change the step's cost: the contract's placeholders.
   local.update({k: np.asarray(v) for k, v in (example_condition(model, batch_size) or {}).items()})
   batch = plan.global_batch(local)
-  step_fn = engine.make_step_fn(denoiser.denoiser_task(model, objective, None), schedule, plan, shardings)
+  step_fn = prepared.step_fn
   compiled, compile_s = _compile(step_fn, state, batch)
   memory = compiled.memory_analysis()
   for _ in range(2):  # warm steps
@@ -99,6 +99,16 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
 
 
 PROFILE_STEPS = 3
+
+
+def _bench_config(config, batch_size: int, mesh_config):
+  """A copy of `config` (default: the base config) training `batch_size` images per step on
+  the mesh of `mesh_config` (default: data parallel over all devices)."""
+  config = base_config() if config is None else config.copy_and_resolve_references()
+  config.data.batch_size = batch_size
+  mesh = dataclasses.asdict(parallel.MeshConfig.from_config(mesh_config))
+  config.mesh = ml_collections.ConfigDict(mesh)
+  return config
 
 
 def _compile(jitted, *args):
@@ -176,8 +186,8 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
   objective = flow.make_objective(config.objective)
   plan = parallel.ShardingPlan.create(mesh_config)
   plan.check_batch(batch_size)
-  optimizer, _ = engine.make_optimizer(config.optim, 1000)
-  params = engine.init_state(denoiser.denoiser_task(model, None, image_shape), optimizer, jax.random.PRNGKey(seed), plan, engine.EMA(0.0)).params
+  params = engine.init_params(denoiser.denoiser_task(model, objective, image_shape),
+                              jax.random.PRNGKey(seed), plan)
   sampler = ImageSampler(model, objective, sample_config, image_shape, plan)
   cond = example_condition(model, batch_size)
   rng = jax.random.PRNGKey(seed + 1)

@@ -177,26 +177,44 @@ def extract_latents_of(config, vae_path, out_dir, *, split: str | None = None,
 
 
 def decoder_for(config):
-  """For a run trained on latents: a function scaled latents (B, h, w, c) -> images in [-1, 1]
-  (B, H, W, C), jitted once; None for pixel-space runs.
+  """For a run trained on latents: its `latent_decoder`, scaled latents (B, h, w, c) -> images
+  in [-1, 1] (B, H, W, C); None for pixel-space runs.
 
   The VAE comes from config.data.vae, else from the folder recorded in data.latents; the
   scale and shift are those the latents were written with.
   """
   data = config.data
-  meta = latent_source.read_meta(data.latents) if data.get("latents") else None
-  if meta is None and data.get("latent_downsample", 1) <= 1:
+  meta = latent_source.read_meta(data.latents) if data.latents else None
+  if meta is None and data.latent_downsample <= 1:
     return None
-  vae_path = data.get("vae") or (meta or {}).get("vae")
+  vae_path = data.vae or (meta or {}).get("vae")
   if not vae_path:
     raise InputError("config.data.vae is not set: point it at the VAE folder used by "
                      "extract-latents to decode samples")
+  if meta is None:
+    return latent_decoder(vae_path)
+  return latent_decoder(vae_path, meta["scaling_factor"], meta["shift_factor"])
+
+
+def latent_decoder(vae_path, scaling_factor: float | None = None,
+                   shift_factor: float | None = None, batch_size: int | None = None):
+  """The one decoder of samples drawn in a VAE's latent space (latent runs, converted DiTs): a
+  function scaled latents (B, h, w, c) -> images (B, H, W, C) clipped to [-1, 1], computing
+  vae.decode(z / scaling_factor + shift_factor), jitted once. The factors default to the
+  VAE's own (SD: 0.18215, 0); `batch_size` decodes that many latents per call (all at once
+  when None), to bound the decoder's memory."""
   vae, params = load_vae(vae_path)
-  scale = meta["scaling_factor"] if meta else vae.scaling_factor
-  shift = meta["shift_factor"] if meta else vae.shift_factor
+  scale = vae.scaling_factor if scaling_factor is None else scaling_factor
+  shift = vae.shift_factor if shift_factor is None else shift_factor
 
   @jax.jit
-  def decode(z_BhwC):
+  def decode_batch(z_BhwC):
     images = vae.apply({"params": params}, z_BhwC / scale + shift, method=vae.decode)
     return jnp.clip(images, -1.0, 1.0)
+
+  def decode(z_BhwC) -> np.ndarray:
+    z_BhwC = np.asarray(z_BhwC, np.float32)
+    step = batch_size or max(len(z_BhwC), 1)
+    return np.concatenate([np.asarray(decode_batch(z_BhwC[i:i + step]))
+                           for i in range(0, len(z_BhwC), step)])
   return decode

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dit_jax import engine, parallel
-from dit_jax.config import model_input_shape
+from dit_jax.config import model_input_shape, with_defaults
 from dit_jax.engine import checkpoint
 from dit_jax.errors import MissingFileError
 from dit_jax.models import contract, create_model
@@ -33,7 +33,7 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | Non
   if not path.exists():
     raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
                            "`dit-jax train`")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = with_defaults(json.loads(path.read_text()))  # fields added since it was recorded
   plan = plan or single_device_plan()
   model = create_model(config.model)
   task = engine.Task(init=contract.params_init(model, model_input_shape(config.data)),

@@ -86,7 +86,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
   vae.check_config(*image_shape[:2])
   if image_shape[-1] != vae.in_channels:
     vae = vae.clone(in_channels=image_shape[-1], out_channels=image_shape[-1])
-  plan = parallel.ShardingPlan.create(config.get("mesh"))  # the same mesh rules as train.py
+  plan = parallel.ShardingPlan.create(config.mesh)  # the same mesh rules as train.py
   task = vae_task(vae, image_shape, reconstruction=vt.reconstruction, kl_weight=vt.kl_weight)
   data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
                                  process_count=jax.process_count())

@@ -30,14 +30,15 @@ def _denoiser_loss(params, batch, rng, *, model, objective):
 
 def denoiser_task(model, objective, image_shape) -> engine.Task:
   """A denoiser trained with `objective` on batches of `image` and its condition keys."""
-  return engine.Task(init=contract.params_init(model, image_shape), batch_keys=("image", *model.condition_keys),
-                     loss=functools.partial(_denoiser_loss, model=model, objective=objective))
+  return engine.Task(init=contract.params_init(model, image_shape),
+                     loss=functools.partial(_denoiser_loss, model=model, objective=objective),
+                     batch_keys=("image", *model.condition_keys))
 
 
 def initial_params(config, model):
   """The parameters of config.train.init_from (a published DiT converted with `dit-jax
   convert`), checked against config.model, or None for a run from random init."""
-  path = config.train.get("init_from")
+  path = config.train.init_from
   if not path:
     return None
   from dit_jax.convert.dit import load_converted, model_fields
@@ -79,13 +80,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   from dit_jax import data  # TFDS and grain: only when training from a data set
 
-  if config.data.get("latent_downsample", 1) > 1 and not config.data.get("latents"):
+  if config.data.latent_downsample > 1 and not config.data.latents:
     raise InputError("config.data.latent_downsample > 1 needs config.data.latents: a folder "
                      "written by `dit-jax extract-latents --config ... --vae ... --out DIR`")
   model = create_model(config.model)
   objective = flow.make_objective(config.objective)
   image_shape = model_input_shape(config.data)
-  plan = parallel.ShardingPlan.create(config.get("mesh"))
+  plan = parallel.ShardingPlan.create(config.mesh)
   data_iter = data.make_iterator(config.data, process_index=jax.process_index(),
                                  process_count=jax.process_count())
   rows_cond = None  # caption-conditioned models: grid rows are the first captions of the data

@@ -283,3 +283,24 @@ def test_evaluator_hooks_are_logged_when_due(tmp_path):
   assert seen == [2, 4, 5]  # every 2 steps and at the end
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
   assert [r["step"] for r in rows if "w_norm" in r] == [2, 4, 5]
+
+
+def test_one_cadence_rule_for_hooks_logs_and_checkpoints():
+  """`is_due`: every `every` steps (0: never) and at the last step unless at_end is off; a
+  Periodic hook asks the same rule."""
+  due = [s for s in range(1, 8) if engine.is_due(s, 3, 7)]
+  assert due == [3, 6, 7]
+  assert [s for s in range(1, 8) if engine.is_due(s, 0, 7)] == [7]
+  assert [s for s in range(1, 8) if engine.is_due(s, 3, 7, at_end=False)] == [3, 6]
+  hook = engine.Periodic("h", 3, lambda step, state: None, at_end=False)
+  assert [s for s in range(1, 8) if hook.due(s, 7)] == [3, 6]
+
+
+def test_init_params_are_the_state_parameters_without_the_optimizer():
+  config = toy_config()
+  plan = parallel.ShardingPlan.create(dict(data=-1))
+  optimizer, _ = engine.make_optimizer(config.optim, config.train.steps)
+  params = engine.init_params(toy_task(), jax.random.PRNGKey(3), plan)
+  state = engine.init_state(toy_task(), optimizer, jax.random.PRNGKey(3), plan)
+  assert_same(params, state.params)
+  assert params["w"].sharding == state.params["w"].sharding

@@ -88,6 +88,27 @@ def test_matches_the_original_respaced_loop(ddim):
   assert np.abs(np.asarray(other) - want).max() > 1e-2
 
 
+@pytest.mark.parametrize("ddim", [False, True])
+def test_the_converted_dit_sampler_is_the_original_respaced_loop(ddim):
+  """What `sample_converted` builds for a learn_sigma checkpoint (an ImageSampler: objective
+  ddpm_hybrid, sample.spacing='respaced', guide_channels=3) runs the original loop."""
+  from dit_jax.sampling.converted import converted_sampler
+  info = dict(patch_size=1, hidden_size=8, depth=1, num_heads=2, mlp_ratio=4.0,
+              num_classes=NULL, learn_sigma=True, input_size=3, in_channels=C)
+  image_sampler = converted_sampler(info, method="ddim" if ddim else "ddpm", steps=25,
+                                    cfg_scale=2.5, guide_channels=3)
+  sampler = image_sampler.sampler
+  assert image_sampler.image_shape == (3, 3, C) and image_sampler.objective.prediction == "eps"
+  assert sampler.learned_variance and sampler.path == VPPath(1000)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, C))
+  labels, rng = jnp.array([0, 2]), jax.random.PRNGKey(1)
+  got = sampler(jax_model, rng, x0, {"label": labels}, {"label": jnp.full(2, NULL)})
+  noises = [np.asarray(jax.random.normal(k, x0.shape), np.float64)
+            for k in jax.random.split(rng, 25)]
+  want = reference_loop(np.asarray(x0), np.asarray(labels), 25, noises, 2.5, ddim)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("method", ["ddpm", "ddim"])
 def test_sampler_built_from_a_ddpm_hybrid_config_is_the_learned_variance_loop(method):
   """What `dit-jax sample` builds for a ddpm_hybrid run (objective and sample sections of the

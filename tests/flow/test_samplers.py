@@ -6,7 +6,7 @@ import pytest
 
 from dit_jax.flow.paths import LinearPath, VPPath, convert_model_fn
 from dit_jax.flow.samplers import (Sampler, ddim_step, ddpm_step, guided_fn, make_sampler,
-                                   sample_ddpm, sample_ode, uses_guidance)
+                                   respaced_grid, sample_ddpm, sample_ode, uses_guidance)
 from dit_jax.flow.timesteps import shifted_grid, uniform_grid
 
 LINEAR = LinearPath()
@@ -214,6 +214,8 @@ def test_make_sampler():
   assert make_sampler(config) == Sampler("ddim", 50, 1.0, 4.0, 0.5, VPPath(1000))
   assert make_sampler(config, path=VPPath(500)).path == VPPath(500)
   assert make_sampler({"method": "heun", "steps": 25}).grid().shape == (26,)
+  respaced = make_sampler({"method": "ddpm", "steps": 25, "spacing": "respaced"})
+  np.testing.assert_array_equal(respaced.grid(), respaced_grid(25, 1000))
   for fields, message in [
       ({"method": "rk4"}, r"sample.method='rk4' is not one of"),
       ({"steps": 0}, r"sample.steps=0 must be a positive integer"),
@@ -224,6 +226,9 @@ def test_make_sampler():
       ({"num_steps": 500}, r"fields \['num_steps'\]: the DDPM chain is defined once, in "
                            r"config.objective"),
       ({"method": "ddim", "eta": 2.0}, r"sample.eta=2.0 must be in \[0, 1\]"),
+      ({"spacing": "log"}, r"sample.spacing='log' is not one of \('uniform', 'respaced'\)"),
+      ({"method": "heun", "spacing": "respaced"}, r"needs method 'ddpm' or 'ddim'"),
+      ({"guide_channels": -1}, r"sample.guide_channels=-1 must be an integer >= 0"),
   ]:
     with pytest.raises(ValueError, match=message):
       make_sampler(fields)

@@ -1,5 +1,7 @@
 """The model contract: every family declares its conditions, example inputs, null condition,
 output channels, flop count and time convention the same way."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +73,26 @@ def test_flops_report_needs_no_family_switch(name):
   x, t, cond = example_inputs(model, (h, w, c))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
   assert row["params"] == sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_attention_shapes_are_those_the_module_computes(name, monkeypatch):
+  """Every (head width, T * S) the contract declares is an attention the traced module runs
+  (recorded from nn.attention.attention), widest scores first."""
+  attention_module = importlib.import_module("dit_jax.nn.attention")  # nn exports a function
+  model, (h, w, c), _ = MODELS[name]
+  seen, original = set(), attention_module.attention
+
+  def recording(q_BTNH, k_BSNH, *args, **kw):
+    seen.add((q_BTNH.shape[-1], q_BTNH.shape[1] * k_BSNH.shape[1]))
+    return original(q_BTNH, k_BSNH, *args, **kw)
+  monkeypatch.setattr(attention_module, "attention", recording)
+  x, t, cond = example_inputs(model, (h, w, c))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, cond)
+  jax.eval_shape(model.apply, variables, x, t, cond)
+  declared = model.attention_shapes(h, w, c)
+  assert declared and set(declared) <= seen
+  assert [s for _, s in declared] == sorted((s for _, s in declared), reverse=True)
 
 
 def test_label_means_class_ids_and_text_means_float_features():

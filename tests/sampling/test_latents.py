@@ -3,11 +3,11 @@ training batches (posterior sampling, scaling, checkpointable state), and decode
 import socket
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from dit_jax import data
+from dit_jax.config import base_config
 from dit_jax.convert.vae import abstract_params, load_vae, save_vae
 from dit_jax.data import latent_source
 from dit_jax.data.pipeline import preprocess
@@ -162,13 +162,15 @@ def test_config_must_match_the_latents(setup, extracted):
 
 def test_decoder_for_inverts_the_scaling(setup, extracted):
   out, _ = extracted
-  config = ml_collections.ConfigDict(dict(data=_latent_data(setup, out)))
+  config = base_config()
+  config.data.update(_latent_data(setup, out))
   decode = latents.decoder_for(config)
   vae, params = load_vae(setup["vae"])
   z = np.random.default_rng(1).standard_normal((2, 4, 4, 2)).astype(np.float32)
   want = np.clip(vae.apply({"params": params}, z, method=vae.decode), -1, 1)
   np.testing.assert_allclose(decode((z - 0.2) * 0.7), want, atol=1e-5)
-  pixels = ml_collections.ConfigDict(dict(data=dict(name="digits/8", latent_downsample=1)))
+  pixels = base_config()
+  pixels.data.update(name="digits/8", latent_downsample=1)
   assert latents.decoder_for(pixels) is None
 
 
@@ -177,7 +179,6 @@ def test_training_on_latents_decodes_its_samples(setup, extracted, tmp_path):
   grid is decoded back to 8x8 pixel digits."""
   from PIL import Image
 
-  from dit_jax.config import base_config
   from dit_jax.training import denoiser
   out, _ = extracted
   config = base_config()
