@@ -77,7 +77,8 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
   jax.block_until_ready((state, metrics))
   seconds = (time.perf_counter() - start) / steps
   if not np.isfinite(float(metrics["loss"])):
-    raise FloatingPointError(f"non-finite loss {float(metrics['loss'])} while benchmarking")
+    raise engine.DivergenceError(f"non-finite loss {float(metrics['loss'])} while "
+                                 "benchmarking: lower the learning rate or check the model")
   profile = None
   if profile_dir is not None:
     with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
@@ -199,7 +200,7 @@ def bench_sample(model, image_shape, batch_size: int, sample_config, *, repeats:
     images = sampler.sample(params, cond, jax.random.fold_in(rng, i), count=batch_size)
   seconds = (time.perf_counter() - start) / repeats  # `sample` returns host arrays: synced
   if not np.isfinite(images).all():
-    raise FloatingPointError("non-finite samples while benchmarking")
+    raise engine.DivergenceError("non-finite samples while benchmarking")
   evaluations = sampler.sampler.evaluations
   guided = 2 if cond is not None else 1  # the scale is traced: the doubled batch always runs
   macs = sum(model.forward_flops(*image_shape).values())
