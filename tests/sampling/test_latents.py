@@ -3,6 +3,7 @@ training batches (posterior sampling, scaling, checkpointable state), and decode
 import socket
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
