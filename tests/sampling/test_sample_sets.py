@@ -1,0 +1,82 @@
+"""Sample sets that survive kills, reruns and a training run beside them (`dit-jax sample
+--num`): a resumed set is one model and one sampler, a chunk cut short is drawn again, and a
+checkpoint deleted by rotation while it is read is not damage."""
+import shutil
+
+import numpy as np
+import pytest
+
+from dit_jax import cli
+from dit_jax.config import apply_overrides, load_config
+from dit_jax.sampling import images
+from dit_jax.training import denoiser
+
+TINY = ["train.steps=2", "model.depth=1", "model.hidden_size=16", "model.num_heads=2",
+        "train.sample_every=0", "data.batch_size=8", "evals.samples.every=0",
+        "train.checkpoint_every=1", "train.keep_checkpoints=2"]
+SET = ["--num", "12", "--chunk-size", "4", "--batch-size", "4", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny run with checkpoints of steps 1 and 2."""
+  workdir = tmp_path_factory.mktemp("sets") / "run"
+  denoiser.train(apply_overrides(load_config("configs/quickstart.py"), TINY), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  """A copy of the tiny run that a test may change."""
+  return shutil.copytree(trained, tmp_path / "run")
+
+
+def sample(capsys, workdir, out, *flags):
+  """(exit status, stdout, stderr) of `dit-jax sample --workdir workdir --out out SET flags`."""
+  try:
+    cli.main(["sample", "--workdir", str(workdir), "--out", str(out), *SET, *flags])
+    status = 0
+  except SystemExit as e:
+    status = e.code
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
+
+
+def interrupted(capsys, monkeypatch, workdir, out, *flags):
+  """Samples every chunk and stops before the .npz is written, as a kill there would."""
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(images, "save_npz_chunks", killed)
+    assert sample(capsys, workdir, out, *flags)[0] != 0
+  folder = out.with_name(out.name + ".chunks")
+  assert sorted(p.name for p in folder.glob("chunk-*")) == [f"chunk-0000{k}.npy" for k in range(3)]
+  return folder
+
+
+def test_a_resumed_set_with_other_settings_is_refused(capsys, monkeypatch, workdir, tmp_path):
+  out = tmp_path / "s.npz"
+  folder = interrupted(capsys, monkeypatch, workdir, out)
+  (folder / "chunk-00001.npy").unlink()
+  status, _, err = sample(capsys, workdir, out, "--cfg-scale", "0")
+  assert status == 2 and "sample.cfg_scale: 2.0 -> 0.0" in err
+  assert "Rerun with the recorded settings" in err and f"delete {folder}" in err
+  assert "step:" not in err and not out.exists()
+  # Training went on between the calls: the chunks are of another model.
+  denoiser.train(apply_overrides(load_config("configs/quickstart.py"),
+                                 TINY + ["train.steps=3"]), str(workdir))
+  status, _, err = sample(capsys, workdir, out)
+  assert status == 2 and "step: 2 -> 3" in err and "ema_params_sha256: " in err
+  assert "sample.cfg_scale" not in err and not out.exists()
+
+
+def test_a_resumed_set_with_the_same_settings_is_the_uninterrupted_set(capsys, monkeypatch,
+                                                                       workdir, tmp_path):
+  whole = tmp_path / "whole.npz"
+  assert sample(capsys, workdir, whole)[0] == 0
+  out = tmp_path / "s.npz"
+  folder = interrupted(capsys, monkeypatch, workdir, out)
+  (folder / "chunk-00001.npy").unlink()
+  status, line, _ = sample(capsys, workdir, out)
+  assert status == 0 and "(4 drawn now, 8 from earlier chunks" in line
+  np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
