@@ -22,11 +22,11 @@ from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
 
 def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, batch_size: int,
                   rng, cfg_scale=None, chunk_size: int = 10_000, write: bool = True,
-                  progress=None, identity: dict | None = None) -> int:
+                  progress=None, identity: dict | None = None, report=print) -> int:
   """Samples `labels` into the .npz at `path` (uint8 images in arr_0, labels in `labels`) in
   resumable chunks: chunk k (samples [k * chunk_size, (k + 1) * chunk_size), drawn with
   fold_in(rng, k)) is kept in `<path>.chunks/` once whole, and a rerun of the same command
-  samples only the missing ones.
+  samples only the missing ones (and those that do not load whole, told through `report`).
   `identity` (JSON-able: the model and sampler settings the samples depend on) is recorded,
   and a rerun with another one is an InputError naming each differing field. The .npz appears
   (and the folder goes) when all are done. Every process samples; only `write` (process 0)
@@ -42,11 +42,13 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
   if write:
     _record_meta(folder, meta)
   chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
-  drawn = 0
+  drawn, shape = 0, None
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
-    if _on_process_0(chunk_file.exists()):
+    whole, shape = _whole_chunk(chunk_file, len(chunk_labels), shape, report) if write else \
+        (False, shape)
+    if _on_process_0(whole):
       if progress is not None:
         progress(len(chunk_labels))
       continue
@@ -54,6 +56,7 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
         sampler, params, chunk_labels, min(batch_size, len(labels)), jax.random.fold_in(rng, k),
         cfg_scale, progress)))
     drawn += len(chunk)
+    shape = shape or chunk.shape[1:]
     if write:
       images.save_npy_atomic(chunk_file, chunk)
   if write:
@@ -78,6 +81,26 @@ def _record_meta(folder: Path, meta: dict):
           f"or delete {folder} (or choose another --out) to sample again from the start")
     return
   state_files.write_json(recorded, meta, indent=1)
+
+
+def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:
+  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)): a chunk cut
+  short, with a bad header or of another shape is reported and drawn again."""
+  if not chunk_file.exists():
+    return False, shape
+  try:
+    chunk = np.load(chunk_file, mmap_mode="r", allow_pickle=False)  # checks the file's size
+    problem = None
+    if chunk.dtype != np.uint8 or chunk.ndim != 4 or len(chunk) != count:
+      problem = f"holds {chunk.dtype} {chunk.shape}, not {count} uint8 images"
+    elif shape is not None and tuple(chunk.shape[1:]) != tuple(shape):
+      problem = f"holds images of {chunk.shape[1:]}, the other chunks {tuple(shape)}"
+  except (ValueError, OSError, EOFError) as e:
+    problem = f"does not load whole: {e}"
+  if problem:
+    report(f"sample set: {chunk_file} {problem}; drawing it again")
+    return False, shape
+  return True, tuple(chunk.shape[1:])
 
 
 def params_sha(params) -> str:

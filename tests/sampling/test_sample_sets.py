@@ -80,3 +80,23 @@ def test_a_resumed_set_with_the_same_settings_is_the_uninterrupted_set(capsys, m
   status, line, _ = sample(capsys, workdir, out)
   assert status == 0 and "(4 drawn now, 8 from earlier chunks" in line
   np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header", "shape"])
+def test_a_chunk_that_does_not_load_whole_is_drawn_again(capsys, monkeypatch, workdir, tmp_path,
+                                                        damage):
+  whole = tmp_path / "whole.npz"
+  assert sample(capsys, workdir, whole)[0] == 0
+  out = tmp_path / "s.npz"
+  chunk = interrupted(capsys, monkeypatch, workdir, out) / "chunk-00000.npy"
+  data = chunk.read_bytes()
+  if damage == "truncated":
+    chunk.write_bytes(data[:len(data) // 2])
+  elif damage == "header":
+    chunk.write_bytes(b"\0" * len(data))
+  else:
+    np.save(chunk, np.load(chunk)[:3])
+  status, line, _ = sample(capsys, workdir, out)
+  assert status == 0 and f"sample set: {chunk} " in line and "drawing it again" in line
+  assert "(4 drawn now, 8 from earlier chunks" in line
+  np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
