@@ -4,6 +4,7 @@ checkpoint deleted by rotation while it is read is not damage."""
 import shutil
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dit_jax import cli
@@ -100,3 +101,40 @@ def test_a_chunk_that_does_not_load_whole_is_drawn_again(capsys, monkeypatch, wo
   assert status == 0 and f"sample set: {chunk} " in line and "drawing it again" in line
   assert "(4 drawn now, 8 from earlier chunks" in line
   np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
+
+
+def test_a_checkpoint_rotated_away_while_it_is_read_is_not_damage(capsys, monkeypatch, workdir,
+                                                                  tmp_path):
+  """`sample` beside `train` with keep_checkpoints=1: between listing the steps and reading
+  the newest, the trainer saves a newer step and deletes the listed one. That step vanished,
+  it is not damaged: the newest listed step is read instead."""
+  checkpoints = workdir / "checkpoints"
+  unsaved = shutil.move(checkpoints / "2", tmp_path / "2")  # listed: step 1 only
+  restore = ocp.PyTreeCheckpointer.restore
+
+  def trainer_moves_on(self, path, *args, **kwargs):
+    if (checkpoints / "1").exists():  # the trainer saves step 2, then rotates step 1 away
+      shutil.move(unsaved, checkpoints / "2")
+      shutil.rmtree(checkpoints / "1")
+    return restore(self, path, *args, **kwargs)
+  monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", trainer_moves_on)
+  out = tmp_path / "grid.png"
+  try:
+    cli.main(["sample", "--workdir", str(workdir), "--out", str(out), "--per-class", "1",
+              "--steps", "1"])
+  except SystemExit as e:
+    pytest.fail(f"exit {e.code}: {e}")
+  printed = capsys.readouterr().out
+  assert "checkpoint: step 1 was deleted or superseded while it was read" in printed
+  assert f"wrote 10 samples of step 2 to {out}" in printed and "damaged" not in printed
+
+
+def test_a_checkpoint_that_is_there_and_unreadable_is_still_damage(capsys, workdir, tmp_path):
+  for step in (1, 2):  # both steps listed, their data files cut short
+    for data in (workdir / "checkpoints" / str(step) / "state" / "d").rglob("*"):
+      if data.is_file():
+        data.write_bytes(data.read_bytes()[:7])
+  with pytest.raises(SystemExit, match="no checkpoint restores") as e:
+    cli.main(["sample", "--workdir", str(workdir), "--out", str(tmp_path / "g.png"),
+              "--per-class", "1", "--steps", "1"])
+  assert e.value.code == 1 and "deleted or superseded" not in capsys.readouterr().out
