@@ -72,13 +72,16 @@ def _record_meta(folder: Path, meta: dict):
   if recorded.exists():
     old = state_files.read_json(recorded, "the settings of a resumable sample set",
                                 fix=f"delete {folder} to sample again from the start")
+    changed = {key for key in set(old) | set(meta) if old.get(key) != meta.get(key)}
     differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {meta.get(key, '(none)')}"
-              for key in sorted(set(old) | set(meta)) if old.get(key) != meta.get(key)]
+              for key in sorted(changed)]
     if differ:
+      model = (" (the model differs: training went on, or another run; its checkpoint may be "
+               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else "")
       raise InputError(
           f"{folder} holds chunks of another sample set (another model or sampler); recorded "
           "-> now:\n" + "\n".join(differ) + "\nRerun with the recorded settings to resume it, "
-          f"or delete {folder} (or choose another --out) to sample again from the start")
+          f"or delete {folder} (or choose another --out) to sample again from the start{model}")
     return
   state_files.write_json(recorded, meta, indent=1)
 
