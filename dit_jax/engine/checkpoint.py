@@ -99,14 +99,28 @@ class Checkpointer:
     self.manager.close()
 
 
-def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, report=None):
+class StepMoved(Exception):
+  """A step failed to read because the listing changed under the read: it was deleted (a
+  training run rotating its checkpoints) or a newer one was saved. Not damage: list again."""
+
+  def __init__(self, step: int):
+    super().__init__(f"checkpoint step {step} was deleted or superseded while it was read")
+    self.step = step
+
+
+def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, report=None,
+                 moved=None):
   """load(step) for the newest of `steps` that loads without error (None if there are none);
-  `quarantine(step)` moves each skipped step aside, `report(text)` says what happened."""
+  `quarantine(step)` moves each skipped step aside, `report(text)` says what happened.
+  `moved(step)`, asked when a step fails, says whether the listing changed under the read:
+  then StepMoved is raised instead of calling the step damaged."""
   skipped = []
   for step in sorted(steps, reverse=True):
     try:
       restored = load(step)
-    except Exception as error:  # any failure to read a step is damage: try the one before
+    except Exception as error:  # any other failure to read a step is damage: try the one before
+      if moved is not None and moved(step):
+        raise StepMoved(step) from error
       skipped.append((step, _reason(error)))
       continue
     if skipped and report is not None:
@@ -123,20 +137,21 @@ def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, re
 
 
 def restore_params(directory: str | Path, abstract_params: dict, report=None,
-                   step: int | None = None):
+                   step: int | None = None, tries: int = 5):
   """(step, {name: params}) of the newest intact step (or of `step` only: a learning curve
   from the kept checkpoints), reading only the parameter subtrees named in `abstract_params`
   (e.g. {"ema_params": ...}): sampling never reads the optimizer state, so damage or a
-  structure change there does not block it."""
+  structure change there does not block it.
+
+  A training run may save and rotate checkpoints meanwhile: a step deleted (no longer listed)
+  or superseded (a newer one listed) while it is read is not damage, and the newest listed
+  step is read again, up to `tries` times; a step that is there and unreadable is damage."""
   directory = Path(directory).absolute()
-  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() \
-      else []
-  if step is not None:
-    if step not in steps:
-      raise MissingFileError(f"no checkpoint of step {step} in {directory} (kept: "
-                              f"{sorted(steps)}; train.keep_checkpoints says how many stay)")
-    steps = [step]
   reader = ocp.PyTreeCheckpointer()
+
+  def listed() -> list[int]:
+    return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] \
+        if directory.exists() else []
 
   def load(step):
     args = ocp.args.PyTreeRestore(
@@ -144,7 +159,26 @@ def restore_params(directory: str | Path, abstract_params: dict, report=None,
             abstract_params), partial_restore=True)
     return step, reader.restore(directory / str(step) / "state", args=args)
 
-  return first_intact(steps, load, directory, report=report)
+  for attempt in range(1, tries + 1):
+    steps = listed()
+    if step is not None:
+      if step not in steps:
+        raise MissingFileError(f"no checkpoint of step {step} in {directory} (kept: "
+                               f"{sorted(steps)}; train.keep_checkpoints says how many stay)")
+      steps = [step]
+
+    def moved(s, newest=max(steps, default=-1)):
+      now = listed()
+      return s not in now or (step is None and max(now, default=s) > newest)
+
+    try:
+      return first_intact(steps, load, directory, report=report,
+                          moved=moved if attempt < tries else None)
+    except StepMoved as e:
+      if report is not None:
+        report(f"checkpoint: step {e.step} was deleted or superseded while it was read (a "
+               "training run rotating its checkpoints); reading the newest listed step again")
+  raise AssertionError("unreachable: the last try calls no step moved")
 
 
 def abstract_like(state):

@@ -17,7 +17,7 @@ from dit_jax.data.tokenizers import caption_condition
 from dit_jax.errors import InputError
 from dit_jax.models import class_count, create_model
 from dit_jax.sampling import images, latents, runs
-from dit_jax.sampling.sample_set import sample_to_npz
+from dit_jax.sampling.sample_set import params_sha, sample_to_npz
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches, uniform_labels
 
 
@@ -70,8 +70,9 @@ def sample_run(workdir, out, *, labels=None, per_class: int = 8, num: int | None
                      "CLI cannot make from --captions: it needs precomputed text embeddings; "
                      "sample with ImageSampler.sample(params, cond) and cond from "
                      "dit_jax.data.text_embeddings.load_text_embeddings(FILE.npz)")
-  sampler = ImageSampler(model, flow.make_objective(config.objective), config.sample,
-                         model_input_shape(config.data), plan, decode=latents.decoder_for(config))
+  objective = flow.make_objective(config.objective)
+  sampler = ImageSampler(model, objective, config.sample, model_input_shape(config.data), plan,
+                         decode=latents.decoder_for(config))
   rng = jax.random.PRNGKey(seed)
   if "text_tokens" in spec:
     return _sample_captions(config, sampler, state, caption_list(captions), per_class, out, rng,
@@ -85,7 +86,8 @@ def sample_run(workdir, out, *, labels=None, per_class: int = 8, num: int | None
     with _bar(num) as bar:
       drawn = sample_to_npz(sampler, state.ema_params, labels, out, batch_size=batch_size,
                             rng=rng, cfg_scale=cfg_scale, chunk_size=chunk_size,
-                            write=jax.process_index() == 0, progress=bar.update)
+                            write=jax.process_index() == 0, progress=bar.update,
+                            identity=_identity(config, state, objective, seed))
     return (f"wrote {num} samples of step {int(state.step)} to {out} ({drawn} drawn now, "
             f"{num - drawn} from earlier chunks; labels uniform over {num_classes} classes)")
   grid_labels = class_labels(labels, per_class, num_classes)
@@ -101,6 +103,19 @@ def sample_run(workdir, out, *, labels=None, per_class: int = 8, num: int | None
       images.save_png(images.make_grid(samples, rows), out,
                       upscale=max(1, 64 // samples.shape[1]))
   return f"wrote {len(grid_labels)} samples of step {int(state.step)} to {out}"
+
+
+def _identity(config, state, objective, seed: int) -> dict:
+  """What the samples of a set depend on, beyond the labels and batching: the model (its
+  checkpoint step and a hash of its EMA parameters), every sampler setting, the objective
+  (with the prediction it resolves to), the seed and the decoder of a latent run."""
+  fields = {"step": int(state.step), "ema_params_sha256": params_sha(state.ema_params),
+            "seed": int(seed), "decoder": latents.decoder_source(config),
+            "objective.prediction": objective.prediction}
+  for section in ("model", "sample", "objective"):
+    fields.update({f"{section}.{key}": value for key, value in config[section].to_dict().items()
+                   if f"{section}.{key}" not in fields})
+  return fields
 
 
 def _sample_captions(config, sampler, state, captions: list[str], per_class: int, out: str, rng,

@@ -183,6 +183,14 @@ def decoder_for(config):
   The VAE comes from config.data.vae, else from the folder recorded in data.latents; the
   scale and shift are those the latents were written with.
   """
+  source = decoder_source(config)
+  return None if source is None else latent_decoder(source["vae"], source["scaling_factor"],
+                                                    source["shift_factor"])
+
+
+def decoder_source(config) -> dict | None:
+  """{vae: folder, scaling_factor, shift_factor (None: the VAE's own)} of the decoder of a
+  latent run (what `decoder_for` builds, and what a sample set records); None for pixels."""
   data = config.data
   meta = latent_source.read_meta(data.latents) if data.latents else None
   if meta is None and data.latent_downsample <= 1:
@@ -191,9 +199,9 @@ def decoder_for(config):
   if not vae_path:
     raise InputError("config.data.vae is not set: point it at the VAE folder used by "
                      "extract-latents to decode samples")
-  if meta is None:
-    return latent_decoder(vae_path)
-  return latent_decoder(vae_path, meta["scaling_factor"], meta["shift_factor"])
+  return {"vae": str(Path(vae_path).absolute()),
+          "scaling_factor": meta["scaling_factor"] if meta else None,
+          "shift_factor": meta["shift_factor"] if meta else None}
 
 
 def latent_decoder(vae_path, scaling_factor: float | None = None,

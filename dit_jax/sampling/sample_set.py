@@ -1,5 +1,9 @@
 """Sample sets for evaluation (FID-50K and the like): samples with given labels written to one
 .npz in resumable chunks, drawn data parallel by every process and written by process 0.
+
+An evaluation set is one model and one sampler: `<out>.chunks/meta.json` records what the
+samples depend on (the labels, the batching and the caller's `identity`: the model's step and
+parameter hash, every sampler setting), and a rerun that differs is refused, never mixed in.
 """
 import hashlib
 import json
@@ -10,6 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dit_jax import state_files
 from dit_jax.errors import InputError
 from dit_jax.sampling import images
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
@@ -17,30 +22,33 @@ from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
 
 def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, batch_size: int,
                   rng, cfg_scale=None, chunk_size: int = 10_000, write: bool = True,
-                  progress=None) -> int:
+                  progress=None, identity: dict | None = None, report=print) -> int:
   """Samples `labels` into the .npz at `path` (uint8 images in arr_0, labels in `labels`) in
   resumable chunks: chunk k (samples [k * chunk_size, (k + 1) * chunk_size), drawn with
   fold_in(rng, k)) is kept in `<path>.chunks/` once whole, and a rerun of the same command
-  samples only the missing ones. The .npz appears (and the folder goes) when all are done.
-  Every process samples; only `write` (process 0) writes, and its view of which chunks exist
-  is the one every process follows. Returns the number of samples this call drew."""
+  samples only the missing ones (and those that do not load whole, told through `report`).
+  `identity` (JSON-able: the model and sampler settings the samples depend on) is recorded,
+  and a rerun with another one is an InputError naming each differing field. The .npz appears
+  (and the folder goes) when all are done. Every process samples; only `write` (process 0)
+  writes, and its view of which chunks exist is the one every process follows. Returns the
+  number of samples this call drew."""
   path = Path(path)
   folder = path.with_name(path.name + ".chunks")
+  divisor = sampler.plan.batch_divisor if sampler.plan is not None else 1
   meta = {"num": int(len(labels)), "chunk_size": int(chunk_size), "batch_size": int(batch_size),
-          "labels_sha": hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()}
+          "batch": -(-min(batch_size, len(labels)) // divisor) * divisor,  # what draws a batch
+          "labels_sha": hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest(),
+          **(identity or {})}
   if write:
-    folder.mkdir(parents=True, exist_ok=True)
-    recorded = folder / "meta.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != meta:
-      raise InputError(f"{folder} holds chunks of another sampling command "
-                       f"({recorded.read_text().strip()}); delete it or rerun the same command")
-    recorded.write_text(json.dumps(meta))
+    _record_meta(folder, meta)
   chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
-  drawn = 0
+  drawn, shape = 0, None
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
-    if _on_process_0(chunk_file.exists()):
+    whole, shape = _whole_chunk(chunk_file, len(chunk_labels), shape, report) if write else \
+        (False, shape)
+    if _on_process_0(whole):
       if progress is not None:
         progress(len(chunk_labels))
       continue
@@ -48,12 +56,67 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
         sampler, params, chunk_labels, min(batch_size, len(labels)), jax.random.fold_in(rng, k),
         cfg_scale, progress)))
     drawn += len(chunk)
+    shape = shape or chunk.shape[1:]
     if write:
       images.save_npy_atomic(chunk_file, chunk)
   if write:
     images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
     shutil.rmtree(folder)
   return drawn
+
+
+def _record_meta(folder: Path, meta: dict):
+  """Writes meta.json, or refuses when the one there describes another sample set."""
+  recorded = folder / "meta.json"
+  meta = json.loads(json.dumps(meta))  # as it reads back (lists)
+  if recorded.exists():
+    old = state_files.read_json(recorded, "the settings of a resumable sample set",
+                                fix=f"delete {folder} to sample again from the start")
+    changed = {key for key in set(old) | set(meta) if old.get(key) != meta.get(key)}
+    differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {meta.get(key, '(none)')}"
+              for key in sorted(changed)]
+    if differ:
+      model = (" (the model differs: training went on, or another run; its checkpoint may be "
+               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else "")
+      raise InputError(
+          f"{folder} holds chunks of another sample set (another model or sampler); recorded "
+          "-> now:\n" + "\n".join(differ) + "\nRerun with the recorded settings to resume it, "
+          f"or delete {folder} (or choose another --out) to sample again from the start{model}")
+    return
+  state_files.write_json(recorded, meta, indent=1)
+
+
+def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:
+  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)): a chunk cut
+  short, with a bad header or of another shape is reported and drawn again."""
+  if not chunk_file.exists():
+    return False, shape
+  try:
+    chunk = np.load(chunk_file, mmap_mode="r", allow_pickle=False)  # checks the file's size
+    problem = None
+    if chunk.dtype != np.uint8 or chunk.ndim != 4 or len(chunk) != count:
+      problem = f"holds {chunk.dtype} {chunk.shape}, not {count} uint8 images"
+    elif shape is not None and tuple(chunk.shape[1:]) != tuple(shape):
+      problem = f"holds images of {chunk.shape[1:]}, the other chunks {tuple(shape)}"
+  except (ValueError, OSError, EOFError) as e:
+    problem = f"does not load whole: {e}"
+  if problem:
+    report(f"sample set: {chunk_file} {problem}; drawing it again")
+    return False, shape
+  return True, tuple(chunk.shape[1:])
+
+
+def params_sha(params) -> str:
+  """sha256 of a parameter tree (names, shapes, dtypes and values): what identifies the model
+  a sample set was drawn with. Every process calls it (sharded leaves are gathered)."""
+  digest = hashlib.sha256()
+  for key, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    value = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(key)}:{value.dtype}:{value.shape};".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def _on_process_0(flag: bool) -> bool:

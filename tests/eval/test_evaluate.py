@@ -127,7 +127,7 @@ def test_sample_sets_resume_after_an_interruption(tmp_path):
   assert not (tmp_path / "part.npz.chunks").exists()
   (tmp_path / "other.npz.chunks").mkdir()
   (tmp_path / "other.npz.chunks" / "meta.json").write_text(json.dumps({"num": 3}))
-  with pytest.raises(ValueError, match="chunks of another sampling command"):
+  with pytest.raises(ValueError, match="chunks of another sample set"):
     sample_set.sample_to_npz(FakeSampler(), None, labels, tmp_path / "other.npz", batch_size=8,
                          rng=rng, chunk_size=20)
 
