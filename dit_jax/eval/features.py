@@ -62,23 +62,30 @@ class Extractor:
                plan: parallel.ShardingPlan | None = None):
     self.net = net
     self.plan = plan if plan is not None else parallel.ShardingPlan.create()
-    divisor = self.plan.batch_divisor
-    self.batch_size = max(divisor, -(-batch_size // divisor) * divisor)  # a multiple of it
+    self.batch_size = self._multiple(batch_size)
     replicated = self.plan.replicated()
     self._params = jax.device_put(net.params, replicated)
     self._apply = jax.jit(net.apply, in_shardings=(replicated, self.plan.batch_sharding(4)),
                           out_shardings=replicated)
+
+  def _multiple(self, n: int) -> int:
+    """n rounded up to a multiple of the mesh's batch divisor (at least one)."""
+    divisor = self.plan.batch_divisor
+    return max(divisor, -(-n // divisor) * divisor)
 
   def __call__(self, images: np.ndarray, progress=None) -> dict[str, np.ndarray]:
     images = np.asarray(images)
     self.net.check_images(images)
     outputs: dict[str, list] = {}
     process, processes = jax.process_index(), jax.process_count()
-    local = self.batch_size // processes
-    for start in range(0, len(images), self.batch_size):
-      batch = images[start:start + self.batch_size]
+    # no larger than the images: `--batch-size 5000000` would pad 100 images to 5M and
+    # allocate the activations of all of them
+    size = min(self.batch_size, self._multiple(len(images)))
+    local = size // processes
+    for start in range(0, len(images), size):
+      batch = images[start:start + size]
       count = len(batch)
-      batch = np.pad(batch, ((0, self.batch_size - count),) + ((0, 0),) * 3)  # one shape
+      batch = np.pad(batch, ((0, size - count),) + ((0, 0),) * 3)  # one shape
       mine = batch[process * local:(process + 1) * local]  # this process's rows
       global_batch = jax.make_array_from_process_local_data(self.plan.batch_sharding(4), mine,
                                                             batch.shape)

@@ -1,4 +1,5 @@
 """Feature extraction, references, `evaluate`, resumable sample sets and the digits classifier."""
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -235,6 +236,27 @@ def test_evaluate_files_and_write_reference_are_the_library_steps(tmp_path, monk
   assert scores.pop("samples") == 200 and set(scores) == set(want)
   assert scores == pytest.approx(want)
   assert specs == [("toy", "d"), ("toy", "d")]
+
+
+def test_a_huge_batch_size_is_capped_at_the_images(tmp_path, monkeypatch, capsys):
+  """`dit-jax eval --batch-size 5000000` padded 100 samples to 5M images and allocated their
+  activations (123 GB); a feature batch is never larger than the images it scores."""
+  from dit_jax.eval import evaluate as evaluate_module
+  net, batches = toy_net(), []
+
+  def recording(params, images_uint8):  # runs once per compiled batch shape
+    batches.append(len(images_uint8))
+    return toy_net().apply(params, images_uint8)
+  net = dataclasses.replace(net, apply=recording)
+  monkeypatch.setattr(evaluate_module, "feature_net", lambda spec, data_dir=None: net)
+  np.savez(tmp_path / "real.npz", arr_0=random_images(60, seed=1))
+  images.save_npz(random_images(30, seed=2), np.arange(30) % 3, tmp_path / "s.npz")
+  ref, huge = str(tmp_path / "ref.npz"), ["--features", "toy", "--batch-size", "5000000"]
+  cli.main(["eval-ref", "--images", str(tmp_path / "real.npz"), "--out", ref, *huge])
+  cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", ref, *huge, "--format",
+            "json"])
+  assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["samples"] == 30
+  assert sorted(batches) == [32, 64]  # 30 samples and 60 real images, rounded up to 8 devices
 
 
 def test_unreadable_npz_files_are_input_errors_naming_the_file(tmp_path):
