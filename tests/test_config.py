@@ -255,6 +255,22 @@ def test_bad_values_raise_config_error_naming_the_field(override, field):
   assert field in message and "\n" not in message
 
 
+@pytest.mark.parametrize("command,config,field", [
+    ("train", "configs/quickstart.py", "model.dtype"),
+    ("train", "configs/quickstart.py", "model.param_dtype"),
+    ("train-vae", "configs/vae.py", "vae.dtype"),
+])
+def test_a_dtype_is_checked_by_name_before_any_work(capsys, tmp_path, command, config, field):
+  """--config.model.dtype=float8 was a TypeError with a traceback deep in the model."""
+  from dit_jax import cli
+  with pytest.raises(SystemExit) as stop:
+    cli.main([command, "--config", config, "--workdir", str(tmp_path), f"--config.{field}=float8"])
+  assert stop.value.code == 2
+  assert (f"config.{field}='float8' must be one of ('float32', 'bfloat16', 'float16')"
+          in capsys.readouterr().err)
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_guidance_scale_message_says_what_scales_mean():
   with pytest.raises(ConfigError, match=r"0: unconditional, 1: conditional without guidance"):
     apply_overrides(load_config("configs/quickstart.py"), ["sample.cfg_scale=-2"])

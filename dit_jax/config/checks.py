@@ -13,6 +13,11 @@ from dit_jax.models import create_model
 from dit_jax.models.vae import create_vae
 
 _UNTYPED = ("mesh.rules",)  # a preset name or a tuple of (logical, mesh axis) pairs
+# Compute / parameter dtypes by name: what XLA computes in on every chip. float64 is left out:
+# JAX (without jax_enable_x64) would silently compute in float32.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _at_least(low, note: str = ""):
   return (lambda v: v >= low), f">= {low}{note}"
 
@@ -79,6 +84,8 @@ _RULES = {field: (test, need) for field, test, need in (
     *((f"mesh.{axis}", lambda v: v == -1 or v >= 1, "-1 (the devices left) or >= 1")
       for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")),
     ("vae_train.reconstruction", *_one_of(VAE_RECONSTRUCTIONS)),
+    *((f"{section}.{field}", *_one_of(DTYPES)) for section in ("model", "vae")
+      for field in ("dtype", "param_dtype")),
 )}
 
 

@@ -12,6 +12,7 @@ The classifier trains on the engine like every model (checkpoints, resume) in
 land beside it (`classifier.npz`, `classifier.json`) and later calls load them.
 """
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -159,7 +160,10 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
 def ensure_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
                       force: bool = False, log=print) -> dict:
   """`dit-jax train-classifier`: trains the classifier of `name` unless cached (or with
-  `force`); returns its info (test and train accuracy, steps) with "cache", its folder."""
+  `force`: afresh, not resuming the run of the cached one); returns its info (test and train
+  accuracy, steps) with "cache", its folder."""
+  if force:
+    shutil.rmtree(cache_dir(name, data_dir) / "run", ignore_errors=True)
   if force or not (cache_dir(name, data_dir) / "classifier.json").exists():
     train_classifier(name, data_dir, steps, log)
   info = classifier_net(name, data_dir, train=False).info

@@ -5,7 +5,9 @@ statistics (pool and, for Inception, spatial) and the pool features themselves (
 recall). It is read from
 
   - our own `.npz` (`Reference.save`, `dit-jax eval-ref`): mu, sigma[, mu_s, sigma_s], pool
-    and the name of the feature net that made it;
+    and the feature net that made it: its name and `net_id`, the digest of its weights
+    (`FeatureNet.identity`), since samples scored in another net (a retrained classifier)
+    get meaningless distances;
   - an ADM reference batch (VIRTUAL_imagenet256_labeled.npz): images in `arr_0`, whose
     features are computed here, and precomputed mu / sigma / mu_s / sigma_s, which are used
     for FID / sFID when present, as the ADM evaluator does;
@@ -42,16 +44,18 @@ class Reference:
   stats: metrics.GaussianStats           # of the pool features
   spatial: metrics.GaussianStats | None  # of the spatial features (Inception)
   pool: np.ndarray | None                # pool features (precision / recall); None: stats only
+  net_id: str | None = None              # FeatureNet.identity; None: features of images here
 
   @classmethod
   def of_features(cls, net: FeatureNet, features: dict) -> "Reference":
     spatial = features.get("spatial")
     return cls(net.name, metrics.GaussianStats.of(features["pool"]),
                None if spatial is None else metrics.GaussianStats.of(spatial),
-               features["pool"].astype(np.float32))
+               features["pool"].astype(np.float32), net.identity)
 
   def save(self, path):
-    arrays = dict(net=np.array(self.net), mu=self.stats.mu, sigma=self.stats.sigma)
+    arrays = dict(net=np.array(self.net), net_id=np.array(self.net_id), mu=self.stats.mu,
+                  sigma=self.stats.sigma)
     if self.spatial is not None:
       arrays.update(mu_s=self.spatial.mu, sigma_s=self.spatial.sigma)
     if self.pool is not None:
@@ -84,9 +88,10 @@ def _read_reference(path: Path, extractor: Extractor) -> Reference:
       if str(f["net"]) != net.name:
         raise InputError(f"reference {path} holds {f['net']} features but the samples are "
                          f"scored with {net.name}: use the same feature net for both")
+      _check_net_id(path, str(f["net_id"]) if "net_id" in keys else None, net)
       spatial = (metrics.GaussianStats(f["mu_s"], f["sigma_s"]) if "mu_s" in keys else None)
       return Reference(net.name, metrics.GaussianStats(f["mu"], f["sigma"]), spatial,
-                       f["pool"] if "pool" in keys else None)
+                       f["pool"] if "pool" in keys else None, net.identity)
     if "arr_0" not in keys:
       raise InputError(f"reference {path} has neither images (arr_0) nor dit_jax statistics "
                        f"(net, mu, sigma); it holds {sorted(keys)}")
@@ -96,6 +101,20 @@ def _read_reference(path: Path, extractor: Extractor) -> Reference:
       if "mu_s" in keys:
         ref.spatial = metrics.GaussianStats(f["mu_s"], f["sigma_s"])
     return ref
+
+
+def _check_net_id(path: Path, net_id: str | None, net: FeatureNet):
+  """Refuses a reference of other weights under the same name (a retrained classifier gave
+  FD 78.8 where its own reference gives 10), and one too old to record its weights."""
+  fix = "recompute the reference with `dit-jax eval-ref` and the same --features / --inception"
+  if net_id is None:
+    raise InputError(f"reference {path} does not record which {net.name} weights made it (it "
+                     f"predates that check), so it cannot be matched to the {net.name} net "
+                     f"scoring the samples ({net.identity[:12]}): {fix}")
+  if net_id != net.identity:
+    raise InputError(f"reference {path} was computed with other {net.name} weights "
+                     f"({net_id[:12]}) than the net scoring the samples ({net.identity[:12]}), "
+                     f"e.g. a classifier retrained since: {fix}")
 
 
 def evaluate(extractor: Extractor, samples: np.ndarray, reference: Reference,

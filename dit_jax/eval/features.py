@@ -11,6 +11,8 @@ device of the mesh (the data axis), with the parameters replicated; every proces
 the same images and gets all features back.
 """
 import dataclasses
+import functools
+import hashlib
 from typing import Any, Callable
 
 import jax
@@ -32,6 +34,12 @@ class FeatureNet:
   fd_name: str = "fd"            # metric name of the Fréchet distance ('fid' for Inception)
   info: dict = dataclasses.field(default_factory=dict)  # provenance (test accuracy, file)
 
+  @functools.cached_property
+  def identity(self) -> str:
+    """A digest of the parameters (sha256 hex): references record it, since a name alone
+    does not tell a retrained classifier from the one a reference was computed with."""
+    return params_digest(self.params)
+
   def check_images(self, images: np.ndarray, what: str = "images"):
     if images.dtype != np.uint8 or images.ndim != 4:
       raise InputError(f"{what}: expected uint8 (N, H, W, C) images in 0..255 (the layout "
@@ -40,6 +48,17 @@ class FeatureNet:
       raise InputError(f"{what} are {images.shape[1:]} but the {self.name} feature net reads "
                        f"{tuple(self.image_shape)} images: evaluate samples of that data set "
                        "with its own net (--features NAME), or use --inception FILE")
+
+
+def params_digest(params) -> str:
+  """sha256 of every array's path, dtype, shape and bytes: the same for the same weights
+  wherever they were loaded from (a run's device arrays, an .npz), different for others."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):  # dict keys in sorted order
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
 
 
 def inception_net(path, dtype=jnp.float32) -> FeatureNet:
@@ -62,23 +81,30 @@ class Extractor:
                plan: parallel.ShardingPlan | None = None):
     self.net = net
     self.plan = plan if plan is not None else parallel.ShardingPlan.create()
-    divisor = self.plan.batch_divisor
-    self.batch_size = max(divisor, -(-batch_size // divisor) * divisor)  # a multiple of it
+    self.batch_size = self._multiple(batch_size)
     replicated = self.plan.replicated()
     self._params = jax.device_put(net.params, replicated)
     self._apply = jax.jit(net.apply, in_shardings=(replicated, self.plan.batch_sharding(4)),
                           out_shardings=replicated)
+
+  def _multiple(self, n: int) -> int:
+    """n rounded up to a multiple of the mesh's batch divisor (at least one)."""
+    divisor = self.plan.batch_divisor
+    return max(divisor, -(-n // divisor) * divisor)
 
   def __call__(self, images: np.ndarray, progress=None) -> dict[str, np.ndarray]:
     images = np.asarray(images)
     self.net.check_images(images)
     outputs: dict[str, list] = {}
     process, processes = jax.process_index(), jax.process_count()
-    local = self.batch_size // processes
-    for start in range(0, len(images), self.batch_size):
-      batch = images[start:start + self.batch_size]
+    # no larger than the images: `--batch-size 5000000` would pad 100 images to 5M and
+    # allocate the activations of all of them
+    size = min(self.batch_size, self._multiple(len(images)))
+    local = size // processes
+    for start in range(0, len(images), size):
+      batch = images[start:start + size]
       count = len(batch)
-      batch = np.pad(batch, ((0, self.batch_size - count),) + ((0, 0),) * 3)  # one shape
+      batch = np.pad(batch, ((0, size - count),) + ((0, 0),) * 3)  # one shape
       mine = batch[process * local:(process + 1) * local]  # this process's rows
       global_batch = jax.make_array_from_process_local_data(self.plan.batch_sharding(4), mine,
                                                             batch.shape)

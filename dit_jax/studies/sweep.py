@@ -23,8 +23,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -33,6 +35,7 @@ import ml_collections
 
 from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
 from dit_jax.engine.loop import check_resume, read_run_config
+from dit_jax.errors import DitJaxError
 
 SWEEP_KEYS = ("title", "description", "axes", "runs", "seeds", "metrics")
 DEFAULT_METRICS = ("eval/fd", "eval/accuracy", "loss")
@@ -234,27 +237,62 @@ def shard_env(index: int, devices_per_run: int) -> dict:
   return env
 
 
+class WorkersStopped(DitJaxError):
+  """A signal to the parent of side-by-side workers, which it passed on to them and waited
+  for; `exit_status` is 128 + signal, as for a process the signal killed."""
+
+  def __init__(self, signum: int, workers: int):
+    self.signum, self.exit_status = signum, 128 + signum
+    super().__init__(f"{signal.Signals(signum).name}: stopped the {workers} sweep workers, "
+                     "which saved their runs; rerun the same command to resume")
+
+
+class _ForwardSignals:
+  """While installed, SIGTERM and SIGINT to the parent go on to every worker as SIGTERM (the
+  workers save their runs and stop, as `dit-jax train` does) instead of stopping the parent,
+  which keeps waiting for them: a parent that died first left its workers training on."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, procs: list):
+    self.procs, self.signum, self._previous = procs, None, {}
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+    for p in self.procs:
+      p.send_signal(signal.SIGTERM)  # a no-op for a worker already reaped
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # where handlers can be set
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
 def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: Path,
                      log=print) -> int:
   """Runs `dit-jax sweep ARGV --shard i/workers` in `workers` processes, each seeing its own
-  `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed."""
+  `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed; raises
+  WorkersStopped after a SIGTERM / SIGINT, passed on to the workers, once they all stopped."""
   (root / "logs").mkdir(parents=True, exist_ok=True)
   shutil.rmtree(root / "claims", ignore_errors=True)  # the workers claim runs afresh
   logs, procs = [root / "logs" / f"shard_{i}.log" for i in range(workers)], []
-  for i, log_path in enumerate(logs):
-    with open(log_path, "w") as out:
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "dit_jax.cli", "sweep", *argv, "--shard", f"{i}/{workers}"],
-          stdout=out, stderr=subprocess.STDOUT, env=shard_env(i, devices_per_run)))
-    log(f"worker {i}: pid {procs[-1].pid}, log {log_path}")
-  try:
-    codes = [p.wait() for p in procs]
-  except KeyboardInterrupt:  # the workers save their runs on SIGTERM, as `dit-jax train` does
-    for p in procs:
-      p.terminate()
-    for p in procs:
-      p.wait()
-    raise
+  with _ForwardSignals(procs) as forward:
+    for i, log_path in enumerate(logs):
+      if forward.signum is not None:
+        break  # stopped while starting them
+      with open(log_path, "w") as out:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dit_jax.cli", "sweep", *argv, "--shard", f"{i}/{workers}"],
+            stdout=out, stderr=subprocess.STDOUT, env=shard_env(i, devices_per_run)))
+      if forward.signum is not None:  # the signal came while this one started
+        procs[-1].send_signal(signal.SIGTERM)
+      log(f"worker {i}: pid {procs[-1].pid}, log {log_path}")
+    codes = [p.wait() for p in procs]  # a signal handler returns into the wait
+  if forward.signum is not None:
+    raise WorkersStopped(forward.signum, len(procs))
   for i, code in enumerate(codes):
     if code:
       log(f"worker {i} exited with status {code}; see {logs[i]}")

@@ -22,7 +22,8 @@ def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_
   """Trains the runs not yet finished (back to back, or in `parallel` worker processes), then
   writes the summary (results.jsonl, results.md, plots; worker shards leave it to their
   parent) and returns sweep_report.write's paths (None for a shard). Raises RunFailedError
-  when runs or workers failed; engine.Preempted (a signal) propagates, the run saved."""
+  when runs or workers failed; engine.Preempted (a signal) propagates, the run saved, and
+  with `parallel` workers sweep.WorkersStopped, once the workers saved theirs."""
   base, spec = sweep.load(config, list(overrides))
   if seeds is not None:
     spec = sweep.with_seeds(spec, seeds)

@@ -1,5 +1,7 @@
 """Feature extraction, references, `evaluate`, resumable sample sets and the digits classifier."""
+import dataclasses
 import json
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,16 @@ def test_reference_round_trip_and_evaluation_of_the_reference_itself(tmp_path):
   assert scores["is"] == pytest.approx(metrics.inception_score(extractor(real)["logits"])[0])
   with pytest.raises(ValueError, match="holds toy features but the samples are scored with x"):
     load_reference(tmp_path / "ref.npz", Extractor(toy_net("x"), 32))
+  other = dataclasses.replace(net, params={"w": net.params["w"] + 1})  # same name, new weights
+  with pytest.raises(ValueError, match=f"{tmp_path / 'ref.npz'} was computed with other toy "
+                                       f"weights \\({net.identity[:12]}\\) than the net scoring "
+                                       f"the samples \\({other.identity[:12]}\\)"):
+    load_reference(tmp_path / "ref.npz", Extractor(other, 32))
+  with np.load(tmp_path / "ref.npz") as f:  # written before references recorded the weights
+    np.savez(tmp_path / "old.npz", **{k: f[k] for k in f.files if k != "net_id"})
+  with pytest.raises(ValueError, match="does not record which toy weights made it .* recompute "
+                                       "the reference with `dit-jax eval-ref`"):
+    load_reference(tmp_path / "old.npz", extractor)
 
 
 def test_an_adm_reference_batch_uses_its_precomputed_statistics(tmp_path):
@@ -170,6 +182,39 @@ def test_eval_commands_score_a_sample_set(digits_net, tmp_path, capsys):
   assert "missing.npz does not exist: pass a .npz file" in capsys.readouterr().err
 
 
+def test_a_reference_of_a_retrained_classifier_is_refused(digits_net, tmp_path, capsys):
+  """A reference is matched to its feature net's weights, not only its name: samples scored
+  against a reference of the digits classifier retrained since got FD 78.8 and precision /
+  recall 0 (where their own gave 10.0 / 0.61 / 0.88), with exit status 0."""
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(digits_net[0], data_dir)  # retrained here: the session's classifier stays
+  test, labels = data.read_images("digits/8", "test", data_dir)
+  images.save_npz(test[:100], labels[:100], tmp_path / "s.npz")
+  ref, net = str(tmp_path / "ref.npz"), ["--features", "digits/8", "--data-dir", data_dir]
+  make_ref = ["eval-ref", *net, "--data", "digits/8", "--split", "train", "--num", "500",
+              "--out", ref]
+  score = ["eval", "--samples", str(tmp_path / "s.npz"), "--ref", ref, *net, "--format", "json"]
+  cli.main(make_ref)
+  cli.main(score)  # its own net
+  old_id = classifier.classifier_net("digits/8", data_dir, train=False).identity
+  cli.main(["train-classifier", "--data", "digits/8", "--data-dir", data_dir, "--steps", "20",
+            "--force"])
+  new_id = classifier.classifier_net("digits/8", data_dir, train=False).identity
+  assert new_id != old_id
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(score)
+  assert stop.value.code == 2
+  assert capsys.readouterr().err == (
+      f"dit-jax eval: reference {ref} was computed with other digits/8 weights ({old_id[:12]}) "
+      f"than the net scoring the samples ({new_id[:12]}), e.g. a classifier retrained since: "
+      "recompute the reference with `dit-jax eval-ref` and the same --features / --inception\n")
+  cli.main(make_ref)  # the fix
+  capsys.readouterr()
+  cli.main(score)
+  assert json.loads(capsys.readouterr().out)["samples"] == 100
+
+
 def test_inception_scores_fid_sfid_is_precision_recall(tmp_path):
   import jax
 
@@ -235,6 +280,27 @@ def test_evaluate_files_and_write_reference_are_the_library_steps(tmp_path, monk
   assert scores.pop("samples") == 200 and set(scores) == set(want)
   assert scores == pytest.approx(want)
   assert specs == [("toy", "d"), ("toy", "d")]
+
+
+def test_a_huge_batch_size_is_capped_at_the_images(tmp_path, monkeypatch, capsys):
+  """`dit-jax eval --batch-size 5000000` padded 100 samples to 5M images and allocated their
+  activations (123 GB); a feature batch is never larger than the images it scores."""
+  from dit_jax.eval import evaluate as evaluate_module
+  net, batches = toy_net(), []
+
+  def recording(params, images_uint8):  # runs once per compiled batch shape
+    batches.append(len(images_uint8))
+    return toy_net().apply(params, images_uint8)
+  net = dataclasses.replace(net, apply=recording)
+  monkeypatch.setattr(evaluate_module, "feature_net", lambda spec, data_dir=None: net)
+  np.savez(tmp_path / "real.npz", arr_0=random_images(60, seed=1))
+  images.save_npz(random_images(30, seed=2), np.arange(30) % 3, tmp_path / "s.npz")
+  ref, huge = str(tmp_path / "ref.npz"), ["--features", "toy", "--batch-size", "5000000"]
+  cli.main(["eval-ref", "--images", str(tmp_path / "real.npz"), "--out", ref, *huge])
+  cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", ref, *huge, "--format",
+            "json"])
+  assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["samples"] == 30
+  assert sorted(batches) == [32, 64]  # 30 samples and 60 real images, rounded up to 8 devices
 
 
 def test_unreadable_npz_files_are_input_errors_naming_the_file(tmp_path):

@@ -2,7 +2,13 @@
 changed sweep), the report (rows, training compute, bootstrap intervals) and side-by-side
 workers."""
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +218,55 @@ def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
     assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
   rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
   assert [r["run"] for r in rows] == ["narrow", "wide"]
+
+
+def _running(pid: int) -> bool:
+  """Alive and not a zombie (one that exited but was not reaped is gone for this purpose)."""
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except (FileNotFoundError, ProcessLookupError):
+    return False
+
+
+def _wait_for(condition, seconds: float, what: str):
+  deadline = time.monotonic() + seconds
+  while not condition():
+    if time.monotonic() > deadline:
+      raise AssertionError(f"{what} within {seconds} s")
+    time.sleep(0.5)
+
+
+def test_sigterm_to_side_by_side_sweep_stops_its_workers_first(digits_net, tmp_path):
+  """A SIGTERM to the parent (a scheduler's stop) killed it at once and left its workers,
+  re-parented to PID 1, training the rest of the sweep: now it passes the signal on, waits for
+  the workers to save and stop, and exits 143 with a message."""
+  data_dir, _ = digits_net
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0]')
+  work, out = tmp_path / "w", tmp_path / "parent.log"
+  with open(out, "w") as log:
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "dit_jax.cli", "sweep", "--config", path, "--workdir", str(work),
+         "--parallel", "2", f"--config.data.data_dir={data_dir}", "--config.train.steps=100000"],
+        stdout=log, stderr=subprocess.STDOUT)
+  workers = []
+  try:
+    worker_logs = [work / "logs" / f"shard_{i}.log" for i in range(2)]
+    _wait_for(lambda: all(p.exists() and "== " in p.read_text() for p in worker_logs), 300,
+              "both workers training")
+    workers = [int(pid) for pid in re.findall(r"worker \d: pid (\d+)", out.read_text())]
+    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=180) == 128 + signal.SIGTERM
+    assert not [pid for pid in workers if _running(pid)]  # no orphan
+    assert out.read_text().rstrip().endswith(
+        "dit-jax sweep: SIGTERM: stopped the 2 sweep workers, which saved their runs; rerun the "
+        "same command to resume")
+  finally:  # on failure: nothing of this test left running
+    for proc_id in [parent.pid, *workers]:
+      if _running(proc_id):
+        os.kill(proc_id, signal.SIGKILL)
+    parent.wait()
 
 
 def test_run_sweep_reports_fails_and_stops_on_a_signal(tmp_path, monkeypatch, capsys):
