@@ -145,7 +145,7 @@ def _features(args) -> str:
 
 def cmd_eval(args, overrides):
   scores = evaluate_files(args.samples, args.ref, _features(args), args.data_dir,
-                          args.batch_size)
+                          args.batch_size, log=lambda note: print(note, file=sys.stderr))
   print(format_scores(scores, args.format))
 
 

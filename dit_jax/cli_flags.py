@@ -103,6 +103,10 @@ def _check_parents(path: Path, text: str):
 def new_or_dir(text: str) -> str:
   """A directory that is written to (created if missing)."""
   path = Path(text)
+  if path.is_symlink() and not path.exists():  # mkdir would say only "File exists"
+    raise argparse.ArgumentTypeError(f"{text} is a dangling symbolic link (to {path.readlink()}"
+                                     f", which does not exist): create its target, or remove "
+                                     "the link, or pass another directory")
   if path.exists() and not path.is_dir():
     raise argparse.ArgumentTypeError(f"{text} is a file: pass a directory (created if missing)")
   _check_parents(path, text)

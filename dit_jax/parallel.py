@@ -242,10 +242,11 @@ class ShardingPlan:
   def batch_sharding(self, ndim: int = 1) -> NamedSharding:
     return self.named(PartitionSpec(self.batch_axes or None, *([None] * (ndim - 1))))
 
-  def check_batch(self, global_batch: int):
+  def check_batch(self, global_batch: int, what: str = "data.batch_size"):
+    """`what` names the field or flag the batch came from (`aot --step sample --batch-size`)."""
     if global_batch % self.batch_divisor:
       sizes = " * ".join(f"mesh.{a}={self.mesh.shape[a]}" for a in self.batch_axes)
-      raise InputError(f"data.batch_size={global_batch} must be divisible by {sizes} = "
+      raise InputError(f"{what}={global_batch} must be divisible by {sizes} = "
                        f"{self.batch_divisor} (the batch is split over those axes): use a "
                        f"multiple of {self.batch_divisor}")
 

@@ -54,6 +54,10 @@ def files(tmp_path_factory):
   (tmp / "a_file.txt").write_text("a file, not a folder\n")
   (tmp / "emptydir").mkdir()
   (tmp / "folder.png").mkdir()
+  (tmp / "dangling").symlink_to(tmp / "nowhere")
+  (tmp / "bad_converted").mkdir()
+  (tmp / "bad_converted" / "params.npz").write_text("these are not arrays\n")
+  (tmp / "bad_converted" / "dit.json").write_text("{}\n")
   return tmp
 
 
@@ -100,6 +104,8 @@ CASES = [
     ("train", TRAIN + ["--config.optim.lr="], "config.optim.lr=''"),
     ("train", TRAIN + ["--config.model.depth"], "'model.depth' must look like --config.section"),
     ("train", TRAIN + ["--workdir", "{tmp}/a_file.txt"], "--workdir: .*a_file.txt is a file"),
+    ("train", TRAIN + ["--workdir", "{tmp}/dangling"],
+     "--workdir: .*dangling is a dangling symbolic link .*nowhere, which does not exist"),
     ("train", TRAIN + ["--num-processes", "0"], "--num-processes: must be >= 1"),
     ("train", TRAIN + ["--process-id", "-1"], "--process-id: must be >= 0"),
 
@@ -136,6 +142,8 @@ CASES = [
      "--converted: .*missing does not exist: pass a directory written by `dit-jax convert"),
     ("sample", CONVERTED, "emptydir.* not found: make the directory with `dit-jax convert"),
     ("sample", CONVERTED + ["--guide-channels", "0"], "--guide-channels: must be >= 1"),
+    ("sample", CONVERTED + ["--converted", "{tmp}/bad_converted"],
+     r"bad_converted/params.npz is not an .npz file"),
 
     ("convert", IMPORT + ["{tmp}/garbage.safetensors"],
      "garbage.safetensors is not a readable .safetensors file"),

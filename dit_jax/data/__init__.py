@@ -13,7 +13,9 @@ from dit_jax.data.config import DataConfig
 from dit_jax.data.digits import Digits, DigitsConfig
 from dit_jax.data.pipeline import make_dataset, make_iterator, read_images
 from dit_jax.data.shapes import Shapes, ShapesConfig
-from dit_jax.data.sources import bundled_names, image_shape, open_source, prepare
+from dit_jax.data.sources import (bundled_names, image_shape, num_classes, open_source,
+                                  prepare)
 
 __all__ = ["DataConfig", "Digits", "DigitsConfig", "Shapes", "ShapesConfig", "bundled_names",
-           "image_shape", "make_dataset", "make_iterator", "open_source", "prepare", "read_images"]
+           "image_shape", "make_dataset", "make_iterator", "num_classes", "open_source", "prepare",
+           "read_images"]

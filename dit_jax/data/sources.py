@@ -96,3 +96,11 @@ def image_shape(data_config) -> tuple[int, int, int]:
     raise InputError(f"data.image_size: {cfg.name} stores images of varying size "
                      f"{features['image'].shape}; set data.image_size to crop and resize them")
   return (height, width, channels)
+
+
+def num_classes(data_config) -> int | None:
+  """Classes of the data set's 'label' feature (a TFDS ClassLabel), from its info alone; None
+  when it has no class labels. Training checks it against model.num_classes up front."""
+  cfg = DataConfig.from_config(data_config)
+  features = builder(cfg.name, cfg.data_dir).info.features
+  return getattr(features["label"], "num_classes", None) if "label" in features else None

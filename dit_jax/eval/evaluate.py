@@ -95,6 +95,7 @@ def _read_reference(path: Path, extractor: Extractor) -> Reference:
     if "arr_0" not in keys:
       raise InputError(f"reference {path} has neither images (arr_0) nor dit_jax statistics "
                        f"(net, mu, sigma); it holds {sorted(keys)}")
+    net.check_images(f["arr_0"], f"reference {path} images")  # named: not the samples
     ref = Reference.of_features(net, extractor(f["arr_0"]))
     if "mu" in keys and net.name == "inception":  # ADM's precomputed statistics win
       ref.stats = metrics.GaussianStats(f["mu"], f["sigma"])
@@ -140,13 +141,45 @@ def evaluate(extractor: Extractor, samples: np.ndarray, reference: Reference,
   return out
 
 
+def skipped_metrics(num_samples: int, reference: Reference) -> list[str]:
+  """Why `evaluate` leaves out IS or precision / recall for this many samples (one line each):
+  a score that silently vanishes reads as a bug."""
+  notes, k = [], metrics.PR_NEIGHBOURS
+  if num_samples < metrics.IS_SPLITS:
+    notes.append(f"IS skipped: {num_samples} samples, it needs >= {metrics.IS_SPLITS} (one per "
+                 "split)")
+  if reference.pool is not None and min(num_samples, len(reference.pool)) <= k:
+    notes.append(f"precision and recall skipped: {num_samples} samples and "
+                 f"{len(reference.pool)} reference features, k={k} nearest neighbours need "
+                 f"more than {k} of each")
+  return notes
+
+
+def check_labels(labels: np.ndarray, net: FeatureNet, where: str):
+  """Refuses labels outside the classifier's classes: their accuracy would be 0 without a word."""
+  if len(labels) and (labels.min() < 0 or labels.max() >= net.label_classes):
+    raise InputError(f"{where}: labels {labels.min()}..{labels.max()} are outside the "
+                     f"{net.label_classes} classes of the {net.name} classifier, so accuracy "
+                     "would be 0: score samples with the feature net of the data set they were "
+                     "drawn for (--features NAME)")
+
+
 def evaluate_files(samples, ref, features: str, data_dir: str | None = None,
-                   batch_size: int = 200) -> dict[str, float]:
+                   batch_size: int = 200, log=print) -> dict[str, float]:
   """`dit-jax eval`: the scores of the sample .npz against the reference file in the feature
-  net `features` ('inception:FILE' or a bundled data set), with "samples", their count."""
+  net `features` ('inception:FILE' or a bundled data set), with "samples", their count;
+  `log` gets a line for each metric too few samples leave out."""
   extractor = Extractor(feature_net(features, data_dir), batch_size)
-  reference = load_reference(ref, extractor)
   drawn, labels = images.load_npz_images(samples)
+  if len(drawn) < 2:
+    raise InputError(f"samples {samples} hold {len(drawn)} images: the Fréchet distance needs "
+                     "at least 2 (write more with `dit-jax sample --num N`)")
+  extractor.net.check_images(drawn, f"samples {samples}")
+  if labels is not None and extractor.net.label_classes:
+    check_labels(np.asarray(labels), extractor.net, f"samples {samples}")
+  reference = load_reference(ref, extractor)
+  for note in skipped_metrics(len(drawn), reference):
+    log(note)
   return {"samples": len(drawn), **evaluate(extractor, drawn, reference, labels)}
 
 

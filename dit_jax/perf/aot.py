@@ -127,7 +127,7 @@ def _lower_train(config, model, image_shape, plan):
 
 def _lower_sample(config, model, image_shape, plan, batch: int):
   from dit_jax.sampling.sampler import ImageSampler
-  plan.check_batch(batch)
+  plan.check_batch(batch, "--batch-size")  # the sample step's batch is the flag's
   objective = flow.make_objective(config.objective)
   sampler = ImageSampler(model, objective, config.sample, image_shape, plan)
   task = denoiser.denoiser_task(model, objective, image_shape)

@@ -224,6 +224,11 @@ def mesh_fields(spec: str) -> dict:
       raise InputError(f"--mesh {spec!r}: expected key=value items with whole-number sizes, "
                        "such as data=2,fsdp=4,rules=fsdp")
     fields[key] = value if key == "rules" else int(value)
+  allowed = [f.name for f in dataclasses.fields(parallel.MeshConfig)]
+  unknown = sorted(set(fields) - set(allowed))
+  if unknown:  # a typo would otherwise be dropped and the bench run on another mesh
+    raise InputError(f"--mesh {spec!r}: unknown keys {unknown}; the keys are "
+                     f"{', '.join(allowed)}")
   return fields
 
 

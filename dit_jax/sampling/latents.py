@@ -159,6 +159,7 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   seconds = time.perf_counter() - start
   return {"encoded": encoded, "seconds": seconds, "examples_per_s": encoded / max(seconds, 1e-9),
           "chunks_done_now": len(todo), "chunks_of_this_process": len(mine),
+          "chunks_done": sum(latent_source.chunk_paths(out, k)["done"].exists() for k in mine),
           "num_examples": meta["num_examples"], "latent_shape": meta["latent_shape"]}
 
 
@@ -170,10 +171,12 @@ def extract_latents_of(config, vae_path, out_dir, *, split: str | None = None,
   if split:
     data_config["split"] = split
   info = extract_latents(data_config, vae_path, out_dir, **options)
+  done, mine = info["chunks_done"], info["chunks_of_this_process"]
+  rest = f"; rerun to encode the other {mine - done}" if done < mine else ""
   return (f"encoded {info['encoded']} examples in {info['seconds']:.1f} s "
-          f"({info['examples_per_s']:.1f}/s); {info['chunks_of_this_process']} chunks of this "
-          f"process done; latents {tuple(info['latent_shape'])} x {info['num_examples']} in "
-          f"{out_dir}")
+          f"({info['examples_per_s']:.1f}/s); {info['chunks_done_now']} chunks encoded now, "
+          f"{done} of the {mine} chunks of this process done{rest}; latents "
+          f"{tuple(info['latent_shape'])} x {info['num_examples']} in {out_dir}")
 
 
 def decoder_for(config):

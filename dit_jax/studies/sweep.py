@@ -147,15 +147,16 @@ def _jsonable(value):
 
 
 def train_run(run: RunSpec, config, log=print) -> str:
-  """Trains one run unless finished (result.json at config.train.steps; a higher train.steps
-  trains it further); returns 'finished', 'trained' or 'failed' (error.txt). A signal
-  (engine.Preempted) propagates: the run is saved and the sweep stops."""
+  """Trains one run unless finished (result.json at config.train.steps or past it: a lower
+  train.steps neither retrains nor rewrites it; a higher one trains it further); returns
+  'finished', 'trained' or 'failed' (error.txt). A signal (engine.Preempted) propagates: the
+  run is saved and the sweep stops."""
   import jax
 
   from dit_jax.engine import Preempted
   from dit_jax.training import denoiser
   result, error = run.workdir / "result.json", run.workdir / "error.txt"
-  if result.exists() and json.loads(result.read_text())["steps"] == config.train.steps:
+  if result.exists() and json.loads(result.read_text())["steps"] >= config.train.steps:
     return "finished"
   run.workdir.mkdir(parents=True, exist_ok=True)
   result.unlink(missing_ok=True)
@@ -163,7 +164,7 @@ def train_run(run: RunSpec, config, log=print) -> str:
   log(f"== {run.name} seed {run.seed} -> {run.workdir}")
   start = time.perf_counter()
   try:
-    denoiser.train_and_evaluate(config, str(run.workdir))
+    state = denoiser.train_and_evaluate(config, str(run.workdir))
   except Preempted:
     raise
   except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
@@ -174,6 +175,7 @@ def train_run(run: RunSpec, config, log=print) -> str:
     seconds = _add_seconds(run.workdir, time.perf_counter() - start)
   info = dict(name=run.name, seed=run.seed, fields=_jsonable(run.fields), seconds=seconds,
               devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", **counts(config))
+  info["steps"] = int(state.step)  # a checkpoint past train.steps stays where it is
   result.write_text(json.dumps(info, indent=1) + "\n")
   return "trained"
 

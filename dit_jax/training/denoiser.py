@@ -69,6 +69,19 @@ def sample_grid_hook(run: evaluators.EvalContext, workdir, rows_cond) -> engine.
                          at_end=config.train.sample_every > 0)
 
 
+def check_classes(config, model):
+  """Refuses data with more classes than the model's label table: its labels would index the
+  null class or past the table, and the loss turns NaN at step 1 without saying why."""
+  from dit_jax import data  # TFDS: only when training from a data set
+  classes = contract.class_count(model)
+  if not classes or config.data.latents:
+    return
+  have = data.num_classes(config.data)
+  if have and have > classes:
+    raise InputError(f"model.num_classes={classes} but data.name={config.data.name!r} has {have} "
+                     f"classes (labels 0..{have - 1}): set --config.model.num_classes={have}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_start=None) -> engine.TrainState:
   """Trains config.model on config.data with config.objective; writes everything to workdir.
@@ -84,6 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise InputError("config.data.latent_downsample > 1 needs config.data.latents: a folder "
                      "written by `dit-jax extract-latents --config ... --vae ... --out DIR`")
   model = create_model(config.model)
+  check_classes(config, model)
   objective = flow.make_objective(config.objective)
   image_shape = model_input_shape(config.data)
   plan = parallel.ShardingPlan.create(config.mesh)

@@ -330,3 +330,59 @@ def test_ensure_classifier_trains_only_when_missing_or_forced(digits_net, monkey
   monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(a))
   assert classifier.ensure_classifier("digits/8", data_dir, 7, force=True) == cached
   assert calls == [("digits/8", data_dir, 7, print)]
+
+
+def eval_cli(tmp_path, monkeypatch, drawn, labels=None, real=None):
+  """`dit-jax eval` of `drawn` (and labels) against `real` in the toy net; the reference is
+  written first, so that the error or note is the eval's."""
+  from dit_jax.eval import evaluate as evaluate_module
+  monkeypatch.setattr(evaluate_module, "feature_net", lambda spec, data_dir=None: toy_net())
+  real = random_images(40, seed=1) if real is None else real
+  np.savez(tmp_path / "real.npz", arr_0=real)
+  np.savez(tmp_path / "s.npz", arr_0=drawn, **({} if labels is None else {"labels": labels}))
+  cli.main(["eval", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "real.npz"),
+            "--features", "toy", "--format", "json"])
+
+
+def test_eval_says_which_metrics_few_samples_skip_and_refuses_an_empty_set(
+    tmp_path, monkeypatch, capsys):
+  eval_cli(tmp_path, monkeypatch, random_images(3, seed=2), np.arange(3) % 3)
+  out = capsys.readouterr()
+  assert set(json.loads(out.out)) == {"samples", "fd", "accuracy"}
+  assert "IS skipped: 3 samples, it needs >= 10 (one per split)" in out.err
+  assert "precision and recall skipped: 3 samples and 40 reference features, k=3" in out.err
+  with pytest.raises(SystemExit) as stop:
+    eval_cli(tmp_path, monkeypatch, random_images(0, seed=2), np.zeros(0, int))
+  assert stop.value.code == 2
+  assert f"samples {tmp_path / 's.npz'} hold 0 images" in capsys.readouterr().err
+
+
+def test_eval_refuses_labels_outside_the_classifier_classes(tmp_path, monkeypatch, capsys):
+  with pytest.raises(SystemExit) as stop:
+    eval_cli(tmp_path, monkeypatch, random_images(20, seed=2), np.arange(20) % 5)
+  assert stop.value.code == 2
+  assert "labels 0..4 are outside the 3 classes of the toy classifier" in capsys.readouterr().err
+
+
+def test_eval_names_the_file_of_the_wrong_image_size(tmp_path, monkeypatch, capsys):
+  with pytest.raises(SystemExit):
+    eval_cli(tmp_path, monkeypatch, random_images(20, seed=2), real=random_images(
+        20, seed=1, shape=(8, 8, 2)))
+  err = capsys.readouterr().err
+  assert f"reference {tmp_path / 'real.npz'} images are (8, 8, 2) but the toy" in err
+  with pytest.raises(SystemExit):
+    eval_cli(tmp_path, monkeypatch, random_images(20, seed=2, shape=(8, 8, 2)))
+  assert f"samples {tmp_path / 's.npz'} are (8, 8, 2) but the toy" in capsys.readouterr().err
+
+
+def test_eval_of_a_garbage_npz_names_the_file(tmp_path, monkeypatch, capsys):
+  from dit_jax.eval import evaluate as evaluate_module
+  monkeypatch.setattr(evaluate_module, "feature_net", lambda spec, data_dir=None: toy_net())
+  (tmp_path / "garbage.npz").write_text("not arrays\n")
+  np.savez(tmp_path / "good.npz", arr_0=random_images(20))
+  for samples, ref in [("garbage.npz", "good.npz"), ("good.npz", "garbage.npz")]:
+    with pytest.raises(SystemExit) as stop:
+      cli.main(["eval", "--samples", str(tmp_path / samples), "--ref", str(tmp_path / ref),
+                "--features", "toy"])
+    assert stop.value.code == 2
+    assert f"{tmp_path / 'garbage.npz'} is not a readable .npz file" in capsys.readouterr().err

@@ -123,3 +123,9 @@ def test_cli_report_as_json(capsys):
   report = json.loads(capsys.readouterr().out)
   assert report["fits"] and report["chips"] == 2 and report["compiler_topology"] == "1x1x2"
   assert report["hbm_bytes"] == 143_771 * 2 ** 20 and report["attention"] == "xla"
+
+
+def test_cli_sample_batch_names_the_flag(capsys):
+  status, out = run_cli(BASE + ["--topology", "2xh100", "--step", "sample", "--batch-size", "3"],
+                        capsys)
+  assert status == 2 and "--batch-size=3 must be divisible by" in out.err

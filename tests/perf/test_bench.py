@@ -6,6 +6,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
+from dit_jax import cli
 from dit_jax.errors import InputError, MissingPackageError
 from dit_jax.models.dit import dit
 from dit_jax.perf import bench, hlo
@@ -101,6 +102,14 @@ def test_mesh_fields_parse_sizes_and_rules():
   for bad in ("fsdp", "data=x", "data=2,tensor"):
     with pytest.raises(InputError, match=f"--mesh {bad!r}: expected key=value items"):
       bench.mesh_fields(bad)
+
+
+def test_bench_refuses_unknown_mesh_keys(capsys):
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["bench", "--model", "DiT-S/8", "--image-size", "64", "--mesh", "foo=2,data=1"])
+  assert stop.value.code == 2
+  assert ("--mesh 'foo=2,data=1': unknown keys ['foo']; the keys are data, fsdp, tensor, "
+          "dcn_data") in capsys.readouterr().err
 
 
 def test_bench_model_of_preset_fields_and_of_a_config():

@@ -111,6 +111,18 @@ def test_extract_latents_of_a_training_config(setup, extracted):
                        f"{out}")
 
 
+def test_extract_latents_of_reports_the_chunks_done_now_and_in_all(setup):
+  """`--max-chunks 2`: the line counts the chunks encoded now and those done of all."""
+  config = ml_collections.ConfigDict(dict(data=dict(name="digits/8", split=SPLIT,
+                                                    data_dir=setup["data_dir"])))
+  out = setup["root"] / "two_chunks"
+  line = latents.extract_latents_of(config, setup["vae"], out, flip=True, batch_size=32,
+                                    chunk_size=128, progress=False, max_chunks=2)
+  total = latent_source.read_meta(out)["num_chunks"]
+  assert (f"; 2 chunks encoded now, 2 of the {total} chunks of this process done; rerun to "
+          f"encode the other {total - 2}; latents") in line
+
+
 def test_other_arguments_on_the_same_out_dir_are_refused(setup, extracted):
   cfg = dict(name="digits/8", split=SPLIT, data_dir=setup["data_dir"])
   with pytest.raises(ValueError, match="another extraction.*flip"):

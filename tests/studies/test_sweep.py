@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,7 @@ def fake_training(calls, fail=()):
     lines += [{"step": 4, "eval/fd": float(config.model.hidden_size + config.seed)}]
     (Path(workdir) / "config.json").write_text(config.to_json())
     (Path(workdir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return types.SimpleNamespace(step=config.train.steps)
   return fake
 
 
@@ -182,6 +184,27 @@ def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sw
   with pytest.raises(SystemExit, match=r"sweep run 'narrow' seed 0: .*optim.lr: 0.001 -> 0.01"):
     cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.optim.lr=0.01"])
   capsys.readouterr()
+
+
+def test_lower_steps_leave_finished_runs_finished_and_failures_are_said(
+    tmp_path, monkeypatch, capsys):
+  """Runs past a lowered train.steps are finished, their result.json untouched; the final
+  'N runs failed' reaches stderr with exit status 1."""
+  path = sweep_file(tmp_path, 'runs={"narrow": {}}, seeds=[0, 1]')
+  work, calls = tmp_path / "w", []
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls))
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  result = work / "runs" / "narrow" / "seed_0" / "result.json"
+  before = result.read_text()
+  capsys.readouterr()
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.train.steps=2"])
+  assert calls[2:] == [] and result.read_text() == before and json.loads(before)["steps"] == 4
+  assert "2 finished, 0 trained, 0 failed" in capsys.readouterr().out
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls, fail=(16,)))
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.train.steps=6"])
+  assert stop.value.code == 1
+  assert "dit-jax sweep: 2 runs failed (error.txt" in capsys.readouterr().err
 
 
 def test_a_sweep_trains_evaluates_and_extends_its_runs(digits_net, tmp_path):

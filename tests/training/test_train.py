@@ -196,12 +196,15 @@ def test_loss_decreases_and_outputs_are_written(data_dir, tmp_path):
     ("data.latent_downsample=8", "data.latent_downsample > 1 needs config.data.latents"),
     ("mesh.data=3", "do not divide the 8 devices"),
     ("mesh.rules=zero", "mesh.rules='zero' is not a preset"),
+    ("model.num_classes=5", "model.num_classes=5 but data.name='digits/8' has 10 classes .*"
+                            "set --config.model.num_classes=10"),
 ])
 def test_bad_values_name_the_field(data_dir, tmp_path, override, message):
   argv = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),
           f"--config.data.data_dir={data_dir}", f"--config.{override}"]
-  with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+  with pytest.raises(SystemExit, match=message.replace("(", r"\(")) as stop:
     cli.main(argv)
+  assert stop.value.code == 2
 
 
 def test_a_failed_start_does_not_pin_the_config(data_dir, tmp_path):
