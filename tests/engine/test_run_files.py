@@ -43,3 +43,86 @@ def test_a_cut_short_metrics_line_is_dropped_and_a_damaged_config_is_named(tmp_p
   assert status == 2 and "Traceback" not in out
   assert f"{workdir / 'config.json'} (the run's recorded config) is damaged" in out
   assert "delete it to resume" in out
+
+
+RACER = r"""
+import os, random, sys, time
+from pathlib import Path
+from dit_jax.engine import workdir_lock
+
+alive = workdir_lock._alive
+def jittered(pid):  # the scheduler may pause a process anywhere: widen the race window
+  time.sleep(random.random() * 0.002)
+  return alive(pid)
+workdir_lock._alive = jittered
+root, trials = Path(sys.argv[1]), int(sys.argv[2])
+(root / f"ready-{os.getpid()}").touch()
+while not (root / "go").exists():
+  time.sleep(0.005)
+start = float((root / "go").read_text())
+for trial in range(trials):
+  time.sleep(max(0.0, start + 0.02 * trial - time.time()))
+  error = workdir_lock.WorkdirLock(root / str(trial))._acquire()
+  print(trial, int(error is None), flush=True)
+"""
+
+
+def test_two_starts_never_both_take_over_one_stale_lock(tmp_path):
+  """Two processes race for the stale lock of each of 150 workdirs: exactly one wins each."""
+  import os
+  import socket
+  import subprocess
+  import sys
+  import time
+  trials = 150
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  for trial in range(trials):
+    (tmp_path / str(trial)).mkdir()
+    (tmp_path / str(trial) / "lock").write_text(json.dumps(
+        dict(host=socket.gethostname(), pid=dead.pid, started="x")))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(trials)],
+                             stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+  deadline = time.time() + 120
+  while len(list(tmp_path.glob("ready-*"))) < 2 and time.time() < deadline:
+    time.sleep(0.05)
+  (tmp_path / "go").write_text(str(time.time() + 0.5))
+  outs = [r.communicate(timeout=120)[0] for r in racers]
+  assert [r.returncode for r in racers] == [0, 0]
+  wins = [0] * trials
+  for out in outs:
+    for line in out.split("\n"):
+      if line.strip():
+        trial, won = map(int, line.split())
+        wins[trial] += won
+  assert wins == [1] * trials
+  for trial in range(trials):  # the winner's lock is whole and names it
+    assert json.loads((tmp_path / str(trial) / "lock").read_text())["pid"] in {
+        r.pid for r in racers}
+
+
+def test_a_full_disk_at_start_leaves_no_lock_and_an_empty_lock_is_taken_over(
+    tmp_path, capsys, monkeypatch):
+  import errno
+  import os
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  write = os.write
+
+  def full_disk(fd, data):  # the disk is full for the lock's content
+    if os.readlink(f"/proc/self/fd/{fd}").startswith(str(workdir / ".lock")):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write(fd, data)
+  monkeypatch.setattr(os, "write", full_disk)
+  status, out = exit_status(capsys, workdir)
+  assert status == 1 and "No space left on device" in out and "Traceback" not in out
+  assert sorted(p.name for p in workdir.iterdir() if "lock" in p.name) == []
+  monkeypatch.undo()
+
+  (workdir / "lock").write_text("")  # what an older version left on a full disk
+  train(workdir)
+  out = capsys.readouterr().out
+  assert f"{workdir / 'lock'} is empty or unreadable" in out and "taking it over" in out
+  assert not (workdir / "lock").exists()
+  assert [h["step"] for h in read_history(workdir) if "loss" in h][-1] == 2
