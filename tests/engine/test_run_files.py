@@ -126,3 +126,37 @@ def test_a_full_disk_at_start_leaves_no_lock_and_an_empty_lock_is_taken_over(
   assert f"{workdir / 'lock'} is empty or unreadable" in out and "taking it over" in out
   assert not (workdir / "lock").exists()
   assert [h["step"] for h in read_history(workdir) if "loss" in h][-1] == 2
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_message_and_exit_1(tmp_path, capfd, caplog,
+                                                                   monkeypatch):
+  """Orbax writes a step in background threads; its failure surfaces once, as an I/O error
+  (exit 1) saying the earlier steps are intact, and the rerun resumes from them exactly."""
+  import errno
+  import os
+
+  from etils import epath
+  workdir = tmp_path / "run"
+  local = type(epath.Path(tmp_path))
+  write_text = local.write_text
+
+  def full_disk(self, *args, **kwargs):  # the disk fills while step 4 is written
+    if f"{workdir / 'checkpoints' / '4'}" in str(self):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    return write_text(self, *args, **kwargs)
+  monkeypatch.setattr(local, "write_text", full_disk)
+  steps = ["--config.train.steps=4", "--config.train.checkpoint_every=2",
+           "--config.train.log_every=2"]
+  with pytest.raises(SystemExit) as stop:
+    train(workdir, *steps)
+  out = capfd.readouterr()
+  output = out.out + out.err
+  assert stop.value.code == 1
+  assert output.count("No space left on device") == 1 and "Traceback" not in output
+  assert "the steps saved before are intact (latest: 2)" in output
+  assert not [r for r in caplog.records if r.exc_info]  # Orbax's own tracebacks: not shown
+  monkeypatch.undo()
+  logged = [h for h in read_history(workdir) if "loss" in h]
+  train(workdir, *steps)  # resumes from step 2
+  resumed = [h for h in read_history(workdir) if "loss" in h]
+  assert [h["step"] for h in resumed] == [2, 4] and resumed[1]["loss"] == logged[1]["loss"]
