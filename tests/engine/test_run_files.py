@@ -160,3 +160,15 @@ def test_a_full_disk_during_a_checkpoint_is_one_message_and_exit_1(tmp_path, cap
   train(workdir, *steps)  # resumes from step 2
   resumed = [h for h in read_history(workdir) if "loss" in h]
   assert [h["step"] for h in resumed] == [2, 4] and resumed[1]["loss"] == logged[1]["loss"]
+
+
+def test_a_damaged_converted_description_is_named_with_the_fix(tmp_path, capsys):
+  (tmp_path / "dit.json").write_text('{"model": "Di')  # a write cut short
+  (tmp_path / "params.npz").touch()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["sample", "--converted", str(tmp_path), "--num", "2",
+              "--out", str(tmp_path / "s.npz")])
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and "Traceback" not in err
+  assert f"{tmp_path / 'dit.json'} (a converted DiT's description) is damaged" in err
+  assert "convert the checkpoint again" in err
