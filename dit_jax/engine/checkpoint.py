@@ -76,7 +76,7 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(state))
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
-    with self._io_errors(f"step {step}"):  # also raises the failure of the previous save
+    with self._io_errors():  # also raises the failure of the previous save
       self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state, step: int | None = None):
@@ -113,7 +113,7 @@ class Checkpointer:
 
   def wait(self):
     """Blocks until pending asynchronous saves are on disk."""
-    with self._io_errors("the last step"):
+    with self._io_errors():
       self.manager.wait_until_finished()
 
   def close(self):
@@ -121,31 +121,31 @@ class Checkpointer:
       self.wait()
     finally:
       try:
-        self.manager.close()  # stops the background threads even after a failed save
-      except Exception:
-        if not self.failed:  # else wait() raised this error already
-          raise
+        with self._io_errors():
+          self.manager.close()  # stops the background threads even after a failed save
       finally:
         if not self.failed:  # else its threads may still log the failure as Python exits
           logging.getLogger("absl").removeFilter(_quiet_orbax_failures)
 
   @contextlib.contextmanager
-  def _io_errors(self, what: str):
+  def _io_errors(self):
     """A save that fails on an I/O error (a full disk, a lost mount), here or in Orbax's
     background threads, becomes one CheckpointError (exit 1) saying what was kept."""
     try:
       yield
     except Exception as error:
       cause = _os_error(error)
-      if cause is None or self.failed:
+      if cause is None:
         raise
+      if self.failed:  # Orbax raises it again on close: it was reported once already
+        return
       self.failed = True
       latest = self.latest_step()
       kept = (f"the steps saved before are intact (latest: {latest})" if latest is not None
               else "no step was saved before")
       raise CheckpointError(
-          f"could not save {what} in {self.directory} ({_reason(cause)}): {kept}; free space "
-          "or fix the disk, then rerun the same command to resume") from error
+          f"could not save a checkpoint in {self.directory} ({_reason(cause)}): {kept}; free "
+          "space or fix the disk, then rerun the same command to resume") from error
 
 
 def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, report=None):
