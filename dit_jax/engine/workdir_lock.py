@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dit_jax.errors import DitJaxError
-from dit_jax.state_files import create_exclusive
+from dit_jax.errors import DitJaxError, InputError
+from dit_jax.state_files import create_exclusive, read_json
 
 
 class WorkdirLockedError(DitJaxError, FileExistsError):
@@ -51,10 +51,10 @@ class WorkdirLock:
   def _holder(self) -> dict | None:
     """The lock's holder; {} when there is no lock, None when it is empty or unreadable."""
     try:
-      holder = json.loads(self.path.read_bytes())
+      holder = read_json(self.path)
     except FileNotFoundError:
       return {}
-    except (OSError, ValueError):
+    except (OSError, InputError):
       return None
     return holder if isinstance(holder, dict) and holder else None
 

@@ -34,7 +34,7 @@ import ml_collections
 from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
 from dit_jax.engine.loop import check_resume, read_run_config
 from dit_jax.errors import InputError
-from dit_jax.state_files import read_json, write_json
+from dit_jax.state_files import read_json, write_atomic, write_json
 
 SWEEP_KEYS = ("title", "description", "axes", "runs", "seeds", "metrics")
 DEFAULT_METRICS = ("eval/fd", "eval/accuracy", "loss")
@@ -166,7 +166,7 @@ def train_run(run: RunSpec, config, log=print) -> str:
   except Preempted:
     raise
   except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
-    error.write_text(traceback.format_exc())
+    write_atomic(error, traceback.format_exc())
     log(f"!! {run.name} seed {run.seed} failed; see {error}")
     return "failed"
   finally:
