@@ -9,6 +9,7 @@ and the fix.
 """
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,29 @@ def write_atomic(path, data: str | bytes) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def create_exclusive(path, data: str | bytes) -> bool:
+  """Creates `path` holding `data` unless it exists (then False): a complete temporary file
+  linked into place, so that `path` is never seen empty or partial, even when the write fails
+  (a full disk) or the process dies half-way."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  try:
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+      data = data.encode() if isinstance(data, str) else data
+      while data:
+        data = data[os.write(fd, data):]
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    os.link(tmp, path)  # fails when `path` exists: only one creator wins
+    return True
+  except FileExistsError:
+    return False
   finally:
     tmp.unlink(missing_ok=True)
 

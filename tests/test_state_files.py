@@ -62,3 +62,19 @@ def test_rewrite_and_missing(tmp_path):
   state_files.append_json_lines(path, [{"step": 1}, {"step": 2}, {"step": 3}])
   state_files.rewrite_json_lines(path, [{"step": 1}])
   assert state_files.read_json_lines(path) == [{"step": 1}]
+
+
+def test_create_exclusive_publishes_whole_once_and_leaves_nothing_on_a_full_disk(
+    tmp_path, monkeypatch):
+  path = tmp_path / "lock"
+  assert state_files.create_exclusive(path, '{"pid": 1}')
+  assert not state_files.create_exclusive(path, '{"pid": 2}')  # exists: the first one stays
+  assert json.loads(path.read_text()) == {"pid": 1}
+  path.unlink()
+
+  def full_disk(fd, data):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(os, "write", full_disk)
+  with pytest.raises(OSError, match="No space"):
+    state_files.create_exclusive(path, '{"pid": 3}')
+  assert list(tmp_path.iterdir()) == []  # neither an empty lock nor a temporary file

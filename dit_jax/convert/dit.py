@@ -24,7 +24,6 @@ model of the contract.
 A converted checkpoint directory holds params.npz (flat 'a/b/c' keys of the parameter tree) and
 dit.json (the DiT fields, the latent size the file was trained at, and the time convention).
 """
-import json
 from pathlib import Path
 
 import flax
@@ -36,6 +35,7 @@ from dit_jax.convert.io import load_tensors, refuse_mismatch, save_tensors
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.dit import PRESETS, SIZES, DiT, preset
 from dit_jax.nn.posenc import sincos_2d
+from dit_jax.state_files import read_json, write_json
 
 FREQUENCY_DIM = 256  # sinusoidal features of the timestep embedder (DiT and ours)
 TIME_INPUT = "ddpm_step"
@@ -281,7 +281,7 @@ def save_converted(out_dir: str | Path, params: dict, info: dict):
   out_dir = Path(out_dir)  # created by save_tensors
   save_tensors(out_dir / PARAMS_FILE,
                flax.traverse_util.flatten_dict(flax.linen.unbox(params), sep="/"))
-  (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+  write_json(out_dir / CONFIG_FILE, info, indent=2, sort_keys=True)
 
 
 def load_converted(ckpt_dir: str | Path) -> tuple[dict, dict]:
@@ -291,7 +291,9 @@ def load_converted(ckpt_dir: str | Path) -> tuple[dict, dict]:
     if not (ckpt_dir / name).is_file():
       raise MissingFileError(f"{ckpt_dir / name} not found: make the directory with "
                               "`dit-jax convert --from pytorch --in FILE.pt --out DIR`")
-  info = json.loads((ckpt_dir / CONFIG_FILE).read_text())
+  info = read_json(ckpt_dir / CONFIG_FILE, "a converted DiT's description",
+                   fix="convert the checkpoint again with `dit-jax convert --from pytorch --in "
+                       f"FILE.pt --out {ckpt_dir}`")
   params = flax.traverse_util.unflatten_dict(load_tensors(ckpt_dir / PARAMS_FILE), sep="/")
   return params, info
 

@@ -12,7 +12,6 @@ diffusers key `a.foo.N.b`; flax `kernel` is diffusers `weight` (conv HWIO <-> OI
 (in, out) <-> (out, in)) and GroupNorm `scale` is `weight`. Older diffusers files name the
 attention projections query/key/value/proj_attn; those are accepted too.
 """
-import json
 import re
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from flax import traverse_util
 from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch, save_tensors
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.vae import AutoencoderKL
+from dit_jax.state_files import read_json, write_json
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -183,7 +183,8 @@ def _weights_file(folder: Path) -> Path | None:
 def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
   """(AutoencoderKL, params) from a diffusers-layout VAE folder (see `resolve_vae_dir`)."""
   folder = resolve_vae_dir(path)
-  config = json.loads((folder / "config.json").read_text())
+  config = read_json(folder / "config.json", "a diffusers VAE's config",
+                     fix="copy the folder again from its source")
   vae = vae_from_config(config, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
   return vae, import_params(load_tensors(_weights_file(folder)), vae)
 
@@ -193,4 +194,4 @@ def save_vae(path: str | Path, vae: AutoencoderKL, params):
   folder = Path(path)  # created by save_tensors
   tensors = {k: np.asarray(v, np.float32) for k, v in export_params(params).items()}
   save_tensors(folder / WEIGHTS, tensors)
-  (folder / "config.json").write_text(json.dumps(diffusers_config(vae), indent=2))
+  write_json(folder / "config.json", diffusers_config(vae), indent=2)

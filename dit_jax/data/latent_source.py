@@ -14,12 +14,12 @@ samples the VAE posterior per step); the cost is twice the disk of storing a sam
 Example i of the data set is source example i // 2, horizontally flipped when i is odd, when
 the set was written with flips; source example i otherwise.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 
 from dit_jax.errors import InputError, MissingFileError
+from dit_jax.state_files import read_json
 
 META = "latents.json"
 
@@ -35,7 +35,9 @@ def read_meta(folder) -> dict:
   if not path.is_file():
     raise MissingFileError(f"data.latents={str(folder)!r} holds no {META}: write it with "
                             "`dit-jax extract-latents --config ... --vae ... --out DIR`")
-  return json.loads(path.read_text())
+  return read_json(path, "the description of extracted latents",
+                   fix="delete it and rerun `dit-jax extract-latents` with the same arguments "
+                       "(finished chunks are kept)")
 
 
 class LatentSource:

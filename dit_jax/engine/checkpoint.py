@@ -9,6 +9,8 @@ or manifest file) is skipped for the newest intact one, and the step used and th
 skipped, with why, are reported. Training moves a skipped step to `checkpoints-damaged/`
 (never deleting it) so that later saves of the same step number do not collide with it.
 """
+import contextlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +31,22 @@ def _reason(error: Exception) -> str:
   return f"{type(error).__name__}: {text[:200]}"
 
 
+def _os_error(error: BaseException | None) -> BaseException | None:
+  """The OSError in `error`'s chain (tensorstore reports one as text), else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) or "OS error" in str(error) or "No space left" in str(error):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _quiet_orbax_failures(record: logging.LogRecord) -> bool:
+  """Drops Orbax's own tracebacks of a failed save: Checkpointer raises it once, clearly."""
+  return not (record.exc_info and "orbax" in record.pathname)
+
+
 class Checkpointer:
   """Save / restore of {"state": pytree of arrays, "data": JSON-able iterator state}."""
 
@@ -39,6 +57,8 @@ class Checkpointer:
     self.directory = Path(directory).absolute()
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+    self.failed = False
+    logging.getLogger("absl").addFilter(_quiet_orbax_failures)
 
   def __enter__(self):
     return self
@@ -56,7 +76,8 @@ class Checkpointer:
     items = dict(state=ocp.args.StandardSave(state))
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._io_errors():  # also raises the failure of the previous save
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores `step` (default: the latest) onto the shapes/shardings of `abstract_state`.
@@ -92,11 +113,39 @@ class Checkpointer:
 
   def wait(self):
     """Blocks until pending asynchronous saves are on disk."""
-    self.manager.wait_until_finished()
+    with self._io_errors():
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.wait()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        with self._io_errors():
+          self.manager.close()  # stops the background threads even after a failed save
+      finally:
+        if not self.failed:  # else its threads may still log the failure as Python exits
+          logging.getLogger("absl").removeFilter(_quiet_orbax_failures)
+
+  @contextlib.contextmanager
+  def _io_errors(self):
+    """A save that fails on an I/O error (a full disk, a lost mount), here or in Orbax's
+    background threads, becomes one CheckpointError (exit 1) saying what was kept."""
+    try:
+      yield
+    except Exception as error:
+      cause = _os_error(error)
+      if cause is None:
+        raise
+      if self.failed:  # Orbax raises it again on close: it was reported once already
+        return
+      self.failed = True
+      latest = self.latest_step()
+      kept = (f"the steps saved before are intact (latest: {latest})" if latest is not None
+              else "no step was saved before")
+      raise CheckpointError(
+          f"could not save a checkpoint in {self.directory} ({_reason(cause)}): {kept}; free "
+          "space or fix the disk, then rerun the same command to resume") from error
 
 
 class StepMoved(Exception):

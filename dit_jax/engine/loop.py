@@ -28,6 +28,7 @@ from dit_jax.engine.state import (CheckpointableIterator, Task, TrainState, init
                                   prepare)
 from dit_jax.engine.workdir_lock import WorkdirLock
 from dit_jax.errors import InputError, RunFailedError
+from dit_jax.state_files import read_json, write_atomic
 
 # ------------------------------------------------------------------------------------------
 # Stopping: signals, divergence
@@ -159,8 +160,14 @@ class Profile:
 
 
 def read_run_config(workdir: Path) -> dict | None:
+  """The config recorded in workdir/config.json; None when there is none. A damaged one is an
+  InputError naming the file: it is what a resume is checked against."""
   path = Path(workdir) / "config.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  return read_json(path, "the run's recorded config",
+                   fix="restore it from a backup, or delete it to resume without the check that "
+                       "the config still means the same")
 
 
 def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):
@@ -214,7 +221,7 @@ def run(task: Task, r: Run) -> TrainState:
       if data_state is not None:
         r.data.set_state(data_state)
     if is_main:  # only now: a refused or failed resume leaves the recorded config as it was
-      (workdir / "config.json").write_text(config.to_json(indent=2))
+      write_atomic(workdir / "config.json", config.to_json(indent=2))
     if r.on_start is not None:
       r.on_start(state)
     return _loop(task, r, state, ckpt, s.step_fn)

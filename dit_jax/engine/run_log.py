@@ -3,7 +3,6 @@
 Per-step metrics stay on the device until a flush, so logging never blocks a step; the flush
 returns them fetched, for the engine's divergence guard to check before anything is saved.
 """
-import json
 import math
 import time
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from dit_jax.state_files import append_json_lines, read_json_lines, rewrite_json_lines
 
 
 class MetricsLog:
@@ -27,10 +28,11 @@ class MetricsLog:
       self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
 
   def start(self, step: int):
-    # A resumed run drops history written after its checkpoint (those steps are redone).
+    # A resumed run drops history written after its checkpoint (those steps are redone), and a
+    # partial last line (dropped when read) so that the next row starts on a line of its own.
     kept = [h for h in self.history if h["step"] <= step]
-    if self.enabled and len(kept) != len(self.history):
-      (self.workdir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in kept))
+    if self.enabled and (self.workdir / "metrics.jsonl").exists():
+      rewrite_json_lines(self.workdir / "metrics.jsonl", kept)
     self.history = kept
     self.last_time, self.last_step = time.perf_counter(), step
     if self.enabled:
@@ -75,8 +77,7 @@ class MetricsLog:
       if key != "step":
         self.writer.add_scalar(key, value, row["step"])
     self.writer.flush()
-    with open(self.workdir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(row) + "\n")
+    append_json_lines(self.workdir / "metrics.jsonl", [row])
     self.message(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
 
   def message(self, text: str):
@@ -91,11 +92,9 @@ class MetricsLog:
 
 
 def read_history(workdir) -> list[dict]:
-  """The rows of workdir/metrics.jsonl (training rows have a 'loss', evaluator rows not)."""
-  path = Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  """The rows of workdir/metrics.jsonl (training rows have a 'loss', evaluator rows not); a
+  partial last line left by a kill or a full disk is dropped with a warning."""
+  return read_json_lines(Path(workdir) / "metrics.jsonl")
 
 
 def _fmt(value) -> str:

@@ -11,7 +11,6 @@ The classifier trains on the engine like every model (checkpoints, resume) in
 `<data_dir>/dit_jax_feature_nets/<name>/run`; the exported parameters and its test accuracy
 land beside it (`classifier.npz`, `classifier.json`) and later calls load them.
 """
-import json
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from dit_jax.config import base_config
 from dit_jax.data.arrays import ArrayIterator
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.eval.features import Extractor, FeatureNet
+from dit_jax.state_files import read_json, write_json
 
 FEATURE_NETS = "dit_jax_feature_nets"  # folder in the TFDS data_dir
 
@@ -122,7 +122,7 @@ def train_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
   if jax.process_index() == 0:
     flat = traverse_util.flatten_dict(params, sep="/")
     np.savez(out / "classifier.npz", **{k: np.asarray(v) for k, v in flat.items()})
-    (out / "classifier.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "classifier.json", info, indent=2)
   log(f"trained the {name} classifier in {info['seconds']} s: test accuracy "
       f"{info['test_accuracy']:.4f} (train {info['train_accuracy']:.4f}); saved in {out}")
   return info
@@ -150,7 +150,8 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
       raise MissingFileError(f"no {name} classifier in {out}: train it once with `dit-jax "
                               f"train-classifier --data {name}`")
     train_classifier(name, data_dir, steps, log)
-  info = json.loads((out / "classifier.json").read_text())
+  info = read_json(out / "classifier.json", f"the {name} classifier",
+                   fix=f"delete it and train it again: `dit-jax train-classifier --data {name}`")
   with np.load(out / "classifier.npz") as f:
     params = traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
   model = Classifier(info["num_classes"], tuple(info["widths"]), info["features"])

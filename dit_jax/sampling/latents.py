@@ -11,8 +11,6 @@ done chunks, and the encoding is deterministic (posterior moments, no sampling),
 run writes the same files as an uninterrupted one. File layout: dit_jax/data/latent_source.py.
 """
 import concurrent.futures
-import json
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from dit_jax.data.pipeline import preprocess
 from dit_jax.errors import InputError
 from dit_jax.sampling.images import save_npy_atomic
 from dit_jax.sampling.vae_files import load_vae, vae_dir
+from dit_jax.state_files import write_json
 
 FORMAT_VERSION = 1
 
@@ -49,15 +48,13 @@ def _write_meta(out: Path, meta: dict):
   """Writes latents.json, or checks that the one there describes the same extraction."""
   path = out / latent_source.META
   if path.exists():
-    old = json.loads(path.read_text())
+    old = latent_source.read_meta(out)
     diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
     if diff:
       raise InputError(f"--out {out} holds latents of another extraction (field: (on disk, "
                        f"now)) {diff}; use a new --out or the same arguments to resume")
     return
-  tmp = path.with_suffix(f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(meta, indent=2))
-  os.replace(tmp, path)  # several processes may write the same content: last one wins
+  write_json(path, meta, indent=2)  # several processes may write the same content: last wins
 
 
 def _load_images(source, indices: range, flip: bool, image_size: int | None, pool):

@@ -1,6 +1,5 @@
 """Reading a training run for sampling and evaluation: its recorded config and the EMA
 parameters of a checkpoint, restored onto any sharding plan."""
-import json
 from pathlib import Path
 
 import jax
@@ -10,6 +9,7 @@ import ml_collections
 from dit_jax import engine, parallel
 from dit_jax.config import model_input_shape, with_defaults
 from dit_jax.engine import checkpoint
+from dit_jax.engine.loop import read_run_config
 from dit_jax.errors import MissingFileError
 from dit_jax.models import contract, create_model
 
@@ -33,7 +33,7 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | Non
   if not path.exists():
     raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
                            "`dit-jax train`")
-  config = with_defaults(json.loads(path.read_text()))  # fields added since it was recorded
+  config = with_defaults(read_run_config(workdir))  # fields added since it was recorded
   plan = plan or single_device_plan()
   model = create_model(config.model)
   task = engine.Task(init=contract.params_init(model, model_input_shape(config.data)),

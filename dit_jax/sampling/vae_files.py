@@ -3,7 +3,6 @@ fields, `models.vae.vae_arch`) and `params.safetensors` (float32, keys are the f
 paths `encoder/conv_in/kernel`). `--vae` takes that folder, a `train-vae` workdir holding it in
 `vae/`, or a diffusers AutoencoderKL folder, read by the importer in `convert.vae`.
 """
-import json
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from dit_jax.models.vae import AutoencoderKL, vae_arch
+from dit_jax.state_files import read_json, write_json
 
 CONFIG = "dit_jax_vae.json"
 WEIGHTS = "params.safetensors"
@@ -32,7 +32,7 @@ def save_vae(path: str | Path, vae: AutoencoderKL, params):
   flat = traverse_util.flatten_dict(params, sep="/")
   save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
             str(folder / WEIGHTS))
-  (folder / CONFIG).write_text(json.dumps(vae_arch(vae), indent=2))
+  write_json(folder / CONFIG, vae_arch(vae), indent=2)
 
 
 def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
@@ -42,7 +42,8 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
     # deferred: the third-party importer loads only for a diffusers folder (training never)
     from dit_jax.convert.vae import load_vae as import_diffusers_vae
     return import_diffusers_vae(path, dtype)
-  arch = json.loads((folder / CONFIG).read_text())
+  arch = read_json(folder / CONFIG, "the VAE's architecture",
+                   fix="save the VAE again (`dit-jax train-vae` or `dit-jax convert`)")
   arch["block_out_channels"] = tuple(arch["block_out_channels"])
   vae = AutoencoderKL(**arch, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
   params = traverse_util.unflatten_dict(load_file(str(folder / WEIGHTS)), sep="/")

@@ -35,7 +35,8 @@ import ml_collections
 
 from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
 from dit_jax.engine.loop import check_resume, read_run_config
-from dit_jax.errors import DitJaxError
+from dit_jax.errors import DitJaxError, InputError
+from dit_jax.state_files import read_json, write_atomic, write_json
 
 SWEEP_KEYS = ("title", "description", "axes", "runs", "seeds", "metrics")
 DEFAULT_METRICS = ("eval/fd", "eval/accuracy", "loss")
@@ -156,7 +157,7 @@ def train_run(run: RunSpec, config, log=print) -> str:
   from dit_jax.engine import Preempted
   from dit_jax.training import denoiser
   result, error = run.workdir / "result.json", run.workdir / "error.txt"
-  if result.exists() and json.loads(result.read_text())["steps"] >= config.train.steps:
+  if (recorded := read_result(run, log)) is not None and recorded["steps"] >= config.train.steps:
     return "finished"
   run.workdir.mkdir(parents=True, exist_ok=True)
   result.unlink(missing_ok=True)
@@ -168,7 +169,7 @@ def train_run(run: RunSpec, config, log=print) -> str:
   except Preempted:
     raise
   except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
-    error.write_text(traceback.format_exc())
+    write_atomic(error, traceback.format_exc())
     log(f"!! {run.name} seed {run.seed} failed; see {error}")
     return "failed"
   finally:
@@ -176,16 +177,42 @@ def train_run(run: RunSpec, config, log=print) -> str:
   info = dict(name=run.name, seed=run.seed, fields=_jsonable(run.fields), seconds=seconds,
               devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", **counts(config))
   info["steps"] = int(state.step)  # a checkpoint past train.steps stays where it is
-  result.write_text(json.dumps(info, indent=1) + "\n")
+  write_json(result, info, indent=1)
   return "trained"
+
+
+def read_result(run: RunSpec, log=print) -> dict | None:
+  """The run's result.json; None when it has none or a damaged one (a write cut short): such a
+  run is reported as unfinished and trained again (it resumes from its checkpoints), without
+  blocking the other runs."""
+  try:
+    info = read_json(run.workdir / "result.json", "a sweep run's result")
+  except FileNotFoundError:
+    return None
+  except InputError as e:
+    log(f"!! {run.name} seed {run.seed}: {e}; counted as unfinished, the next sweep call "
+        "trains it again (from its checkpoints)")
+    return None
+  if not isinstance(info, dict) or "steps" not in info:
+    log(f"!! {run.name} seed {run.seed}: {run.workdir / 'result.json'} is not a result; "
+        "counted as unfinished")
+    return None
+  return info
 
 
 def _add_seconds(workdir: Path, seconds: float) -> float:
   """Adds `seconds` to the run's wall clock summed over the calls that trained it (resumes
   included); returns the sum."""
   path = workdir / "wall.json"
-  total = seconds + (json.loads(path.read_text())["seconds"] if path.exists() else 0.0)
-  path.write_text(json.dumps(dict(seconds=total)))
+  try:
+    total = seconds + float(read_json(path, "the run's wall clock")["seconds"])
+  except FileNotFoundError:
+    total = seconds
+  except (InputError, KeyError, TypeError, ValueError) as e:
+    print(f"!! {e if isinstance(e, InputError) else f'{path} is damaged'}: the wall clock of "
+          "this run restarts from this call")
+    total = seconds
+  write_json(path, dict(seconds=total))
   return total
 
 

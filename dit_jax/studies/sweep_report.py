@@ -5,7 +5,6 @@ against training compute, steps and forward Gflops.
 Training compute is the DiT paper's estimate: 3 x forward Gflops x batch x steps (the backward
 pass costs about twice the forward), multiply-add = 1 flop.
 """
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import numpy as np
 
 from dit_jax.engine.run_log import read_history
 from dit_jax.studies.reports import markdown_table
-from dit_jax.studies.sweep import RunSpec, Sweep, expand
+from dit_jax.state_files import rewrite_json_lines, write_atomic
+from dit_jax.studies.sweep import RunSpec, Sweep, expand, read_result
 
 LEVEL, RESAMPLES = 0.95, 10_000
 
@@ -49,15 +49,16 @@ def run_rows(run: RunSpec, info: dict, history: list[dict]) -> list[dict]:
   return rows
 
 
-def collect(sweep: Sweep, root) -> tuple[list[dict], dict, list[RunSpec]]:
-  """(rows of every finished run, {(name, seed): result.json}, the unfinished runs)."""
+def collect(sweep: Sweep, root, log=print) -> tuple[list[dict], dict, list[RunSpec]]:
+  """(rows of every finished run, {(name, seed): result.json}, the unfinished runs: a damaged
+  result.json counts as unfinished, with a message through `log`)."""
   rows, infos, missing = [], {}, []
   for run in expand(sweep, root):
-    path = run.workdir / "result.json"
-    if not path.exists():
+    info = read_result(run, log)
+    if info is None:
       missing.append(run)
       continue
-    info, history = json.loads(path.read_text()), read_history(run.workdir)
+    history = read_history(run.workdir)
     speeds = [h["steps_per_s"] for h in history if "steps_per_s" in h]
     info["steps_per_s"] = float(np.median(speeds)) if speeds else math.nan
     infos[run.name, run.seed] = info
@@ -202,14 +203,14 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
   plt.close(fig)
 
 
-def write(sweep: Sweep, root) -> dict:
+def write(sweep: Sweep, root, log=print) -> dict:
   """results.jsonl, results.md and one PNG per metric in `root`; returns their paths and the
   counts of finished and missing runs."""
   root = Path(root)
-  rows, infos, missing = collect(sweep, root)
+  rows, infos, missing = collect(sweep, root, log)
   root.mkdir(parents=True, exist_ok=True)
-  (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  (root / "results.md").write_text(markdown(sweep, rows, infos, missing))
+  rewrite_json_lines(root / "results.jsonl", rows)
+  write_atomic(root / "results.md", markdown(sweep, rows, infos, missing))
   plots = []
   for metric in sweep.metrics:
     if any(metric in r for r in rows):

@@ -43,7 +43,7 @@ def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_
     failed = status["failed"]
   paths = None
   if shard == (0, 1):  # a side-by-side worker leaves the summary to its parent
-    paths = sweep_report.write(spec, root)
+    paths = sweep_report.write(spec, root, log)
     log(paths["table"].read_text())
     log(f"wrote {paths['results']}, {paths['table']} and {len(paths['plots'])} plots; "
         f"{paths['finished']} of {len(runs)} runs finished")

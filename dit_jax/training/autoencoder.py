@@ -12,7 +12,6 @@ config.json) plus, at the end, `vae/` in dit_jax's own VAE folder format (`vae_f
 `eval.json` (PSNR on the evaluation split). With vae_train.auto_scale the exported
 scaling_factor is 1 / std of the latents (the SD recipe).
 """
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dit_jax.errors import InputError
 from dit_jax.models.vae import AutoencoderKL, create_vae
 from dit_jax.sampling import images
 from dit_jax.sampling.vae_files import save_vae
+from dit_jax.state_files import read_json, write_json
 
 
 def psnr(x, y) -> jax.Array:
@@ -101,7 +101,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str):
   stats.update(step=int(state.step), scaling_factor=vae.scaling_factor)
   if jax.process_index() == 0:
     save_vae(workdir / "vae", vae, jax.device_get(params))
-    (workdir / "eval.json").write_text(json.dumps(stats, indent=2))
+    write_json(workdir / "eval.json", stats, indent=2)
     pairs = images.to_uint8(np.concatenate([x[:16], recon[:16]]))
     images.save_png(images.make_grid(pairs, rows=2), workdir / "reconstructions.png",
                     upscale=max(1, 64 // x.shape[1]))
@@ -113,7 +113,7 @@ def train_vae_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
   factor and the folder to pass as --vae."""
   start = time.perf_counter()
   train_vae(config, workdir)
-  stats = json.loads((Path(workdir) / "eval.json").read_text())
+  stats = read_json(Path(workdir) / "eval.json", "the VAE's evaluation")
   return (f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
           f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
           f"{workdir} (the VAE folder is {Path(workdir) / 'vae'})")

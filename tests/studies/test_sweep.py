@@ -207,6 +207,32 @@ def test_lower_steps_leave_finished_runs_finished_and_failures_are_said(
   assert "dit-jax sweep: 2 runs failed (error.txt" in capsys.readouterr().err
 
 
+def test_a_damaged_result_or_log_of_one_run_blocks_neither_the_others_nor_the_report(
+    tmp_path, monkeypatch, capsys):
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0]')
+  work = tmp_path / "w"
+  calls = []
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls))
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  wide, narrow = work / "runs" / "wide" / "seed_0", work / "runs" / "narrow" / "seed_0"
+  (wide / "result.json").write_text('{"name": "wi')  # a write cut short by a kill
+  with open(narrow / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "lo')                       # an append cut short
+  capsys.readouterr()
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--report"])
+  out = capsys.readouterr().out
+  assert f"{wide / 'result.json'} (a sweep run's result) is damaged" in out
+  assert "counted as unfinished" in out and "dropped a partial last line" in out
+  assert "Not finished (1): wide seed 0" in (work / "results.md").read_text()
+  calls.clear()
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  assert [c[0] for c in calls] == [str(wide)]  # only the damaged run trains again
+  assert json.loads((wide / "result.json").read_text())["steps"] == 4
+  rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+  assert [(r["run"], r["eval/fd"]) for r in rows] == [("narrow", 16.0), ("wide", 32.0)]
+
+
 def test_a_sweep_trains_evaluates_and_extends_its_runs(digits_net, tmp_path):
   data_dir, _ = digits_net
   path = sweep_file(tmp_path, 'runs={"tiny": {}}, seeds=[0, 1]')
