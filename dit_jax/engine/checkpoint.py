@@ -173,9 +173,9 @@ def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, re
       skipped.append((step, _reason(error)))
       continue
     if skipped and report is not None:
-      moved = [quarantine(s) for s, _ in skipped] if quarantine else []
+      moved_to = [quarantine(s) for s, _ in skipped] if quarantine else []
       lines = "; ".join(f"step {s} ({why})" for s, why in skipped)
-      where = f"; moved to {moved[0].parent}" if moved else ""
+      where = f"; moved to {moved_to[0].parent}" if moved_to else ""
       report(f"checkpoint: restored step {step}, skipped damaged {lines}{where}")
     return restored
   if skipped:

@@ -26,8 +26,8 @@ from dit_jax.state_files import create_exclusive, read_json
 
 
 class WorkdirLockedError(DitJaxError, FileExistsError):
+  """The workdir is held by another run; the message names the holder and the ways out."""
   exit_status = 2
-  pass
 
 
 def _alive(pid: int) -> bool:
