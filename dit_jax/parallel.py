@@ -18,6 +18,7 @@ each mesh axis then spans `ici * dcn` devices, with neighbours inside a slice.
 """
 import contextlib
 import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dit_jax.errors import InputError
@@ -293,3 +294,18 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
   kwargs = {k: v for k, v in dict(coordinator_address=coordinator, num_processes=num_processes,
                                   process_id=process_id).items() if v is not None}
   jax.distributed.initialize(**kwargs)
+
+
+def params_digest(params) -> str:
+  """sha256 of a parameter tree (every leaf's path, dtype, shape and bytes): the same for the
+  same weights wherever they were loaded from, different for others. Identifies the model of
+  a sample set and the feature net of a reference. Every process calls it: leaves sharded
+  across processes are gathered."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):  # dict keys in sorted order
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()

@@ -12,7 +12,6 @@ the same images and gets all features back.
 """
 import dataclasses
 import functools
-import hashlib
 from typing import Any, Callable
 
 import jax
@@ -38,7 +37,7 @@ class FeatureNet:
   def identity(self) -> str:
     """A digest of the parameters (sha256 hex): references record it, since a name alone
     does not tell a retrained classifier from the one a reference was computed with."""
-    return params_digest(self.params)
+    return parallel.params_digest(self.params)
 
   def check_images(self, images: np.ndarray, what: str = "images"):
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -48,17 +47,6 @@ class FeatureNet:
       raise InputError(f"{what} are {images.shape[1:]} but the {self.name} feature net reads "
                        f"{tuple(self.image_shape)} images: evaluate samples of that data set "
                        "with its own net (--features NAME), or use --inception FILE")
-
-
-def params_digest(params) -> str:
-  """sha256 of every array's path, dtype, shape and bytes: the same for the same weights
-  wherever they were loaded from (a run's device arrays, an .npz), different for others."""
-  digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):  # dict keys in sorted order
-    array = np.ascontiguousarray(jax.device_get(leaf))
-    digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
 
 
 def inception_net(path, dtype=jnp.float32) -> FeatureNet:

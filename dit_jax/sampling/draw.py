@@ -17,7 +17,7 @@ from dit_jax.data.tokenizers import caption_condition
 from dit_jax.errors import InputError
 from dit_jax.models import class_count, create_model
 from dit_jax.sampling import images, latents, runs
-from dit_jax.sampling.sample_set import params_sha, sample_to_npz
+from dit_jax.sampling.sample_set import sample_to_npz
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches, uniform_labels
 
 
@@ -109,7 +109,7 @@ def _identity(config, state, objective, seed: int) -> dict:
   """What the samples of a set depend on, beyond the labels and batching: the model (its
   checkpoint step and a hash of its EMA parameters), every sampler setting, the objective
   (with the prediction it resolves to), the seed and the decoder of a latent run."""
-  fields = {"step": int(state.step), "ema_params_sha256": params_sha(state.ema_params),
+  fields = {"step": int(state.step), "ema_params_sha256": parallel.params_digest(state.ema_params),
             "seed": int(seed), "decoder": latents.decoder_source(config),
             "objective.prediction": objective.prediction}
   for section in ("model", "sample", "objective"):

@@ -106,19 +106,6 @@ def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tup
   return True, tuple(chunk.shape[1:])
 
 
-def params_sha(params) -> str:
-  """sha256 of a parameter tree (names, shapes, dtypes and values): what identifies the model
-  a sample set was drawn with. Every process calls it (sharded leaves are gathered)."""
-  digest = hashlib.sha256()
-  for key, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      leaf = multihost_utils.process_allgather(leaf, tiled=True)
-    value = np.ascontiguousarray(jax.device_get(leaf))
-    digest.update(f"{jax.tree_util.keystr(key)}:{value.dtype}:{value.shape};".encode())
-    digest.update(value.tobytes())
-  return digest.hexdigest()
-
-
 def _on_process_0(flag: bool) -> bool:
   """Process 0's value of `flag` on every process (their disks may differ)."""
   if jax.process_count() == 1:
