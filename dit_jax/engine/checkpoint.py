@@ -12,7 +12,9 @@ skipped, with why, are reported. Training moves a skipped step to `checkpoints-d
 import contextlib
 import logging
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -47,6 +49,23 @@ def _quiet_orbax_failures(record: logging.LogRecord) -> bool:
   return not (record.exc_info and "orbax" in record.pathname)
 
 
+def _abandoned_write(args) -> bool:
+  """An unraisable error (sys.unraisablehook's args) of a tensorstore write that completed
+  after Orbax closed the event loop awaiting it: a save failed on another write (a full disk),
+  the writes still in flight finish in C++ threads, and each printed a bare traceback."""
+  return (isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in
+          str(args.exc_value) and any(frame.name == "call_soon_threadsafe" for frame in
+                                      traceback.extract_tb(args.exc_traceback)))
+
+
+def _quiet_abandoned_writes(previous):
+  """sys.unraisablehook dropping `_abandoned_write`s, passing anything else to `previous`."""
+  def hook(args):
+    if not _abandoned_write(args):
+      previous(args)
+  return hook
+
+
 class Checkpointer:
   """Save / restore of {"state": pytree of arrays, "data": JSON-able iterator state}."""
 
@@ -59,6 +78,8 @@ class Checkpointer:
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
     self.failed = False
     logging.getLogger("absl").addFilter(_quiet_orbax_failures)
+    self._previous_hook = sys.unraisablehook
+    sys.unraisablehook = self._hook = _quiet_abandoned_writes(sys.unraisablehook)
 
   def __enter__(self):
     return self
@@ -126,6 +147,8 @@ class Checkpointer:
       finally:
         if not self.failed:  # else its threads may still log the failure as Python exits
           logging.getLogger("absl").removeFilter(_quiet_orbax_failures)
+          if sys.unraisablehook is self._hook:
+            sys.unraisablehook = self._previous_hook
 
   @contextlib.contextmanager
   def _io_errors(self):
