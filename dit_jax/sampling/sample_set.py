@@ -72,18 +72,33 @@ def _record_meta(folder: Path, meta: dict):
   if recorded.exists():
     old = state_files.read_json(recorded, "the settings of a resumable sample set",
                                 fix=f"delete {folder} to sample again from the start")
-    changed = {key for key in set(old) | set(meta) if old.get(key) != meta.get(key)}
-    differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {meta.get(key, '(none)')}"
+    old, now = _fields(old), _fields(meta)
+    changed = {key for key in set(old) | set(now) if old.get(key) != now.get(key)}
+    differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {now.get(key, '(none)')}"
               for key in sorted(changed)]
     if differ:
       model = (" (the model differs: training went on, or another run; its checkpoint may be "
-               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else "")
+               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else
+               " (the VAE's weights differ: put the recorded VAE back in that folder, or start "
+               "again)" if "decoder.vae_params_sha256" in changed else "")
       raise InputError(
           f"{folder} holds chunks of another sample set (another model or sampler); recorded "
           "-> now:\n" + "\n".join(differ) + "\nRerun with the recorded settings to resume it, "
           f"or delete {folder} (or choose another --out) to sample again from the start{model}")
     return
   state_files.write_json(recorded, meta, indent=1)
+
+
+def _fields(meta: dict, prefix: str = "") -> dict:
+  """`meta` with nested dicts spread into dotted keys ({"decoder": {"vae": v}} ->
+  {"decoder.vae": v}), so that a refusal names the one field that differs."""
+  fields = {}
+  for key, value in meta.items():
+    if isinstance(value, dict) and value:
+      fields.update(_fields(value, f"{prefix}{key}."))
+    else:
+      fields[prefix + key] = value
+  return fields
 
 
 def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:

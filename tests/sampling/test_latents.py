@@ -209,3 +209,53 @@ def test_training_on_latents_decodes_its_samples(setup, extracted, tmp_path):
   grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
   # 10 rows of decoded 8x8 tiles with 1-pixel borders, upscaled 8x (4x4 latents would be 816).
   assert grid.shape[:2] == ((10 * (8 + 1) + 1) * 8, (1 * (8 + 1) + 1) * 8)
+
+
+def test_a_resume_with_other_vae_weights_in_the_same_folder_is_refused(setup, extracted,
+                                                                      tmp_path, capsys):
+  """A sample set of a latent run and an extraction record their VAE by a digest of its
+  weights: a VAE trained again (or another copied) into the same folder is refused on resume,
+  naming the field old -> new, instead of mixing samples decoded (latents encoded) by two."""
+  import shutil
+
+  from dit_jax import cli, parallel
+  from dit_jax.sampling import images
+  from dit_jax.training import denoiser
+  vae = shutil.copytree(setup["vae"], tmp_path / "vae")
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                      num_classes=10)
+  config.data.update(_latent_data(setup, extracted[0], vae=str(vae)), batch_size=16)
+  config.train.update(steps=1, checkpoint_every=1, sample_every=0)
+  denoiser.train_and_evaluate(config, tmp_path / "run")
+  out = tmp_path / "s.npz"
+  argv = ["sample", "--workdir", str(tmp_path / "run"), "--out", str(out), "--num", "4",
+          "--chunk-size", "2", "--batch-size", "2", "--steps", "1"]
+
+  def killed(*args, **kwargs):  # every chunk drawn, the set not yet written
+    raise KeyboardInterrupt
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(images, "save_npz_chunks", killed)
+    with pytest.raises(SystemExit):
+      cli.main(argv)
+  extract = ["extract-latents", "--config", "configs/quickstart.py", "--vae", str(vae),
+             "--out", str(tmp_path / "lat"), "--config.data.split=test", "--chunk-size", "128",
+             f"--config.data.data_dir={setup['data_dir']}", "--max-chunks", "1"]
+  cli.main(extract)
+  capsys.readouterr()
+  other = jax.tree.map(lambda p: p + 0.01, setup["params"])
+  save_vae(vae, VAE, other)  # a VAE trained again into the same folder
+  old, new = parallel.params_digest(setup["params"]), parallel.params_digest(other)
+  with pytest.raises(SystemExit) as stop:
+    cli.main(argv)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and f"decoder.vae_params_sha256: {old} -> {new}" in err
+  assert "the VAE's weights differ" in err and not out.exists()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(extract)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and f"'vae_params_sha256': ('{old}', '{new}')" in err
+  save_vae(vae, VAE, setup["params"])  # the recorded VAE back: both resume
+  cli.main(argv)
+  assert "(0 drawn now, 4 from earlier chunks" in capsys.readouterr().out
+  cli.main(extract)
