@@ -33,7 +33,8 @@ from pathlib import Path
 
 import ml_collections
 
-from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
+from dit_jax.config import (ConfigError, apply_overrides, config_code, config_module, set_fields,
+                            validate)
 from dit_jax.engine.loop import check_resume, read_run_config
 from dit_jax.errors import DitJaxError, InputError
 from dit_jax.state_files import read_json, write_atomic, write_json
@@ -93,9 +94,10 @@ def load(spec: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDic
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"--config {spec}: a sweep file needs get_sweep(arg) next to "
                       "get_config(arg); see configs/sweeps/")
-  call = (lambda f: f(arg)) if arg else (lambda f: f())
-  base = apply_overrides(validate(call(module.get_config)), list(overrides))
-  return base, _sweep_of(call(module.get_sweep), spec)
+  with config_code(spec.partition(":")[0]):
+    config, raw = [f(arg) if arg else f() for f in (module.get_config, module.get_sweep)]
+  base = apply_overrides(validate(config), list(overrides))
+  return base, _sweep_of(raw, spec)
 
 
 def _short(value) -> str:
@@ -176,9 +178,10 @@ def train_run(run: RunSpec, config, log=print, damaged: str | None = None) -> st
     state = denoiser.train_and_evaluate(config, str(run.workdir))
   except Preempted:
     raise
-  except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
+  except Exception as e:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
     write_atomic(error, traceback.format_exc())
-    log(f"!! {run.name} seed {run.seed} failed; see {error}")
+    why = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+    log(f"!! {run.name} seed {run.seed} failed ({type(e).__name__}: {why}); see {error}")
     return "failed"
   finally:
     seconds = _add_seconds(run.workdir, time.perf_counter() - start)

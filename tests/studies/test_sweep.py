@@ -154,6 +154,8 @@ def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sw
   assert stop.value.code == 1 and len(calls) == 4
   wide = work / "runs" / "wide" / "seed_0"
   assert "FloatingPointError: diverged" in (wide / "error.txt").read_text()
+  assert f"!! wide seed 0 failed (FloatingPointError: diverged); see {wide / 'error.txt'}" in \
+      capsys.readouterr().out
   table = (work / "results.md").read_text()
   assert "| wide | not run |" in table and "Not finished (2): wide seed 0, wide seed 1" in table
   # narrow: FD 16 and 17 over the two seeds; the interval of two values spans both
