@@ -259,3 +259,40 @@ def test_a_resume_with_other_vae_weights_in_the_same_folder_is_refused(setup, ex
   cli.main(argv)
   assert "(0 drawn now, 4 from earlier chunks" in capsys.readouterr().out
   cli.main(extract)
+
+
+def test_a_damaged_latent_chunk_or_vae_weight_file_is_named_with_the_fix(setup, extracted,
+                                                                          tmp_path, capsys):
+  """A moments chunk cut short though marked done: `train` names it and how to encode it again
+  (was 'mmap length is greater than file size' with a traceback). A train-vae VAE folder whose
+  params.safetensors is cut short: extract-latents names the file (was a SafetensorError)."""
+  import shutil
+
+  from dit_jax import cli
+  from dit_jax.sampling import vae_files
+  lat = shutil.copytree(extracted[0], tmp_path / "lat")
+  moments = latent_source.chunk_paths(lat, 1)["moments"]
+  moments.write_bytes(moments.read_bytes()[:200])
+  flags = [f"--config.{o}" for o in (
+      "model.depth=1", "model.hidden_size=16", "model.num_heads=2", "train.steps=1",
+      "data.batch_size=8", "train.sample_every=0", "evals.samples.every=0")]
+  train = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
+           *flags, *[f"--config.data.{k}={v}" for k, v in
+                     _latent_data(setup, lat, vae=setup["vae"]).items()]]
+  with pytest.raises(SystemExit) as stop:
+    cli.main(train)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and "Traceback" not in err
+  assert f"{moments} does not load whole" in err
+  assert "delete it and chunk-000001.done, then rerun the same `dit-jax extract-latents`" in err
+
+  vae = tmp_path / "vae"
+  vae_files.save_vae(vae, VAE, setup["params"])  # the format `train-vae` writes
+  weights = vae / vae_files.WEIGHTS
+  weights.write_bytes(weights.read_bytes()[:300])
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["extract-latents", "--config", "configs/quickstart.py", "--vae", str(vae),
+              "--out", str(tmp_path / "lat2"), f"--config.data.data_dir={setup['data_dir']}"])
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and "Traceback" not in err
+  assert f"{weights} is not a readable .safetensors file" in err
