@@ -58,6 +58,12 @@ def files(tmp_path_factory):
   (tmp / "bad_converted").mkdir()
   (tmp / "bad_converted" / "params.npz").write_text("these are not arrays\n")
   (tmp / "bad_converted" / "dit.json").write_text("{}\n")
+  (tmp / "syntax.py").write_text("def get_config(:\n")
+  (tmp / "plain.py").write_text("x = 1\n")
+  (tmp / "raises.py").write_text("def get_config(arg=''):\n  return 1 / 0\n")
+  (tmp / "raises_sweep.py").write_text("from dit_jax.config import base_config\n\n"
+                                       "def get_config(arg=''):\n  return base_config()\n\n"
+                                       "def get_sweep(arg=''):\n  return {}['axes']\n")
   return tmp
 
 
@@ -98,6 +104,14 @@ B4 = ["--config", "configs/dit.py:DiT-B/4"]
 CASES = [
     ("train", ["--config", "{tmp}/nosuch.py", "--workdir", "{tmp}/w"], "config file .*nosuch.py"),
     ("train", ["--config", "configs/quickstart.py"], "required: --workdir"),
+    ("train", TRAIN + ["--config", "{tmp}/syntax.py"],
+     r"--config .*syntax.py, line 1: SyntaxError: invalid syntax.*fix the config file"),
+    ("train", TRAIN + ["--config", "{tmp}/plain.py"],
+     r"--config .*plain.py has no get_config\(arg\) function"),
+    ("train", TRAIN + ["--config", "{tmp}/raises.py"],
+     r"--config .*raises.py, line 2: ZeroDivisionError: division by zero; fix the config file"),
+    ("sweep", ["--config", "{tmp}/raises_sweep.py", "--workdir", "{tmp}/w"],
+     r"--config .*raises_sweep.py, line 7: KeyError: 'axes'"),
     ("train", TRAIN + ["--config.nosuch.field=1"], "config.nosuch.field.*no section 'nosuch'"),
     ("train", TRAIN + ["--config.model.nosuch=1"], "config.model.nosuch.*no field 'nosuch'"),
     ("train", TRAIN + ["--config.train.steps=abc"], "config.train.steps='abc'"),
@@ -159,7 +173,8 @@ CASES = [
     ("convert", IMPORT + ["{tmp}/weights.h5"], "weights.h5: unknown weight format '.h5'"),
     ("convert", IMPORT + ["{tmp}/emptydir"], "emptydir is a directory: pass the file itself"),
     ("convert", IMPORT + ["{tmp}/not_dit.npz"],
-     "checkpoint has no 'x_embedder.proj.weight': not a facebookresearch/DiT state dict"),
+     "not_dit.npz: checkpoint has no 'x_embedder.proj.weight': not a facebookresearch/DiT "
+     "state dict"),
     ("convert", ["--in", "{tmp}/not_dit.npz", "--out", "{tmp}/c"],
      "pass exactly one of --from pytorch"),
     ("convert", ["--to", "pytorch", "--in", "{tmp}/emptydir", "--out", "{tmp}/c.npz"],

@@ -1,15 +1,17 @@
 """Loading a config file `path/to/config.py[:arg]` (its `get_config(arg)`) and applying
 `--config.a.b=value` overrides or a sweep's field sets, each validated."""
 import ast
+import contextlib
 import importlib.util
 import math
+import traceback
 from pathlib import Path
 
 import ml_collections
 
 from dit_jax.config.checks import validate
 from dit_jax.config.schema import ConfigError, rename_model
-from dit_jax.errors import InputError, MissingFileError
+from dit_jax.errors import DitJaxError, InputError, MissingFileError
 
 def config_module(spec: str):
   """(the imported config file of `spec` 'configs/dit.py:DiT-B/4', its argument 'DiT-B/4')."""
@@ -21,14 +23,47 @@ def config_module(spec: str):
     raise ConfigError(f"--config {path} is not a Python config file: pass a .py file with a "
                       "get_config(arg) function, e.g. configs/quickstart.py")
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  with config_code(path):
+    module_spec.loader.exec_module(module)
   return module, arg
+
+
+PACKAGE = Path(__file__).resolve().parents[1]  # dit_jax/
+
+
+@contextlib.contextmanager
+def config_code(path: str):
+  """Runs the code of config file `path` (importing it, calling its get_config): an error of
+  that code itself (a syntax error, an exception raised in the file) is a ConfigError naming
+  the file, its line and the error, not a dit-jax bug; --debug still shows the traceback."""
+  try:
+    yield
+  except DitJaxError:
+    raise
+  except Exception as e:
+    where = Path(path).resolve()
+    frames = traceback.extract_tb(e.__traceback__)
+    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == where:
+      line = e.lineno
+    else:
+      lines = [f.lineno for f in frames if Path(f.filename).resolve() == where]
+      if not lines or Path(frames[-1].filename).resolve().is_relative_to(PACKAGE):
+        raise  # not in the file, or raised inside dit-jax: a bug, with its traceback
+      line = lines[-1]
+    raise ConfigError(f"--config {path}, line {line}: {type(e).__name__}: {e}; fix the config "
+                      "file (--debug shows the traceback)") from e
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Imports the file in `spec` ('configs/dit.py:DiT-B/4'), returns get_config(arg), validated."""
   module, arg = config_module(spec)
-  return validate(module.get_config(arg) if arg else module.get_config())
+  path = spec.partition(":")[0]
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"--config {path} has no get_config(arg) function: a config file defines "
+                      "one returning the config, e.g. configs/quickstart.py")
+  with config_code(path):
+    config = module.get_config(arg) if arg else module.get_config()
+  return validate(config)
 
 
 def _parse_value(text: str, current):

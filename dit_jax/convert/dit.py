@@ -300,7 +300,10 @@ def load_converted(ckpt_dir: str | Path) -> tuple[dict, dict]:
 
 def convert_file(in_path, out_dir, model: str | None = None, num_heads: int | None = None):
   """Original checkpoint (.pt / .safetensors / .npz) -> converted directory; returns info."""
-  params, info = import_state(load_tensors(in_path), model, num_heads)
+  try:
+    params, info = import_state(load_tensors(in_path), model, num_heads)
+  except InputError as e:  # not a DiT state dict, or not one of `model`: name the file
+    raise type(e)(e if str(in_path) in str(e) else f"{in_path}: {e}") from None
   save_converted(out_dir, params, info)
   return info
 

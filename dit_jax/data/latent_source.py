@@ -56,10 +56,25 @@ class LatentSource:
     self.chunk_size = self.meta["chunk_size"]
     self.has_labels = self.meta["has_labels"]
     # Memory-mapped: a data set larger than RAM (ImageNet) is paged in as read.
-    self.moments = [np.load(chunk_paths(self.folder, k)["moments"], mmap_mode="r")
+    self.moments = [self._chunk(k, "moments", mmap_mode="r")
                     for k in range(self.meta["num_chunks"])]
-    self.labels = [np.load(chunk_paths(self.folder, k)["labels"])
+    self.labels = [self._chunk(k, "labels")
                    for k in range(self.meta["num_chunks"])] if self.has_labels else None
+
+  def _chunk(self, k: int, kind: str, mmap_mode=None) -> np.ndarray:
+    """The `kind` array of chunk k; one that does not load whole (cut short, damaged) or holds
+    another number of examples is an InputError naming the file and how to encode it again."""
+    paths = chunk_paths(self.folder, k)
+    rows = min(self.chunk_size, self.meta["num_examples"] - k * self.chunk_size)
+    try:
+      array = np.load(paths[kind], mmap_mode=mmap_mode, allow_pickle=False)
+      problem = None if len(array) == rows else f"holds {len(array)} examples, not {rows}"
+    except (ValueError, OSError, EOFError) as e:
+      problem = f"does not load whole ({e})"
+    if problem:
+      raise InputError(f"{paths[kind]} {problem}: delete it and {paths['done'].name}, then rerun "
+                       "the same `dit-jax extract-latents` command to encode that chunk again")
+    return array
 
   def __len__(self) -> int:
     return self.meta["num_examples"]

@@ -12,7 +12,9 @@ skipped, with why, are reported. Training moves a skipped step to `checkpoints-d
 import contextlib
 import logging
 import shutil
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -47,6 +49,30 @@ def _quiet_orbax_failures(record: logging.LogRecord) -> bool:
   return not (record.exc_info and "orbax" in record.pathname)
 
 
+def _abandoned_io(args) -> bool:
+  """An unraisable error (sys.unraisablehook's args) of a tensorstore read or write that
+  finished after Orbax closed the event loop awaiting it: a save or restore failed on another
+  file (a full disk, a damaged step), the operations still in flight finish in C++ threads,
+  and each printed a bare "RuntimeError: Event loop is closed" traceback."""
+  return (isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in
+          str(args.exc_value) and any(frame.name == "call_soon_threadsafe" for frame in
+                                      traceback.extract_tb(args.exc_traceback)))
+
+
+def quiet_abandoned_io():
+  """Installs (once per process) a sys.unraisablehook that drops `_abandoned_io` errors and
+  passes anything else to the hook before; they may come as late as Python's exit."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_io", False):
+    return
+
+  def hook(args):
+    if not _abandoned_io(args):
+      previous(args)
+  hook.drops_abandoned_io = True
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """Save / restore of {"state": pytree of arrays, "data": JSON-able iterator state}."""
 
@@ -59,6 +85,7 @@ class Checkpointer:
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
     self.failed = False
     logging.getLogger("absl").addFilter(_quiet_orbax_failures)
+    quiet_abandoned_io()
 
   def __enter__(self):
     return self
@@ -197,6 +224,7 @@ def restore_params(directory: str | Path, abstract_params: dict, report=None,
   step is read again, up to `tries` times; a step that is there and unreadable is damage."""
   directory = Path(directory).absolute()
   reader = ocp.PyTreeCheckpointer()
+  quiet_abandoned_io()  # a damaged step's reads still in flight when it is skipped
 
   def listed() -> list[int]:
     return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] \

@@ -167,9 +167,13 @@ def read_run_config(workdir: Path) -> dict | None:
   path = Path(workdir) / "config.json"
   if not path.exists():
     return None
-  return read_json(path, "the run's recorded config",
-                   fix="restore it from a backup, or delete it to resume without the check that "
-                       "the config still means the same")
+  fix = ("restore it from a backup, or delete it to resume without the check that the config "
+         "still means the same")
+  config = read_json(path, "the run's recorded config", fix=fix)
+  if not isinstance(config, dict):
+    raise InputError(f"{path} (the run's recorded config) is damaged (a JSON "
+                     f"{type(config).__name__}, not the config's object): {fix}")
+  return config
 
 
 def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):

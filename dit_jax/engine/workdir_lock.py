@@ -75,6 +75,9 @@ class WorkdirLock:
           holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
           and not _alive(holder["pid"]))
       if stale:  # its process is gone; no other start on this host is between these lines
+        if holder:
+          print(f"{self.path} is held by process {holder['pid']} on this host, which is gone "
+                "(killed, or its machine restarted): taking it over")
         self.path.unlink(missing_ok=True)
         if self._try_create():
           return None

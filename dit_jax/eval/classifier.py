@@ -11,6 +11,7 @@ The classifier trains on the engine like every model (checkpoints, resume) in
 `<data_dir>/dit_jax_feature_nets/<name>/run`; the exported parameters and its test accuracy
 land beside it (`classifier.npz`, `classifier.json`) and later calls load them.
 """
+import io
 import shutil
 import time
 from pathlib import Path
@@ -25,10 +26,11 @@ from flax import traverse_util
 
 from dit_jax import data, engine, parallel
 from dit_jax.config import base_config
+from dit_jax.convert.io import load_tensors
 from dit_jax.data.arrays import ArrayIterator
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.eval.features import Extractor, FeatureNet
-from dit_jax.state_files import read_json, write_json
+from dit_jax.state_files import read_json, write_atomic, write_json
 
 FEATURE_NETS = "dit_jax_feature_nets"  # folder in the TFDS data_dir
 
@@ -120,8 +122,9 @@ def train_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
               train_accuracy=accuracy["train"], test_accuracy=accuracy["test"],
               seconds=round(time.perf_counter() - start, 1))
   if jax.process_index() == 0:
-    flat = traverse_util.flatten_dict(params, sep="/")
-    np.savez(out / "classifier.npz", **{k: np.asarray(v) for k, v in flat.items()})
+    flat, weights = traverse_util.flatten_dict(params, sep="/"), io.BytesIO()
+    np.savez(weights, **{k: np.asarray(v) for k, v in flat.items()})
+    write_atomic(out / "classifier.npz", weights.getvalue())  # whole or absent, as the json
     write_json(out / "classifier.json", info, indent=2)
   log(f"trained the {name} classifier in {info['seconds']} s: test accuracy "
       f"{info['test_accuracy']:.4f} (train {info['train_accuracy']:.4f}); saved in {out}")
@@ -150,10 +153,12 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
       raise MissingFileError(f"no {name} classifier in {out}: train it once with `dit-jax "
                               f"train-classifier --data {name}`")
     train_classifier(name, data_dir, steps, log)
-  info = read_json(out / "classifier.json", f"the {name} classifier",
-                   fix=f"delete it and train it again: `dit-jax train-classifier --data {name}`")
-  with np.load(out / "classifier.npz") as f:
-    params = traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+  again = f"train it again: `dit-jax train-classifier --data {name} --force`"
+  info = read_json(out / "classifier.json", f"the {name} classifier", fix=f"delete it and {again}")
+  try:
+    params = traverse_util.unflatten_dict(load_tensors(out / "classifier.npz"), sep="/")
+  except (InputError, MissingFileError) as e:  # missing, cut short, damaged
+    raise type(e)(f"the {name} classifier's weights: {e}; {again}") from None
   model = Classifier(info["num_classes"], tuple(info["widths"]), info["features"])
   return _feature_net(name, model, params, info["image_shape"], info)
 

@@ -108,9 +108,10 @@ def sample_run(workdir, out, *, labels=None, per_class: int = 8, num: int | None
 def _identity(config, state, objective, seed: int) -> dict:
   """What the samples of a set depend on, beyond the labels and batching: the model (its
   checkpoint step and a hash of its EMA parameters), every sampler setting, the objective
-  (with the prediction it resolves to), the seed and the decoder of a latent run."""
+  (with the prediction it resolves to), the seed and the decoder of a latent run (its VAE's
+  folder, factors and a hash of its weights)."""
   fields = {"step": int(state.step), "ema_params_sha256": parallel.params_digest(state.ema_params),
-            "seed": int(seed), "decoder": latents.decoder_source(config),
+            "seed": int(seed), "decoder": latents.decoder_identity(config),
             "objective.prediction": objective.prediction}
   for section in ("model", "sample", "objective"):
     fields.update({f"{section}.{key}": value for key, value in config[section].to_dict().items()

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dit_jax import parallel
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
 from dit_jax.data.pipeline import preprocess
@@ -111,6 +112,7 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   meta = _meta(cfg, vae, folder, len(source), flip, chunk_size, image_shape,
                "label" in first, dtype)
   meta["compute_dtype"] = jnp.dtype(vae.dtype).name
+  meta["vae_params_sha256"] = parallel.params_digest(params)  # other weights: other latents
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   _write_meta(out, meta)
@@ -190,7 +192,7 @@ def decoder_for(config):
 
 def decoder_source(config) -> dict | None:
   """{vae: folder, scaling_factor, shift_factor (None: the VAE's own)} of the decoder of a
-  latent run (what `decoder_for` builds, and what a sample set records); None for pixels."""
+  latent run (what `decoder_for` builds); None for pixels."""
   data = config.data
   meta = latent_source.read_meta(data.latents) if data.latents else None
   if meta is None and data.latent_downsample <= 1:
@@ -202,6 +204,17 @@ def decoder_source(config) -> dict | None:
   return {"vae": str(Path(vae_path).absolute()),
           "scaling_factor": meta["scaling_factor"] if meta else None,
           "shift_factor": meta["shift_factor"] if meta else None}
+
+
+def decoder_identity(config) -> dict | None:
+  """decoder_source plus `vae_params_sha256`, the digest of the VAE's weights
+  (`parallel.params_digest`): what a sample set records, so that other weights in the same
+  folder (a VAE trained again, another one copied there) are told from those it decoded with;
+  None for pixels."""
+  source = decoder_source(config)
+  if source is None:
+    return None
+  return {**source, "vae_params_sha256": parallel.params_digest(load_vae(source["vae"])[1])}
 
 
 def latent_decoder(vae_path, scaling_factor: float | None = None,

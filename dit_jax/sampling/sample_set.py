@@ -5,8 +5,11 @@ An evaluation set is one model and one sampler: `<out>.chunks/meta.json` records
 samples depend on (the labels, the batching and the caller's `identity`: the model's step and
 parameter hash, every sampler setting), and a rerun that differs is refused, never mixed in.
 """
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -39,10 +42,20 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
           "batch": -(-min(batch_size, len(labels)) // divisor) * divisor,  # what draws a batch
           "labels_sha": hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest(),
           **(identity or {})}
-  if write:
-    _record_meta(folder, meta)
+  with _one_writer(folder, path) if write else contextlib.nullcontext():
+    if write:
+      _record_meta(folder, meta)
+    return _fill(sampler, params, labels, path, folder, batch_size=batch_size, rng=rng,
+                 cfg_scale=cfg_scale, chunk_size=chunk_size, write=write, progress=progress,
+                 report=report)
+
+
+def _fill(sampler, params, labels, path: Path, folder: Path, *, batch_size, rng, cfg_scale,
+          chunk_size, write, progress, report) -> int:
+  """sample_to_npz's work once the set is checked: draws the missing chunks, writes the .npz."""
   chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
-  drawn, shape = 0, None
+  # A pixel model's samples have its input's shape: a chunk of another is damage, even chunk 0.
+  drawn, shape = 0, (tuple(sampler.image_shape) if sampler.decode is None else None)
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
@@ -65,25 +78,66 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
   return drawn
 
 
+@contextlib.contextmanager
+def _one_writer(folder: Path, path: Path):
+  """Holds an flock of `folder`'s writer.lock (released by the kernel when the process dies):
+  a second `dit-jax sample` on the same set is refused instead of racing the first, which
+  deletes the folder when it writes the .npz."""
+  folder.mkdir(parents=True, exist_ok=True)
+  fd = os.open(folder / "writer.lock", os.O_CREAT | os.O_RDWR, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise InputError(f"another process is writing the sample set {path} (its chunks are in "
+                       f"{folder}): wait for it to finish, or choose another --out") from None
+    except OSError:
+      pass  # a file system without flock: go on unguarded
+    yield
+  finally:
+    os.close(fd)
+
+
 def _record_meta(folder: Path, meta: dict):
-  """Writes meta.json, or refuses when the one there describes another sample set."""
+  """Writes meta.json, or refuses when the one there describes another sample set, or when
+  chunks are there without one (they cannot be checked)."""
   recorded = folder / "meta.json"
   meta = json.loads(json.dumps(meta))  # as it reads back (lists)
+  if not recorded.exists() and any(folder.glob("chunk-*.npy")):
+    raise InputError(f"{folder} holds chunks but no meta.json (the settings they were drawn "
+                     "with: deleted, or never written by an older dit-jax), so they cannot be "
+                     f"checked against this set; delete {folder} (or choose another --out) to "
+                     "sample again from the start")
   if recorded.exists():
     old = state_files.read_json(recorded, "the settings of a resumable sample set",
                                 fix=f"delete {folder} to sample again from the start")
-    changed = {key for key in set(old) | set(meta) if old.get(key) != meta.get(key)}
-    differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {meta.get(key, '(none)')}"
+    old, now = _fields(old), _fields(meta)
+    changed = {key for key in set(old) | set(now) if old.get(key) != now.get(key)}
+    differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {now.get(key, '(none)')}"
               for key in sorted(changed)]
     if differ:
       model = (" (the model differs: training went on, or another run; its checkpoint may be "
-               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else "")
+               "gone, so start again)" if {"step", "ema_params_sha256"} & changed else
+               " (the VAE's weights differ: put the recorded VAE back in that folder, or start "
+               "again)" if "decoder.vae_params_sha256" in changed else "")
       raise InputError(
           f"{folder} holds chunks of another sample set (another model or sampler); recorded "
           "-> now:\n" + "\n".join(differ) + "\nRerun with the recorded settings to resume it, "
           f"or delete {folder} (or choose another --out) to sample again from the start{model}")
     return
   state_files.write_json(recorded, meta, indent=1)
+
+
+def _fields(meta: dict, prefix: str = "") -> dict:
+  """`meta` with nested dicts spread into dotted keys ({"decoder": {"vae": v}} ->
+  {"decoder.vae": v}), so that a refusal names the one field that differs."""
+  fields = {}
+  for key, value in meta.items():
+    if isinstance(value, dict) and value:
+      fields.update(_fields(value, f"{prefix}{key}."))
+    else:
+      fields[prefix + key] = value
+  return fields
 
 
 def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:

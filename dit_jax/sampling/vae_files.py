@@ -8,8 +8,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from dit_jax.errors import InputError
 from dit_jax.models.vae import AutoencoderKL, vae_arch
 from dit_jax.state_files import read_json, write_json
 
@@ -46,7 +48,12 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
                    fix="save the VAE again (`dit-jax train-vae` or `dit-jax convert`)")
   arch["block_out_channels"] = tuple(arch["block_out_channels"])
   vae = AutoencoderKL(**arch, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
-  params = traverse_util.unflatten_dict(load_file(str(folder / WEIGHTS)), sep="/")
+  try:
+    flat = load_file(str(folder / WEIGHTS))
+  except SafetensorError as e:  # cut short, damaged
+    raise InputError(f"{folder / WEIGHTS} is not a readable .safetensors file ({e}): save the "
+                     "VAE again (`dit-jax train-vae` or `dit-jax convert`)") from None
+  params = traverse_util.unflatten_dict(flat, sep="/")
   return vae, params
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import ml_collections
 
-from dit_jax.config import ConfigError, apply_overrides, config_module, set_fields, validate
+from dit_jax.config import (ConfigError, apply_overrides, config_code, config_module, set_fields,
+                            validate)
 from dit_jax.engine.loop import check_resume, read_run_config
 from dit_jax.errors import DitJaxError, InputError
 from dit_jax.state_files import read_json, write_atomic, write_json
@@ -93,9 +94,10 @@ def load(spec: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDic
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"--config {spec}: a sweep file needs get_sweep(arg) next to "
                       "get_config(arg); see configs/sweeps/")
-  call = (lambda f: f(arg)) if arg else (lambda f: f())
-  base = apply_overrides(validate(call(module.get_config)), list(overrides))
-  return base, _sweep_of(call(module.get_sweep), spec)
+  with config_code(spec.partition(":")[0]):
+    config, raw = [f(arg) if arg else f() for f in (module.get_config, module.get_sweep)]
+  base = apply_overrides(validate(config), list(overrides))
+  return base, _sweep_of(raw, spec)
 
 
 def _short(value) -> str:
@@ -147,18 +149,26 @@ def _jsonable(value):
                                if isinstance(v, ml_collections.ConfigDict) else repr(v)))
 
 
-def train_run(run: RunSpec, config, log=print) -> str:
+def train_run(run: RunSpec, config, log=print, damaged: str | None = None) -> str:
   """Trains one run unless finished (result.json at config.train.steps or past it: a lower
   train.steps neither retrains nor rewrites it; a higher one trains it further); returns
-  'finished', 'trained' or 'failed' (error.txt). A signal (engine.Preempted) propagates: the
-  run is saved and the sweep stops."""
+  'finished', 'trained' or 'failed' (error.txt). A run whose recorded config is `damaged` (the
+  message) is not trained: it fails with that message. A signal (engine.Preempted)
+  propagates: the run is saved and the sweep stops."""
   import jax
 
   from dit_jax.engine import Preempted
   from dit_jax.training import denoiser
   result, error = run.workdir / "result.json", run.workdir / "error.txt"
   if (recorded := read_result(run, log)) is not None and recorded["steps"] >= config.train.steps:
+    if damaged:
+      log(f"!! {run.name} seed {run.seed}: {damaged} (the run is finished: its result counts)")
     return "finished"
+  if damaged:
+    write_atomic(error, damaged + "\n")
+    log(f"!! {run.name} seed {run.seed}: {damaged}; not trained, counted as failed; the other "
+        "runs go on")
+    return "failed"
   run.workdir.mkdir(parents=True, exist_ok=True)
   result.unlink(missing_ok=True)
   error.unlink(missing_ok=True)
@@ -168,9 +178,10 @@ def train_run(run: RunSpec, config, log=print) -> str:
     state = denoiser.train_and_evaluate(config, str(run.workdir))
   except Preempted:
     raise
-  except Exception:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
+  except Exception as e:  # noqa: BLE001  one run's failure (divergence, a bad field) is its own
     write_atomic(error, traceback.format_exc())
-    log(f"!! {run.name} seed {run.seed} failed; see {error}")
+    why = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+    log(f"!! {run.name} seed {run.seed} failed ({type(e).__name__}: {why}); see {error}")
     return "failed"
   finally:
     seconds = _add_seconds(run.workdir, time.perf_counter() - start)
@@ -216,16 +227,24 @@ def _add_seconds(workdir: Path, seconds: float) -> float:
   return total
 
 
-def check_recorded(runs: list[RunSpec], configs: list):
+def check_recorded(runs: list[RunSpec], configs: list) -> dict[Path, str]:
   """Refuses a sweep whose runs already on disk were trained with other fields (before any
-  training), naming the run and the fields: a changed sweep needs a new --workdir."""
+  training), naming the run and the fields: a changed sweep needs a new --workdir. Returns
+  {workdir: message} of the runs whose recorded config is damaged: those cannot be checked,
+  so they are not trained, and block no other run."""
+  damaged = {}
   for run, config in zip(runs, configs, strict=True):
-    saved = read_run_config(run.workdir)
+    try:
+      saved = read_run_config(run.workdir)
+    except InputError as e:
+      damaged[run.workdir] = str(e)
+      continue
     if saved is not None:
       try:
         check_resume(saved, config, run.workdir)
       except ValueError as e:
         raise ConfigError(f"sweep run {run.name!r} seed {run.seed}: {e}") from None
+  return damaged
 
 
 def run_all(base, sweep: Sweep, root, shard: tuple[int, int] = (0, 1), log=print) -> dict:
@@ -234,12 +253,12 @@ def run_all(base, sweep: Sweep, root, shard: tuple[int, int] = (0, 1), log=print
   early takes the next run instead of idling while another has several left."""
   runs = expand(sweep, root)
   configs = [run_config(base, r) for r in runs]  # every run's fields checked before any trains
-  check_recorded(runs, configs)
+  damaged = check_recorded(runs, configs)
   index, count = shard
   status = {"finished": 0, "trained": 0, "failed": 0}
   for run, config in zip(runs, configs, strict=True):
     if count == 1 or _claim(Path(root), run, index):
-      status[train_run(run, config, log)] += 1
+      status[train_run(run, config, log, damaged.get(run.workdir))] += 1
   return status
 
 

@@ -243,7 +243,7 @@ def test_steps_not_above_the_restored_step_train_nothing(tmp_path, capsys):
   assert "nothing to train: the run is at step 4 and train.steps=4" in capsys.readouterr().out
 
 
-def test_workdir_lock_names_the_holder_and_takes_over_stale_locks(tmp_path):
+def test_workdir_lock_names_the_holder_and_takes_over_stale_locks(tmp_path, capsys):
   import socket
   lock = tmp_path / "lock"
   lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=os.getppid(),
@@ -254,7 +254,10 @@ def test_workdir_lock_names_the_holder_and_takes_over_stale_locks(tmp_path):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=dead.pid, started="x")))
-  assert int(run(toy_config(steps=2), tmp_path).step) == 2  # stale: taken over
+  capsys.readouterr()
+  assert int(run(toy_config(steps=2), tmp_path).step) == 2  # stale: taken over, and said so
+  assert (f"{lock} is held by process {dead.pid} on this host, which is gone (killed, or its "
+          "machine restarted): taking it over") in capsys.readouterr().out
   assert not lock.exists()  # released at the end
 
 

@@ -215,6 +215,34 @@ def test_a_reference_of_a_retrained_classifier_is_refused(digits_net, tmp_path, 
   assert json.loads(capsys.readouterr().out)["samples"] == 100
 
 
+def test_damaged_or_missing_classifier_weights_are_named_with_the_fix(digits_net, tmp_path,
+                                                                      capsys):
+  """classifier.npz cut short (a kill or a full disk while it was written) or gone: eval names
+  the file and how to train the classifier again (was a BadZipFile traceback, or exit 1)."""
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(digits_net[0], data_dir)
+  test, labels = data.read_images("digits/8", "test", data_dir)
+  images.save_npz(test[:50], labels[:50], tmp_path / "s.npz")
+  net = ["--features", "digits/8", "--data-dir", data_dir]
+  cli.main(["eval-ref", *net, "--images", str(tmp_path / "s.npz"), "--out",
+            str(tmp_path / "ref.npz")])
+  weights = classifier.cache_dir("digits/8", data_dir) / "classifier.npz"
+  score = ["eval", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "ref.npz"),
+           *net]
+  for damage in ("cut short", "gone"):
+    if damage == "cut short":
+      weights.write_bytes(weights.read_bytes()[:500])
+    else:
+      weights.unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+      cli.main(score)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    assert "dit-jax eval: the digits/8 classifier's weights: " in err and str(weights) in err
+    assert "train it again: `dit-jax train-classifier --data digits/8 --force`" in err
+
+
 def test_inception_scores_fid_sfid_is_precision_recall(tmp_path):
   import jax
 

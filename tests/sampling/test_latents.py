@@ -209,3 +209,90 @@ def test_training_on_latents_decodes_its_samples(setup, extracted, tmp_path):
   grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
   # 10 rows of decoded 8x8 tiles with 1-pixel borders, upscaled 8x (4x4 latents would be 816).
   assert grid.shape[:2] == ((10 * (8 + 1) + 1) * 8, (1 * (8 + 1) + 1) * 8)
+
+
+def test_a_resume_with_other_vae_weights_in_the_same_folder_is_refused(setup, extracted,
+                                                                      tmp_path, capsys):
+  """A sample set of a latent run and an extraction record their VAE by a digest of its
+  weights: a VAE trained again (or another copied) into the same folder is refused on resume,
+  naming the field old -> new, instead of mixing samples decoded (latents encoded) by two."""
+  import shutil
+
+  from dit_jax import cli, parallel
+  from dit_jax.sampling import images
+  from dit_jax.training import denoiser
+  vae = shutil.copytree(setup["vae"], tmp_path / "vae")
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                      num_classes=10)
+  config.data.update(_latent_data(setup, extracted[0], vae=str(vae)), batch_size=16)
+  config.train.update(steps=1, checkpoint_every=1, sample_every=0)
+  denoiser.train_and_evaluate(config, tmp_path / "run")
+  out = tmp_path / "s.npz"
+  argv = ["sample", "--workdir", str(tmp_path / "run"), "--out", str(out), "--num", "4",
+          "--chunk-size", "2", "--batch-size", "2", "--steps", "1"]
+
+  def killed(*args, **kwargs):  # every chunk drawn, the set not yet written
+    raise KeyboardInterrupt
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(images, "save_npz_chunks", killed)
+    with pytest.raises(SystemExit):
+      cli.main(argv)
+  extract = ["extract-latents", "--config", "configs/quickstart.py", "--vae", str(vae),
+             "--out", str(tmp_path / "lat"), "--config.data.split=test", "--chunk-size", "128",
+             f"--config.data.data_dir={setup['data_dir']}", "--max-chunks", "1"]
+  cli.main(extract)
+  capsys.readouterr()
+  other = jax.tree.map(lambda p: p + 0.01, setup["params"])
+  save_vae(vae, VAE, other)  # a VAE trained again into the same folder
+  old, new = parallel.params_digest(setup["params"]), parallel.params_digest(other)
+  with pytest.raises(SystemExit) as stop:
+    cli.main(argv)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and f"decoder.vae_params_sha256: {old} -> {new}" in err
+  assert "the VAE's weights differ" in err and not out.exists()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(extract)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and f"'vae_params_sha256': ('{old}', '{new}')" in err
+  save_vae(vae, VAE, setup["params"])  # the recorded VAE back: both resume
+  cli.main(argv)
+  assert "(0 drawn now, 4 from earlier chunks" in capsys.readouterr().out
+  cli.main(extract)
+
+
+def test_a_damaged_latent_chunk_or_vae_weight_file_is_named_with_the_fix(setup, extracted,
+                                                                          tmp_path, capsys):
+  """A moments chunk cut short though marked done: `train` names it and how to encode it again
+  (was 'mmap length is greater than file size' with a traceback). A train-vae VAE folder whose
+  params.safetensors is cut short: extract-latents names the file (was a SafetensorError)."""
+  import shutil
+
+  from dit_jax import cli
+  from dit_jax.sampling import vae_files
+  lat = shutil.copytree(extracted[0], tmp_path / "lat")
+  moments = latent_source.chunk_paths(lat, 1)["moments"]
+  moments.write_bytes(moments.read_bytes()[:200])
+  flags = [f"--config.{o}" for o in (
+      "model.depth=1", "model.hidden_size=16", "model.num_heads=2", "train.steps=1",
+      "data.batch_size=8", "train.sample_every=0", "evals.samples.every=0")]
+  train = ["train", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
+           *flags, *[f"--config.data.{k}={v}" for k, v in
+                     _latent_data(setup, lat, vae=setup["vae"]).items()]]
+  with pytest.raises(SystemExit) as stop:
+    cli.main(train)
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and "Traceback" not in err
+  assert f"{moments} does not load whole" in err
+  assert "delete it and chunk-000001.done, then rerun the same `dit-jax extract-latents`" in err
+
+  vae = tmp_path / "vae"
+  vae_files.save_vae(vae, VAE, setup["params"])  # the format `train-vae` writes
+  weights = vae / vae_files.WEIGHTS
+  weights.write_bytes(weights.read_bytes()[:300])
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["extract-latents", "--config", "configs/quickstart.py", "--vae", str(vae),
+              "--out", str(tmp_path / "lat2"), f"--config.data.data_dir={setup['data_dir']}"])
+  err = capsys.readouterr().err
+  assert stop.value.code == 2 and "Traceback" not in err
+  assert f"{weights} is not a readable .safetensors file" in err

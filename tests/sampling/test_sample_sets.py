@@ -84,7 +84,7 @@ def test_a_resumed_set_with_the_same_settings_is_the_uninterrupted_set(capsys, m
   np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "header", "shape"])
+@pytest.mark.parametrize("damage", ["truncated", "header", "shape", "image_size"])
 def test_a_chunk_that_does_not_load_whole_is_drawn_again(capsys, monkeypatch, workdir, tmp_path,
                                                         damage):
   whole = tmp_path / "whole.npz"
@@ -96,12 +96,44 @@ def test_a_chunk_that_does_not_load_whole_is_drawn_again(capsys, monkeypatch, wo
     chunk.write_bytes(data[:len(data) // 2])
   elif damage == "header":
     chunk.write_bytes(b"\0" * len(data))
-  else:
+  elif damage == "shape":
     np.save(chunk, np.load(chunk)[:3])
+  else:  # images of another size in the first chunk (was accepted, then every rerun failed)
+    np.save(chunk, np.load(chunk)[:, :4])
   status, line, _ = sample(capsys, workdir, out)
   assert status == 0 and f"sample set: {chunk} " in line and "drawing it again" in line
   assert "(4 drawn now, 8 from earlier chunks" in line
   np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(whole)["arr_0"])
+
+
+def test_chunks_without_their_meta_json_are_not_mixed_in(capsys, monkeypatch, workdir,
+                                                        tmp_path):
+  """Chunks whose settings are not recorded cannot be checked: refused, not resumed (a rerun
+  with --cfg-scale 0 after meta.json was deleted mixed the two samplers, exit 0)."""
+  out = tmp_path / "s.npz"
+  folder = interrupted(capsys, monkeypatch, workdir, out)
+  (folder / "meta.json").unlink()
+  status, _, err = sample(capsys, workdir, out, "--cfg-scale", "0")
+  assert status == 2 and f"{folder} holds chunks but no meta.json" in err
+  assert f"delete {folder}" in err and not out.exists()
+
+
+def test_a_second_writer_of_the_same_set_is_refused(capsys, workdir, tmp_path):
+  """Two `sample --num` on one --out raced: the one finishing first deleted the chunks folder
+  under the other (exit 1, a missing temporary file). The second is now refused at once."""
+  import fcntl
+  import os
+  out = tmp_path / "s.npz"
+  folder = out.with_name("s.npz.chunks")
+  folder.mkdir()
+  fd = os.open(folder / "writer.lock", os.O_CREAT | os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what the first writer holds while it samples
+    status, _, err = sample(capsys, workdir, out)
+  finally:
+    os.close(fd)
+  assert status == 2 and f"another process is writing the sample set {out}" in err
+  assert sample(capsys, workdir, out)[0] == 0  # the first one gone: the set is drawn
 
 
 def test_a_checkpoint_rotated_away_while_it_is_read_is_not_damage(capsys, monkeypatch, workdir,

@@ -189,6 +189,8 @@ def test_runner_skips_finished_runs_retries_failed_ones_and_refuses_a_changed_sw
   assert stop.value.code == 1 and len(calls) == 4
   wide = work / "runs" / "wide" / "seed_0"
   assert "FloatingPointError: diverged" in (wide / "error.txt").read_text()
+  assert f"!! wide seed 0 failed (FloatingPointError: diverged); see {wide / 'error.txt'}" in \
+      capsys.readouterr().out
   table = (work / "results.md").read_text()
   assert "| wide | not run |" in table and "Not finished (2): wide seed 0, wide seed 1" in table
   # narrow: FD 16 and 17 over the two seeds; the interval of two values spans both
@@ -266,6 +268,43 @@ def test_a_damaged_result_or_log_of_one_run_blocks_neither_the_others_nor_the_re
   assert json.loads((wide / "result.json").read_text())["steps"] == 4
   rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
   assert [(r["run"], r["eval/fd"]) for r in rows] == [("narrow", 16.0), ("wide", 32.0)]
+
+
+def test_a_damaged_config_of_one_run_skips_that_run_only(tmp_path, monkeypatch, capsys):
+  """A run's config.json that does not parse cannot be checked against the sweep: that run is
+  reported and not trained (or, finished, still counts); the others and --report go on."""
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0]')
+  work, calls = tmp_path / "w", []
+  monkeypatch.setattr(denoiser, "train_and_evaluate", fake_training(calls))
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])
+  wide, narrow = work / "runs" / "wide" / "seed_0", work / "runs" / "narrow" / "seed_0"
+  (wide / "config.json").write_text('{"model": {"na')  # a write cut short by a kill
+  capsys.readouterr()
+  cli.main(["sweep", "--config", path, "--workdir", str(work)])  # nothing to train
+  out = capsys.readouterr().out
+  assert f"{wide / 'config.json'} (the run's recorded config) is damaged" in out
+  assert "the run is finished: its result counts" in out and "2 finished" in out
+
+  calls.clear()
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.train.steps=6"])
+  captured = capsys.readouterr()
+  assert stop.value.code == 1 and "Traceback" not in captured.err
+  assert [c[0] for c in calls] == [str(narrow)]  # the other run trained on
+  assert "not trained, counted as failed; the other runs go on" in captured.out
+  assert "delete it to resume" in (wide / "error.txt").read_text()
+  assert "dit-jax sweep: 1 runs failed (error.txt" in captured.err
+  assert json.loads((narrow / "result.json").read_text())["steps"] == 6
+  assert json.loads((wide / "result.json").read_text())["steps"] == 4  # kept, not lost
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--report"])
+  rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+  assert [r["run"] for r in rows] == ["narrow", "wide"]
+
+  (wide / "config.json").unlink()  # the fix the message gives: the run resumes
+  calls.clear()
+  cli.main(["sweep", "--config", path, "--workdir", str(work), "--config.train.steps=6"])
+  assert [c[0] for c in calls] == [str(wide)] and not (wide / "error.txt").exists()
 
 
 def test_a_sweep_trains_evaluates_and_extends_its_runs(digits_net, tmp_path):
