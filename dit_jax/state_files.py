@@ -1,18 +1,25 @@
 """Small state files (JSON and JSON lines) that runs, sweeps, sample sets and converters keep:
-one way to write them atomically and one way to read them honestly.
+one way to write them atomically and one way to read them honestly, on a local disk or in a
+bucket (gs://, see `dit_jax.paths`).
 
-A reader of such a file trusts it, so it is published whole or not at all (written to a
-temporary file in the same folder, then renamed over the old one). An append-only log (JSON
+A reader of such a file trusts it, so it is published whole or not at all: locally a
+temporary file in the same folder renamed over the old one; in a bucket one upload (an
+object appears, or is replaced, only when its upload finishes). An append-only log (JSON
 lines) can still end in a partial line after a kill or a full disk: that line is dropped with
 a warning, never fatal. Anything else that does not parse is an `InputError` naming the file
 and the fix.
+
+A bucket has no append, no rename and no exclusive create, so there: an append rewrites the
+whole object (a log has one writer: the workdir lock), and create_exclusive is an upload with
+the precondition "no object of this name yet" (ifGenerationMatch=0), which only one of any
+number of racing creators, on any hosts, passes.
 """
 import json
 import os
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
+from dit_jax import paths
 from dit_jax.errors import InputError
 
 DAMAGED_FIX = "restore it from a backup, or delete it to start that part again"
@@ -20,13 +27,18 @@ DAMAGED_FIX = "restore it from a backup, or delete it to start that part again"
 
 def write_atomic(path, data: str | bytes) -> None:
   """Writes `data` to `path` so that a reader sees the old file or the new one, never a part:
-  a temporary file in the same folder, flushed to disk, then renamed over `path`."""
-  path = Path(path)
+  a temporary file in the same folder, flushed to disk, then renamed over `path`; in a bucket
+  one upload."""
+  if paths.is_remote(path):
+    with paths.remote_errors(path):
+      paths.filesystem(path).pipe_file(paths.object_name(path), _bytes(data))
+    return
+  path = paths.as_path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   try:
     with open(tmp, "wb") as f:
-      f.write(data.encode() if isinstance(data, str) else data)
+      f.write(_bytes(data))
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -37,13 +49,21 @@ def write_atomic(path, data: str | bytes) -> None:
 def create_exclusive(path, data: str | bytes) -> bool:
   """Creates `path` holding `data` unless it exists (then False): a complete temporary file
   linked into place, so that `path` is never seen empty or partial, even when the write fails
-  (a full disk) or the process dies half-way."""
-  path = Path(path)
+  (a full disk) or the process dies half-way. In a bucket: one upload with the precondition
+  that no object of that name exists (ifGenerationMatch=0)."""
+  if paths.is_remote(path):
+    with paths.remote_errors(path):
+      try:
+        paths.filesystem(path).pipe_file(paths.object_name(path), _bytes(data), mode="create")
+      except FileExistsError:  # gcsfs: the precondition failed (HTTP 412)
+        return False
+    return True
+  path = paths.as_path(path)
   tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
   try:
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     try:
-      data = data.encode() if isinstance(data, str) else data
+      data = _bytes(data)
       while data:
         data = data[os.write(fd, data):]
       os.fsync(fd)
@@ -57,6 +77,36 @@ def create_exclusive(path, data: str | bytes) -> bool:
     tmp.unlink(missing_ok=True)
 
 
+def read_versioned(path) -> tuple[bytes, str]:
+  """The content of `path` and its version: a name for this very file that changes whenever
+  the file is replaced and never comes back (a bucket object's generation; locally the inode
+  and change time of the file that was read). Raises FileNotFoundError when it is missing.
+  In a bucket the version is read first: the content is of that version or a newer one."""
+  if paths.is_remote(path):
+    fs, name = paths.filesystem(path), paths.object_name(path)
+    with paths.remote_errors(path):
+      fs.invalidate_cache(name)  # another process may have replaced it since it was listed
+      generation = fs.info(name)["generation"]
+      return fs.cat_file(name), f"g{generation}"
+  with open(path, "rb") as f:
+    stat = os.fstat(f.fileno())
+    return f.read(), f"i{stat.st_ino}-{stat.st_ctime_ns}"
+
+
+def version(path) -> str | None:
+  """read_versioned's version of `path` now, or None when it is missing."""
+  try:
+    return read_versioned(path)[1]
+  except FileNotFoundError:
+    return None
+
+
+def remove(path) -> None:
+  """Deletes the file or object `path` if it is there."""
+  with paths.remote_errors(path):
+    paths.as_path(path).unlink(missing_ok=True)
+
+
 def write_json(path, value: Any, **dumps_kwargs) -> None:
   """`value` as JSON (one trailing newline), written atomically."""
   write_atomic(path, json.dumps(value, **dumps_kwargs) + "\n")
@@ -66,8 +116,9 @@ def read_json(path, what: str = "", fix: str = DAMAGED_FIX) -> Any:
   """The JSON value in `path`; a damaged file (a partial write, another format) raises
   InputError naming the file, `what` it is and the fix. A missing file raises
   FileNotFoundError as usual: callers decide what absence means."""
-  path = Path(path)
-  text = path.read_bytes()
+  path = paths.as_path(path)
+  with paths.remote_errors(path):
+    text = path.read_bytes()
   try:
     return json.loads(text)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -78,10 +129,11 @@ def read_json_lines(path, warn: Callable[[str], None] | None = print) -> list[di
   """The rows of a JSON-lines log; [] when the file is missing. A partial last line (what a
   kill or a full disk leaves) is dropped, with a warning through `warn`; a damaged line before
   the last raises InputError naming the file and the line."""
-  path = Path(path)
-  if not path.exists():
-    return []
-  lines = path.read_bytes().decode(errors="replace").split("\n")
+  path = paths.as_path(path)
+  with paths.remote_errors(path):
+    if not path.exists():
+      return []
+    lines = path.read_bytes().decode(errors="replace").split("\n")
   rows = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -99,15 +151,31 @@ def read_json_lines(path, warn: Callable[[str], None] | None = print) -> list[di
 
 
 def append_json_lines(path, rows: list[dict]) -> None:
-  """Appends `rows` to a JSON-lines log, one object per line."""
+  """Appends `rows` to a JSON-lines log, one object per line. A bucket has no append (gcsfs's
+  mode "a" replaces the object): there the object is read and uploaded again, whole, so the
+  log is never cut; callers that keep the history (the run's metrics) rewrite it instead."""
   if not rows:
     return
-  path = Path(path)
+  if paths.is_remote(path):
+    old = paths.as_path(path)
+    with paths.remote_errors(path):
+      text = old.read_bytes() if old.exists() else b""
+    write_atomic(path, text + _lines(rows).encode())
+    return
+  path = paths.as_path(path)
   with open(path, "a") as f:
-    f.write("".join(json.dumps(row) + "\n" for row in rows))
+    f.write(_lines(rows))
     f.flush()
 
 
 def rewrite_json_lines(path, rows: list[dict]) -> None:
   """Replaces a JSON-lines log with `rows`, atomically (e.g. a resumed run's history)."""
-  write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+  write_atomic(path, _lines(rows))
+
+
+def _lines(rows: list[dict]) -> str:
+  return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _bytes(data: str | bytes) -> bytes:
+  return data.encode() if isinstance(data, str) else data

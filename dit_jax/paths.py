@@ -1,0 +1,96 @@
+"""Paths a user gives (a workdir, an output file, a data folder) may be local or in a bucket
+(`gs://BUCKET/...`): `as_path` makes either an `etils.epath.Path`, what Orbax, TFDS and grain
+take. (`pathlib.Path("gs://b/run")` is the local folder `gs:/b/run`, silently.)
+
+Buckets need the `[gcs]` extra (gcsfs, google-cloud-storage); epath then reaches gs://
+through gcsfs, never TensorFlow. Credentials come from the environment (application default
+credentials, GOOGLE_APPLICATION_CREDENTIALS); nothing here reads or stores a key.
+
+An object store is not a file system: an object appears whole when its upload finishes, but
+there is no append, no rename and no exclusive create. `dit_jax.state_files` builds the
+guarantees of the run's files on what it does have (uploads and generation preconditions).
+"""
+import contextlib
+import importlib.util
+import os
+
+# epath's backend for gs:// is chosen when a path is first used: gcsfs, not TensorFlow's gfile
+# (TensorFlow is here only to prepare data sets, and its GCS client ignores the emulator).
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+from etils import epath  # noqa: E402  (after the switch above)
+
+from dit_jax.errors import (InputError, MissingFileError, MissingPackageError,  # noqa: E402
+                            StorageError)
+
+SCHEME = "gs://"
+INSTALL_GCS = "pip install 'dit-jax[gcs]'"
+CREDENTIALS_FIX = ("give this machine credentials for the bucket: `gcloud auth "
+                   "application-default login`, a service account of the VM, or "
+                   "GOOGLE_APPLICATION_CREDENTIALS=key.json")
+
+
+def is_remote(path) -> bool:
+  """Whether `path` (a string or a path) names an object in a bucket."""
+  return os.fspath(path).startswith(SCHEME)
+
+
+def as_path(path) -> epath.Path:
+  """`path` as an epath.Path, local or gs://. A gs:// path without the [gcs] extra is a
+  MissingPackageError; `gs:/b` (a bucket path that lost a slash, e.g. through pathlib) is an
+  InputError rather than a local folder named `gs:`."""
+  text = os.fspath(path)
+  if is_remote(text):
+    require_gcs(text)
+  elif text.startswith("gs:/"):
+    raise InputError(f"{text} looks like a bucket path that lost a slash (pathlib.Path turns "
+                     f"gs://b into gs:/b): write {SCHEME}{text[4:]}")
+  return epath.Path(text)
+
+
+def require_gcs(path) -> None:
+  """Raises MissingPackageError naming the extra when gcsfs is not installed."""
+  if importlib.util.find_spec("gcsfs") is None:
+    raise MissingPackageError(f"{path} is in a bucket, which needs the GCS extra (gcsfs, "
+                              f"google-cloud-storage): {INSTALL_GCS}")
+
+
+def filesystem(path):
+  """The gcsfs file system that epath uses for gs:// paths (one per process), for what epath
+  does not offer: create-if-absent, an object's generation."""
+  require_gcs(path)
+  import fsspec  # deferred: installed with the optional [gcs] extra only
+  return fsspec.filesystem("gcs", finalize_on_close=True)  # epath's own instance (cached)
+
+
+def object_name(path) -> str:
+  """`BUCKET/key` of a gs:// path, as gcsfs names objects."""
+  return os.fspath(path)[len(SCHEME):]
+
+
+@contextlib.contextmanager
+def remote_errors(path):
+  """Turns what a bucket answers when it cannot be used (no such bucket, no credentials, no
+  permission, unreachable) into one error naming `path` and the fix, without a traceback."""
+  try:
+    yield
+  except (InputError, MissingFileError, MissingPackageError, StorageError):
+    raise
+  except Exception as error:
+    if not is_remote(path):
+      raise
+    raise remote_error(path, error) from error
+
+
+def remote_error(path, error: BaseException) -> Exception:
+  """The library error for a failed request on gs:// `path` (see remote_errors)."""
+  text = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+  bucket = object_name(path).split("/")[0]
+  code = getattr(error, "code", None)
+  if isinstance(error, FileNotFoundError) or code == 404:
+    return MissingFileError(f"{path}: the bucket gs://{bucket} or the object does not exist "
+                            f"({text}): create the bucket, or fix the path")
+  if code in (401, 403) or "credential" in text.lower() or "auth" in type(error).__module__:
+    return InputError(f"{path}: the bucket refused access ({text}): {CREDENTIALS_FIX}")
+  return StorageError(f"{path}: the bucket could not be reached ({text}): check the network and "
+                 "rerun the same command")
