@@ -13,6 +13,7 @@ guarantees of the run's files on what it does have (uploads and generation preco
 import contextlib
 import importlib.util
 import os
+import shutil
 
 # epath's backend for gs:// is chosen when a path is first used: gcsfs, not TensorFlow's gfile
 # (TensorFlow is here only to prepare data sets, and its GCS client ignores the emulator).
@@ -68,6 +69,58 @@ def object_name(path) -> str:
   return os.fspath(path)[len(SCHEME):]
 
 
+def check_bucket(path) -> None:
+  """For a gs:// `path`: raises MissingFileError when its bucket does not exist, InputError
+  when the credentials are refused (both naming `path` and the fix). Run before writing: the
+  object store would otherwise say so at the first save, or (gcsfs's mkdir) make a bucket."""
+  if not is_remote(path):
+    return
+  bucket = object_name(path).split("/")[0]
+  with remote_errors(path):
+    fs = filesystem(path)
+    fs.invalidate_cache(bucket)
+    fs.info(bucket)  # FileNotFoundError (no such bucket), an auth error, or unreachable
+
+
+def make_dirs(path) -> None:
+  """Creates a local folder and its parents; a bucket has no folders (a prefix exists once an
+  object is under it), so there only the bucket is checked."""
+  if is_remote(path):
+    check_bucket(path)
+  else:
+    as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def list_names(folder) -> list[str]:
+  """The names in `folder`, [] when it is missing, listed afresh: gcsfs keeps listings for the
+  life of the process and would not see what another process (a training run) wrote since."""
+  folder = as_path(folder)
+  with remote_errors(folder):
+    if is_remote(folder):
+      filesystem(folder).invalidate_cache(object_name(folder))
+    try:
+      return [p.name for p in folder.iterdir()]
+    except FileNotFoundError:
+      return []
+
+
+def move_tree(source, target) -> None:
+  """Moves the folder `source` to `target` (missing parents created). Locally one rename. A
+  bucket has no rename: every object is copied first (server side), and only when all are
+  copied is `source` deleted, so a failure half-way loses nothing (a part of `source` may
+  stay behind, with the whole copy at `target`)."""
+  if not is_remote(source):
+    as_path(target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return
+  fs = filesystem(source)
+  with remote_errors(source):
+    fs.invalidate_cache(object_name(source))
+    fs.copy(object_name(source), object_name(target), recursive=True)
+    fs.rm(object_name(source), recursive=True)
+    fs.invalidate_cache(object_name(source))
+
+
 @contextlib.contextmanager
 def remote_errors(path):
   """Turns what a bucket answers when it cannot be used (no such bucket, no credentials, no
@@ -94,3 +147,17 @@ def remote_error(path, error: BaseException) -> Exception:
     return InputError(f"{path}: the bucket refused access ({text}): {CREDENTIALS_FIX}")
   return StorageError(f"{path}: the bucket could not be reached ({text}): check the network and "
                  "rerun the same command")
+
+
+def absolute(path) -> str:
+  """`path` as a file records it for later readers: a gs:// path as it is, a local one made
+  absolute (epath's absolute() would turn gs://b/x into a local ./gs:/b/x)."""
+  return os.fspath(path) if is_remote(path) else os.fspath(as_path(path).absolute())
+
+
+def open_read(path):
+  """`path` opened for reading in binary (seekable: ranged reads in a bucket); not reaching
+  it raises remote_errors' errors. Errors of what is read stay the reader's (a damaged file
+  is not a lost network)."""
+  with remote_errors(path):
+    return as_path(path).open("rb")

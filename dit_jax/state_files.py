@@ -14,8 +14,10 @@ whole object (a log has one writer: the workdir lock), and create_exclusive is a
 the precondition "no object of this name yet" (ifGenerationMatch=0), which only one of any
 number of racing creators, on any hosts, passes.
 """
+import contextlib
 import json
 import os
+import shutil
 import uuid
 from typing import Any, Callable
 
@@ -105,6 +107,71 @@ def remove(path) -> None:
   """Deletes the file or object `path` if it is there."""
   with paths.remote_errors(path):
     paths.as_path(path).unlink(missing_ok=True)
+
+
+def remove_tree(folder) -> None:
+  """Deletes the folder `folder` and all under it, if it is there (in a bucket: every object
+  under the prefix)."""
+  if not paths.is_remote(folder):
+    shutil.rmtree(folder, ignore_errors=True)
+    return
+  fs, name = paths.filesystem(folder), paths.object_name(folder).rstrip("/")
+  with paths.remote_errors(folder):
+    fs.invalidate_cache(name)
+    try:
+      fs.rm(name, recursive=True)
+    except FileNotFoundError:
+      pass
+    fs.invalidate_cache(name)
+
+
+@contextlib.contextmanager
+def atomic_writer(path):
+  """A binary file to stream a large `path` into (an .npz of 50,000 images, which write_atomic
+  would need in memory whole), published only if the block ends without an error: locally a
+  temporary file in the same folder renamed over `path`; in a bucket a resumable upload,
+  finalised at the end and cancelled on an error (an object appears only when finalised).
+  The bucket's file is write-only (no seek): zipfile then writes data descriptors."""
+  if paths.is_remote(path):
+    with paths.remote_errors(path):
+      upload = paths.filesystem(path).open(paths.object_name(path), "wb")
+    try:
+      yield _Upload(upload, path)
+    except BaseException:
+      upload.discard()  # cancels the upload under way, if a part of it went up ...
+      upload.closed = True  # ... and keeps close() from sending what is buffered
+      raise
+    with paths.remote_errors(path):
+      upload.close()  # the object appears now, whole
+    return
+  path = paths.as_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  try:
+    with open(tmp, "wb") as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+class _Upload:
+  """The write end of an upload to gs:// `path`: a failed request is an error naming it."""
+
+  def __init__(self, upload, path):
+    self._upload, self._path = upload, path
+
+  def write(self, data) -> int:
+    with paths.remote_errors(self._path):
+      return self._upload.write(data)
+
+  def tell(self) -> int:
+    return self._upload.tell()
+
+  def flush(self) -> None:
+    """Parts go up as the upload's buffer fills; nothing is published before the end."""
 
 
 def write_json(path, value: Any, **dumps_kwargs) -> None:

@@ -7,15 +7,13 @@ parameter hash, every sampler setting), and a rerun that differs is refused, nev
 """
 import hashlib
 import json
-import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dit_jax import state_files
-from dit_jax.errors import InputError
+from dit_jax import paths, state_files
+from dit_jax.errors import DitJaxError, InputError
 from dit_jax.sampling import images
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
 
@@ -32,7 +30,7 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
   (and the folder goes) when all are done. Every process samples; only `write` (process 0)
   writes, and its view of which chunks exist is the one every process follows. Returns the
   number of samples this call drew."""
-  path = Path(path)
+  path = paths.as_path(path)  # local or gs://
   folder = path.with_name(path.name + ".chunks")
   divisor = sampler.plan.batch_divisor if sampler.plan is not None else 1
   meta = {"num": int(len(labels)), "chunk_size": int(chunk_size), "batch_size": int(batch_size),
@@ -41,13 +39,14 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
           **(identity or {})}
   if write:
     _record_meta(folder, meta)
+  present = set(paths.list_names(folder)) if write else set()  # one listing, made afresh
   chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
   drawn, shape = 0, None
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
-    whole, shape = _whole_chunk(chunk_file, len(chunk_labels), shape, report) if write else \
-        (False, shape)
+    whole, shape = (_whole_chunk(chunk_file, len(chunk_labels), shape, report)
+                    if chunk_file.name in present else (False, shape))
     if _on_process_0(whole):
       if progress is not None:
         progress(len(chunk_labels))
@@ -60,18 +59,21 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
     if write:
       images.save_npy_atomic(chunk_file, chunk)
   if write:
-    images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
-    shutil.rmtree(folder)
+    images.save_npz_chunks((images.load_npy(f) for f in chunk_files), labels, path)
+    state_files.remove_tree(folder)
   return drawn
 
 
-def _record_meta(folder: Path, meta: dict):
+def _record_meta(folder, meta: dict):
   """Writes meta.json, or refuses when the one there describes another sample set."""
   recorded = folder / "meta.json"
   meta = json.loads(json.dumps(meta))  # as it reads back (lists)
-  if recorded.exists():
+  try:
     old = state_files.read_json(recorded, "the settings of a resumable sample set",
                                 fix=f"delete {folder} to sample again from the start")
+  except FileNotFoundError:
+    old = None
+  if old is not None:
     changed = {key for key in set(old) | set(meta) if old.get(key) != meta.get(key)}
     differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {meta.get(key, '(none)')}"
               for key in sorted(changed)]
@@ -86,24 +88,25 @@ def _record_meta(folder: Path, meta: dict):
   state_files.write_json(recorded, meta, indent=1)
 
 
-def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:
-  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)): a chunk cut
-  short, with a bad header or of another shape is reported and drawn again."""
-  if not chunk_file.exists():
-    return False, shape
+def _whole_chunk(chunk_file, count: int, shape, report) -> tuple[bool, tuple | None]:
+  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)), from its header
+  and size: a chunk cut short, with a bad header or of another shape is reported and drawn
+  again."""
   try:
-    chunk = np.load(chunk_file, mmap_mode="r", allow_pickle=False)  # checks the file's size
+    chunk_shape, dtype = images.npy_header(chunk_file)
     problem = None
-    if chunk.dtype != np.uint8 or chunk.ndim != 4 or len(chunk) != count:
-      problem = f"holds {chunk.dtype} {chunk.shape}, not {count} uint8 images"
-    elif shape is not None and tuple(chunk.shape[1:]) != tuple(shape):
-      problem = f"holds images of {chunk.shape[1:]}, the other chunks {tuple(shape)}"
+    if dtype != np.uint8 or len(chunk_shape) != 4 or chunk_shape[0] != count:
+      problem = f"holds {dtype} {chunk_shape}, not {count} uint8 images"
+    elif shape is not None and tuple(chunk_shape[1:]) != tuple(shape):
+      problem = f"holds images of {chunk_shape[1:]}, the other chunks {tuple(shape)}"
   except (ValueError, OSError, EOFError) as e:
+    if isinstance(e, DitJaxError):  # a bucket that cannot be reached: not damage
+      raise
     problem = f"does not load whole: {e}"
   if problem:
     report(f"sample set: {chunk_file} {problem}; drawing it again")
     return False, shape
-  return True, tuple(chunk.shape[1:])
+  return True, tuple(chunk_shape[1:])
 
 
 def _on_process_0(flag: bool) -> bool:
