@@ -21,6 +21,8 @@ import shutil
 import uuid
 from typing import Any, Callable
 
+import numpy as np
+
 from dit_jax import paths
 from dit_jax.errors import InputError
 
@@ -155,6 +157,13 @@ def atomic_writer(path):
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def write_npz(path, arrays: dict) -> None:
+  """np.savez of `arrays` (uncompressed, no pickles) to `path`, local or gs://, published
+  whole (atomic_writer)."""
+  with atomic_writer(path) as f:
+    np.savez(f, **arrays)
 
 
 class _Upload:
