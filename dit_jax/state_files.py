@@ -15,6 +15,7 @@ the precondition "no object of this name yet" (ifGenerationMatch=0), which only 
 number of racing creators, on any hosts, passes.
 """
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -166,11 +167,16 @@ def write_npz(path, arrays: dict) -> None:
     np.savez(f, **arrays)
 
 
-class _Upload:
-  """The write end of an upload to gs:// `path`: a failed request is an error naming it."""
+class _Upload(io.RawIOBase):
+  """The write end of an upload to gs:// `path` (write-only, no seek): a failed request is an
+  error naming the path; closing it publishes nothing (atomic_writer does, at the end)."""
 
   def __init__(self, upload, path):
+    super().__init__()
     self._upload, self._path = upload, path
+
+  def writable(self) -> bool:
+    return True
 
   def write(self, data) -> int:
     with paths.remote_errors(self._path):
@@ -178,9 +184,6 @@ class _Upload:
 
   def tell(self) -> int:
     return self._upload.tell()
-
-  def flush(self) -> None:
-    """Parts go up as the upload's buffer fills; nothing is published before the end."""
 
 
 def write_json(path, value: Any, **dumps_kwargs) -> None:
