@@ -155,9 +155,11 @@ def absolute(path) -> str:
   return os.fspath(path) if is_remote(path) else os.fspath(as_path(path).absolute())
 
 
-def open_read(path):
-  """`path` opened for reading in binary (seekable: ranged reads in a bucket); not reaching
-  it raises remote_errors' errors. Errors of what is read stay the reader's (a damaged file
-  is not a lost network)."""
+def open_read(path, block_size: int | None = None):
+  """`path` opened for reading in binary (seekable: ranged reads in a bucket, each fetching
+  `block_size` bytes ahead, gcsfs's default if None); not reaching it raises remote_errors'
+  errors. Errors of what is read stay the reader's (a damaged file is not a lost network)."""
   with remote_errors(path):
+    if is_remote(path) and block_size:
+      return filesystem(path).open(object_name(path), "rb", block_size=block_size)
     return as_path(path).open("rb")

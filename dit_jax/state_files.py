@@ -112,6 +112,40 @@ def remove(path) -> None:
     paths.as_path(path).unlink(missing_ok=True)
 
 
+def read_bytes(path) -> bytes:
+  """The whole content of `path`, local or gs://; FileNotFoundError (in a bucket
+  MissingFileError, one) when it is missing, other failures named by remote_errors."""
+  with paths.remote_errors(path):
+    return paths.as_path(path).read_bytes()
+
+
+def read_range(path, start: int, length: int) -> bytes:
+  """`length` bytes of `path` from offset `start` (in a bucket one ranged request), e.g. one
+  example of a large array file, without reading the rest."""
+  if paths.is_remote(path):
+    with paths.remote_errors(path):
+      return paths.filesystem(path).cat_file(paths.object_name(path), start, start + length)
+  with open(path, "rb") as f:
+    f.seek(start)
+    return f.read(length)
+
+
+def npy_header(path) -> tuple[tuple, np.dtype, int]:
+  """(shape, dtype, offset of the data) of the .npy `path` from its header, reading no data
+  (in a bucket one small ranged read); ValueError when the header is bad or the file is not
+  as long as it announces (cut short)."""
+  with paths.open_read(path, block_size=1 << 16) as f:
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(f)
+    offset, size = f.tell(), f.seek(0, 2)
+  if size != offset + int(np.prod(shape)) * dtype.itemsize:
+    raise ValueError(f"{size} bytes where the header announces "
+                     f"{offset + int(np.prod(shape)) * dtype.itemsize}")
+  return shape, dtype, offset
+
+
 def remove_tree(folder) -> None:
   """Deletes the folder `folder` and all under it, if it is there (in a bucket: every object
   under the prefix)."""
@@ -158,6 +192,21 @@ def atomic_writer(path):
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def write_npy(path, array: np.ndarray) -> None:
+  """np.save of `array` (no pickles) to `path`, local or gs://, published whole."""
+  with atomic_writer(path) as f:
+    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+
+
+def read_npy(path) -> np.ndarray:
+  """The array of the .npy `path`: memory-mapped locally (read as used); a bucket object is
+  read whole."""
+  if not paths.is_remote(path):
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+  with paths.open_read(path) as f:
+    return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def write_npz(path, arrays: dict) -> None:

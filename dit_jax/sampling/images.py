@@ -44,34 +44,6 @@ def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
   Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(path)
 
 
-def save_npy_atomic(path, array: np.ndarray):
-  """np.save to `path` (local or gs://), published only when whole."""
-  with state_files.atomic_writer(path) as f:
-    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-
-
-def load_npy(path) -> np.ndarray:
-  """The array in the .npy `path`: memory-mapped locally; a bucket object is read whole."""
-  if not paths.is_remote(path):
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-  with paths.open_read(path) as f:
-    return np.lib.format.read_array(f, allow_pickle=False)
-
-
-def npy_header(path) -> tuple[tuple, np.dtype]:
-  """(shape, dtype) of the .npy `path` from its header, reading no data (a ranged read in a
-  bucket); ValueError when the header is bad or the file is not as long as it announces."""
-  with paths.open_read(path) as f:
-    version = np.lib.format.read_magic(f)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(f)
-    expected, size = f.tell() + int(np.prod(shape)) * dtype.itemsize, f.seek(0, 2)
-  if size != expected:
-    raise ValueError(f"{size} bytes where the header announces {expected}")
-  return shape, dtype
-
-
 def save_npz(images_NHWC: np.ndarray, labels, path):
   """uint8 NHWC images in `arr_0` and labels in `labels`, as evaluation suites read them."""
   save_npz_chunks([images_NHWC], labels, path)

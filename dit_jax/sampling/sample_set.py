@@ -57,9 +57,9 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
     drawn += len(chunk)
     shape = shape or chunk.shape[1:]
     if write:
-      images.save_npy_atomic(chunk_file, chunk)
+      state_files.write_npy(chunk_file, chunk)
   if write:
-    images.save_npz_chunks((images.load_npy(f) for f in chunk_files), labels, path)
+    images.save_npz_chunks((state_files.read_npy(f) for f in chunk_files), labels, path)
     state_files.remove_tree(folder)
   return drawn
 
@@ -93,7 +93,7 @@ def _whole_chunk(chunk_file, count: int, shape, report) -> tuple[bool, tuple | N
   and size: a chunk cut short, with a bad header or of another shape is reported and drawn
   again."""
   try:
-    chunk_shape, dtype = images.npy_header(chunk_file)
+    chunk_shape, dtype, _ = state_files.npy_header(chunk_file)
     problem = None
     if dtype != np.uint8 or len(chunk_shape) != 4 or chunk_shape[0] != count:
       problem = f"holds {dtype} {chunk_shape}, not {count} uint8 images"
