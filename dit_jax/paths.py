@@ -163,3 +163,14 @@ def open_read(path, block_size: int | None = None):
     if is_remote(path) and block_size:
       return filesystem(path).open(object_name(path), "rb", block_size=block_size)
     return as_path(path).open("rb")
+
+
+def upload_tree(local, target) -> None:
+  """Copies what the local folder `local` holds to the folder `target` (gs://, or local), one
+  upload per file (each published whole); files already there of other names stay."""
+  if not is_remote(target):
+    shutil.copytree(local, target, dirs_exist_ok=True)
+    return
+  with remote_errors(target):  # "local/": its content, not a folder named after it
+    filesystem(target).put(os.fspath(local).rstrip("/") + "/", object_name(target),
+                           recursive=True)

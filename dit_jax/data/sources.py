@@ -83,10 +83,7 @@ def _prepared_in_bucket(b: tfds.core.DatasetBuilder, name: str,
   final = paths.as_path(b.data_dir)
   staging = final.parent / f"incomplete.{uuid.uuid4().hex[:8]}_{final.name}"
   with tempfile.TemporaryDirectory(prefix="dit-jax-tfds-") as local:
-    built = _prepared(builder(name, local), name, local)
-    with paths.remote_errors(staging):
-      paths.filesystem(staging).put(os.fspath(built.data_dir), paths.object_name(staging),
-                                    recursive=True)
+    paths.upload_tree(_prepared(builder(name, local), name, local).data_dir, staging)
   paths.move_tree(staging, final)
   return builder(name, data_dir)
 
