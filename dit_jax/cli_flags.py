@@ -89,7 +89,7 @@ def existing(what: str, *suffixes: str):
   def parse(text: str) -> str:
     if paths.is_remote(text) and not suffixes:
       return _in_bucket(text, exists=True)
-    path = paths.as_path(text)
+    path = Path(paths.as_path(text))  # local here (as_path refuses a gs:/ that lost a slash)
     if not (path.is_file() if suffixes else path.is_dir()):
       problem = ("does not exist" if not path.exists() else "is a directory" if suffixes
                  else "is a file, not a directory")
@@ -120,7 +120,7 @@ def new_or_dir(text: str) -> str:
   """A directory that is written to (created if missing); in a bucket, its bucket exists."""
   if paths.is_remote(text):
     return _in_bucket(text)
-  path = paths.as_path(text)
+  path = Path(paths.as_path(text))  # local here: pathlib has is_symlink and readlink
   if path.is_symlink() and not path.exists():  # mkdir would say only "File exists"
     raise argparse.ArgumentTypeError(f"{text} is a dangling symbolic link (to {path.readlink()}"
                                      f", which does not exist): create its target, or remove "
@@ -133,12 +133,12 @@ def new_or_dir(text: str) -> str:
 
 def output_file(*suffixes: str):
   def parse(text: str) -> str:
-    path = paths.as_path(text)
-    if path.suffix not in suffixes:
+    if paths.as_path(text).suffix not in suffixes:
       raise argparse.ArgumentTypeError(f"{text!r} has no known extension: name the file "
                                        f"{' or '.join('FILE' + s for s in suffixes)}")
     if paths.is_remote(text):
       return _in_bucket(text)
+    path = Path(text)  # local here
     if path.is_dir():
       raise argparse.ArgumentTypeError(f"{text} is a directory: name a file in it, such as "
                                        f"{path / ('samples' + suffixes[0])}")
