@@ -12,6 +12,7 @@ guarantees of the run's files on what it does have (uploads and generation preco
 """
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 
@@ -24,11 +25,21 @@ from etils import epath  # noqa: E402  (after the switch above)
 from dit_jax.errors import (InputError, MissingFileError, MissingPackageError,  # noqa: E402
                             StorageError)
 
+# gcsfs logs each request that failed for good with its traceback; the library raises that
+# failure once, naming the path and the fix (remote_errors), so the records with one go.
+logging.getLogger("gcsfs").addFilter(lambda record: not record.exc_info)
+
 SCHEME = "gs://"
 INSTALL_GCS = "pip install 'dit-jax[gcs]'"
 CREDENTIALS_FIX = ("give this machine credentials for the bucket: `gcloud auth "
                    "application-default login`, a service account of the VM, or "
                    "GOOGLE_APPLICATION_CREDENTIALS=key.json")
+
+
+# Buckets that did not answer a request through all its retries (gcsfs: 6 tries, ~35 s;
+# Orbax's tensorstore: see engine.checkpoint). What is left to do after such a failure (the
+# last uploads, releasing the lock) skips them rather than wait through the retries again.
+_unreachable: set[str] = set()
 
 
 def is_remote(path) -> bool:
@@ -69,17 +80,31 @@ def object_name(path) -> str:
   return os.fspath(path)[len(SCHEME):]
 
 
+def bucket(path) -> str:
+  """The bucket's name of a gs:// path."""
+  return object_name(path).split("/")[0]
+
+
+def mark_unreachable(path) -> None:
+  if is_remote(path):
+    _unreachable.add(bucket(path))
+
+
+def unreachable(path) -> bool:
+  """Whether a request to the bucket of `path` failed for good in this process."""
+  return is_remote(path) and bucket(path) in _unreachable
+
+
 def check_bucket(path) -> None:
   """For a gs:// `path`: raises MissingFileError when its bucket does not exist, InputError
   when the credentials are refused (both naming `path` and the fix). Run before writing: the
   object store would otherwise say so at the first save, or (gcsfs's mkdir) make a bucket."""
   if not is_remote(path):
     return
-  bucket = object_name(path).split("/")[0]
   with remote_errors(path):
     fs = filesystem(path)
-    fs.invalidate_cache(bucket)
-    fs.info(bucket)  # FileNotFoundError (no such bucket), an auth error, or unreachable
+    fs.invalidate_cache(bucket(path))
+    fs.info(bucket(path))  # FileNotFoundError (no such bucket), an auth error, or unreachable
 
 
 def make_dirs(path) -> None:
@@ -138,15 +163,16 @@ def remote_errors(path):
 def remote_error(path, error: BaseException) -> Exception:
   """The library error for a failed request on gs:// `path` (see remote_errors)."""
   text = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
-  bucket = object_name(path).split("/")[0]
   code = getattr(error, "code", None)
   if isinstance(error, FileNotFoundError) or code == 404:
-    return MissingFileError(f"{path}: the bucket gs://{bucket} or the object does not exist "
-                            f"({text}): create the bucket, or fix the path")
+    return MissingFileError(f"{path}: the bucket gs://{bucket(path)} or the object does not "
+                            f"exist ({text}): create the bucket, or fix the path")
   if code in (401, 403) or "credential" in text.lower() or "auth" in type(error).__module__:
     return InputError(f"{path}: the bucket refused access ({text}): {CREDENTIALS_FIX}")
-  return StorageError(f"{path}: the bucket could not be reached ({text}): check the network and "
-                 "rerun the same command")
+  mark_unreachable(path)
+  return StorageError(f"{path}: the bucket could not be reached ({text}): check the network "
+                      "and the bucket, then rerun the same command")
+
 
 
 def absolute(path) -> str:

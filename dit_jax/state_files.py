@@ -258,10 +258,11 @@ def read_json_lines(path, warn: Callable[[str], None] | None = print) -> list[di
   kill or a full disk leaves) is dropped, with a warning through `warn`; a damaged line before
   the last raises InputError naming the file and the line."""
   path = paths.as_path(path)
-  with paths.remote_errors(path):
-    if not path.exists():
-      return []
-    lines = path.read_bytes().decode(errors="replace").split("\n")
+  try:
+    with paths.remote_errors(path):
+      lines = path.read_bytes().decode(errors="replace").split("\n")
+  except FileNotFoundError:  # (not exists(): fsspec's says False for an unreachable bucket)
+    return []
   rows = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
@@ -285,9 +286,11 @@ def append_json_lines(path, rows: list[dict]) -> None:
   if not rows:
     return
   if paths.is_remote(path):
-    old = paths.as_path(path)
-    with paths.remote_errors(path):
-      text = old.read_bytes() if old.exists() else b""
+    try:
+      with paths.remote_errors(path):
+        text = paths.as_path(path).read_bytes()
+    except FileNotFoundError:
+      text = b""
     write_atomic(path, text + _lines(rows).encode())
     return
   path = paths.as_path(path)

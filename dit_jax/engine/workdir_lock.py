@@ -114,7 +114,12 @@ class WorkdirLock:
     return self
 
   def __exit__(self, *exc):
-    if self.held:
-      remove(self.path)
-      self.held = False
+    if not self.held:
+      return
+    self.held = False
+    if paths.unreachable(self.path):  # the run failed for it: tell, rather than wait again
+      print(f"{self.path} is left in place (the bucket cannot be reached): a rerun on host "
+            f"{socket.gethostname()} takes it over; from another host, delete it first")
+      return
+    remove(self.path)
 

@@ -1,10 +1,10 @@
 """Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
+import io
 import pickle
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,12 +36,12 @@ def make_grid(images_NHWC: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
 
 def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
   """Writes a uint8 image; `upscale` repeats pixels so tiny images stay visible."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   if upscale > 1:
     image_HWC = image_HWC.repeat(upscale, 0).repeat(upscale, 1)
   mode = "L" if image_HWC.shape[-1] == 1 else "RGB"
-  Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(path)
+  png = io.BytesIO()
+  Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(png, "PNG")
+  state_files.write_atomic(path, png.getvalue())  # local or gs://, published whole
 
 
 def save_npz(images_NHWC: np.ndarray, labels, path):
