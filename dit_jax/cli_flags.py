@@ -87,7 +87,9 @@ def _in_bucket(text: str, *, exists: bool = False) -> str:
 def existing(what: str, *suffixes: str):
   """An existing directory, or with `suffixes` an existing file named with one of them."""
   def parse(text: str) -> str:
-    if paths.is_remote(text) and not suffixes:
+    if paths.is_remote(text):  # a file or a folder: something stored under that name
+      if suffixes and paths.as_path(text).suffix not in suffixes:
+        raise argparse.ArgumentTypeError(f"{text}: expected {what}")
       return _in_bucket(text, exists=True)
     path = Path(paths.as_path(text))  # local here (as_path refuses a gs:/ that lost a slash)
     if not (path.is_file() if suffixes else path.is_dir()):

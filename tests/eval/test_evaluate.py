@@ -416,4 +416,27 @@ def test_eval_with_samples_reference_and_feature_net_in_a_bucket_scores_as_local
     for key in local.files:
       np.testing.assert_array_equal(remote[key], local[key])
   assert scores[0] == scores[1] and scores[0]["samples"] == 100
+  with pytest.raises(SystemExit):
+    cli.main(["eval", "--samples", f"{gcs_bucket}/missing.npz", "--ref", f"{gcs_bucket}/ref.npz",
+              "--features", "digits/8"])
+  assert f"{gcs_bucket}/missing.npz does not exist" in capsys.readouterr().err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz", "s.npz"]
+
+
+def test_a_classifier_trained_into_a_bucket_data_dir_is_the_local_one(
+    digits_net, gcs_bucket, tmp_path, monkeypatch, capsys):
+  """`train-classifier --data-dir gs://...`: its engine run, classifier.npz and .json land in
+  the bucket's feature-net cache, and the net loaded from there has the weights of the same
+  training in a local data_dir."""
+  monkeypatch.chdir(tmp_path)
+  local_dir, bucket_dir = tmp_path / "tfds", f"{gcs_bucket}/tfds"
+  shutil.copytree(f"{digits_net[0]}/digits", local_dir / "digits")  # the data, not the cache
+  paths.upload_tree(local_dir, bucket_dir)
+  for data_dir in (str(local_dir), bucket_dir):
+    cli.main(["train-classifier", "--data", "digits/8", "--data-dir", data_dir, "--steps", "4"])
+  assert f"in {bucket_dir}/{classifier.FEATURE_NETS}/digits_8" in capsys.readouterr().out
+  cache = paths.list_names(classifier.cache_dir("digits/8", bucket_dir))
+  assert {"classifier.npz", "classifier.json", "run"} <= set(cache)
+  nets = [classifier.classifier_net("digits/8", d, train=False) for d in (local_dir, bucket_dir)]
+  assert nets[0].identity == nets[1].identity
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tfds"]
