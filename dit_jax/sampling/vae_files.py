@@ -8,10 +8,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
 
+from dit_jax import paths
 from dit_jax.models.vae import AutoencoderKL, vae_arch
-from dit_jax.state_files import read_json, write_json
+from dit_jax.state_files import read_json, write_atomic, write_json
 
 CONFIG = "dit_jax_vae.json"
 WEIGHTS = "params.safetensors"
@@ -19,7 +20,7 @@ WEIGHTS = "params.safetensors"
 
 def native_dir(path: str | Path) -> Path | None:
   """`path` or `path/vae` when it holds our format, else None."""
-  for folder in (Path(path), Path(path) / "vae"):
+  for folder in (paths.as_path(path), paths.as_path(path) / "vae"):
     if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
       return folder
   return None
@@ -27,11 +28,10 @@ def native_dir(path: str | Path) -> Path | None:
 
 def save_vae(path: str | Path, vae: AutoencoderKL, params):
   """Writes the VAE's fields and float32 parameters to folder `path`."""
-  folder = Path(path)
-  folder.mkdir(parents=True, exist_ok=True)
+  folder = paths.as_path(path)
   flat = traverse_util.flatten_dict(params, sep="/")
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
-            str(folder / WEIGHTS))
+  write_atomic(folder / WEIGHTS, save({k: np.ascontiguousarray(v, np.float32)  # local or gs://
+                                       for k, v in flat.items()}))
   write_json(folder / CONFIG, vae_arch(vae), indent=2)
 
 
@@ -46,7 +46,7 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
                    fix="save the VAE again (`dit-jax train-vae` or `dit-jax convert`)")
   arch["block_out_channels"] = tuple(arch["block_out_channels"])
   vae = AutoencoderKL(**arch, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
-  params = traverse_util.unflatten_dict(load_file(str(folder / WEIGHTS)), sep="/")
+  params = traverse_util.unflatten_dict(load((folder / WEIGHTS).read_bytes()), sep="/")
   return vae, params
 
 
