@@ -9,6 +9,7 @@
     dit-jax eval-ref --features digits/8 --data digits/8 --split test --out ref.npz
     dit-jax eval --samples samples.npz --ref ref.npz --features digits/8
     dit-jax eval --samples s.npz --ref VIRTUAL_imagenet256_labeled.npz --inception pt_inception.pth
+    dit-jax eval-loss --workdir runs/quickstart --steps 1000,2000 --plot loss_by_t.png
     dit-jax sweep --config configs/sweeps/conditioning.py --workdir runs/conditioning
     dit-jax train-vae --config configs/vae.py --workdir runs/vae
     dit-jax extract-latents --config configs/latent_quickstart.py --vae runs/vae --out lat --flip
@@ -156,6 +157,18 @@ def cmd_eval_ref(args, overrides):
                         batch_size=args.batch_size))
 
 
+def cmd_eval_loss(args, overrides):
+  from dit_jax.eval import loss_by_t  # deferred: TFDS and grain (dit_jax.data)
+  rows = loss_by_t.evaluate_run(args.workdir, args.steps, t_values=args.t or loss_by_t.DEFAULT_T,
+                                num=args.num, split=args.split, batch_size=args.batch_size,
+                                seed=args.seed, raw=not args.no_raw, latents=args.latents)
+  print(loss_by_t.format_rows(rows, args.format))
+  if args.plot:
+    from dit_jax.studies.plots import plot_loss_by_t  # deferred: matplotlib, only for --plot
+    plot_loss_by_t(rows, args.plot)
+    print(f"wrote {args.plot}", file=sys.stderr)
+
+
 def cmd_train_classifier(args, overrides):
   from dit_jax.eval import classifier  # deferred: TFDS and grain (dit_jax.data)
   info = classifier.ensure_classifier(args.data, args.data_dir, args.steps, args.force)
@@ -190,6 +203,9 @@ COMMANDS = {
     "eval": ("score a sample set against a reference: FID / FD, sFID, IS, precision, recall, "
              "accuracy", flag.eval_flags, None),
     "eval-ref": ("reference statistics of real images for `eval`", flag.eval_ref_flags, None),
+    "eval-loss": ("a run's loss by noise level: its objective on a fixed held-out batch at "
+                  "fixed times t and noise, EMA and raw parameters", flag.eval_loss_flags,
+                  None),
     "train-classifier": ("train (once) the feature net of a bundled data set and report its "
                          "test accuracy", flag.train_classifier_flags, None),
     "convert": ("published PyTorch DiT checkpoint <-> dit_jax", flag.convert_flags, None),

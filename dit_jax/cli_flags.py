@@ -84,6 +84,25 @@ def _in_bucket(text: str, *, exists: bool = False) -> str:
   return text
 
 
+def step_list(text: str) -> list[int]:
+  parts = text.split(",")
+  if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected checkpoint steps such as 1000 or "
+                                     "500,1000")
+  return [int(p) for p in parts]
+
+
+def time_list(text: str) -> tuple[float, ...]:
+  try:
+    times = tuple(float(p) for p in text.split(","))
+  except ValueError:
+    times = ()
+  if not times or not all(0 <= t <= 1 for t in times):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected times in [0, 1] (0 noise, 1 data) "
+                                     "separated by commas, such as 0.2,0.5,0.8")
+  return times
+
+
 def existing(what: str, *suffixes: str):
   """An existing directory, or with `suffixes` an existing file named with one of them."""
   def parse(text: str) -> str:
@@ -337,6 +356,25 @@ def eval_ref_flags(p):
   p.add_argument("--num", type=positive, help="only the first N images")
   p.add_argument("--out", required=True, type=output_file(".npz"))
   _feature_flags(p)
+
+
+def eval_loss_flags(p):
+  p.add_argument("--workdir", required=True, type=RUN_DIR, help="a training run's directory")
+  p.add_argument("--steps", type=step_list, help="checkpoints to evaluate, e.g. 500,1000 "
+                 "(default: the newest; train.keep_checkpoints says how many are kept)")
+  p.add_argument("--t", type=time_list, help="times, comma-separated (default "
+                 "0.05,0.2,0.5,0.8,0.95)")
+  p.add_argument("--num", type=positive, default=256, help="held-out examples: the first N of "
+                 "--split")
+  p.add_argument("--split", default="test")
+  p.add_argument("--latents", metavar="DIR", type=LATENT_DIR, help="latent runs: the latents "
+                 "of the held-out split (default: the run's data.latents, its training split)")
+  p.add_argument("--seed", type=non_negative, default=0, help="of the fixed noise")
+  p.add_argument("--batch-size", type=positive, default=256, help="examples per compiled call")
+  p.add_argument("--no-raw", action="store_true", help="only the EMA parameters")
+  p.add_argument("--format", choices=("table", "json"), default="table")
+  p.add_argument("--plot", metavar="FILE.png", type=output_file(".png", ".pdf", ".svg"),
+                 help="draw the loss against t, one line per checkpoint")
 
 
 def train_classifier_flags(p):

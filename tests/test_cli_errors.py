@@ -168,6 +168,16 @@ CASES = [
      "--from: invalid choice: 'tensorflow'"),
     ("convert", IMPORT + ["{tmp}/not_dit.npz", "--num-heads", "0"], "--num-heads: must be >= 1"),
 
+    ("eval-loss", ["--workdir", "{tmp}/emptydir"],
+     "config.json not found: --workdir must be a directory written by"),
+    ("eval-loss", ["--workdir", "{tmp}/missing"], "--workdir: .*missing does not exist"),
+    ("eval-loss", ["--workdir", "{tmp}/emptydir", "--t", "0.5,2"],
+     r"--t: '0.5,2': expected times in \[0, 1\] \(0 noise, 1 data\)"),
+    ("eval-loss", ["--workdir", "{tmp}/emptydir", "--steps", "500,x"],
+     "--steps: '500,x': expected checkpoint steps such as 1000"),
+    ("eval-loss", ["--workdir", "{tmp}/emptydir", "--plot", "{tmp}/p.jpg"],
+     "--plot: .*p.jpg' has no known extension"),
+
     ("train-vae", VAE + ["--config", "{tmp}/nosuch.py"], "config file .*nosuch.py"),
     ("train-vae", VAE + ["--workdir", "{tmp}/a_file.txt"], "--workdir: .*a_file.txt is a file"),
     ("train-vae", VAE + ["--config.vae.nosuch=1"], "config.vae.nosuch: config has no field"),

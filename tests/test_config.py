@@ -290,7 +290,7 @@ def test_evaluator_sections_are_checked_by_their_type():
   assert dict(config.evals.samples) == dict(EVALUATORS["samples"], type="samples", every=1000,
                                             num_samples=500)
   with pytest.raises(ConfigError, match=r"type 'fid' is not one of \('samples', "
-                                        r"'composition'\)"):
+                                        r"'composition', 'loss_by_t'\)"):
     evaluator_section("fid")
   with pytest.raises(ConfigError, match=r"fields \['features'\] are not fields of a "
                                         r"'composition' evaluator"):

@@ -2,6 +2,7 @@
 a DiT block (adaLN-Zero, adaLN, cross-attention, in-context tokens), everything else equal.
 
     dit-jax sweep --config configs/sweeps/conditioning.py --workdir runs/sweeps/conditioning
+    dit-jax sweep --config configs/sweeps/conditioning.py:long --workdir runs/sweeps/cond_long
     dit-jax sweep --config configs/sweeps/conditioning.py:gpu --workdir runs/sweeps/cond_gpu
 
 Default (2-core CPU): 16x16 digits, patch 2 (64 tokens, as DiT-*/4 on 256 px), width 64,
@@ -11,14 +12,37 @@ the digits/16 classifier's features against the 297 test digits every 300 steps.
 at step 300, so the early evaluations mix model quality with EMA lag, equally for every design.
 `gpu`: 32x32 digits, patch 2 (256 tokens, as DiT-*/2), width 192, depth 6, 4,000 steps at
 batch 256, 1,000 samples every 1,000 steps, bfloat16 compute, EMA 0.999 with warm-up, 3 seeds.
+Every variant logs the loss by noise level (`loss_by_t`: the objective at t = 0.05, 0.2, 0.5,
+0.8, 0.95 on the first 128 test digits with fixed noise, EMA and raw parameters) every 100
+steps (gpu: 250 on 256 digits).
+
+`long`: the CPU sweep at LONG_STEPS = 2,000 steps (the cosine decays over all of them: use a
+new --workdir), 3 seeds, FD and accuracy of 400 samples every 500 steps (4 evaluations; the
+designs' Gflops differ by at most 14%, so equal steps are close to equal compute).
+Wall clock, estimated (not run): about 2.1 h on an idle 2-core machine, 0.7 h a seed. The
+900-step sweep took 60.6 min for its 12 runs (4.4-5.8 min a run); its median logged speed
+(3.2-5.0 steps/s) is pure training, since 7 of its 9 logging intervals hold no evaluation, which
+leaves 64-96 s a run for start-up and 3 FD evaluations (~20 s each). At 2,000 steps, with one
+FD evaluation more and 20 loss-by-t evaluations (~9 training steps' time each, as timed for the
+scaling study), a run takes 9-13 min. `--seeds 0,1` first (1.4 h), a later `--seeds 2` adds
+the third.
 """
 from dit_jax.config import base_config, evaluator_section, model_section
 
 CONDITIONINGS = ["adaln_zero", "adaln", "cross_attn", "in_context"]
+VARIANTS = ("", "gpu", "long")
+LONG_STEPS = 2000
+
+
+def _variant(arg: str) -> str:
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/sweeps/conditioning.py:{arg}: the variants are "
+                     f"{', '.join(repr(v) for v in VARIANTS)}")
+  return arg
 
 
 def get_config(arg: str = ""):
-  gpu = arg == "gpu"
+  gpu, long = _variant(arg) == "gpu", arg == "long"
   config = base_config()
   config.model = model_section(
       "DiT", patch_size=2, hidden_size=192 if gpu else 64, depth=6 if gpu else 4,
@@ -26,26 +50,32 @@ def get_config(arg: str = ""):
       dtype="bfloat16" if gpu else "float32")
   config.data.update(name="digits/32" if gpu else "digits/16", batch_size=256 if gpu else 64)
   config.optim.update(lr=1e-3, warmup_steps=100, schedule="cosine")
-  steps = 4000 if gpu else 900
-  config.train.update(steps=steps, log_every=100, checkpoint_every=steps // (4 if gpu else 3),
+  steps = 4000 if gpu else LONG_STEPS if long else 900
+  evaluations = 4 if gpu or long else 3
+  config.train.update(steps=steps, log_every=100, checkpoint_every=steps // evaluations,
                       sample_every=steps, ema_decay=0.995 if not gpu else 0.999,
                       ema_warmup=gpu, samples_per_class=4)
   config.sample.update(method="heun", steps=12, cfg_scale=2.0)
   config.evals.samples = evaluator_section(
-      "samples", every=steps // (4 if gpu else 3), num_samples=1000 if gpu else 400,
-      batch_size=200)
+      "samples", every=steps // evaluations, num_samples=1000 if gpu else 400, batch_size=200)
+  config.evals.loss_by_t = evaluator_section("loss_by_t", every=250 if gpu else 100,
+                                             num_samples=256 if gpu else 128,
+                                             batch_size=256 if gpu else 128)
   return config
 
 
 def get_sweep(arg: str = ""):
+  losses = tuple(f"eval/loss_t={t:g}" for t in (0.05, 0.2, 0.5, 0.8, 0.95))
   return dict(
       title="Conditioning designs (DiT paper, Figure 5) on "
-            + ("32x32 digits, width 192, depth 6" if arg == "gpu" else
-               "16x16 digits, width 64, depth 4"),
+            + ("32x32 digits, width 192, depth 6" if _variant(arg) == "gpu" else
+               "16x16 digits, width 64, depth 4")
+            + (f", {LONG_STEPS} steps" if arg == "long" else ""),
       description="DiT with patch 2; only model.conditioning differs. FD: Fréchet distance of "
                   "EMA samples (uniform labels, Heun 12 steps, guidance 2) to the test digits "
                   "in the features of a digits classifier trained on the training split; "
-                  "accuracy: how often that classifier reads the requested digit.",
+                  "accuracy: how often that classifier reads the requested digit; loss_t=T: "
+                  "the loss at time T on fixed test digits and noise (EMA).",
       axes={"model.conditioning": CONDITIONINGS},
       seeds=[0, 1, 2],
-      metrics=("eval/fd", "eval/accuracy", "eval/precision", "eval/recall", "loss"))
+      metrics=("eval/fd", "eval/accuracy", "eval/precision", "eval/recall", "loss", *losses))

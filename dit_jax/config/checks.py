@@ -36,6 +36,12 @@ def _within(low, high, upper_open: bool = False, note: str = ""):
   return (lambda v: low <= v <= high), f"in [{low}, {high}]{note}"
 
 
+def _numbers(value, kinds) -> bool:
+  """A list or tuple of numbers of `kinds` (bools excluded)."""
+  return isinstance(value, (list, tuple)) and all(
+      isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+
+
 # field -> (test, requirement): each applies where the field is present; evals.* is any
 # evaluator of config.evals.
 _RULES = {field: (test, need) for field, test, need in (
@@ -73,6 +79,11 @@ _RULES = {field: (test, need) for field, test, need in (
     ("evals.*.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
     ("evals.*.features", lambda v: v == "data" or v.startswith("inception:"),
      "'data' (a classifier of data.name) or 'inception:FILE' (pytorch-fid's weights)"),
+    ("evals.*.at_steps", lambda v: _numbers(v, int) and all(s >= 1 for s in v),
+     "a list of steps >= 1, e.g. (250, 500) ([]: none)"),
+    ("evals.*.t_values",
+     lambda v: _numbers(v, (int, float)) and len(v) > 0 and all(0 <= t <= 1 for t in v),
+     "a non-empty list of times in [0, 1] (0 noise, 1 data), e.g. (0.05, 0.5, 0.95)"),
     ("sample.method", *_one_of(flow.METHODS)),
     ("sample.cfg_scale", lambda v: math.isfinite(v) and v >= 0,
      "a guidance scale >= 0 (0: unconditional, 1: conditional without guidance, > 1: "

@@ -71,20 +71,29 @@ def vae_section(name: str = "tiny", **fields) -> ml_collections.ConfigDict:
 
 
 # What each kind of evaluator (dit_jax.eval.evaluators) reads, with its defaults. Every kind has
-# `every` (steps; 0: never; also at the end), `num_samples`, `batch_size` (samples per compiled
-# sampler call) and `prefix` (of the logged metric names).
+# `every` (steps; 0: never; also at the end), `at_steps` (more steps to run at, e.g. where a
+# sweep's models reach equal training compute; also with every=0), `num_samples`, `batch_size`
+# (samples per compiled call) and `prefix` (of the logged metric names).
 EVALUATORS = {
     # FD (FID with Inception), sFD, IS, precision / recall and conditional accuracy of EMA
     # samples with uniform class labels (or none), against the real images of data `split` or
     # a `reference` .npz (`dit-jax eval-ref`, ADM's), in the feature net `features`: 'data' (a
     # classifier of data.name) or 'inception:FILE' (pytorch-fid's weights).
-    "samples": dict(every=1000, num_samples=1000, batch_size=250, prefix="eval/",
+    "samples": dict(every=1000, at_steps=(), num_samples=1000, batch_size=250, prefix="eval/",
                     features="data", reference=None, split="test"),
     # Caption-conditioned samples of a shapes data set's `split` captions, checked exactly
     # against the captions' objects (dit_jax.eval.composition): colour, shape, object, empty
     # cells, whole images, and whole images of captions absent from the training split.
-    "composition": dict(every=1000, num_samples=256, batch_size=256, prefix="eval/",
-                        split="test"),
+    "composition": dict(every=1000, at_steps=(), num_samples=256, batch_size=256,
+                        prefix="eval/", split="test"),
+    # The run's own objective on the first num_samples examples of `split` at each time of
+    # `t_values`, with noise fixed by `seed` (the same for every run: paired comparisons), for
+    # the EMA parameters and, with `raw`, the trained ones (dit_jax.eval.loss_by_t): loss_t=T,
+    # loss_raw_t=T. `latents`: a latent folder of the held-out split for latent runs (default
+    # data.latents, the training split's).
+    "loss_by_t": dict(every=100, at_steps=(), num_samples=256, batch_size=256, prefix="eval/",
+                      split="test", t_values=(0.05, 0.2, 0.5, 0.8, 0.95), raw=True, seed=0,
+                      latents=None),
 }
 
 

@@ -119,15 +119,17 @@ def is_due(step: int, every: int, total: int, at_end: bool = True) -> bool:
 
 @dataclasses.dataclass
 class Periodic:
-  """`action(step, state)` every `every` steps (and at the last step when `at_end`); a dict it
-  returns is logged as metrics (evaluators). Every process calls it (sharded parameters)."""
+  """`action(step, state)` every `every` steps, at the steps of `at_steps` (e.g. the steps of
+  equal training compute across a sweep's models) and at the last step when `at_end`; a dict
+  it returns is logged as metrics (evaluators). Every process calls it (sharded parameters)."""
   name: str
   every: int
   action: Callable[[int, TrainState], dict | None]
   at_end: bool = True
+  at_steps: tuple = ()
 
   def due(self, step: int, total: int) -> bool:
-    return is_due(step, self.every, total, self.at_end)
+    return is_due(step, self.every, total, self.at_end) or step in self.at_steps
 
 
 class Profile:

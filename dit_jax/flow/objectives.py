@@ -7,6 +7,10 @@
 channels, or 2C for learned-variance models, of which the first C are the prediction. Losses
 are the mean squared error over those C channels, in float32. The learned-variance channels
 get no loss here, except in `DDPMHybrid` (DiT's mse + variational-bound term).
+
+`loss` draws t (or DDPM's step) and the noise, then averages `losses_at`, the per-example
+loss at given times and noise; evaluations call `losses_at` with fixed ones (loss by noise
+level, `dit_jax.eval.loss_by_t`), so both measure the one loss.
 """
 import dataclasses
 from typing import Any, Callable
@@ -17,20 +21,35 @@ import numpy as np
 
 from dit_jax.errors import InputError
 from dit_jax.flow import paths, timesteps
-from dit_jax.flow.paths import LinearPath, VPPath, ddpm_step_to_t, from_x1_eps
+from dit_jax.flow.paths import (LinearPath, VPPath, ddpm_step_to_t, from_x1_eps,
+                                t_to_ddpm_step)
 
 KINDS = ("flow", "ddpm", "ddpm_hybrid")  # ddpm_hybrid: DiT's mse + L_vb (learned variance)
 TRAIN_PREDICTIONS = ("velocity", "eps", "x1")  # the score blows up at t -> 1: not a target
 
 
-def regression_loss(objective, model_fn: Callable, x_t: jax.Array, t_B: jax.Array, cond: Any,
-                    x1: jax.Array, eps: jax.Array) -> tuple[jax.Array, dict]:
-  """Mean over everything of (model_fn(x_t, t, cond)[..., :C] - target)^2, float32, with the
-  target the objective's prediction of (x1, eps); and the metrics {'loss', 't_mean'}."""
+def _example_axes(x: jax.Array) -> tuple[int, ...]:
+  return tuple(range(1, x.ndim))
+
+
+def regression_losses(objective, model_fn: Callable, x_t: jax.Array, t_B: jax.Array, cond: Any,
+                      x1: jax.Array, eps: jax.Array) -> jax.Array:
+  """(B,) float32: per example, the mean over (H, W, C) of (model_fn(x_t, t, cond)[..., :C] -
+  target)^2, with the target the objective's prediction of (x1, eps)."""
   target = from_x1_eps(objective.prediction, x1, eps, objective.path.coefficients(t_B))
   pred = model_fn(x_t, t_B, cond)[..., :x_t.shape[-1]].astype(jnp.float32)
-  loss = jnp.mean(jnp.square(pred - target))
+  return jnp.mean(jnp.square(pred - target), axis=_example_axes(x_t))
+
+
+def _averaged(losses_B: jax.Array, t_B: jax.Array) -> tuple[jax.Array, dict]:
+  """The batch loss (every example has as many values, so the mean of the per-example means is
+  the mean over everything) and the metrics {'loss', 't_mean'}."""
+  loss = jnp.mean(losses_B)
   return loss, {"loss": loss, "t_mean": jnp.mean(t_B)}
+
+
+def _float32(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  return tuple(jnp.asarray(a, jnp.float32) for a in arrays)
 
 
 def _noise_like(rng: jax.Array, x1_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -61,14 +80,20 @@ class FlowMatching:
     return timesteps.sample_t(rng, (batch,), self.t_dist, self.logit_mean, self.logit_std,
                               self.shift)
 
+  def losses_at(self, model_fn: Callable, x1_BHWC: jax.Array, noise_BHWC: jax.Array,
+                t_B: jax.Array, cond: Any) -> jax.Array:
+    """(B,) float32 per-example losses at times t_B with the noise x0 = noise_BHWC."""
+    x1, x0, t_B = _float32(x1_BHWC, noise_BHWC, t_B)
+    t = t_B.reshape((-1,) + (1,) * (x1.ndim - 1))
+    return regression_losses(self, model_fn, (1.0 - t) * x0 + t * x1, t_B, cond, x1, x0)
+
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:
     """Data (B, H, W, C) -> (float32 scalar loss, {'loss', 't_mean'})."""
     rng_t, rng_noise = jax.random.split(rng)
     x1, x0 = _noise_like(rng_noise, x1_BHWC)
     t_B = self.sample_t(rng_t, x1.shape[0])
-    t = t_B.reshape((-1,) + (1,) * (x1.ndim - 1))
-    return regression_loss(self, model_fn, (1.0 - t) * x0 + t * x1, t_B, cond, x1, x0)
+    return _averaged(self.losses_at(model_fn, x1, x0, t_B, cond), t_B)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,20 +113,40 @@ class DDPM:
     """What `flow.make_sampler` takes from the objective: the chain the model learned."""
     return {"path": self.path}
 
-  def noised(self, rng: jax.Array, x1_BHWC: jax.Array):
-    """A uniform step n per example and x_n = sqrt(abar_n) x1 + sqrt(1 - abar_n) eps:
-    (x1 float32, eps, n_B, x_n)."""
+  def draw(self, rng: jax.Array, x1_BHWC: jax.Array):
+    """A uniform step n per example and the noise: (x1 float32, eps, n_B)."""
     rng_n, rng_noise = jax.random.split(rng)
     x1, eps = _noise_like(rng_noise, x1_BHWC)
-    n_B = jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
+    return x1, eps, jax.random.randint(rng_n, (x1.shape[0],), 0, self.num_steps)
+
+  def noised(self, x1: jax.Array, eps: jax.Array, n_B: jax.Array) -> jax.Array:
+    """x_n = sqrt(abar_n) x1 + sqrt(1 - abar_n) eps."""
     abar = self.path.alpha_bar_at_step(n_B).reshape((-1,) + (1,) * (x1.ndim - 1))
-    return x1, eps, n_B, jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+    return jnp.sqrt(abar) * x1 + jnp.sqrt(1.0 - abar) * eps
+
+  def step_of(self, t_B: jax.Array) -> jax.Array:
+    """The chain's step nearest to model time t (`paths.t_to_ddpm_step`), within 0..N-1."""
+    return jnp.clip(t_to_ddpm_step(t_B, self.num_steps), 0, self.num_steps - 1)
+
+  def step_losses(self, model_fn: Callable, x1: jax.Array, eps: jax.Array, n_B: jax.Array,
+                  cond: Any) -> jax.Array:
+    """(B,) float32 per-example losses at integer steps n_B with noise eps; the model sees
+    t = ddpm_step_to_t(n)."""
+    return regression_losses(self, model_fn, self.noised(x1, eps, n_B),
+                             ddpm_step_to_t(n_B, self.num_steps), cond, x1, eps)
+
+  def losses_at(self, model_fn: Callable, x1_BHWC: jax.Array, noise_BHWC: jax.Array,
+                t_B: jax.Array, cond: Any) -> jax.Array:
+    """(B,) per-example losses at the steps nearest to times t_B (`step_of`), noise eps =
+    noise_BHWC."""
+    x1, eps = _float32(x1_BHWC, noise_BHWC)
+    return self.step_losses(model_fn, x1, eps, self.step_of(t_B), cond)
 
   def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
            cond: Any) -> tuple[jax.Array, dict]:
-    x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
-    t_B = ddpm_step_to_t(n_B, self.num_steps)
-    return regression_loss(self, model_fn, x_t, t_B, cond, x1, eps)
+    x1, eps, n_B = self.draw(rng, x1_BHWC)
+    return _averaged(self.step_losses(model_fn, x1, eps, n_B, cond),
+                     ddpm_step_to_t(n_B, self.num_steps))
 
 
 _FIELDS = {kind: {f.name: f.default for f in dataclasses.fields(cls)}
@@ -227,14 +272,26 @@ class DDPMHybrid(DDPM):
     """The chain, and that ancestral steps take the model's learned variance."""
     return {"path": self.path, "learned_variance": True}
 
-  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
-           cond: Any) -> tuple[jax.Array, dict]:
-    x1, eps, n_B, x_t = self.noised(rng, x1_BHWC)
-    C, t_B = x1.shape[-1], ddpm_step_to_t(n_B, self.num_steps)
-    out = model_fn(x_t, t_B, cond).astype(jnp.float32)
+  def terms(self, model_fn: Callable, x1: jax.Array, eps: jax.Array, n_B: jax.Array,
+            cond: Any) -> tuple[jax.Array, jax.Array]:
+    """(mse, vb), each (B,) float32, at integer steps n_B with noise eps."""
+    x_t, C = self.noised(x1, eps, n_B), x1.shape[-1]
+    out = model_fn(x_t, ddpm_step_to_t(n_B, self.num_steps), cond).astype(jnp.float32)
     if out.shape[-1] != 2 * C:
       raise InputError(f"objective DDPMHybrid needs a learn_sigma model (2C={2 * C} output "
                        f"channels), got {out.shape[-1]}")
-    mse = jnp.mean(jnp.square(out[..., :C] - eps))
-    vb = jnp.mean(learned_variance_vb(out[..., :C], out[..., C:], x_t, x1, n_B, self.path))
-    return mse + vb, {"loss": mse + vb, "mse": mse, "vb": vb, "t_mean": jnp.mean(t_B)}
+    mse = jnp.mean(jnp.square(out[..., :C] - eps), axis=_example_axes(x1))
+    return mse, learned_variance_vb(out[..., :C], out[..., C:], x_t, x1, n_B, self.path)
+
+  def step_losses(self, model_fn: Callable, x1: jax.Array, eps: jax.Array, n_B: jax.Array,
+                  cond: Any) -> jax.Array:
+    """(B,) per-example mse + vb."""
+    mse, vb = self.terms(model_fn, x1, eps, n_B, cond)
+    return mse + vb
+
+  def loss(self, model_fn: Callable, rng: jax.Array, x1_BHWC: jax.Array,
+           cond: Any) -> tuple[jax.Array, dict]:
+    x1, eps, n_B = self.draw(rng, x1_BHWC)
+    mse, vb = (jnp.mean(term) for term in self.terms(model_fn, x1, eps, n_B, cond))
+    t_mean = jnp.mean(ddpm_step_to_t(n_B, self.num_steps))
+    return mse + vb, {"loss": mse + vb, "mse": mse, "vb": vb, "t_mean": t_mean}

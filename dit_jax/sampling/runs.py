@@ -16,13 +16,13 @@ def single_device_plan() -> parallel.ShardingPlan:
   return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
 
 
-def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None
-             ) -> tuple[ml_collections.ConfigDict, engine.TrainState]:
+def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None,
+             raw: bool = False) -> tuple[ml_collections.ConfigDict, engine.TrainState]:
   """The config and the EMA parameters of the newest intact checkpoint of a run directory
   (or of checkpoint `step`), for sampling and evaluation, restored onto `plan` (default: one
   device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
-  state are filled: the optimizer state is never read, so neither damage nor a change there
-  blocks sampling."""
+  state are filled, and `params` (the trained, raw ones) with `raw`: the optimizer state is
+  never read, so neither damage nor a change there blocks sampling."""
   workdir = paths.as_path(workdir)
   path = workdir / "config.json"
   paths.check_bucket(workdir)
@@ -37,11 +37,12 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | Non
   model = create_model(config.model)
   task = engine.Task(init=contract.params_init(model, model_input_shape(config.data)),
                      loss=None)
-  restored = checkpoint.restore_params(workdir / "checkpoints",
-                                       {"ema_params": engine.abstract_params(task, plan)},
-                                       report=print, step=step)
+  abstract = engine.abstract_params(task, plan)
+  restored = checkpoint.restore_params(
+      workdir / "checkpoints", {"ema_params": abstract, **({"params": abstract} if raw else {})},
+      report=print, step=step)
   if restored is None:
     raise MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
   step, tree = restored
-  return config, engine.TrainState(step=jnp.int32(step), params=None,
+  return config, engine.TrainState(step=jnp.int32(step), params=tree.get("params"),
                                    ema_params=tree["ema_params"], opt_state=None, rng=None)

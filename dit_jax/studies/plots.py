@@ -36,3 +36,23 @@ def plot_flops(rows: list[dict], path: str):
   fig.tight_layout()
   save_figure(fig, path, dpi=120)  # local or gs://
   plt.close(fig)
+
+
+def plot_loss_by_t(rows: list[dict], path: str):
+  """`dit-jax eval-loss`'s rows: the loss against t, one colour per checkpoint step, the EMA
+  parameters solid and the raw ones dashed."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for i, step in enumerate(sorted({r["step"] for r in rows})):
+    group = sorted((r for r in rows if r["step"] == step), key=lambda r: r["t"])
+    t = [r["t"] for r in group]
+    ax.plot(t, [r["ema"] for r in group], "o-", color=f"C{i % 10}", label=f"step {step} EMA")
+    if all("raw" in r for r in group):
+      ax.plot(t, [r["raw"] for r in group], "s--", color=f"C{i % 10}", alpha=0.6,
+              label=f"step {step} raw")
+  ax.set(xlabel="t (0: noise, 1: data)", ylabel="loss", yscale="log",
+         title="loss by noise level (fixed held-out batch and noise)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -32,12 +32,32 @@ def bootstrap_interval(values, level: float = LEVEL, resamples: int = RESAMPLES,
   return mean, float(low), float(high)
 
 
+def train_tflops(gflops: float, batch_size: int, step: int) -> float:
+  """Training compute after `step` steps, as the DiT paper counts it: 3 x forward x batch x
+  steps (the backward pass costs about twice the forward), in Tflops."""
+  return 3 * gflops * batch_size * step / 1e3
+
+
+def compute_matched_steps(gflops: float, batch_size: int, steps: int, tflops,
+                          first: int = 1) -> tuple[int, ...]:
+  """The steps in [first, steps) at which a run of `gflops` per input reaches each training
+  compute of `tflops` (`train_tflops`), rounded to the nearest step: evaluating every run of
+  a sweep there compares models at equal compute without interpolation."""
+  per_step = train_tflops(gflops, batch_size, 1)
+  found = {round(c / per_step) for c in tflops}
+  return tuple(sorted(s for s in found if first <= s < steps))
+
+
 def run_rows(run: RunSpec, info: dict, history: list[dict]) -> list[dict]:
-  """One row per evaluation in a run's `history` (per logged training row when it never
-  evaluates), with the latest training loss, the step's training compute and the run's
-  counts."""
+  """One row per evaluated step in a run's `history` (per logged training row when it never
+  evaluates), the metrics of every evaluator that ran at that step together, with the latest
+  training loss, the step's training compute and the run's counts."""
   training = [h for h in history if "loss" in h]
-  points = [h for h in history if any(k.startswith("eval/") for k in h)] or training
+  evaluated = {}
+  for h in history:  # each evaluator logs a row of its own
+    if any(k.startswith("eval/") for k in h):
+      evaluated.setdefault(h["step"], {}).update(h)
+  points = [evaluated[step] for step in sorted(evaluated)] or training
   rows = []
   for point in points:
     before = [h for h in training if h["step"] <= point["step"]]
@@ -45,7 +65,7 @@ def run_rows(run: RunSpec, info: dict, history: list[dict]) -> list[dict]:
     rows.append(dict(
         run=run.name, seed=run.seed, step=point["step"], gflops=info["gflops"],
         params=info["params"],
-        train_tflops=3 * info["gflops"] * info["batch_size"] * point["step"] / 1e3,
+        train_tflops=train_tflops(info["gflops"], info["batch_size"], point["step"]),
         **{k: v for k, v in point.items() if k.startswith("eval/")}, loss=loss))
   return rows
 

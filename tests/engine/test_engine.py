@@ -287,13 +287,17 @@ def test_evaluator_hooks_are_logged_when_due(tmp_path):
 
 def test_one_cadence_rule_for_hooks_logs_and_checkpoints():
   """`is_due`: every `every` steps (0: never) and at the last step unless at_end is off; a
-  Periodic hook asks the same rule."""
+  Periodic hook asks the same rule, and adds its listed `at_steps`."""
   due = [s for s in range(1, 8) if engine.is_due(s, 3, 7)]
   assert due == [3, 6, 7]
   assert [s for s in range(1, 8) if engine.is_due(s, 0, 7)] == [7]
   assert [s for s in range(1, 8) if engine.is_due(s, 3, 7, at_end=False)] == [3, 6]
   hook = engine.Periodic("h", 3, lambda step, state: None, at_end=False)
   assert [s for s in range(1, 8) if hook.due(s, 7)] == [3, 6]
+  listed = engine.Periodic("h", 0, lambda step, state: None, at_steps=(2, 5))
+  assert [s for s in range(1, 8) if listed.due(s, 7)] == [2, 5, 7]  # and at the end
+  both = engine.Periodic("h", 3, lambda step, state: None, at_end=False, at_steps=(1, 3))
+  assert [s for s in range(1, 8) if both.due(s, 7)] == [1, 3, 6]
 
 
 def test_init_params_are_the_state_parameters_without_the_optimizer():

@@ -105,6 +105,26 @@ def test_variance_channels_are_ignored_and_losses_are_float32(gaussian):
   assert float(flow_bf16) == pytest.approx(float(flow), rel=0.05)
 
 
+def test_losses_at_a_steps_time_are_the_training_losses_of_that_step(gaussian):
+  """DDPM's `losses_at` (what loss by noise level evaluates) maps t back to the step whose time
+  it is, so at the drawn steps and noise it gives the training loss, learned variance too."""
+  from dit_jax.flow.objectives import DDPMHybrid
+  from dit_jax.flow.paths import ddpm_step_to_t
+  steps = jnp.arange(1000)
+  assert (DDPM().step_of(ddpm_step_to_t(steps)) == steps).all()
+  assert DDPM().step_of(jnp.array([0.0, 1.0])).tolist() == [999, 0]  # ends clipped to the chain
+  x1 = data(gaussian)[:256]
+  eps_fn = gaussian.model_fn(VPPath(), "eps")
+  with_variance = lambda x, t, c: jnp.concatenate([eps_fn(x, t, c), jnp.tanh(x)], axis=-1)
+  for objective, fn in ((DDPM(), eps_fn), (DDPMHybrid(), with_variance)):
+    rng = jax.random.PRNGKey(5)
+    loss, _ = objective.loss(fn, rng, x1, None)
+    x1_f32, eps, n_B = objective.draw(rng, x1)
+    per_example = objective.losses_at(fn, x1_f32, eps, ddpm_step_to_t(n_B), None)
+    assert per_example.shape == (256,)
+    assert float(jnp.mean(per_example)) == pytest.approx(float(loss), rel=1e-6)
+
+
 def test_make_objective_from_dict_and_config_dict():
   assert make_objective({"kind": "flow"}) == FlowMatching()
   config = ml_collections.ConfigDict(dict(kind="flow", t_dist="logit_normal", logit_mean=0.0,

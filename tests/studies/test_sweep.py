@@ -90,7 +90,8 @@ SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 
 @pytest.mark.parametrize("name", sorted(
     [p.name for p in SWEEPS.glob("*.py")]
-    + [f"{p.name}:gpu" for p in SWEEPS.glob("*.py") if "gpu" in p.read_text()]))
+    + [f"{p.name}:{variant}" for p in SWEEPS.glob("*.py") for variant in ("gpu", "long")
+       if f'"{variant}"' in p.read_text()]))
 def test_every_sweep_file_expands_to_valid_runs(name, tmp_path):
   base, spec = sweep.load(str(SWEEPS / name))
   runs = sweep.expand(spec, tmp_path)
@@ -125,6 +126,40 @@ def test_bootstrap_interval_against_exact_and_normal_theory():
   assert mean == pytest.approx(values.mean())
   assert (high - low) / 2 == pytest.approx(half, rel=0.08)
   assert (mean - low) == pytest.approx(high - mean, rel=0.25)
+
+
+def test_long_scaling_sweep_evaluates_fd_at_equal_training_compute(tmp_path):
+  """scaling.py:long: each run's FD steps are where 3 x Gflops x batch x step reaches a power
+  of 2 Tflops (the report's count), so every shared compute value is evaluated exactly."""
+  base, spec = sweep.load(str(SWEEPS / "scaling.py:long"))
+  assert base.train.steps == 2400 and base.evals.samples.every == 0
+  reached = {}
+  for run in sweep.expand(spec, tmp_path)[::2]:  # one seed
+    config = sweep.run_config(base, run)
+    info = sweep.counts(config)
+    steps = config.evals.samples.at_steps
+    assert steps and all(200 <= s < 2400 for s in steps)
+    tflops = [sweep_report.train_tflops(info["gflops"], 64, s) for s in steps]
+    for value in tflops:  # within a step's compute of a power of 2
+      assert abs(value - 2.0 ** round(np.log2(value))) <= sweep_report.train_tflops(
+          info["gflops"], 64, 0.5)
+      reached.setdefault(2.0 ** round(np.log2(value)), []).append(run.name)
+  assert set(reached[0.125]) == {"S/2", "S/1", "B/4", "B/2", "L/4"}  # three sizes, 1/8 Tflops
+
+
+def test_compute_matched_steps_and_one_point_per_evaluated_step():
+  # 1 Gflop, batch 100: 0.3 Tflops a step
+  assert sweep_report.train_tflops(1.0, 100, 10) == pytest.approx(3.0)
+  assert sweep_report.compute_matched_steps(1.0, 100, 20, (0.3, 0.6, 1.5, 3.0, 6.0, 9.0),
+                                            first=2) == (2, 5, 10)
+  run = sweep.RunSpec("r", 0, {}, Path("w"))
+  info = dict(gflops=1.0, params=10, batch_size=100)
+  history = [dict(step=2, loss=0.5), {"step": 2, "eval/fd": 9.0},
+             {"step": 2, "eval/loss_t=0.5": 0.3}, dict(step=4, loss=0.4),
+             {"step": 4, "eval/loss_t=0.5": 0.2}]
+  rows = sweep_report.run_rows(run, info, history)
+  assert [(r["step"], r.get("eval/fd"), r["eval/loss_t=0.5"], r["loss"]) for r in rows] == [
+      (2, 9.0, 0.3, 0.5), (4, None, 0.2, 0.4)]  # two evaluators at step 2: one row
 
 
 def fake_training(calls, fail=()):
