@@ -77,7 +77,7 @@ def evaluate(vae, params, data_config, num_batches: int):
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str):
   """Trains config.vae on config.data; returns (vae, params) as exported to workdir/vae."""
-  workdir = paths.as_path(workdir)  # local or gs://
+  workdir = paths.as_path(workdir)
   paths.make_dirs(workdir)
   vt = config.vae_train
   vae = create_vae(config.vae)
