@@ -54,5 +54,5 @@ def plot_loss_by_t(rows: list[dict], path: str):
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)  # local or gs://
   plt.close(fig)
