@@ -5,6 +5,8 @@ import argparse
 import math
 from pathlib import Path
 
+from dit_jax import paths
+from dit_jax.errors import DitJaxError
 from dit_jax.flow import METHODS
 from dit_jax.models.dit import CONDITIONINGS, REMAT_POLICIES
 from dit_jax.nn.attention import BACKENDS
@@ -70,6 +72,18 @@ def seed_list(text: str) -> tuple[int, ...]:
   return tuple(int(p) for p in parts)
 
 
+def _in_bucket(text: str, *, exists: bool = False) -> str:
+  """A gs:// path (whose bucket must exist; with `exists`, so must the folder), or a clear
+  error: a missing [gcs] extra, an unknown bucket, refused credentials."""
+  try:
+    paths.check_bucket(text)
+    if exists and not paths.list_names(text):
+      raise argparse.ArgumentTypeError(f"{text} does not exist (nothing is stored under it)")
+  except DitJaxError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return text
+
+
 def step_list(text: str) -> list[int]:
   parts = text.split(",")
   if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -92,7 +106,11 @@ def time_list(text: str) -> tuple[float, ...]:
 def existing(what: str, *suffixes: str):
   """An existing directory, or with `suffixes` an existing file named with one of them."""
   def parse(text: str) -> str:
-    path = Path(text)
+    if paths.is_remote(text):  # a file or a folder: something stored under that name
+      if suffixes and paths.as_path(text).suffix not in suffixes:
+        raise argparse.ArgumentTypeError(f"{text}: expected {what}")
+      return _in_bucket(text, exists=True)
+    path = Path(paths.as_path(text))  # local here (as_path refuses a gs:/ that lost a slash)
     if not (path.is_file() if suffixes else path.is_dir()):
       problem = ("does not exist" if not path.exists() else "is a directory" if suffixes
                  else "is a file, not a directory")
@@ -120,8 +138,10 @@ def _check_parents(path: Path, text: str):
 
 
 def new_or_dir(text: str) -> str:
-  """A directory that is written to (created if missing)."""
-  path = Path(text)
+  """A directory that is written to (created if missing); in a bucket, its bucket exists."""
+  if paths.is_remote(text):
+    return _in_bucket(text)
+  path = Path(paths.as_path(text))  # local here: pathlib has is_symlink and readlink
   if path.is_symlink() and not path.exists():  # mkdir would say only "File exists"
     raise argparse.ArgumentTypeError(f"{text} is a dangling symbolic link (to {path.readlink()}"
                                      f", which does not exist): create its target, or remove "
@@ -134,10 +154,12 @@ def new_or_dir(text: str) -> str:
 
 def output_file(*suffixes: str):
   def parse(text: str) -> str:
-    path = Path(text)
-    if path.suffix not in suffixes:
+    if paths.as_path(text).suffix not in suffixes:
       raise argparse.ArgumentTypeError(f"{text!r} has no known extension: name the file "
                                        f"{' or '.join('FILE' + s for s in suffixes)}")
+    if paths.is_remote(text):
+      return _in_bucket(text)
+    path = Path(text)  # local here
     if path.is_dir():
       raise argparse.ArgumentTypeError(f"{text} is a directory: name a file in it, such as "
                                        f"{path / ('samples' + suffixes[0])}")

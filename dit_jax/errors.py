@@ -30,3 +30,8 @@ class MissingPackageError(DitJaxError, ImportError):
 class RunFailedError(DitJaxError):
   """A run that started well and failed: divergence, an I/O failure, a step too big for a chip."""
   exit_status = 1
+
+
+class StorageError(RunFailedError, OSError):
+  """A disk or bucket could not be read or written (unreachable, full); the message names the
+  path and says what was kept."""

@@ -58,6 +58,14 @@ def test_plot_is_written(tmp_path, capsys):
   assert image.shape[1] > image.shape[0] > 300 and image.std() > 10  # a drawn figure, not blank
 
 
+def test_a_plot_for_a_bucket_lands_there_whole(gcs_bucket, tmp_path, monkeypatch, capsys):
+  from dit_jax import state_files
+  monkeypatch.chdir(tmp_path)
+  run(capsys, "flops", "--models", "B/4,B/8", "--plot", f"{gcs_bucket}/plots/flops.svg")
+  assert state_files.read_bytes(f"{gcs_bucket}/plots/flops.svg").startswith(b"<?xml")
+  assert list(tmp_path.iterdir()) == []  # not a local gs: folder
+
+
 def test_config_with_overrides(capsys):
   rows = json.loads(run(capsys, "flops", "--format", "json", "--config", "configs/dit.py:DiT-B/4",
                         "--config.model.conditioning=cross_attn"))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax import data, engine, flow, parallel
+from dit_jax import data, engine, flow, parallel, paths, state_files
 from dit_jax.engine import checkpoint
 from dit_jax.models import create_model
 from dit_jax.sampling import runs
@@ -26,21 +26,25 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("digits/8", data_dir)
-  workdir = tmp_path_factory.mktemp("run")
+def launch(data_dir: str, workdir, cwd=None) -> list[dict]:
+  """Trains tests/multihost/worker.py's run in two processes; returns their reports."""
   port = str(free_port())
   procs = [subprocess.Popen([sys.executable, str(WORKER), port, "2", str(i), data_dir,
-                             str(workdir), json.dumps(MESH)],
+                             str(workdir), json.dumps(MESH)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  reports = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
-  return data_dir, workdir, reports
+  return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("digits/8", data_dir)
+  workdir = tmp_path_factory.mktemp("run")
+  return data_dir, workdir, launch(data_dir, workdir)
 
 
 def test_each_process_holds_its_shards_and_only_process_0_writes(two_process_run):
@@ -82,6 +86,29 @@ def test_two_processes_equal_one_process(two_process_run):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                                        atol=1e-6),
                restored.opt_state, state.opt_state)
+
+
+def test_two_processes_write_one_checkpoint_into_a_bucket_restored_on_another_mesh(
+    two_process_run, gcs_bucket, tmp_path):
+  """The same run with its workdir in a bucket: each process uploads its own shards of the
+  one checkpoint, process 0 alone the metrics; in this one process the checkpoint restores
+  onto another mesh (data parallel over 8 devices) and equals the local run's."""
+  data_dir, local, _ = two_process_run
+  workdir = f"{gcs_bucket}/run"
+  reports = launch(data_dir, workdir, cwd=tmp_path)
+  assert [(r["process"], r["step"], r["local_shards"]) for r in reports] == [(0, 4, 4),
+                                                                             (1, 4, 4)]
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(
+      paths.list_names(f"{workdir}/checkpoints/4/state"))
+  assert [row["step"] for row in state_files.read_json_lines(f"{workdir}/metrics.jsonl")] == [
+      2, 4]
+  other = parallel.ShardingPlan.create({"data": 8, "fsdp": 1})
+  (_, remote), (_, here) = runs.load_run(workdir, other), runs.load_run(local, other)
+  assert int(remote.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, remote.ema_params, here.ema_params)
+  kernel = remote.ema_params["blocks_0"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.mesh.shape["fsdp"] == 1  # laid out on this mesh, not the writers'
+  assert list(tmp_path.iterdir()) == []  # no local gs: folder
 
 
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):

@@ -24,13 +24,12 @@ model of the contract.
 A converted checkpoint directory holds params.npz (flat 'a/b/c' keys of the parameter tree) and
 dit.json (the DiT fields, the latent size the file was trained at, and the time convention).
 """
-from pathlib import Path
-
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax import paths
 from dit_jax.convert.io import load_tensors, refuse_mismatch, save_tensors
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.dit import PRESETS, SIZES, DiT, preset
@@ -276,19 +275,20 @@ def export_state(params: dict, info: dict) -> dict[str, np.ndarray]:
 # Converted checkpoint directories.
 
 
-def save_converted(out_dir: str | Path, params: dict, info: dict):
-  """Writes params.npz and dit.json to out_dir."""
-  out_dir = Path(out_dir)  # created by save_tensors
+def save_converted(out_dir, params: dict, info: dict):
+  """Writes params.npz and dit.json to out_dir (local or gs://)."""
+  out_dir = paths.as_path(out_dir)  # created by save_tensors
   save_tensors(out_dir / PARAMS_FILE,
                flax.traverse_util.flatten_dict(flax.linen.unbox(params), sep="/"))
   write_json(out_dir / CONFIG_FILE, info, indent=2, sort_keys=True)
 
 
-def load_converted(ckpt_dir: str | Path) -> tuple[dict, dict]:
-  """(params, info) of a directory written by `save_converted`."""
-  ckpt_dir = Path(ckpt_dir)
+def load_converted(ckpt_dir) -> tuple[dict, dict]:
+  """(params, info) of a directory written by `save_converted` (local or gs://)."""
+  ckpt_dir = paths.as_path(ckpt_dir)
+  present = paths.list_names(ckpt_dir)
   for name in (PARAMS_FILE, CONFIG_FILE):
-    if not (ckpt_dir / name).is_file():
+    if name not in present:
       raise MissingFileError(f"{ckpt_dir / name} not found: make the directory with "
                               "`dit-jax convert --from pytorch --in FILE.pt --out DIR`")
   info = read_json(ckpt_dir / CONFIG_FILE, "a converted DiT's description",

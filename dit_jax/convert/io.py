@@ -5,32 +5,35 @@ PyTorch is optional: a .pt file is read with torch when it is installed (weights
 pickled code), otherwise the error says how to make a .safetensors or .npz instead. Nothing
 here ever unpickles: an .npz holding Python objects is refused. A file that is empty, damaged
 or of another format gives a ValueError naming the file and what is wrong. `flat_paths` and
-`refuse_mismatch` serve the converters, which map such files onto parameter trees.
+`refuse_mismatch` serve the converters, which map such files onto parameter trees. Files may
+be local or in a bucket (gs://); there they are read whole and written in one upload.
 """
 import pickle
 import zipfile
 import zlib
-from pathlib import Path
 
 import jax
+import safetensors.numpy
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 import numpy as np
 
+from dit_jax import paths, state_files
 from dit_jax.errors import InputError, MissingFileError, MissingPackageError
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth", ".bin")
 
 
-def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
+def load_tensors(path) -> dict[str, np.ndarray]:
   """The flat {name: array} in a weight file, by its extension (see FORMATS)."""
-  path = Path(path)
-  if path.is_dir():
-    raise InputError(f"weight file {path} is a directory: pass the file itself")
-  if not path.is_file():
-    raise MissingFileError(f"weight file {path} not found")
+  path = paths.as_path(path)
+  with paths.remote_errors(path):
+    if path.is_dir():
+      raise InputError(f"weight file {path} is a directory: pass the file itself")
+    if not path.is_file():
+      raise MissingFileError(f"weight file {path} not found")
+    size = path.stat().length
   suffix = path.suffix.lower()
-  if path.stat().st_size == 0:
+  if size == 0:
     raise InputError(f"weight file {path} is empty (0 bytes): an interrupted download or copy? "
                      "Fetch or write it again")
   if suffix == ".safetensors":
@@ -42,28 +45,36 @@ def load_tensors(path: str | Path) -> dict[str, np.ndarray]:
   raise InputError(f"{path}: unknown weight format {suffix!r}; use one of {FORMATS}")
 
 
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _load_safetensors(path) -> dict[str, np.ndarray]:
   try:
-    return dict(load_file(str(path)))
+    if paths.is_remote(path):
+      return dict(safetensors.numpy.load(state_files.read_bytes(path)))
+    return dict(safetensors.numpy.load_file(str(path)))
   except SafetensorError as e:
     raise InputError(f"{path} is not a readable .safetensors file ({e}): it is damaged, "
                      "truncated or of another format; write it again") from None
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(path) -> dict[str, np.ndarray]:
   """The arrays of an .npz (a zip of .npy files); object arrays are refused, never unpickled."""
-  if not zipfile.is_zipfile(path):
-    raise InputError(f"{path} is not an .npz file (a zip archive of .npy arrays, as np.savez "
-                     "writes): it is damaged or of another format")
+  with paths.open_read(path) as f:
+    if not zipfile.is_zipfile(f):
+      raise InputError(f"{path} is not an .npz file (a zip archive of .npy arrays, as np.savez "
+                       "writes): it is damaged or of another format")
+    f.seek(0)
+    return _npz_arrays(path, f)
+
+
+def _npz_arrays(path, file) -> dict[str, np.ndarray]:
   try:
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(file) as archive:
       return {member.removesuffix(".npy"): _npy_member(path, archive, member)
               for member in archive.namelist()}
   except (zipfile.BadZipFile, EOFError, zlib.error) as e:
     raise InputError(f"{path}: damaged .npz archive ({e}); write it again") from None
 
 
-def _npy_member(path: Path, archive: zipfile.ZipFile, member: str) -> np.ndarray:
+def _npy_member(path, archive: zipfile.ZipFile, member: str) -> np.ndarray:
   with archive.open(member) as f:
     try:
       version = np.lib.format.read_magic(f)
@@ -81,7 +92,7 @@ def _npy_member(path: Path, archive: zipfile.ZipFile, member: str) -> np.ndarray
     return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _load_torch(path: Path) -> dict[str, np.ndarray]:
+def _load_torch(path) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
@@ -90,7 +101,8 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
         "it once elsewhere to .safetensors or .npz (numpy arrays keyed by state-dict name)"
     ) from None
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+    with paths.open_read(path) as f:  # (seekable, also in a bucket)
+      state = torch.load(f, map_location="cpu", weights_only=True)  # refuses pickled code
   except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
     raise InputError(f"{path} is not a readable PyTorch state dict of tensors ({e})") from None
   for key in ("ema", "model"):  # training checkpoints wrap the state dicts: prefer the EMA
@@ -101,16 +113,15 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
           else tensor.detach().numpy() for name, tensor in state.items()}
 
 
-def save_tensors(path: str | Path, tensors: dict[str, np.ndarray]):
-  """Writes a flat {name: array} as .safetensors or .npz (by extension)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+def save_tensors(path, tensors: dict[str, np.ndarray]):
+  """Writes a flat {name: array} as .safetensors or .npz (by extension), published whole."""
+  path = paths.as_path(path)
   arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
   suffix = path.suffix.lower()
   if suffix == ".safetensors":
-    save_file(arrays, str(path))
+    state_files.write_atomic(path, safetensors.numpy.save(arrays))
   elif suffix == ".npz":
-    np.savez(path, **arrays)
+    state_files.write_npz(path, arrays)
   else:
     raise InputError(f"{path}: can only write .safetensors or .npz, got {suffix!r}")
 

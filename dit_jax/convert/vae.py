@@ -13,7 +13,6 @@ diffusers key `a.foo.N.b`; flax `kernel` is diffusers `weight` (conv HWIO <-> OI
 attention projections query/key/value/proj_attn; those are accepted too.
 """
 import re
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from dit_jax import paths
 from dit_jax.convert.io import flat_paths, load_tensors, refuse_mismatch, save_tensors
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models.vae import AutoencoderKL
@@ -161,26 +161,33 @@ def vae_from_config(config: dict, **overrides) -> AutoencoderKL:
   return vae
 
 
-def resolve_vae_dir(path: str | Path) -> Path:
+def resolve_vae_dir(path):
   """The folder holding config.json: `path`, or its `vae/` subfolder (a pipeline folder or a
-  `train-vae` workdir)."""
-  path = Path(path)
+  `train-vae` workdir); local or gs://."""
+  path = paths.as_path(path)
   for candidate in (path, path / "vae"):
-    if (candidate / "config.json").is_file() and _weights_file(candidate):
+    if _weights_file(candidate, "config.json"):
       return candidate
   raise MissingFileError(
       f"--vae {path}: no VAE there. Expected a diffusers AutoencoderKL folder (config.json + "
       f"{WEIGHTS}), a pipeline folder with vae/, or a `dit-jax train-vae` workdir")
 
 
-def _weights_file(folder: Path) -> Path | None:
+def _weights_file(folder, *also: str):
+  """The weight file in `folder` (with every file of `also` beside it), or None."""
+  try:
+    present = set(paths.list_names(folder))
+  except NotADirectoryError:
+    return None
+  if not set(also) <= present:
+    return None
   for name in (WEIGHTS, "diffusion_pytorch_model.bin", "diffusion_pytorch_model.npz"):
-    if (folder / name).is_file():
+    if name in present:
       return folder / name
   return None
 
 
-def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
+def load_vae(path, dtype=None) -> tuple[AutoencoderKL, dict]:
   """(AutoencoderKL, params) from a diffusers-layout VAE folder (see `resolve_vae_dir`)."""
   folder = resolve_vae_dir(path)
   config = read_json(folder / "config.json", "a diffusers VAE's config",
@@ -189,9 +196,9 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
   return vae, import_params(load_tensors(_weights_file(folder)), vae)
 
 
-def save_vae(path: str | Path, vae: AutoencoderKL, params):
+def save_vae(path, vae: AutoencoderKL, params):
   """Writes config.json + diffusion_pytorch_model.safetensors (float32) to folder `path`."""
-  folder = Path(path)  # created by save_tensors
+  folder = paths.as_path(path)  # created by save_tensors
   tensors = {k: np.asarray(v, np.float32) for k, v in export_params(params).items()}
   save_tensors(folder / WEIGHTS, tensors)
   write_json(folder / "config.json", diffusers_config(vae), indent=2)

@@ -13,41 +13,69 @@ z = mean + exp(logvar / 2) * eps every time it sees an example (as the DiT paper
 samples the VAE posterior per step); the cost is twice the disk of storing a sample.
 Example i of the data set is source example i // 2, horizontally flipped when i is odd, when
 the set was written with flips; source example i otherwise.
-"""
-from pathlib import Path
 
+The folder may be in a bucket (gs://). Locally the moments are memory-mapped; in a bucket each
+example is one ranged read when it is used, so a host reads only the examples of its own share
+of the data (pipeline.py), never whole chunks: give data.num_threads enough threads to hide
+the latency of those reads.
+"""
 import numpy as np
 
+from dit_jax import paths, state_files
 from dit_jax.errors import InputError, MissingFileError
-from dit_jax.state_files import read_json
 
 META = "latents.json"
 
 
-def chunk_paths(folder: Path, chunk: int) -> dict[str, Path]:
+def chunk_paths(folder, chunk: int) -> dict:
+  folder = paths.as_path(folder)
   return {"moments": folder / f"moments-{chunk:06d}.npy",
           "labels": folder / f"labels-{chunk:06d}.npy",
           "done": folder / f"chunk-{chunk:06d}.done"}
 
 
 def read_meta(folder) -> dict:
-  path = Path(folder) / META
-  if not path.is_file():
+  try:
+    return state_files.read_json(
+        paths.as_path(folder) / META, "the description of extracted latents",
+        fix="delete it and rerun `dit-jax extract-latents` with the same arguments (finished "
+            "chunks are kept)")
+  except (FileNotFoundError, NotADirectoryError):
     raise MissingFileError(f"data.latents={str(folder)!r} holds no {META}: write it with "
-                            "`dit-jax extract-latents --config ... --vae ... --out DIR`")
-  return read_json(path, "the description of extracted latents",
-                   fix="delete it and rerun `dit-jax extract-latents` with the same arguments "
-                       "(finished chunks are kept)")
+                           "`dit-jax extract-latents --config ... --vae ... --out DIR`") from None
+
+
+def done_chunks(folder) -> set[int]:
+  """The chunks whose done marker is in `folder` (one listing, made afresh)."""
+  return {int(name[len("chunk-"):-len(".done")]) for name in paths.list_names(folder)
+          if name.startswith("chunk-") and name.endswith(".done")}
+
+
+class _RemoteRows:
+  """The rows of an .npy in a bucket, each read when it is used (one ranged read)."""
+
+  def __init__(self, path):
+    shape, dtype, offset = state_files.npy_header(path)  # one small ranged read
+    self.path, self.rows = path, shape[0]
+    self._layout = shape[1:], dtype, offset, int(np.prod(shape[1:])) * dtype.itemsize
+
+  def __len__(self) -> int:
+    return self.rows
+
+  def __getitem__(self, row: int) -> np.ndarray:
+    shape, dtype, offset, size = self._layout
+    data = state_files.read_range(self.path, offset + row * size, size)
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 class LatentSource:
   """A random-access source (len, [i]) of {'moments': (h, w, 2c) float32, 'label': int32}."""
 
   def __init__(self, folder):
-    self.folder = Path(folder)
+    self.folder = paths.as_path(folder)
     self.meta = read_meta(self.folder)
-    unfinished = [k for k in range(self.meta["num_chunks"])
-                  if not chunk_paths(self.folder, k)["done"].exists()]
+    done = done_chunks(self.folder)
+    unfinished = [k for k in range(self.meta["num_chunks"]) if k not in done]
     if unfinished:
       raise MissingFileError(
           f"data.latents={str(self.folder)!r}: {len(unfinished)} of {self.meta['num_chunks']} "
@@ -55,24 +83,27 @@ class LatentSource:
           "extract-latents` command to complete them")
     self.chunk_size = self.meta["chunk_size"]
     self.has_labels = self.meta["has_labels"]
-    # Memory-mapped: a data set larger than RAM (ImageNet) is paged in as read.
-    self.moments = [self._chunk(k, "moments", mmap_mode="r")
-                    for k in range(self.meta["num_chunks"])]
-    self.labels = [self._chunk(k, "labels")
-                   for k in range(self.meta["num_chunks"])] if self.has_labels else None
+    # Memory-mapped, or rows read when used: a data set larger than RAM (ImageNet) is read
+    # as it is used.
+    remote, chunks = paths.is_remote(self.folder), range(self.meta["num_chunks"])
+    self.moments = [self._chunk(k, "moments") for k in chunks]
+    self.labels = [None if remote else np.asarray(self._chunk(k, "labels")) for k in chunks] \
+        if self.has_labels else None
 
-  def _chunk(self, k: int, kind: str, mmap_mode=None) -> np.ndarray:
-    """The `kind` array of chunk k; one that does not load whole (cut short, damaged) or holds
-    another number of examples is an InputError naming the file and how to encode it again."""
-    paths = chunk_paths(self.folder, k)
+  def _chunk(self, k: int, kind: str):
+    """The `kind` array of chunk k (rows read when used in a bucket); one that does not load
+    whole (cut short, damaged) or holds another number of examples is an InputError naming the
+    file and how to encode it again."""
+    files = chunk_paths(self.folder, k)
     rows = min(self.chunk_size, self.meta["num_examples"] - k * self.chunk_size)
     try:
-      array = np.load(paths[kind], mmap_mode=mmap_mode, allow_pickle=False)
+      array = (_RemoteRows if paths.is_remote(self.folder) and kind == "moments"
+               else state_files.read_npy)(files[kind])
       problem = None if len(array) == rows else f"holds {len(array)} examples, not {rows}"
     except (ValueError, OSError, EOFError) as e:
       problem = f"does not load whole ({e})"
     if problem:
-      raise InputError(f"{paths[kind]} {problem}: delete it and {paths['done'].name}, then rerun "
+      raise InputError(f"{files[kind]} {problem}: delete it and {files['done'].name}, then rerun "
                        "the same `dit-jax extract-latents` command to encode that chunk again")
     return array
 
@@ -85,6 +116,8 @@ class LatentSource:
     chunk, row = divmod(index, self.chunk_size)
     out = {"moments": np.asarray(self.moments[chunk][row], np.float32)}
     if self.has_labels:
+      if self.labels[chunk] is None:  # in a bucket: the chunk's labels (4 KiB), when first used
+        self.labels[chunk] = state_files.read_npy(chunk_paths(self.folder, chunk)["labels"])
       out["label"] = np.int32(self.labels[chunk][row])
     return out
 

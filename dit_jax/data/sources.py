@@ -5,11 +5,19 @@ generated, so preparing them never touches the network. Any other TFDS name is o
 never downloaded: prepare it yourself first (ImageNet: `prepare("imagenet2012", data_dir)`
 with the tar files in `<data_dir>/downloads/manual/`; TFDS's ImageNet builder needs TensorFlow).
 On several hosts sharing one data_dir, prepare once before training so hosts do not race.
+
+A data_dir may be in a bucket (gs://): TFDS and grain read array_record files there (through
+ArrayRecord's own GCS client). ArrayRecord cannot write to a bucket, so a bundled data set for
+a gs:// data_dir is prepared in a local temporary folder and uploaded; other data sets are
+prepared on a local disk and copied there by hand.
 """
 import os
+import tempfile
+import uuid
 
 import tensorflow_datasets as tfds
 
+from dit_jax import paths
 from dit_jax.data.config import DataConfig
 from dit_jax.data.digits import Digits
 from dit_jax.data.shapes import Shapes
@@ -42,11 +50,14 @@ def prepare(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
 
 
 def _prepared(b: tfds.core.DatasetBuilder, name: str, data_dir) -> tfds.core.DatasetBuilder:
-  if b.is_prepared():
-    return b
+  with paths.remote_errors(b.data_dir):
+    if b.is_prepared():
+      return b
   if b.name not in BUNDLED and not b.MANUAL_DOWNLOAD_INSTRUCTIONS:
     raise InputError(f"{name} is not prepared in {b.data_dir} and preparing it here would "
                      f"download it: {_how_to_prepare(b, name)}")
+  if paths.is_remote(b.data_dir):
+    return _prepared_in_bucket(b, name, data_dir)
   try:
     b.download_and_prepare(
         file_format="array_record",
@@ -60,9 +71,39 @@ def _prepared(b: tfds.core.DatasetBuilder, name: str, data_dir) -> tfds.core.Dat
   return b
 
 
+def _prepared_in_bucket(b: tfds.core.DatasetBuilder, name: str,
+                        data_dir) -> tfds.core.DatasetBuilder:
+  """Prepares bundled data set `name` for gs:// `data_dir`. ArrayRecord opens the files it
+  writes locally ("open() failed: No such file or directory; opening gs://..."), so it is built
+  in a local temporary folder, uploaded beside its place and moved in (server-side copies:
+  the folder is incomplete for moments only, never left half-uploaded)."""
+  if b.name not in BUNDLED:
+    raise InputError(f"{name} is not prepared in {b.data_dir}, and TFDS cannot write "
+                     f"array_record files to a bucket: {_how_to_prepare(b, name)}")
+  final = paths.as_path(b.data_dir)
+  staging = final.parent / f"incomplete.{uuid.uuid4().hex[:8]}_{final.name}"
+  with tempfile.TemporaryDirectory(prefix="dit-jax-tfds-") as local:
+    paths.upload_tree(_prepared(builder(name, local), name, local).data_dir, staging)
+  paths.move_tree(staging, final)
+  return builder(name, data_dir)
+
+
+def _check_array_record_endpoint(data_dir):
+  """Against a GCS emulator (STORAGE_EMULATOR_HOST), ArrayRecord reads gs:// through its own
+  client, which only CLOUD_STORAGE_EMULATOR_ENDPOINT points there: without it a read waits
+  for the real Cloud Storage forever. Say so instead of hanging."""
+  if (data_dir and paths.is_remote(data_dir) and os.environ.get("STORAGE_EMULATOR_HOST")
+      and not os.environ.get("CLOUD_STORAGE_EMULATOR_ENDPOINT")):
+    raise InputError(f"data_dir={data_dir} is in a bucket of the emulator at "
+                     f"STORAGE_EMULATOR_HOST={os.environ['STORAGE_EMULATOR_HOST']}, but "
+                     "ArrayRecord reads through its own client, which would hang: also set "
+                     "CLOUD_STORAGE_EMULATOR_ENDPOINT to that address")
+
+
 def open_source(name: str, split: str, data_dir: str | None = None):
   """A random-access source (len, [i]) of decoded example dicts; bundled data sets are
   prepared on first use, others must be prepared already."""
+  _check_array_record_endpoint(data_dir)
   b = builder(name, data_dir)
   if b.name in BUNDLED:
     b = _prepared(b, name, data_dir)
@@ -76,6 +117,10 @@ def open_source(name: str, split: str, data_dir: str | None = None):
 
 
 def _how_to_prepare(b: tfds.core.DatasetBuilder, name: str) -> str:
+  if paths.is_remote(b.data_dir):
+    return (f"prepare it on a local disk (dit_jax.data.prepare({name!r}, DIR), or `tfds build "
+            f"{name} --file_format=array_record --data_dir=DIR`) and copy DIR/{b.name} to "
+            f"{b.data_dir_root}/ (`gcloud storage cp -r`)")
   if b.MANUAL_DOWNLOAD_INSTRUCTIONS:
     return (f"put the files TFDS asks for in {b.data_dir_root}/downloads/manual/ and run "
             f"dit_jax.data.prepare({name!r}, data_dir) once")

@@ -2,10 +2,9 @@
 computed elsewhere): the `text`, `text_mask` and `pooled` condition of a model with
 text_source='embeddings' (MM-DiT presets) or a U-Net with text_dim > 0.
 """
-import os
-
 import numpy as np
 
+from dit_jax import paths
 from dit_jax.errors import InputError, MissingFileError
 
 
@@ -13,11 +12,13 @@ def load_text_embeddings(path, pooled_dim: int | None = None) -> dict[str, np.nd
   """Reads precomputed text features: an .npz with 'text' (N, S, Dc), 'text_mask' (N, S) and
   optionally 'pooled' (N, Dp). Returns them as a dict of arrays whose rows are the cond of
   example i (`{k: v[i]}`), ready for a model with text_source='embeddings'."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
+  try:
+    file = paths.open_read(path)  # local or gs://
+  except FileNotFoundError:
     raise MissingFileError(f"text embeddings {path} not found: compute them with your frozen "
-                            "encoder and save np.savez(path, text=..., text_mask=..., pooled=...)")
-  with np.load(path) as f:
+                           "encoder and save np.savez(path, text=..., text_mask=..., pooled=...)"
+                           ) from None
+  with file, np.load(file) as f:
     out = {k: f[k] for k in ("text", "text_mask", "pooled") if k in f}
   if "text" not in out or out["text"].ndim != 3:
     raise InputError(f"{path}: needs 'text' of shape (N, S, Dc)")

@@ -1,26 +1,41 @@
 """Orbax checkpoints of the train state and the data iterator position.
 
-Saves are asynchronous (training goes on while arrays are written) and atomic (Orbax writes
-to a temporary directory and renames it when complete, so a crash never leaves a half-written
-step behind). The last `keep` steps are kept.
+Saves are asynchronous (training goes on while arrays are written) and atomic: locally Orbax
+writes to a temporary directory and renames it when complete; in a bucket (gs://, no rename)
+it writes the step in place and publishes it last with a `commit_success.txt` object, and a
+step without one is not listed. So a crash never leaves a half-written step behind that a
+restore would read. The last `keep` steps are kept.
 
 Restoring verifies: a step that fails to restore (a truncated data file, a missing metadata
 or manifest file) is skipped for the newest intact one, and the step used and the steps
 skipped, with why, are reported. Training moves a skipped step to `checkpoints-damaged/`
-(never deleting it) so that later saves of the same step number do not collide with it.
+(never deleting it) so that later saves of the same step number do not collide with it; in a
+bucket that move is a copy of every object, then the deletion of the step
+(`paths.move_tree`).
 """
 import contextlib
 import logging
-import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from orbax.checkpoint._src.serialization import tensorstore_utils
+
+from dit_jax import paths
 from dit_jax.errors import InputError, MissingFileError, RunFailedError
+
+# Orbax writes array data with tensorstore, whose GCS client retries a failed request up to 32
+# times, waiting up to 32 s between tries: a lost bucket would hold a save for ~15 minutes.
+# No Orbax option reaches those retries; its contexts are built from these two dicts. Bounded
+# here to 5 tries over ~25 s (gcsfs, for the metadata, gives up after ~35 s).
+GCS_RETRIES = {"max_retries": 5, "initial_delay": "1s", "max_delay": "8s"}
+for _context in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+  _context.setdefault("gcs_request_retries", GCS_RETRIES)
+# What a failed request to a bucket says (tensorstore reports it as text, gcsfs as HttpError).
+REMOTE_FAILURES = ("CURL error", "retry attempts failed", "HttpError")
 
 
 class CheckpointError(RunFailedError, OSError):
@@ -34,11 +49,14 @@ def _reason(error: Exception) -> str:
 
 
 def _os_error(error: BaseException | None) -> BaseException | None:
-  """The OSError in `error`'s chain (tensorstore reports one as text), else None."""
+  """The OSError or failed bucket request in `error`'s chain (tensorstore reports them as
+  text), else None."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, OSError) or "OS error" in str(error) or "No space left" in str(error):
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) or any(
+        marker in text for marker in ("OS error", "No space left", *REMOTE_FAILURES)):
       return error
     error = error.__cause__ or error.__context__
   return None
@@ -76,13 +94,16 @@ def quiet_abandoned_io():
 class Checkpointer:
   """Save / restore of {"state": pytree of arrays, "data": JSON-able iterator state}."""
 
-  def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory, keep: int = 3, async_save: bool = True):
     if not isinstance(keep, int) or keep < 1:
       raise InputError(f"train.keep_checkpoints={keep!r} must be an integer >= 1: a run keeps "
                        "at least its latest checkpoint")
-    self.directory = Path(directory).absolute()
+    self.directory = _absolute(directory)
+    # Step folders are made before save() returns: made in the background, a failure to make
+    # them (a lost bucket) would leave Orbax's writer threads waiting minutes for them at exit.
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False)))
     self.failed = False
     logging.getLogger("absl").addFilter(_quiet_orbax_failures)
     quiet_abandoned_io()
@@ -130,11 +151,10 @@ class Checkpointer:
                         self.directory, quarantine=self.quarantine if quarantine else None,
                         report=report)
 
-  def quarantine(self, step: int) -> Path:
+  def quarantine(self, step: int):
     """Moves a damaged step out of the manager's directory, keeping its files."""
     target = self.directory.parent / f"{self.directory.name}-damaged" / f"{step}-{int(time.time())}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(self.directory / str(step)), str(target))
+    paths.move_tree(self.directory / str(step), target)
     self.manager.reload()
     return target
 
@@ -167,12 +187,15 @@ class Checkpointer:
       if self.failed:  # Orbax raises it again on close: it was reported once already
         return
       self.failed = True
-      latest = self.latest_step()
+      paths.mark_unreachable(self.directory)  # (if a bucket: the cleanup does not wait again)
+      latest = self.latest_step()  # Orbax's own list: no request
       kept = (f"the steps saved before are intact (latest: {latest})" if latest is not None
               else "no step was saved before")
+      fix = ("check the bucket and the network" if paths.is_remote(self.directory) else
+             "free space or fix the disk")
       raise CheckpointError(
-          f"could not save a checkpoint in {self.directory} ({_reason(cause)}): {kept}; free "
-          "space or fix the disk, then rerun the same command to resume") from error
+          f"could not save a checkpoint in {self.directory} ({_reason(cause)}): {kept}; "
+          f"{fix}, then rerun the same command to resume") from error
 
 
 class StepMoved(Exception):
@@ -184,7 +207,7 @@ class StepMoved(Exception):
     self.step = step
 
 
-def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, report=None,
+def first_intact(steps: list[int], load, directory, *, quarantine=None, report=None,
                  moved=None):
   """load(step) for the newest of `steps` that loads without error (None if there are none);
   `quarantine(step)` moves each skipped step aside, `report(text)` says what happened.
@@ -212,7 +235,7 @@ def first_intact(steps: list[int], load, directory: Path, *, quarantine=None, re
   return None
 
 
-def restore_params(directory: str | Path, abstract_params: dict, report=None,
+def restore_params(directory, abstract_params: dict, report=None,
                    step: int | None = None, tries: int = 5):
   """(step, {name: params}) of the newest intact step (or of `step` only: a learning curve
   from the kept checkpoints), reading only the parameter subtrees named in `abstract_params`
@@ -222,13 +245,14 @@ def restore_params(directory: str | Path, abstract_params: dict, report=None,
   A training run may save and rotate checkpoints meanwhile: a step deleted (no longer listed)
   or superseded (a newer one listed) while it is read is not damage, and the newest listed
   step is read again, up to `tries` times; a step that is there and unreadable is damage."""
-  directory = Path(directory).absolute()
+  directory = _absolute(directory)
   reader = ocp.PyTreeCheckpointer()
   quiet_abandoned_io()  # a damaged step's reads still in flight when it is skipped
 
   def listed() -> list[int]:
-    return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] \
-        if directory.exists() else []
+    # In a bucket a step being written is already there, unpublished (no commit marker yet)
+    return [int(name) for name in paths.list_names(directory)
+            if name.isdigit() and ocp.step.is_checkpoint_finalized(directory / name)]
 
   def load(step):
     args = ocp.args.PyTreeRestore(
@@ -256,6 +280,12 @@ def restore_params(directory: str | Path, abstract_params: dict, report=None,
         report(f"checkpoint: step {e.step} was deleted or superseded while it was read (a "
                "training run rotating its checkpoints); reading the newest listed step again")
   raise AssertionError("unreachable: the last try calls no step moved")
+
+
+def _absolute(directory):
+  """An epath.Path of `directory` that Orbax takes: gs:// as it is, a local one absolute."""
+  path = paths.as_path(directory)
+  return path if paths.is_remote(path) else path.absolute()
 
 
 def abstract_like(state):

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import signal
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dit_jax import parallel
+from dit_jax import parallel, paths
 from dit_jax.config import meaning_changes, validate
 from dit_jax.engine import checkpoint
 from dit_jax.engine.run_log import MetricsLog
@@ -137,8 +136,8 @@ class Profile:
   """A jax.profiler trace of steps [start, start + steps) into workdir/profile (TensorBoard's
   profile plugin or Perfetto read it)."""
 
-  def __init__(self, workdir: Path, start: int, steps: int):
-    self.dir, self.start, self.stop = Path(workdir) / "profile", start, start + steps
+  def __init__(self, workdir, start: int, steps: int):
+    self.dir, self.start, self.stop = paths.as_path(workdir) / "profile", start, start + steps
     self.active = False
 
   def before(self, step: int):  # step = steps completed so far
@@ -161,22 +160,23 @@ class Profile:
 # The run: restore, loop, save
 
 
-def read_run_config(workdir: Path) -> dict | None:
+def read_run_config(workdir) -> dict | None:
   """The config recorded in workdir/config.json; None when there is none. A damaged one is an
   InputError naming the file: it is what a resume is checked against."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    return None
+  path = paths.as_path(workdir) / "config.json"
   fix = ("restore it from a backup, or delete it to resume without the check that the config "
          "still means the same")
-  config = read_json(path, "the run's recorded config", fix=fix)
+  try:
+    config = read_json(path, "the run's recorded config", fix=fix)
+  except FileNotFoundError:
+    return None
   if not isinstance(config, dict):
     raise InputError(f"{path} (the run's recorded config) is damaged (a JSON "
                      f"{type(config).__name__}, not the config's object): {fix}")
   return config
 
 
-def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path):
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir):
   """A resumed run must mean the same thing: refuses every differing field that is not in
   config.RESUMABLE_FIELDS, naming old and new values."""
   changes = meaning_changes(saved, json.loads(config.to_json())) if saved is not None else []
@@ -192,7 +192,7 @@ def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir:
 class Run:
   """Everything `run` needs besides the task; built by train.py, vae_train.py, experiments."""
   config: ml_collections.ConfigDict   # the whole config: recorded, checked on resume
-  workdir: Path
+  workdir: Any                        # a local path or gs://BUCKET/...: see dit_jax.paths
   data: CheckpointableIterator
   plan: parallel.ShardingPlan
   hooks: list = dataclasses.field(default_factory=list)   # Periodic
@@ -205,10 +205,11 @@ def run(task: Task, r: Run) -> TrainState:
   what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
   made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
   the last good step)."""
-  config, workdir, plan = validate(r.config), Path(r.workdir), r.plan
+  config, workdir, plan = validate(r.config), paths.as_path(r.workdir), r.plan
+  r.workdir = workdir
   is_main = jax.process_index() == 0
   s = prepare(task, config, plan)
-  workdir.mkdir(parents=True, exist_ok=True)
+  paths.make_dirs(workdir)
   with WorkdirLock(workdir, enabled=is_main), \
        checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints) as ckpt:
     saved_config = read_run_config(workdir) if ckpt.all_steps() else None

@@ -2,30 +2,41 @@
 
 Per-step metrics stay on the device until a flush, so logging never blocks a step; the flush
 returns them fetched, for the engine's divergence guard to check before anything is saved.
+
+In a bucket (no append) metrics.jsonl is uploaded whole at each flush from the history kept
+here, and TensorBoard events are written to a local temporary folder and uploaded (whole
+objects) at each flush and at close, through the one I/O layer: tensorboardX's own GCS
+writer would upload from its destructor at exit and retry for minutes when the bucket is gone.
 """
+import io
 import math
+import shutil
+import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from dit_jax.state_files import append_json_lines, read_json_lines, rewrite_json_lines
+from dit_jax import paths
+from dit_jax.state_files import (append_json_lines, read_json_lines, rewrite_json_lines,
+                                 write_atomic)
 
 
 class MetricsLog:
-  def __init__(self, workdir: Path, *, enabled: bool, total_steps: int, images_per_step: int):
-    self.workdir = Path(workdir)
+  def __init__(self, workdir, *, enabled: bool, total_steps: int, images_per_step: int):
+    self.workdir = paths.as_path(workdir)
+    self.remote = paths.is_remote(self.workdir)
     self.enabled = enabled
     self.total_steps = total_steps
     self.images_per_step = images_per_step
     self.pending: list[tuple[int, dict]] = []
     self.history: list[dict] = read_history(self.workdir)
-    self.bar = self.writer = None
+    self.bar = self.writer = self.events = None
     if enabled:
       from tensorboardX import SummaryWriter  # deferred: only process 0 writes events
-      self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+      self.events = tempfile.mkdtemp(prefix="dit-jax-events-") if self.remote else None
+      self.writer = SummaryWriter(self.events or str(self.workdir / "tensorboard"))
 
   def start(self, step: int):
     # A resumed run drops history written after its checkpoint (those steps are redone), and a
@@ -77,24 +88,40 @@ class MetricsLog:
       if key != "step":
         self.writer.add_scalar(key, value, row["step"])
     self.writer.flush()
-    append_json_lines(self.workdir / "metrics.jsonl", [row])
+    if self.remote:  # no append in a bucket: the whole log, from the history kept here
+      rewrite_json_lines(self.workdir / "metrics.jsonl", self.history)
+      self._upload_events()
+    else:
+      append_json_lines(self.workdir / "metrics.jsonl", [row])
     self.message(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
 
   def message(self, text: str):
     if self.enabled:
       tqdm.write(text)
 
+  def _upload_events(self):
+    for event_file in paths.as_path(self.events).iterdir():
+      write_atomic(self.workdir / "tensorboard" / event_file.name, event_file.read_bytes())
+
   def close(self):
     if self.bar is not None:
       self.bar.close()
     if self.writer is not None:
       self.writer.close()
+      self.writer = None
+    if self.events is not None:
+      try:
+        if not paths.unreachable(self.workdir):  # (a failed run: the last flush is there)
+          self._upload_events()
+      finally:
+        shutil.rmtree(self.events, ignore_errors=True)
+        self.events = None
 
 
 def read_history(workdir) -> list[dict]:
   """The rows of workdir/metrics.jsonl (training rows have a 'loss', evaluator rows not); a
   partial last line left by a kill or a full disk is dropped with a warning."""
-  return read_json_lines(Path(workdir) / "metrics.jsonl")
+  return read_json_lines(paths.as_path(workdir) / "metrics.jsonl")
 
 
 def _fmt(value) -> str:
@@ -117,4 +144,6 @@ def plot_loss_curve(history: list[dict], path):
     lr_ax.plot(steps, [h["lr"] for h in history], color="tab:gray", alpha=0.5, label="lr")
     lr_ax.set_ylabel("learning rate")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  write_atomic(path, png.getvalue())  # local or gs://, published whole

@@ -11,10 +11,7 @@ The classifier trains on the engine like every model (checkpoints, resume) in
 `<data_dir>/dit_jax_feature_nets/<name>/run`; the exported parameters and its test accuracy
 land beside it (`classifier.npz`, `classifier.json`) and later calls load them.
 """
-import io
-import shutil
 import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -24,13 +21,13 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from dit_jax import data, engine, parallel
+from dit_jax import data, engine, parallel, paths, state_files
 from dit_jax.config import base_config
 from dit_jax.convert.io import load_tensors
 from dit_jax.data.arrays import ArrayIterator
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.eval.features import Extractor, FeatureNet
-from dit_jax.state_files import read_json, write_atomic, write_json
+from dit_jax.state_files import read_json, write_json
 
 FEATURE_NETS = "dit_jax_feature_nets"  # folder in the TFDS data_dir
 
@@ -67,9 +64,15 @@ def classifier_config(name: str, data_dir: str | None = None,
   return config
 
 
-def cache_dir(name: str, data_dir: str | None = None) -> Path:
-  root = Path(data.sources.builder(name, data_dir).data_dir_root)
+def cache_dir(name: str, data_dir: str | None = None):
+  """The classifier's folder in the TFDS data_dir (local or gs://)."""
+  root = paths.as_path(data.sources.builder(name, data_dir).data_dir_root)
   return root / FEATURE_NETS / name.replace("/", "_")
+
+
+def _cached(folder) -> bool:
+  """Whether the classifier was exported to `folder` (classifier.json is written last)."""
+  return "classifier.json" in paths.list_names(folder)
 
 
 def random_shift(images_NHWC, rng, pixels: int = 1):
@@ -122,9 +125,8 @@ def train_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
               train_accuracy=accuracy["train"], test_accuracy=accuracy["test"],
               seconds=round(time.perf_counter() - start, 1))
   if jax.process_index() == 0:
-    flat, weights = traverse_util.flatten_dict(params, sep="/"), io.BytesIO()
-    np.savez(weights, **{k: np.asarray(v) for k, v in flat.items()})
-    write_atomic(out / "classifier.npz", weights.getvalue())  # whole or absent, as the json
+    flat = traverse_util.flatten_dict(params, sep="/")
+    state_files.write_npz(out / "classifier.npz", {k: np.asarray(v) for k, v in flat.items()})
     write_json(out / "classifier.json", info, indent=2)
   log(f"trained the {name} classifier in {info['seconds']} s: test accuracy "
       f"{info['test_accuracy']:.4f} (train {info['train_accuracy']:.4f}); saved in {out}")
@@ -148,7 +150,7 @@ def classifier_net(name: str, data_dir: str | None = None, *, train: bool = True
   """The feature net of data set `name`: loaded from its cache, trained first if missing
   (with `train`; else FileNotFoundError saying how to train it)."""
   out = cache_dir(name, data_dir)
-  if not (out / "classifier.json").is_file():
+  if not _cached(out):
     if not train:
       raise MissingFileError(f"no {name} classifier in {out}: train it once with `dit-jax "
                               f"train-classifier --data {name}`")
@@ -169,8 +171,8 @@ def ensure_classifier(name: str, data_dir: str | None = None, steps: int = 1500,
   `force`: afresh, not resuming the run of the cached one); returns its info (test and train
   accuracy, steps) with "cache", its folder."""
   if force:
-    shutil.rmtree(cache_dir(name, data_dir) / "run", ignore_errors=True)
-  if force or not (cache_dir(name, data_dir) / "classifier.json").exists():
+    state_files.remove_tree(cache_dir(name, data_dir) / "run")
+  if force or not _cached(cache_dir(name, data_dir)):
     train_classifier(name, data_dir, steps, log)
   info = classifier_net(name, data_dir, train=False).info
   return dict(info, cache=str(cache_dir(name, data_dir)))

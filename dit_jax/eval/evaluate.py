@@ -16,11 +16,11 @@ recall). It is read from
 `samples_evaluator` is the training-time evaluator of kind 'samples' (`dit_jax.eval.evaluators`).
 """
 import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from dit_jax import paths, state_files
 from dit_jax.errors import DitJaxError, InputError, MissingFileError
 from dit_jax.eval import metrics
 from dit_jax.eval.features import Extractor, FeatureNet, inception_net
@@ -60,18 +60,17 @@ class Reference:
       arrays.update(mu_s=self.spatial.mu, sigma_s=self.spatial.sigma)
     if self.pool is not None:
       arrays["pool"] = self.pool
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    state_files.write_npz(path, arrays)  # local or gs://
 
 
 def load_reference(path, extractor: Extractor) -> Reference:
   """A reference in the extractor's feature net from any of the files the module names."""
-  path = Path(path)
-  if not path.is_file():
-    raise MissingFileError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
-                            "pass an ADM reference batch (.npz with images in arr_0)")
   try:
-    return _read_reference(path, extractor)
+    with paths.open_read(path) as f:
+      return _read_reference(path, f, extractor)
+  except FileNotFoundError:
+    raise MissingFileError(f"reference {path} not found: write one with `dit-jax eval-ref`, or "
+                           "pass an ADM reference batch (.npz with images in arr_0)") from None
   except images.NPZ_READ_ERRORS as e:
     raise images.npz_error(path, e) from None
   except ValueError as e:  # np.load of a file that is neither .npz nor .npy
@@ -80,9 +79,9 @@ def load_reference(path, extractor: Extractor) -> Reference:
     raise images.npz_error(path, e) from None
 
 
-def _read_reference(path: Path, extractor: Extractor) -> Reference:
+def _read_reference(path, file, extractor: Extractor) -> Reference:
   net = extractor.net
-  with np.load(path, allow_pickle=False) as f:
+  with np.load(file, allow_pickle=False) as f:
     keys = set(f.files)
     if "net" in keys:  # ours
       if str(f["net"]) != net.name:
@@ -104,7 +103,7 @@ def _read_reference(path: Path, extractor: Extractor) -> Reference:
     return ref
 
 
-def _check_net_id(path: Path, net_id: str | None, net: FeatureNet):
+def _check_net_id(path, net_id: str | None, net: FeatureNet):
   """Refuses a reference of other weights under the same name (a retrained classifier gave
   FD 78.8 where its own reference gives 10), and one too old to record its weights."""
   fix = "recompute the reference with `dit-jax eval-ref` and the same --features / --inception"

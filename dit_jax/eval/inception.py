@@ -21,7 +21,6 @@ Two preprocessings, which differ in the resize to 299 (see `preprocess`): "adm",
 as the ADM evaluator and torch-fidelity run it, and "pytorch_fid".
 """
 import functools
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -344,13 +343,14 @@ def inception_params(state: dict[str, np.ndarray], source: str = "the state dict
       {path: jnp.asarray(_from_torch(state[key]), jnp.float32) for key, path in paths.items()})
 
 
-def load_inception(path: str | Path) -> dict:
+def load_inception(path) -> dict:
   """FIDInception params from pytorch-fid's weight file (.pth, read with torch when installed)
-  or an .npz/.safetensors holding the same state dict. Nothing is downloaded."""
-  path = Path(path)
-  if not path.is_file():
+  or an .npz/.safetensors holding the same state dict, local or gs://. Nothing is downloaded."""
+  try:
+    state = load_tensors(path)
+  except MissingFileError:
     raise MissingFileError(
         f"Inception weights {path} not found: pass the path of pytorch-fid's {WEIGHTS_FILE} "
         "(the FID Inception-v3 ported from TensorFlow; dit-jax downloads nothing), or an "
-        ".npz/.safetensors of that state dict")
-  return inception_params(load_tensors(path), source=str(path))
+        ".npz/.safetensors of that state dict") from None
+  return inception_params(state, source=str(path))

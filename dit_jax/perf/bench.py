@@ -9,11 +9,13 @@ multiply-add as 2 flops of the model's analytic count (`model.forward_flops`): 3
 passes per image for a train step, one per model evaluation (two under guidance) for sampling.
 """
 import collections
+import contextlib
 import dataclasses
 import glob
 import gzip
 import json
 import os
+import tempfile
 import time
 
 import jax
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dit_jax import engine, flow, parallel
+from dit_jax import engine, flow, parallel, paths
 from dit_jax.config import apply_overrides, base_config, load_config, model_input_shape
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models import create_model
@@ -81,12 +83,13 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
                                  "benchmarking: lower the learning rate or check the model")
   profile = None
   if profile_dir is not None:
-    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-      for _ in range(PROFILE_STEPS):
-        state, metrics = step_fn(state, batch)
-      jax.block_until_ready((state, metrics))
-    profile = profile_rows(latest_trace(profile_dir), hlo.instructions(compiled.as_text()),
-                           PROFILE_STEPS)
+    with _local_folder(profile_dir) as trace_dir:
+      with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(PROFILE_STEPS):
+          state, metrics = step_fn(state, batch)
+        jax.block_until_ready((state, metrics))
+      profile = profile_rows(latest_trace(trace_dir), hlo.instructions(compiled.as_text()),
+                             PROFILE_STEPS)
 
   macs = sum(model.forward_flops(*image_shape).values())
   tflops = 3 * 2 * macs * batch_size / seconds / plan.mesh.devices.size / 1e12
@@ -118,6 +121,19 @@ def _compile(jitted, *args):
   start = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   return compiled, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _local_folder(folder):
+  """`folder`, or for a gs:// one a local temporary folder uploaded there at the end: the
+  profiler writes files through its own (local) file system."""
+  if not paths.is_remote(folder):
+    yield folder
+    return
+  paths.check_bucket(folder)  # before the steps are traced, not after
+  with tempfile.TemporaryDirectory(prefix="dit-jax-trace-") as local:
+    yield local
+    paths.upload_tree(local, folder)
 
 
 def latest_trace(profile_dir: str) -> str:

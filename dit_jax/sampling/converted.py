@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from dit_jax import flow
+from dit_jax import flow, state_files
 from dit_jax.convert.dit import load_converted, make_model
 from dit_jax.errors import InputError
 from dit_jax.sampling import images
@@ -68,7 +68,7 @@ def sample_converted(directory, out, *, labels=None, method=None, steps=None, cf
   samples = sampler(params, labels, jax.random.PRNGKey(seed))
   seconds = time.perf_counter() - start
   if vae is None:
-    np.savez(out, latents=samples, labels=labels)
+    state_files.write_npz(out, dict(latents=samples, labels=labels))  # local or gs://
   elif str(out).endswith(".npz"):
     images.save_npz(images.to_uint8(samples), labels, out)
   else:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from dit_jax import flow, parallel
+from dit_jax import flow, parallel, state_files
 from dit_jax.config import model_input_shape, validate
 from dit_jax.data.tokenizers import caption_condition
 from dit_jax.errors import InputError
@@ -129,7 +129,8 @@ def _sample_captions(config, sampler, state, captions: list[str], per_class: int
           for key, value in caption_condition(config.data, captions).items()}
   samples = images.to_uint8(sampler.sample(state.ema_params, cond, rng, cfg_scale))
   if out.endswith(".npz"):
-    np.savez(out, arr_0=samples, captions=np.repeat(np.array(captions), per_class))
+    state_files.write_npz(out, dict(arr_0=samples,
+                                    captions=np.repeat(np.array(captions), per_class)))
   else:
     images.save_png(images.make_grid(samples, rows=len(captions)), out,
                     upscale=max(1, 64 // samples.shape[1]))

@@ -1,15 +1,15 @@
 """Image arrays to files: [-1, 1] floats to uint8, grids as PNG, arrays as .npz."""
-import os
+import io
 import pickle
 import struct
 import zipfile
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from dit_jax import paths, state_files
 from dit_jax.errors import DitJaxError, InputError, MissingFileError
 
 # What reading a damaged, empty, missing or unreadable .npz raises (np.load: pickle, EOF).
@@ -36,19 +36,12 @@ def make_grid(images_NHWC: np.ndarray, rows: int, pad: int = 1) -> np.ndarray:
 
 def save_png(image_HWC: np.ndarray, path, upscale: int = 1):
   """Writes a uint8 image; `upscale` repeats pixels so tiny images stay visible."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   if upscale > 1:
     image_HWC = image_HWC.repeat(upscale, 0).repeat(upscale, 1)
   mode = "L" if image_HWC.shape[-1] == 1 else "RGB"
-  Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(path)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray):
-  """np.save under a temporary name, then renamed: the file exists only when whole."""
-  tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  png = io.BytesIO()
+  Image.fromarray(image_HWC[..., 0] if mode == "L" else image_HWC, mode).save(png, "PNG")
+  state_files.write_atomic(path, png.getvalue())  # local or gs://, published whole
 
 
 def save_npz(images_NHWC: np.ndarray, labels, path):
@@ -59,21 +52,15 @@ def save_npz(images_NHWC: np.ndarray, labels, path):
 def save_npz_chunks(chunks_NHWC: Iterable[np.ndarray], labels, path):
   """Like save_npz for images that arrive in chunks (n_i, H, W, C), n_i summing to
   len(labels): each chunk goes into `arr_0` as it comes, so memory holds one chunk however
-  many images there are. The file is written under a temporary name and renamed when whole,
-  so an interrupted run leaves no truncated .npz behind."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  many images there are. The file (local or gs://) is published only when whole, so an
+  interrupted run leaves no truncated .npz behind."""
   labels = np.asarray(labels)
-  tmp = path.with_name(f".{path.name}.partial")
-  try:
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:  # np.savez's layout
+  with state_files.atomic_writer(path) as f:
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:  # np.savez's layout
       with archive.open("arr_0.npy", "w", force_zip64=True) as member:
         _write_npy_chunks(member, chunks_NHWC, len(labels))
       with archive.open("labels.npy", "w", force_zip64=True) as member:
         np.lib.format.write_array(member, labels, allow_pickle=False)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _write_npy_chunks(stream, chunks, num: int):
@@ -99,9 +86,9 @@ def _write_npy_chunks(stream, chunks, num: int):
 
 def load_npz_images(path) -> tuple[np.ndarray, np.ndarray | None]:
   """(uint8 (N, H, W, C) images of `arr_0`, the `labels` array or None) of a sample or
-  reference .npz. An uncompressed member (np.savez, `dit-jax sample`) is memory-mapped, so a
-  50,000-image set is read as it is used, not loaded whole."""
-  path = Path(path)
+  reference .npz. An uncompressed member (np.savez, `dit-jax sample`) of a local file is
+  memory-mapped, so a 50,000-image set is read as it is used, not loaded whole; one in a bucket
+  (gs://) is streamed into memory (50,000 256x256 RGB images: 9.8 GB)."""
   try:
     return _read_npz_images(path)
   except NPZ_READ_ERRORS as e:
@@ -112,6 +99,8 @@ def npz_error(path, error: Exception) -> DitJaxError:
   """The library error of an .npz that could not be read: missing, or what is wrong with it."""
   if isinstance(error, DitJaxError):
     return error
+  if isinstance(error, OSError) and paths.is_remote(path):  # missing, refused, unreachable
+    return paths.remote_error(path, error)
   if isinstance(error, FileNotFoundError):
     return MissingFileError(f"{path} not found: pass an existing .npz file")
   reason = error.strerror if isinstance(error, OSError) and error.strerror else error
@@ -120,20 +109,20 @@ def npz_error(path, error: Exception) -> DitJaxError:
                     "(np.savez, `dit-jax sample --out F.npz`)")
 
 
-def _read_npz_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-  with zipfile.ZipFile(path) as archive:
+def _read_npz_images(path) -> tuple[np.ndarray, np.ndarray | None]:
+  with paths.open_read(path) as f, zipfile.ZipFile(f) as archive:
     names = archive.namelist()
     if "arr_0.npy" not in names:
       raise InputError(f"{path} has no images in arr_0 (it holds {names}): pass an .npz of "
                        "uint8 NHWC images, as `dit-jax sample --out F.npz` writes")
     labels = None
     if "labels.npy" in names:
-      with archive.open("labels.npy") as f:
-        labels = np.lib.format.read_array(f, allow_pickle=False)
+      with archive.open("labels.npy") as member:
+        labels = np.lib.format.read_array(member, allow_pickle=False)
     info = archive.getinfo("arr_0.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-      with archive.open(info) as f:
-        arr = np.lib.format.read_array(f, allow_pickle=False)
+    if info.compress_type != zipfile.ZIP_STORED or paths.is_remote(path):  # (no mmap of gs)
+      with archive.open(info) as member:
+        arr = np.lib.format.read_array(member, allow_pickle=False)
     else:
       arr = _memmap_member(path, info)
   if arr.dtype != np.uint8 or arr.ndim != 4:
@@ -142,7 +131,7 @@ def _read_npz_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
   return arr, labels
 
 
-def _memmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+def _memmap_member(path, info: zipfile.ZipInfo) -> np.ndarray:
   with open(path, "rb") as f:
     f.seek(info.header_offset)
     local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26..30

@@ -5,33 +5,31 @@ extract-latents`), train on the stored latents, decode samples back to pixels.
     # then data.latents=lat/ : training batches hold scaled latents, the encoder never runs
 
 The data set is cut into chunks of `chunk_size` examples; process p of P encodes the chunks
-k with k % P == p, so hosts share the work without talking to each other. A chunk is written
-to temporary files, renamed, then marked done, so an interrupted run resumes by skipping the
-done chunks, and the encoding is deterministic (posterior moments, no sampling), so a resumed
-run writes the same files as an uninterrupted one. File layout: dit_jax/data/latent_source.py.
+k with k % P == p, so hosts share the work without talking to each other. A chunk's files are
+published whole (locally renamed into place, in a bucket one upload each), then it is marked
+done, so an interrupted run resumes by skipping the done chunks, and the encoding is
+deterministic (posterior moments, no sampling), so a resumed run writes the same files as an
+uninterrupted one. `--out` may be a bucket (gs://). File layout: dit_jax/data/latent_source.py.
 """
 import concurrent.futures
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from dit_jax import parallel
+from dit_jax import parallel, paths, state_files
 from dit_jax.data import latent_source, sources
 from dit_jax.data.config import DataConfig
 from dit_jax.data.pipeline import preprocess
 from dit_jax.errors import InputError
-from dit_jax.sampling.images import save_npy_atomic
 from dit_jax.sampling.vae_files import load_vae, vae_dir
-from dit_jax.state_files import write_json
 
 FORMAT_VERSION = 1
 
 
-def _meta(cfg: DataConfig, vae, vae_dir: Path, num_source: int, flip: bool, chunk_size: int,
+def _meta(cfg: DataConfig, vae, vae_dir, num_source: int, flip: bool, chunk_size: int,
           image_shape, has_labels: bool, dtype: str) -> dict:
   num = num_source * (2 if flip else 1)
   f = vae.downsample
@@ -42,20 +40,20 @@ def _meta(cfg: DataConfig, vae, vae_dir: Path, num_source: int, flip: bool, chun
           "chunk_size": chunk_size, "num_chunks": -(-num // chunk_size),
           "latent_shape": [h // f, w // f, vae.latent_channels], "downsample": f,
           "scaling_factor": vae.scaling_factor, "shift_factor": vae.shift_factor,
-          "vae": str(vae_dir.absolute()), "has_labels": has_labels, "dtype": dtype}
+          "vae": paths.absolute(vae_dir), "has_labels": has_labels, "dtype": dtype}
 
 
-def _write_meta(out: Path, meta: dict):
+def _write_meta(out, meta: dict):
   """Writes latents.json, or checks that the one there describes the same extraction."""
-  path = out / latent_source.META
-  if path.exists():
+  try:
     old = latent_source.read_meta(out)
-    diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-    if diff:
-      raise InputError(f"--out {out} holds latents of another extraction (field: (on disk, "
-                       f"now)) {diff}; use a new --out or the same arguments to resume")
+  except FileNotFoundError:  # several processes may write the same content: last wins
+    state_files.write_json(out / latent_source.META, meta, indent=2)
     return
-  write_json(path, meta, indent=2)  # several processes may write the same content: last wins
+  diff = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+  if diff:
+    raise InputError(f"--out {out} holds latents of another extraction (field: (on disk, "
+                     f"now)) {diff}; use a new --out or the same arguments to resume")
 
 
 def _load_images(source, indices: range, flip: bool, image_size: int | None, pool):
@@ -113,8 +111,8 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
                "label" in first, dtype)
   meta["compute_dtype"] = jnp.dtype(vae.dtype).name
   meta["vae_params_sha256"] = parallel.params_digest(params)  # other weights: other latents
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = paths.as_path(out_dir)
+  paths.make_dirs(out)
   _write_meta(out, meta)
 
   mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
@@ -127,7 +125,8 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
     return jnp.concatenate([dist.mean, dist.logvar], axis=-1)
 
   mine = [k for k in range(meta["num_chunks"]) if k % count == index]
-  todo = [k for k in mine if not latent_source.chunk_paths(out, k)["done"].exists()]
+  done = latent_source.done_chunks(out)
+  todo = [k for k in mine if k not in done]
   if max_chunks is not None:
     todo = todo[:max_chunks]
   start, encoded = time.perf_counter(), 0
@@ -135,8 +134,9 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
              unit="chunk", disable=not progress, dynamic_ncols=True)
   pool = concurrent.futures.ThreadPoolExecutor(max(cfg.num_threads, 1))
   for k in todo:
-    for stale in out.glob(f"*-{k:06d}.tmp*"):  # left by a process killed mid-write
-      stale.unlink()
+    if not paths.is_remote(out):  # (a killed upload leaves no object)
+      for stale in out.glob(f".*-{k:06d}.npy.tmp-*"):  # left by a process killed mid-write
+        stale.unlink()
     lo = k * chunk_size
     indices = range(lo, min(lo + chunk_size, meta["num_examples"]))
     images, labels = _load_images(source, indices, flip, cfg.image_size, pool)
@@ -146,11 +146,11 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
       padded = np.pad(batch, [(0, batch_size - len(batch))] + [(0, 0)] * 3)  # one shape
       moments.append(np.asarray(encode(params, jax.device_put(padded, batch_sharding)))
                      [:len(batch)])
-    paths = latent_source.chunk_paths(out, k)
-    save_npy_atomic(paths["moments"], np.concatenate(moments).astype(dtype))
+    files = latent_source.chunk_paths(out, k)
+    state_files.write_npy(files["moments"], np.concatenate(moments).astype(dtype))
     if meta["has_labels"]:
-      save_npy_atomic(paths["labels"], labels)
-    paths["done"].touch()
+      state_files.write_npy(files["labels"], labels)
+    state_files.write_atomic(files["done"], b"")  # after both files are whole
     encoded += len(indices)
     bar.update(1)
   bar.close()
@@ -158,7 +158,7 @@ def extract_latents(data_config, vae_path, out_dir, *, flip: bool = False,
   seconds = time.perf_counter() - start
   return {"encoded": encoded, "seconds": seconds, "examples_per_s": encoded / max(seconds, 1e-9),
           "chunks_done_now": len(todo), "chunks_of_this_process": len(mine),
-          "chunks_done": sum(latent_source.chunk_paths(out, k)["done"].exists() for k in mine),
+          "chunks_done": len(latent_source.done_chunks(out) & set(mine)),
           "num_examples": meta["num_examples"], "latent_shape": meta["latent_shape"]}
 
 
@@ -201,7 +201,7 @@ def decoder_source(config) -> dict | None:
   if not vae_path:
     raise InputError("config.data.vae is not set: point it at the VAE folder used by "
                      "extract-latents to decode samples")
-  return {"vae": str(Path(vae_path).absolute()),
+  return {"vae": paths.absolute(vae_path),
           "scaling_factor": meta["scaling_factor"] if meta else None,
           "shift_factor": meta["shift_factor"] if meta else None}
 

@@ -1,12 +1,10 @@
 """Reading a training run for sampling and evaluation: its recorded config and the EMA
 parameters of a checkpoint, restored onto any sharding plan."""
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dit_jax import engine, parallel
+from dit_jax import engine, parallel, paths
 from dit_jax.config import model_input_shape, with_defaults
 from dit_jax.engine import checkpoint
 from dit_jax.engine.loop import read_run_config
@@ -25,12 +23,13 @@ def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | Non
   device), whatever mesh the run was trained on. Only `step` and `ema_params` of the returned
   state are filled, and `params` (the trained, raw ones) with `raw`: the optimizer state is
   never read, so neither damage nor a change there blocks sampling."""
-  workdir = Path(workdir)
+  workdir = paths.as_path(workdir)
   path = workdir / "config.json"
-  if not workdir.is_dir():
+  paths.check_bucket(workdir)
+  if not paths.is_remote(workdir) and not workdir.is_dir():  # (a bucket has no folders)
     raise MissingFileError(f"--workdir {workdir} is not a directory: pass the directory "
                            "written by `dit-jax train`")
-  if not path.exists():
+  if "config.json" not in paths.list_names(workdir):
     raise MissingFileError(f"{path} not found: --workdir must be a directory written by "
                            "`dit-jax train`")
   config = with_defaults(read_run_config(workdir))  # fields added since it was recorded

@@ -10,15 +10,13 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dit_jax import state_files
-from dit_jax.errors import InputError
+from dit_jax import paths, state_files
+from dit_jax.errors import DitJaxError, InputError
 from dit_jax.sampling import images
 from dit_jax.sampling.sampler import ImageSampler, sample_in_batches
 
@@ -35,7 +33,7 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
   (and the folder goes) when all are done. Every process samples; only `write` (process 0)
   writes, and its view of which chunks exist is the one every process follows. Returns the
   number of samples this call drew."""
-  path = Path(path)
+  path = paths.as_path(path)  # local or gs://
   folder = path.with_name(path.name + ".chunks")
   divisor = sampler.plan.batch_divisor if sampler.plan is not None else 1
   meta = {"num": int(len(labels)), "chunk_size": int(chunk_size), "batch_size": int(batch_size),
@@ -50,17 +48,18 @@ def sample_to_npz(sampler: ImageSampler, params, labels: np.ndarray, path, *, ba
                  report=report)
 
 
-def _fill(sampler, params, labels, path: Path, folder: Path, *, batch_size, rng, cfg_scale,
+def _fill(sampler, params, labels, path, folder, *, batch_size, rng, cfg_scale,
           chunk_size, write, progress, report) -> int:
   """sample_to_npz's work once the set is checked: draws the missing chunks, writes the .npz."""
+  present = set(paths.list_names(folder)) if write else set()  # one listing, made afresh
   chunk_files = [folder / f"chunk-{k:05d}.npy" for k in range(-(-len(labels) // chunk_size))]
   # A pixel model's samples have its input's shape: a chunk of another is damage, even chunk 0.
   drawn, shape = 0, (tuple(sampler.image_shape) if sampler.decode is None else None)
   for k, chunk_file in enumerate(chunk_files):
     start = k * chunk_size
     chunk_labels = labels[start:start + chunk_size]
-    whole, shape = _whole_chunk(chunk_file, len(chunk_labels), shape, report) if write else \
-        (False, shape)
+    whole, shape = (_whole_chunk(chunk_file, len(chunk_labels), shape, report)
+                    if chunk_file.name in present else (False, shape))
     if _on_process_0(whole):
       if progress is not None:
         progress(len(chunk_labels))
@@ -71,18 +70,22 @@ def _fill(sampler, params, labels, path: Path, folder: Path, *, batch_size, rng,
     drawn += len(chunk)
     shape = shape or chunk.shape[1:]
     if write:
-      images.save_npy_atomic(chunk_file, chunk)
+      state_files.write_npy(chunk_file, chunk)
   if write:
-    images.save_npz_chunks((np.load(f, mmap_mode="r") for f in chunk_files), labels, path)
-    shutil.rmtree(folder)
+    images.save_npz_chunks((state_files.read_npy(f) for f in chunk_files), labels, path)
+    state_files.remove_tree(folder)
   return drawn
 
 
 @contextlib.contextmanager
-def _one_writer(folder: Path, path: Path):
+def _one_writer(folder, path):
   """Holds an flock of `folder`'s writer.lock (released by the kernel when the process dies):
   a second `dit-jax sample` on the same set is refused instead of racing the first, which
-  deletes the folder when it writes the .npz."""
+  deletes the folder when it writes the .npz. A bucket has no flock: there nothing guards
+  against a second writer."""
+  if paths.is_remote(folder):
+    yield
+    return
   folder.mkdir(parents=True, exist_ok=True)
   fd = os.open(folder / "writer.lock", os.O_CREAT | os.O_RDWR, 0o644)
   try:
@@ -98,19 +101,23 @@ def _one_writer(folder: Path, path: Path):
     os.close(fd)
 
 
-def _record_meta(folder: Path, meta: dict):
+def _record_meta(folder, meta: dict):
   """Writes meta.json, or refuses when the one there describes another sample set, or when
   chunks are there without one (they cannot be checked)."""
   recorded = folder / "meta.json"
   meta = json.loads(json.dumps(meta))  # as it reads back (lists)
-  if not recorded.exists() and any(folder.glob("chunk-*.npy")):
+  try:
+    old = state_files.read_json(recorded, "the settings of a resumable sample set",
+                                fix=f"delete {folder} to sample again from the start")
+  except FileNotFoundError:
+    old = None
+  if old is None and any(name.startswith("chunk-") and name.endswith(".npy")
+                         for name in paths.list_names(folder)):
     raise InputError(f"{folder} holds chunks but no meta.json (the settings they were drawn "
                      "with: deleted, or never written by an older dit-jax), so they cannot be "
                      f"checked against this set; delete {folder} (or choose another --out) to "
                      "sample again from the start")
-  if recorded.exists():
-    old = state_files.read_json(recorded, "the settings of a resumable sample set",
-                                fix=f"delete {folder} to sample again from the start")
+  if old is not None:
     old, now = _fields(old), _fields(meta)
     changed = {key for key in set(old) | set(now) if old.get(key) != now.get(key)}
     differ = [f"  {key}: {old.get(key, '(not recorded)')} -> {now.get(key, '(none)')}"
@@ -140,24 +147,25 @@ def _fields(meta: dict, prefix: str = "") -> dict:
   return fields
 
 
-def _whole_chunk(chunk_file: Path, count: int, shape, report) -> tuple[bool, tuple | None]:
-  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)): a chunk cut
-  short, with a bad header or of another shape is reported and drawn again."""
-  if not chunk_file.exists():
-    return False, shape
+def _whole_chunk(chunk_file, count: int, shape, report) -> tuple[bool, tuple | None]:
+  """(whether `chunk_file` holds `count` whole uint8 images, their (H, W, C)), from its header
+  and size: a chunk cut short, with a bad header or of another shape is reported and drawn
+  again."""
   try:
-    chunk = np.load(chunk_file, mmap_mode="r", allow_pickle=False)  # checks the file's size
+    chunk_shape, dtype, _ = state_files.npy_header(chunk_file)
     problem = None
-    if chunk.dtype != np.uint8 or chunk.ndim != 4 or len(chunk) != count:
-      problem = f"holds {chunk.dtype} {chunk.shape}, not {count} uint8 images"
-    elif shape is not None and tuple(chunk.shape[1:]) != tuple(shape):
-      problem = f"holds images of {chunk.shape[1:]}, the other chunks {tuple(shape)}"
+    if dtype != np.uint8 or len(chunk_shape) != 4 or chunk_shape[0] != count:
+      problem = f"holds {dtype} {chunk_shape}, not {count} uint8 images"
+    elif shape is not None and tuple(chunk_shape[1:]) != tuple(shape):
+      problem = f"holds images of {chunk_shape[1:]}, the other chunks {tuple(shape)}"
   except (ValueError, OSError, EOFError) as e:
+    if isinstance(e, DitJaxError):  # a bucket that cannot be reached: not damage
+      raise
     problem = f"does not load whole: {e}"
   if problem:
     report(f"sample set: {chunk_file} {problem}; drawing it again")
     return False, shape
-  return True, tuple(chunk.shape[1:])
+  return True, tuple(chunk_shape[1:])
 
 
 def _on_process_0(flag: bool) -> bool:

@@ -1,43 +1,46 @@
 """A VAE on disk. `train-vae` writes our own folder: `dit_jax_vae.json` (the AutoencoderKL
 fields, `models.vae.vae_arch`) and `params.safetensors` (float32, keys are the flax parameter
 paths `encoder/conv_in/kernel`). `--vae` takes that folder, a `train-vae` workdir holding it in
-`vae/`, or a diffusers AutoencoderKL folder, read by the importer in `convert.vae`.
+`vae/`, or a diffusers AutoencoderKL folder, read by the importer in `convert.vae`. Folders
+may be local or in a bucket (gs://).
 """
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
+from dit_jax import paths
 from dit_jax.errors import InputError
 from dit_jax.models.vae import AutoencoderKL, vae_arch
-from dit_jax.state_files import read_json, write_json
+from dit_jax.state_files import read_bytes, read_json, write_atomic, write_json
 
 CONFIG = "dit_jax_vae.json"
 WEIGHTS = "params.safetensors"
 
 
-def native_dir(path: str | Path) -> Path | None:
+def native_dir(path):
   """`path` or `path/vae` when it holds our format, else None."""
-  for folder in (Path(path), Path(path) / "vae"):
-    if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
-      return folder
+  for folder in (paths.as_path(path), paths.as_path(path) / "vae"):
+    try:
+      if {CONFIG, WEIGHTS} <= set(paths.list_names(folder)):
+        return folder
+    except NotADirectoryError:
+      pass
   return None
 
 
-def save_vae(path: str | Path, vae: AutoencoderKL, params):
-  """Writes the VAE's fields and float32 parameters to folder `path`."""
-  folder = Path(path)
-  folder.mkdir(parents=True, exist_ok=True)
+def save_vae(path, vae: AutoencoderKL, params):
+  """Writes the VAE's fields and float32 parameters to folder `path` (weights first: the
+  folder is a VAE only once its config is there)."""
+  folder = paths.as_path(path)
   flat = traverse_util.flatten_dict(params, sep="/")
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
-            str(folder / WEIGHTS))
+  write_atomic(folder / WEIGHTS, safetensors.numpy.save(
+      {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}))
   write_json(folder / CONFIG, vae_arch(vae), indent=2)
 
 
-def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
+def load_vae(path, dtype=None) -> tuple[AutoencoderKL, dict]:
   """(AutoencoderKL, params) from our folder, or from a diffusers folder via the importer."""
   folder = native_dir(path)
   if folder is None:
@@ -49,7 +52,7 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
   arch["block_out_channels"] = tuple(arch["block_out_channels"])
   vae = AutoencoderKL(**arch, **({"dtype": jnp.dtype(dtype)} if dtype else {}))
   try:
-    flat = load_file(str(folder / WEIGHTS))
+    flat = safetensors.numpy.load(read_bytes(folder / WEIGHTS))
   except SafetensorError as e:  # cut short, damaged
     raise InputError(f"{folder / WEIGHTS} is not a readable .safetensors file ({e}): save the "
                      "VAE again (`dit-jax train-vae` or `dit-jax convert`)") from None
@@ -57,7 +60,7 @@ def load_vae(path: str | Path, dtype=None) -> tuple[AutoencoderKL, dict]:
   return vae, params
 
 
-def vae_dir(path: str | Path) -> Path:
+def vae_dir(path):
   """The folder a VAE is read from (ours or diffusers'), for recording where latents came
   from; raises FileNotFoundError naming what --vae may be."""
   folder = native_dir(path)

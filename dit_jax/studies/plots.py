@@ -4,6 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from dit_jax.studies.reports import save_figure  # noqa: E402
+
 
 def plot_flops(rows: list[dict], path: str):
   """Left: Gflops against patch size per model size (log scale). Right: parameters vs Gflops."""
@@ -32,7 +34,7 @@ def plot_flops(rows: list[dict], path: str):
   h, w, c = rows[0]["input"]
   fig.suptitle(f"DiT forward cost on {h}x{w}x{c} inputs (multiply-add = 1 flop)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)  # local or gs://
   plt.close(fig)
 
 
@@ -52,5 +54,5 @@ def plot_loss_by_t(rows: list[dict], path: str):
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path, dpi=120)  # local or gs://
   plt.close(fig)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 
+from dit_jax import paths, state_files
 from dit_jax.config import apply_overrides, load_config, model_input_shape
 from dit_jax.errors import InputError
 from dit_jax.models import create_model, flops
@@ -114,6 +115,14 @@ def format_rows(rows: list[dict], fmt: str) -> str:
   widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header)]
   line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
   return "\n".join([line(header)] + [line(cells) for cells in body])
+
+
+def save_figure(fig, path, **savefig_kwargs):
+  """Writes a matplotlib figure to `path`, local or gs://, in the format of its suffix
+  (.png, .pdf, .svg), published whole."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=paths.as_path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
+  state_files.write_atomic(path, buffer.getvalue())
 
 
 def markdown_table(header, body) -> str:

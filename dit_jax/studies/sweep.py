@@ -15,6 +15,8 @@ A sweep file is a config file with a second function:
 Every named set is crossed with every point of the axes and every seed. Run directories are
 `WORKDIR/runs/<name>/seed_<seed>`; a finished one (its result.json) is skipped, an interrupted
 one resumes from its checkpoints, a failed one (error.txt) is retried on the next call.
+WORKDIR may be a bucket (gs://): side-by-side workers claim runs by creating an object only if
+it is absent, and write their logs locally while they run (copied to WORKDIR/logs at the end).
 """
 import copy
 import dataclasses
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import ml_collections
 
+from dit_jax import paths, state_files
 from dit_jax.config import (ConfigError, apply_overrides, config_code, config_module, set_fields,
                             validate)
 from dit_jax.engine.loop import check_resume, read_run_config
@@ -58,7 +62,7 @@ class RunSpec:
   name: str
   seed: int
   fields: dict      # set on the base config (then config.seed = config.data.seed = seed)
-  workdir: Path
+  workdir: object   # an epath.Path, local or gs://
 
 
 def _sweep_of(raw, where: str) -> Sweep:
@@ -122,7 +126,7 @@ def expand(sweep: Sweep, root) -> list[RunSpec]:
                           f"{slug(name)!r}: rename one")
       for seed in sweep.seeds:
         specs.append(RunSpec(name, seed, {**run_fields, **point},
-                             Path(root) / "runs" / slug(name) / f"seed_{seed}"))
+                             paths.as_path(root) / "runs" / slug(name) / f"seed_{seed}"))
   return specs
 
 
@@ -169,9 +173,9 @@ def train_run(run: RunSpec, config, log=print, damaged: str | None = None) -> st
     log(f"!! {run.name} seed {run.seed}: {damaged}; not trained, counted as failed; the other "
         "runs go on")
     return "failed"
-  run.workdir.mkdir(parents=True, exist_ok=True)
-  result.unlink(missing_ok=True)
-  error.unlink(missing_ok=True)
+  paths.make_dirs(run.workdir)
+  state_files.remove(result)
+  state_files.remove(error)
   log(f"== {run.name} seed {run.seed} -> {run.workdir}")
   start = time.perf_counter()
   try:
@@ -211,7 +215,7 @@ def read_result(run: RunSpec, log=print) -> dict | None:
   return info
 
 
-def _add_seconds(workdir: Path, seconds: float) -> float:
+def _add_seconds(workdir, seconds: float) -> float:
   """Adds `seconds` to the run's wall clock summed over the calls that trained it (resumes
   included); returns the sum."""
   path = workdir / "wall.json"
@@ -257,21 +261,17 @@ def run_all(base, sweep: Sweep, root, shard: tuple[int, int] = (0, 1), log=print
   index, count = shard
   status = {"finished": 0, "trained": 0, "failed": 0}
   for run, config in zip(runs, configs, strict=True):
-    if count == 1 or _claim(Path(root), run, index):
+    if count == 1 or _claim(paths.as_path(root), run, index):
       status[train_run(run, config, log, damaged.get(run.workdir))] += 1
   return status
 
 
-def _claim(root: Path, run: RunSpec, worker: int) -> bool:
-  """True for the one worker that creates the run's claim file (atomic O_EXCL create)."""
+def _claim(root, run: RunSpec, worker: int) -> bool:
+  """True for the one worker that creates the run's claim file (create-if-absent: an exclusive
+  link locally, ifGenerationMatch=0 in a bucket)."""
   path = root / "claims" / f"{run.workdir.parent.name}.seed_{run.seed}"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  try:
-    with open(path, "x") as f:
-      f.write(f"worker {worker}\n")
-  except FileExistsError:
-    return False
-  return True
+  paths.make_dirs(path.parent)
+  return state_files.create_exclusive(path, f"worker {worker}\n")
 
 
 def shard_env(index: int, devices_per_run: int) -> dict:
@@ -319,14 +319,26 @@ class _ForwardSignals:
       signal.signal(s, handler)
 
 
-def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: Path,
+def _log_folder(root):
+  """Where the workers' logs go while they run: ROOT/logs, or for a gs:// ROOT a local
+  temporary folder (a process writes its output to a local file), copied there after."""
+  if paths.is_remote(root):
+    return paths.as_path(tempfile.mkdtemp(prefix="dit-jax-sweep-logs-"))
+  folder = paths.as_path(root) / "logs"
+  folder.mkdir(parents=True, exist_ok=True)
+  return folder
+
+
+def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root,
                      log=print) -> int:
   """Runs `dit-jax sweep ARGV --shard i/workers` in `workers` processes, each seeing its own
-  `devices_per_run` devices; logs in ROOT/logs/. Returns how many workers failed; raises
-  WorkersStopped after a SIGTERM / SIGINT, passed on to the workers, once they all stopped."""
-  (root / "logs").mkdir(parents=True, exist_ok=True)
-  shutil.rmtree(root / "claims", ignore_errors=True)  # the workers claim runs afresh
-  logs, procs = [root / "logs" / f"shard_{i}.log" for i in range(workers)], []
+  `devices_per_run` devices; logs in ROOT/logs/ (for a bucket, local ones copied there when
+  the workers end). Returns how many workers failed; raises WorkersStopped after a SIGTERM /
+  SIGINT, passed on to the workers, once they all stopped."""
+  paths.make_dirs(root)
+  state_files.remove_tree(paths.as_path(root) / "claims")  # the workers claim runs afresh
+  folder = _log_folder(root)
+  logs, procs = [folder / f"shard_{i}.log" for i in range(workers)], []
   with _ForwardSignals(procs) as forward:
     for i, log_path in enumerate(logs):
       if forward.signum is not None:
@@ -339,6 +351,10 @@ def run_side_by_side(argv: list[str], workers: int, devices_per_run: int, root: 
         procs[-1].send_signal(signal.SIGTERM)
       log(f"worker {i}: pid {procs[-1].pid}, log {log_path}")
     codes = [p.wait() for p in procs]  # a signal handler returns into the wait
+  if paths.is_remote(root):
+    paths.upload_tree(folder, paths.as_path(root) / "logs")
+    shutil.rmtree(folder)
+    logs = [paths.as_path(root) / "logs" / p.name for p in logs]
   if forward.signum is not None:
     raise WorkersStopped(forward.signum, len(procs))
   for i, code in enumerate(codes):

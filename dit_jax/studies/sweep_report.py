@@ -6,12 +6,13 @@ Training compute is the DiT paper's estimate: 3 x forward Gflops x batch x steps
 pass costs about twice the forward), multiply-add = 1 flop.
 """
 import math
-from pathlib import Path
 
 import numpy as np
 
+from dit_jax import paths
+
 from dit_jax.engine.run_log import read_history
-from dit_jax.studies.reports import markdown_table
+from dit_jax.studies.reports import markdown_table, save_figure
 from dit_jax.state_files import rewrite_json_lines, write_atomic
 from dit_jax.studies.sweep import RunSpec, Sweep, expand, read_result
 
@@ -219,16 +220,16 @@ def plot_metric(sweep: Sweep, rows: list[dict], metric: str, path):
   axes[1].legend(fontsize=7)
   fig.suptitle(f"{sweep.title}: {name}")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
 def write(sweep: Sweep, root, log=print) -> dict:
   """results.jsonl, results.md and one PNG per metric in `root`; returns their paths and the
   counts of finished and missing runs."""
-  root = Path(root)
+  root = paths.as_path(root)
   rows, infos, missing = collect(sweep, root, log)
-  root.mkdir(parents=True, exist_ok=True)
+  paths.make_dirs(root)
   rewrite_json_lines(root / "results.jsonl", rows)
   write_atomic(root / "results.md", markdown(sweep, rows, infos, missing))
   plots = []

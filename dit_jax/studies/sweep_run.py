@@ -4,8 +4,7 @@
 
 Apart from `sweep` (which `sweep_report` imports) so that the two modules import no cycle.
 """
-from pathlib import Path
-
+from dit_jax import paths
 from dit_jax.errors import RunFailedError
 from dit_jax.studies import sweep, sweep_report
 
@@ -27,7 +26,7 @@ def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_
   base, spec = sweep.load(config, list(overrides))
   if seeds is not None:
     spec = sweep.with_seeds(spec, seeds)
-  root = Path(workdir)
+  root = paths.as_path(workdir)
   runs = sweep.expand(spec, root)
   log(f"sweep {spec.title!r}: {len(runs)} runs ({len(runs) // len(spec.seeds)} settings x "
       f"{len(spec.seeds)} seeds) in {root}")
@@ -41,14 +40,14 @@ def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_
     status = sweep.run_all(base, spec, root, shard, log)
     log(", ".join(f"{count} {what}" for what, count in status.items()))
     failed = status["failed"]
-  paths = None
+  report = None
   if shard == (0, 1):  # a side-by-side worker leaves the summary to its parent
-    paths = sweep_report.write(spec, root, log)
-    log(paths["table"].read_text())
-    log(f"wrote {paths['results']}, {paths['table']} and {len(paths['plots'])} plots; "
-        f"{paths['finished']} of {len(runs)} runs finished")
+    report = sweep_report.write(spec, root, log)
+    log(report["table"].read_text())
+    log(f"wrote {report['results']}, {report['table']} and {len(report['plots'])} plots; "
+        f"{report['finished']} of {len(runs)} runs finished")
   if failed:
     raise RunFailedError(f"{failed} {'workers' if parallel > 1 else 'runs'} failed (error.txt "
                          f"in their run directories, logs in {root / 'logs'}); rerun the same "
                          "command to retry them")
-  return paths
+  return report

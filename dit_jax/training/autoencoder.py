@@ -13,14 +13,13 @@ config.json) plus, at the end, `vae/` in dit_jax's own VAE folder format (`vae_f
 scaling_factor is 1 / std of the latents (the SD recipe).
 """
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dit_jax import data, engine, parallel
+from dit_jax import data, engine, parallel, paths
 from dit_jax.errors import InputError
 from dit_jax.models.vae import AutoencoderKL, create_vae
 from dit_jax.sampling import images
@@ -78,8 +77,8 @@ def evaluate(vae, params, data_config, num_batches: int):
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str):
   """Trains config.vae on config.data; returns (vae, params) as exported to workdir/vae."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = paths.as_path(workdir)
+  paths.make_dirs(workdir)
   vt = config.vae_train
   vae = create_vae(config.vae)
   image_shape = data.image_shape(config.data)
@@ -113,7 +112,7 @@ def train_vae_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
   factor and the folder to pass as --vae."""
   start = time.perf_counter()
   train_vae(config, workdir)
-  stats = read_json(Path(workdir) / "eval.json", "the VAE's evaluation")
+  stats = read_json(paths.as_path(workdir) / "eval.json", "the VAE's evaluation")
   return (f"trained in {time.perf_counter() - start:.0f} s: {config.vae_train.eval_split} PSNR "
           f"{stats['psnr']:.2f} dB, scaling_factor {stats['scaling_factor']}; --vae "
-          f"{workdir} (the VAE folder is {Path(workdir) / 'vae'})")
+          f"{workdir} (the VAE folder is {paths.as_path(workdir) / 'vae'})")

@@ -7,12 +7,11 @@ EMA model, the loss plot, and the evaluations of config.evals (`dit_jax.eval.eva
 """
 import functools
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 
-from dit_jax import engine, flow, parallel
+from dit_jax import engine, flow, parallel, paths
 from dit_jax.config import model_input_shape
 from dit_jax.engine.run_log import plot_loss_curve, read_history
 from dit_jax.errors import InputError
@@ -54,17 +53,17 @@ def initial_params(config, model):
 def sample_grid_hook(run: evaluators.EvalContext, workdir, rows_cond) -> engine.Periodic:
   """EMA samples, one row per class (or per caption), and the loss plot."""
   config, sampler = run.config, run.sampler()
-  is_main = jax.process_index() == 0
+  is_main, workdir = jax.process_index() == 0, paths.as_path(workdir)
 
   def action(step, state):
     # Every process samples (the parameters are spread over all); process 0 writes.
     sampler.write_grid(state.ema_params, jax.random.PRNGKey(config.seed + 1),
-                       Path(workdir) / "samples" / f"step_{step:07d}.png",
+                       workdir / "samples" / f"step_{step:07d}.png",
                        per_class=config.train.samples_per_class, write=is_main,
                        rows_cond=rows_cond)
     if is_main:
       history = [h for h in read_history(workdir) if "loss" in h]
-      plot_loss_curve(history, Path(workdir) / "loss.png")
+      plot_loss_curve(history, workdir / "loss.png")
   return engine.Periodic("samples", config.train.sample_every, action,
                          at_end=config.train.sample_every > 0)
 
@@ -111,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluated = evaluators.EvalContext(config, model, objective, image_shape, plan)
   hooks = [sample_grid_hook(evaluated, workdir, rows_cond)] if config.train.sample_every else []
   hooks += evaluators.hooks(evaluated)
-  run = engine.Run(config=config, workdir=Path(workdir), data=data_iter, plan=plan, hooks=hooks,
+  run = engine.Run(config=config, workdir=paths.as_path(workdir), data=data_iter, plan=plan, hooks=hooks,
                    on_start=on_start, initial_params=initial_params(config, model))
   return engine.run(denoiser_task(model, objective, image_shape), run)
 

@@ -371,3 +371,28 @@ def test_decode_latents_unscales_before_the_vae(tmp_path):
   assert 0.05 < np.mean(np.abs(np.asarray(want)) < 1)  # not all clipped: the values count
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert not np.allclose(got, decode(z), atol=1e-3)
+
+
+def test_cli_convert_sample_export_in_a_bucket(tmp_path, gcs_bucket, monkeypatch):
+  """`dit-jax convert` both ways and `sample --converted` with every file in a bucket: the
+  same files as locally (arrays of the .npz files, bytes of the others); no local `gs:`."""
+  from dit_jax import cli, paths, state_files
+  monkeypatch.chdir(tmp_path)
+  state, _ = fake_state(8, patch=4, input_size=8)
+  for root in (str(tmp_path / "local"), gcs_bucket):
+    save_tensors(f"{root}/orig.safetensors", state)
+    cli.main(["convert", "--from", "pytorch", "--in", f"{root}/orig.safetensors", "--out",
+              f"{root}/ckpt", "--num-heads", "2"])
+    cli.main(["convert", "--to", "pytorch", "--in", f"{root}/ckpt", "--out", f"{root}/back.npz"])
+    cli.main(["sample", "--converted", f"{root}/ckpt", "--labels", "1", "--steps", "2",
+              "--out", f"{root}/latents.npz"])
+  for name in ("orig.safetensors", "ckpt/dit.json"):
+    assert state_files.read_bytes(f"{gcs_bucket}/{name}") == (tmp_path / "local" / name
+                                                               ).read_bytes()
+  for name in ("ckpt/params.npz", "back.npz", "latents.npz"):
+    with paths.open_read(f"{gcs_bucket}/{name}") as f, np.load(f) as remote, np.load(
+        tmp_path / "local" / name) as local:
+      assert sorted(remote.files) == sorted(local.files)
+      for key in local.files:
+        np.testing.assert_array_equal(remote[key], local[key])
+  assert [p.name for p in tmp_path.iterdir()] == ["local"]

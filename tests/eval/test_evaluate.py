@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax import cli, data
+from dit_jax import cli, data, paths
 from dit_jax.eval import classifier, metrics
 from dit_jax.eval.evaluate import Reference, evaluate, load_reference
 from dit_jax.eval.features import Extractor, FeatureNet
@@ -414,3 +414,57 @@ def test_eval_of_a_garbage_npz_names_the_file(tmp_path, monkeypatch, capsys):
                 "--features", "toy"])
     assert stop.value.code == 2
     assert f"{tmp_path / 'garbage.npz'} is not a readable .npz file" in capsys.readouterr().err
+
+
+def test_eval_with_samples_reference_and_feature_net_in_a_bucket_scores_as_locally(
+    digits_net, gcs_bucket, tmp_path, capsys, monkeypatch):
+  """`eval-ref --out gs://...` and `eval --samples gs://... --ref gs://... --data-dir gs://...`
+  (the data set and the cached classifier in the bucket): the reference and the scores equal
+  those of the local files; nothing lands in a local `gs:` folder."""
+  monkeypatch.chdir(tmp_path)
+  local_dir, bucket_dir = digits_net[0], f"{gcs_bucket}/tfds"
+  cache = f"{classifier.FEATURE_NETS}/digits_8"
+  for name in ("digits", f"{cache}/classifier.npz", f"{cache}/classifier.json"):
+    paths.filesystem(bucket_dir).put(f"{local_dir}/{name}", paths.object_name(
+        f"{bucket_dir}/{name}"), recursive=True)
+  test, labels = data.read_images("digits/8", "test", local_dir)
+  scores = []
+  for root, data_dir in ((str(tmp_path), local_dir), (gcs_bucket, bucket_dir)):
+    images.save_npz(test[:100], labels[:100], f"{root}/s.npz")
+    net = ["--features", "digits/8", "--data-dir", data_dir]
+    cli.main(["eval-ref", *net, "--data", "digits/8", "--split", "train", "--num", "300",
+              "--out", f"{root}/ref.npz"])
+    assert f"300 images to {root}/ref.npz" in capsys.readouterr().out
+    cli.main(["eval", "--samples", f"{root}/s.npz", "--ref", f"{root}/ref.npz", *net,
+              "--format", "json"])
+    scores.append(json.loads(capsys.readouterr().out))
+  with paths.open_read(f"{gcs_bucket}/ref.npz") as f, np.load(f) as remote, \
+      np.load(tmp_path / "ref.npz") as local:
+    assert sorted(remote.files) == sorted(local.files)
+    for key in local.files:
+      np.testing.assert_array_equal(remote[key], local[key])
+  assert scores[0] == scores[1] and scores[0]["samples"] == 100
+  with pytest.raises(SystemExit):
+    cli.main(["eval", "--samples", f"{gcs_bucket}/missing.npz", "--ref", f"{gcs_bucket}/ref.npz",
+              "--features", "digits/8"])
+  assert f"{gcs_bucket}/missing.npz does not exist" in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz", "s.npz"]
+
+
+def test_a_classifier_trained_into_a_bucket_data_dir_is_the_local_one(
+    digits_net, gcs_bucket, tmp_path, monkeypatch, capsys):
+  """`train-classifier --data-dir gs://...`: its engine run, classifier.npz and .json land in
+  the bucket's feature-net cache, and the net loaded from there has the weights of the same
+  training in a local data_dir."""
+  monkeypatch.chdir(tmp_path)
+  local_dir, bucket_dir = tmp_path / "tfds", f"{gcs_bucket}/tfds"
+  shutil.copytree(f"{digits_net[0]}/digits", local_dir / "digits")  # the data, not the cache
+  paths.upload_tree(local_dir, bucket_dir)
+  for data_dir in (str(local_dir), bucket_dir):
+    cli.main(["train-classifier", "--data", "digits/8", "--data-dir", data_dir, "--steps", "4"])
+  assert f"in {bucket_dir}/{classifier.FEATURE_NETS}/digits_8" in capsys.readouterr().out
+  cache = paths.list_names(classifier.cache_dir("digits/8", bucket_dir))
+  assert {"classifier.npz", "classifier.json", "run"} <= set(cache)
+  nets = [classifier.classifier_net("digits/8", d, train=False) for d in (local_dir, bucket_dir)]
+  assert nets[0].identity == nets[1].identity
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tfds"]

@@ -93,6 +93,22 @@ def test_a_traced_train_step_is_summed_by_pass(tmp_path):
   assert any("DiT.blocks/attn" in r["region"] for r in rows)
 
 
+def test_a_trace_for_a_bucket_is_read_here_and_uploaded_there(gcs_bucket, tmp_path,
+                                                             monkeypatch):
+  """`bench --profile gs://...`: the profiler writes local files only, so the trace is taken
+  in a temporary folder, summed, and uploaded under the bucket folder; nothing stays local."""
+  from dit_jax import paths
+  monkeypatch.chdir(tmp_path)
+  model = dit("DiT-S/4", dtype=jnp.float32, attention_backend="xla", num_classes=10, depth=1,
+              hidden_size=32, num_heads=2)
+  result = bench.bench_train_step(model, (8, 8, 4), 8, steps=1,
+                                  profile_dir=f"{gcs_bucket}/trace")
+  assert result.profile and sum(r["share"] for r in result.profile) == pytest.approx(1.0)
+  [run] = paths.list_names(f"{gcs_bucket}/trace/plugins/profile")
+  assert "perfetto_trace.json.gz" in paths.list_names(f"{gcs_bucket}/trace/plugins/profile/{run}")
+  assert list(tmp_path.iterdir()) == []
+
+
 # -- what `dit-jax bench` builds and prints ---------------------------------------------------
 
 def test_mesh_fields_parse_sizes_and_rules():

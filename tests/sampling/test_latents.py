@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dit_jax import data
+from dit_jax import data, paths, state_files
 from dit_jax.config import base_config
 from dit_jax.convert.vae import abstract_params, load_vae, save_vae
 from dit_jax.data import latent_source
@@ -81,10 +81,11 @@ def test_interrupted_extraction_resumes_to_the_same_files(setup, extracted):
     latent_source.LatentSource(out)
   # A crash after writing chunk 1 but before its marker, with a stray temporary file:
   (out / "chunk-000001.done").unlink()
-  (out / "moments-000002.tmp123.npy").write_bytes(b"partial")
+  (out / ".moments-000002.npy.tmp-123").write_bytes(b"partial")  # as atomic_writer names it
   second = _extract(setup, out)
   assert second["chunks_done_now"] == second["chunks_of_this_process"] - 1
-  assert _files(out) == _files(extracted[0])  # tmp files are not *.npy-named chunks
+  assert _files(out) == _files(extracted[0])
+  assert not (out / ".moments-000002.npy.tmp-123").exists()  # cleared before chunk 2 is written
 
 
 def test_processes_split_the_chunks(setup, extracted):
@@ -296,3 +297,39 @@ def test_a_damaged_latent_chunk_or_vae_weight_file_is_named_with_the_fix(setup, 
   err = capsys.readouterr().err
   assert stop.value.code == 2 and "Traceback" not in err
   assert f"{weights} is not a readable .safetensors file" in err
+
+
+def test_latents_extracted_into_a_bucket_train_as_the_local_ones(setup, extracted, gcs_bucket,
+                                                                 tmp_path, monkeypatch):
+  """`extract-latents --out gs://...` by two processes (each its own chunks), the VAE read from
+  the bucket: the bucket holds the local extraction's chunk files byte for byte, latents.json
+  names the gs:// VAE; each of two training processes reads from the bucket the batches it
+  reads locally, and a short run trains on them and decodes its samples with that VAE."""
+  from dit_jax.training import denoiser
+  monkeypatch.chdir(tmp_path)
+  vae, out, local = f"{gcs_bucket}/vae", f"{gcs_bucket}/latents", extracted[0]
+  paths.filesystem(vae).put(setup["vae"], paths.object_name(vae), recursive=True)
+  for index in (0, 1):
+    _extract(dict(setup, vae=vae), out, process_index=index, process_count=2)
+  names = sorted(p.name for p in local.iterdir())
+  assert sorted(paths.list_names(out)) == names
+  for name in set(names) - {latent_source.META}:
+    assert state_files.read_bytes(f"{out}/{name}") == (local / name).read_bytes(), name
+  assert latent_source.read_meta(out) == dict(latent_source.read_meta(local), vae=vae)
+  for index in (0, 1):
+    batches = [data.make_iterator(_latent_data(setup, where), process_index=index,
+                                  process_count=2) for where in (out, local)]
+    for _ in range(2):
+      got, want = next(batches[0]), next(batches[1])
+      for key in ("image", "label"):
+        np.testing.assert_array_equal(got[key], want[key])
+  config = base_config()
+  config.model.update(name="DiT", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                      num_classes=10)
+  config.data.update(_latent_data(setup, out), batch_size=16)  # the VAE: latents.json's
+  config.train.update(steps=2, log_every=1, checkpoint_every=2, sample_every=2,
+                      samples_per_class=1)
+  config.sample.update(method="euler", steps=2)
+  assert int(denoiser.train_and_evaluate(config, str(tmp_path / "run")).step) == 2
+  assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+  assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no local gs: folder

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from dit_jax import cli
+from dit_jax import cli, paths, state_files
 from dit_jax.config import apply_overrides, load_config
 from dit_jax.sampling import images
 from dit_jax.training import denoiser
@@ -50,8 +50,10 @@ def interrupted(capsys, monkeypatch, workdir, out, *flags):
   with monkeypatch.context() as m:
     m.setattr(images, "save_npz_chunks", killed)
     assert sample(capsys, workdir, out, *flags)[0] != 0
+  out = paths.as_path(out)  # local or gs://
   folder = out.with_name(out.name + ".chunks")
-  assert sorted(p.name for p in folder.glob("chunk-*")) == [f"chunk-0000{k}.npy" for k in range(3)]
+  assert sorted(paths.list_names(folder)) == [f"chunk-0000{k}.npy" for k in range(3)] + [
+      "meta.json"]
   return folder
 
 
@@ -171,3 +173,25 @@ def test_a_checkpoint_that_is_there_and_unreadable_is_still_damage(capsys, workd
     cli.main(["sample", "--workdir", str(workdir), "--out", str(tmp_path / "g.png"),
               "--per-class", "1", "--steps", "1"])
   assert e.value.code == 1 and "deleted or superseded" not in capsys.readouterr().out
+
+
+def test_a_sample_set_in_a_bucket_resumes_to_the_local_set(capsys, monkeypatch, trained,
+                                                           tmp_path, gcs_bucket):
+  """`--out gs://...`: meta.json and the chunks in the bucket, another setting refused there,
+  a lost chunk drawn again, the .npz equal to the local uninterrupted set, the chunks gone;
+  nothing in a local `gs:` folder."""
+  monkeypatch.chdir(tmp_path)
+  whole = tmp_path / "whole.npz"
+  assert sample(capsys, trained, whole)[0] == 0
+  out = f"{gcs_bucket}/sets/s.npz"
+  folder = interrupted(capsys, monkeypatch, trained, out)
+  state_files.remove(folder / "chunk-00001.npy")
+  status, _, err = sample(capsys, trained, out, "--cfg-scale", "0")
+  assert status == 2 and "sample.cfg_scale: 2.0 -> 0.0" in err and f"delete {folder}" in err
+  status, line, _ = sample(capsys, trained, out)
+  assert status == 0 and "(4 drawn now, 8 from earlier chunks" in line
+  with paths.open_read(out) as f, np.load(f) as remote, np.load(whole) as local:
+    for key in ("arr_0", "labels"):
+      np.testing.assert_array_equal(remote[key], local[key])
+  assert paths.list_names(folder) == [] and paths.list_names(f"{gcs_bucket}/sets") == ["s.npz"]
+  assert list(tmp_path.iterdir()) == [whole]

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from dit_jax import state_files
 from dit_jax.convert import vae as convert
 from dit_jax.models.vae import AutoencoderKL
 from dit_jax.sampling import vae_files
@@ -47,3 +48,26 @@ def test_vae_training_does_not_import_the_converters():
           "print(sorted(m for m in sys.modules if m.startswith('dit_jax.convert')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
+
+
+def test_vae_folders_in_a_bucket_round_trip_as_local_ones(gcs_bucket, params, tmp_path,
+                                                          monkeypatch):
+  """Our folder (in a train-vae workdir) and a diffusers folder in a bucket: the same bytes as
+  locally, loaded back exactly, found under the workdir; no local `gs:` folder."""
+  monkeypatch.chdir(tmp_path)
+  vae_files.save_vae(f"{gcs_bucket}/run/vae", VAE, params)
+  vae_files.save_vae(tmp_path / "vae", VAE, params)
+  for name in (vae_files.CONFIG, vae_files.WEIGHTS):
+    assert state_files.read_bytes(f"{gcs_bucket}/run/vae/{name}") == (
+        tmp_path / "vae" / name).read_bytes()
+  for path in (f"{gcs_bucket}/run/vae", f"{gcs_bucket}/run"):
+    vae, loaded = vae_files.load_vae(path)
+    assert vae == VAE
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  assert str(vae_files.vae_dir(f"{gcs_bucket}/run")) == f"{gcs_bucket}/run/vae"
+  convert.save_vae(f"{gcs_bucket}/pipeline/vae", VAE, params)
+  vae, loaded = vae_files.load_vae(f"{gcs_bucket}/pipeline")  # through the importer
+  assert vae.scaling_factor == 0.5
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  assert str(vae_files.vae_dir(f"{gcs_bucket}/pipeline")) == f"{gcs_bucket}/pipeline/vae"
+  assert [p.name for p in tmp_path.iterdir()] == ["vae"]

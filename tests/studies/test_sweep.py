@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dit_jax import cli
+from dit_jax import cli, paths, state_files
 from dit_jax.config import ConfigError, load_config
 from dit_jax.engine.run_log import read_history
 from dit_jax.studies import sweep, sweep_report, sweep_run
@@ -341,6 +341,29 @@ def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
     assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
   rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
   assert [r["run"] for r in rows] == ["narrow", "wide"]
+
+
+def test_side_by_side_workers_share_out_a_sweep_in_a_bucket(digits_net, gcs_bucket, tmp_path,
+                                                            monkeypatch):
+  """`sweep --workdir gs://... --parallel 2`: each run claimed by one worker (a claim object
+  created only if absent), trained into the bucket; the workers' logs (local files while they
+  run) copied to WORKDIR/logs; the report there too; no local `gs:` folder."""
+  data_dir, _ = digits_net
+  path = sweep_file(tmp_path, 'runs={"narrow": {}, "wide": {"model.hidden_size": 32}}, '
+                              'seeds=[0]')
+  monkeypatch.chdir(tmp_path)
+  work = f"{gcs_bucket}/sweep"
+  cli.main(["sweep", "--config", path, "--workdir", work, "--parallel", "2",
+            f"--config.data.data_dir={data_dir}", "--config.train.steps=2"])
+  logs = [state_files.read_bytes(f"{work}/logs/shard_{i}.log").decode() for i in range(2)]
+  for run in ("narrow", "wide"):
+    assert state_files.read_json(f"{work}/runs/{run}/seed_0/result.json")["steps"] == 2
+    assert sum(f"== {run} seed 0" in log for log in logs) == 1  # claimed by one worker
+  assert sorted(paths.list_names(f"{work}/claims")) == ["narrow.seed_0", "wide.seed_0"]
+  rows = state_files.read_json_lines(f"{work}/results.jsonl")
+  assert [r["run"] for r in rows] == ["narrow", "wide"] and rows[0]["eval/fd"] > 0
+  assert {"results.md", "fd.png", "loss.png"} <= set(paths.list_names(work))
+  assert [p.name for p in tmp_path.iterdir()] == ["tiny.py"]
 
 
 def _running(pid: int) -> bool:
