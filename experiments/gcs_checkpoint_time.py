@@ -38,7 +38,7 @@ def train_state():
   from dit_jax.models import create_model
   from dit_jax.training import denoiser
   config = base_config()
-  model = create_model(model_section("DiT-B/2", input_size=32, in_channels=4))
+  model = create_model(model_section("DiT-B/2"))
   task = denoiser.denoiser_task(model, flow.make_objective(config.objective), (32, 32, 4))
   plan = parallel.ShardingPlan.create(dict(data=1), devices=jax.devices()[:1])
   optimizer, _ = engine.make_optimizer(config.optim, 1000)
