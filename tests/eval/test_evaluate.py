@@ -100,7 +100,7 @@ def test_npz_images_are_memory_mapped_when_stored(tmp_path):
 
 class FakeSampler:
   """Images that are a pure function of (label, rng): enough to check chunking and resume."""
-  plan = None
+  plan, decode, image_shape = None, None, (4, 4, 2)  # as an ImageSampler of a pixel model
 
   def __init__(self):
     self.calls = 0
