@@ -16,6 +16,7 @@ ABOVE_MODELS = ("dit_jax.engine", "dit_jax.sampling", "dit_jax.eval", "dit_jax.t
 # layer prefix -> prefixes it must not import
 FORBIDDEN = {
     "dit_jax.errors": ("dit_jax.",),
+    "dit_jax.chips": ("dit_jax.",),  # the accelerators' figures: perf and the engine's MFU
     "dit_jax.state_files": ("dit_jax.nn", "dit_jax.models", "dit_jax.flow", "dit_jax.data",
                             "dit_jax.convert", "dit_jax.parallel", "dit_jax.config",
                             *ABOVE_MODELS),
