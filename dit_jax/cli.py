@@ -38,6 +38,7 @@ that started; any other error is a bug and shows its traceback. Exit status:
 `--debug`, anywhere on the command line, re-raises the error to show its traceback.
 """
 import argparse
+import contextlib
 import json
 import sys
 
@@ -48,6 +49,7 @@ from dit_jax import parallel
 from dit_jax.config import apply_overrides, load_config
 from dit_jax.convert.dit import convert
 from dit_jax.engine import Preempted
+from dit_jax.engine.compile_cache import CompilationCache
 from dit_jax.errors import DitJaxError, InputError
 from dit_jax.eval.evaluate import evaluate_files, write_reference
 from dit_jax.models import flops
@@ -59,6 +61,13 @@ from dit_jax.studies.sweep_run import run_sweep
 
 def _config(args, overrides):
   return apply_overrides(load_config(args.config), overrides)
+
+
+def _cache(args):
+  """The --compilation-cache of the commands with the flag ('' none); without it, JAX's own
+  setting (train, sweep: train.compilation_cache_dir; sample --workdir: the run's)."""
+  path = getattr(args, "compilation_cache", None)
+  return contextlib.nullcontext() if path is None else CompilationCache(path or None)
 
 
 def cmd_flops(args, overrides):
@@ -137,7 +146,8 @@ def cmd_sample(args, overrides):
   print(draw.sample_run(args.workdir, args.out, labels=args.labels, per_class=args.per_class,
                         num=args.num, captions=args.captions, steps=args.steps,
                         method=args.method, cfg_scale=args.cfg_scale, vae=args.vae,
-                        seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size))
+                        seed=args.seed, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                        compilation_cache=args.compilation_cache))
 
 
 def _features(args) -> str:
@@ -268,7 +278,8 @@ def main(argv=None):
   args = build_parser().parse_args(
       [a for a in argv if not a.startswith("--config.") and a != "--debug"])
   try:
-    args.func(args, overrides)
+    with _cache(args):
+      args.func(args, overrides)
   except (Exception, KeyboardInterrupt) as e:
     status = error_status(e)
     if status is None:

@@ -176,6 +176,12 @@ def _config_flag(p, required=True, example="configs/quickstart.py", what=""):
                  "--config.section.field=value overrides")
 
 
+def _cache_flag(p, default: str = "JAX's own setting (JAX_COMPILATION_CACHE_DIR)"):
+  p.add_argument("--compilation-cache", metavar="DIR", help="JAX's persistent compilation "
+                 "cache, local or gs://: what one call compiles, the next loads ('' none; "
+                 f"default: {default})")
+
+
 def _model_flags(p):
   p.add_argument("--image-size", type=positive, default=256, help="image side in pixels")
   p.add_argument("--latent-downsample", type=positive, default=8,
@@ -245,6 +251,7 @@ def bench_flags(p):
   p.add_argument("--mesh", default="", help="e.g. data=2,fsdp=4,rules=fsdp (default: data "
                  "parallel over all devices)")
   p.add_argument("--format", choices=("table", "json"), default="table")
+  _cache_flag(p, "JAX's own setting; with a cache, compile_s is the time to load the step")
 
 
 def aot_flags(p):
@@ -323,6 +330,8 @@ def sample_flags(p):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch-size", type=positive, default=256,
                  help="samples per compiled call")
+  _cache_flag(p, "--workdir: the run's own (train.compilation_cache_dir); --converted: "
+                 "JAX's own setting")
 
 
 def _feature_flags(p):
@@ -334,6 +343,7 @@ def _feature_flags(p):
                      "digits/8; trained once and cached): FD, IS, precision, recall, accuracy")
   p.add_argument("--data-dir", help="TFDS data dir (default ~/tensorflow_datasets)")
   p.add_argument("--batch-size", type=positive, default=200, help="images per feature call")
+  _cache_flag(p)
 
 
 def eval_flags(p):

@@ -19,6 +19,7 @@ FORBIDDEN = {
     "dit_jax.paths": ("dit_jax.state_files", "dit_jax.nn", "dit_jax.models", "dit_jax.flow",
                       "dit_jax.data", "dit_jax.convert", "dit_jax.parallel", "dit_jax.config",
                       *ABOVE_MODELS),
+    "dit_jax.chips": ("dit_jax.",),  # the accelerators' figures: perf and the engine's MFU
     "dit_jax.state_files": ("dit_jax.nn", "dit_jax.models", "dit_jax.flow", "dit_jax.data",
                             "dit_jax.convert", "dit_jax.parallel", "dit_jax.config",
                             *ABOVE_MODELS),

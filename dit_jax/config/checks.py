@@ -75,6 +75,11 @@ _RULES = {field: (test, need) for field, test, need in (
     ("train.ema_decay", *_within(0, 1, upper_open=True, note=" (0: no EMA)")),
     ("train.spike_factor", lambda v: v == 0 or v > 1, "0 (off) or > 1 (a multiple of the median)"),
     ("train.profile_steps", *_at_least(0, " (0: no trace)")),
+    ("train.compilation_cache_dir", lambda v: isinstance(v, str),
+     "a folder (local or gs://), '' (no cache) or None (<workdir>/compilation_cache)"),
+    ("train.compilation_cache_min_compile_s", *_at_least(0, " (seconds; 0: cache every program)")),
+    ("train.stop_check_every", *_at_least(1, " (steps between the processes' agreement on a "
+                                             "signal)")),
     ("evals.*.every", *_at_least(0, " (0: never)")),
     ("evals.*.num_samples", *_at_least(2, " (statistics need two samples; 10 for the IS)")),
     ("evals.*.features", lambda v: v == "data" or v.startswith("inception:"),
@@ -190,6 +195,8 @@ RESUMABLE_FIELDS = (
     "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.sample_every", "train.samples_per_class", "train.spike_factor", "train.spike_window",
     "train.profile_start", "train.profile_steps", "train.init_from",
+    "train.compilation_cache_dir", "train.compilation_cache_min_compile_s",
+    "train.stop_check_every",
     "sample",  # every sample.* field: samples do not feed back into training
     "evals",   # nor do evaluations
     "eval",    # (the single evaluator of runs recorded before config.evals)

@@ -147,7 +147,13 @@ def base_config() -> ml_collections.ConfigDict:
       spike_factor=0.0,   # > 0: stop (before saving) when loss > factor x median of the last
       spike_window=100,   #   spike_window steps; non-finite steps always stop the run
       profile_start=0, profile_steps=0,  # jax.profiler trace of these steps -> workdir/profile
-      init_from=None))  # a `dit-jax convert` folder: a fresh run fine-tunes its parameters
+      init_from=None,  # a `dit-jax convert` folder: a fresh run fine-tunes its parameters
+      # JAX's persistent compilation cache (engine.compile_cache): None <workdir>/compilation_
+      # cache; '' none; or a folder, local or gs://, that runs share (a sweep's runs do).
+      compilation_cache_dir=None,
+      compilation_cache_min_compile_s=1.0,  # programs that compile faster are not cached
+      stop_check_every=10))  # multi-process: steps between agreements on a Ctrl-C (SIGTERM:
+                             # JAX's preemption service, checked every step without one)
   config.sample = ml_collections.ConfigDict(dict(
       method="heun", steps=25, cfg_scale=2.0, shift=1.0,
       eta=0.0,  # ddim only: 0 deterministic, 1 DDPM's posterior noise

@@ -6,11 +6,12 @@ data iterator position and the per-step random keys (fold_in(seed key, step)) al
 Guarantees (README "Reliability"): checkpoints are atomic and written only from a finite,
 checked state; a damaged newest checkpoint falls back to the newest intact one; the recorded
 config changes only after a resume succeeded; one writer per workdir; SIGTERM/SIGINT save and
-stop with exit status 128 + signal.
+stop with exit status 128 + signal, every process at the same step (`stopping.py`). Programs
+compile through the persistent cache (`compile_cache.py`); the log rows carry TFLOP/s, MFU
+and the goodput of the run so far (`goodput.py`), and a goodput summary ends the run.
 """
 import dataclasses
 import json
-import signal
 from collections import deque
 from typing import Any, Callable
 
@@ -19,10 +20,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dit_jax import parallel, paths
+from dit_jax import chips, parallel, paths
 from dit_jax.config import meaning_changes, validate
 from dit_jax.engine import checkpoint
+from dit_jax.engine.compile_cache import CompilationCache, CompileCounter, cache_dir
+from dit_jax.engine.goodput import Goodput, summary_line
 from dit_jax.engine.run_log import MetricsLog
+from dit_jax.engine.stopping import Preempted, StopAgreement
 from dit_jax.engine.state import (CheckpointableIterator, Task, TrainState, init_state,
                                   prepare)
 from dit_jax.engine.workdir_lock import WorkdirLock
@@ -30,40 +34,7 @@ from dit_jax.errors import InputError, RunFailedError
 from dit_jax.state_files import read_json, write_atomic
 
 # ------------------------------------------------------------------------------------------
-# Stopping: signals, divergence
-
-
-class Preempted(Exception):
-  """Raised after a SIGTERM / SIGINT made the loop save and stop; `exit_status` is what a
-  scheduler sees (128 + signal number, as for a process the signal killed)."""
-
-  def __init__(self, step: int, signum: int, state=None):
-    self.step, self.signum, self.state = step, signum, state
-    self.exit_status = 128 + signum
-    super().__init__(f"{signal.Signals(signum).name}: saved step {step} and stopped; rerun the "
-                     "same command to resume")
-
-
-class StopSignals:
-  """Turns SIGTERM and SIGINT (Ctrl-C) into a request to save and stop at the next step
-  boundary. A second Ctrl-C interrupts at once (the last saved checkpoint stays)."""
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-  def _handle(self, signum, frame):
-    if self.signum == signal.SIGINT and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-
-  def requested(self) -> int | None:
-    return self.signum
-
-  def restore(self):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
+# Stopping on divergence (on a signal: stopping.py)
 
 
 class DivergenceError(RunFailedError, FloatingPointError):
@@ -97,14 +68,6 @@ class DivergenceGuard:
               f"stopped before saving (the last good checkpoint is kept{self.where}). Lower "
               "optim.lr or set optim.grad_clip; train.spike_factor=0 turns this guard off")
       self.recent.append(loss)
-
-
-def first_signal(signum: int | None) -> int | None:
-  """The signal any process received (the largest number, the same on every process)."""
-  if jax.process_count() == 1:
-    return signum
-  got = multihost_utils.process_allgather(np.array(signum or 0))
-  return int(got.max()) or None
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,14 +161,23 @@ class Run:
   hooks: list = dataclasses.field(default_factory=list)   # Periodic
   on_start: Callable[[TrainState], None] | None = None
   initial_params: Any = None   # a fresh run starts from these (fine-tuning), not from init
+  flops_per_step: float | None = None   # model flops of one train step: TFLOP/s and MFU logged
 
 
 def run(task: Task, r: Run) -> TrainState:
   """Trains `task` for config.train.steps on r.data; writes checkpoints, logs, config.json and
   what the hooks write to r.workdir. Returns the final state; raises Preempted after a signal
   made it save and stop, DivergenceError on a non-finite or spiking step (nothing saved after
-  the last good step)."""
-  config, workdir, plan = validate(r.config), paths.as_path(r.workdir), r.plan
+  the last good step). Compiles with the persistent cache of train.compilation_cache_dir."""
+  config = validate(r.config)
+  cache = cache_dir(config.train.compilation_cache_dir, r.workdir)
+  with CompilationCache(cache, config.train.compilation_cache_min_compile_s), \
+       CompileCounter() as compiled:
+    return _run(task, r, config, Goodput(compiled.compile_seconds))
+
+
+def _run(task: Task, r: Run, config, clock: Goodput) -> TrainState:
+  workdir, plan = paths.as_path(r.workdir), r.plan
   r.workdir = workdir
   is_main = jax.process_index() == 0
   s = prepare(task, config, plan)
@@ -214,8 +186,9 @@ def run(task: Task, r: Run) -> TrainState:
        checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints) as ckpt:
     saved_config = read_run_config(workdir) if ckpt.all_steps() else None
     check_resume(saved_config, config, workdir)
-    restored = ckpt.restore_latest_intact(s.abstract_state(),
-                                          quarantine=is_main, report=print if is_main else None)
+    with clock.timed("checkpoint"):
+      restored = ckpt.restore_latest_intact(s.abstract_state(), quarantine=is_main,
+                                            report=print if is_main else None)
     if jax.process_count() > 1:  # every process sees the steps process 0 moved aside
       multihost_utils.sync_global_devices("checkpoint restored")
       ckpt.manager.reload()
@@ -231,7 +204,7 @@ def run(task: Task, r: Run) -> TrainState:
       write_atomic(workdir / "config.json", config.to_json(indent=2))
     if r.on_start is not None:
       r.on_start(state)
-    return _loop(task, r, state, ckpt, s.step_fn)
+    return _loop(task, r, state, ckpt, s.step_fn, clock)
 
 
 def start_from(state: TrainState, params, shardings) -> TrainState:
@@ -254,40 +227,71 @@ def start_from(state: TrainState, params, shardings) -> TrainState:
                        ema_params=jax.device_put(cast, shardings.ema_params))
 
 
-def _loop(task, r: Run, state, ckpt, step_fn):
+def _metrics_log(r: Run, total_steps: int) -> MetricsLog:
+  return MetricsLog(r.workdir, enabled=jax.process_index() == 0, total_steps=total_steps,
+                    images_per_step=r.config.data.batch_size, flops_per_step=r.flops_per_step,
+                    peak_flops=chips.peak_flops(jax.devices()[0].device_kind),
+                    devices=jax.device_count())
+
+
+def _loop(task, r: Run, state, ckpt, step_fn, clock: Goodput):
   tc, plan, total_steps = r.config.train, r.plan, int(r.config.train.steps)
-  log = MetricsLog(r.workdir, enabled=jax.process_index() == 0, total_steps=total_steps,
-                   images_per_step=r.config.data.batch_size)
+  log = _metrics_log(r, total_steps)
   guard = DivergenceGuard(float(tc.spike_factor), int(tc.spike_window),
                           where=f" in {r.workdir / 'checkpoints'}")
   profile = Profile(r.workdir, int(tc.profile_start), int(tc.profile_steps))
-  signals = StopSignals()
-  step = int(state.step)
+  step = first = int(state.step)
+  stop = StopAgreement(step, int(tc.stop_check_every))
   if step >= total_steps:
     log.message(f"nothing to train: the run is at step {step} and train.steps={total_steps}")
   try:
     log.start(step)
     while step < total_steps:
       profile.before(step)
-      local = next(r.data)
-      batch = plan.global_batch({key: local[key] for key in task.batch_keys})
+      with clock.timed("data"):
+        local = next(r.data)
+        batch = plan.global_batch({key: local[key] for key in task.batch_keys})
       state, metrics = step_fn(state, batch)
       step += 1
+      if step == first + 1:  # once: the time to the first step (compiled, restored, run)
+        jax.block_until_ready(metrics)
+        clock.first_step_done()
       log.add(step, metrics)
       profile.after(step, state)
-      signum = first_signal(signals.requested())
+      signum = stop.check(step)
       saving = is_due(step, tc.checkpoint_every, total_steps) or signum is not None
       if saving or is_due(step, tc.log_every, total_steps):
-        guard.check(log.flush(step))  # raises before anything of a bad step is saved
+        guard.check(log.flush(step, clock.shares()))  # raises before a bad step is saved
       if saving:
-        ckpt.save(step, state, r.data.get_state())
-      for hook in r.hooks:
-        if hook.due(step, total_steps):
-          log.scalars(step, hook.action(step, state) or {})
+        with clock.timed("checkpoint"):
+          ckpt.save(step, state, r.data.get_state())
+      _run_hooks(r.hooks, step, total_steps, state, log, clock)
       if signum is not None:
         raise Preempted(step, signum, state)
+    if step > first:
+      _summarize(log, clock, step)
+  except Preempted:
+    _summarize(log, clock, step)
+    raise
   finally:
     profile.close()
-    signals.restore()
+    stop.restore()
     log.close()
   return state
+
+
+def _run_hooks(hooks, step: int, total_steps: int, state, log: MetricsLog, clock: Goodput):
+  due = [hook for hook in hooks if hook.due(step, total_steps)]
+  if due:
+    jax.block_until_ready(state)  # the steps in flight are the steps', not the hooks', time
+  for hook in due:
+    with clock.timed("hooks"):
+      values = hook.action(step, state)
+    log.scalars(step, values or {})
+
+
+def _summarize(log: MetricsLog, clock: Goodput, step: int):
+  """The goodput of the whole run, as a row of metrics.jsonl and a console line."""
+  summary = clock.summary()
+  log.scalars(step, summary)
+  log.message(summary_line(summary))

@@ -1,4 +1,5 @@
-"""Metrics of a training run: progress bar, console lines, TensorBoard events, metrics.jsonl.
+"""Metrics of a training run: progress bar, console lines, TensorBoard events, metrics.jsonl;
+each training row with its throughput (images/s, TFLOP/s per device, MFU: `goodput.py`).
 
 Per-step metrics stay on the device until a flush, so logging never blocks a step; the flush
 returns them fetched, for the engine's divergence guard to check before anything is saved.
@@ -19,17 +20,24 @@ import numpy as np
 from tqdm import tqdm
 
 from dit_jax import paths
+from dit_jax.engine.goodput import throughput
 from dit_jax.state_files import (append_json_lines, read_json_lines, rewrite_json_lines,
                                  write_atomic)
 
 
 class MetricsLog:
-  def __init__(self, workdir, *, enabled: bool, total_steps: int, images_per_step: int):
+  """`flops_per_step` (model flops of one train step), `devices` and `peak_flops` (per device;
+  None where the chip is not known, e.g. a CPU) give each row TFLOP/s per device and MFU."""
+
+  def __init__(self, workdir, *, enabled: bool, total_steps: int, images_per_step: int,
+               flops_per_step: float | None = None, devices: int = 1,
+               peak_flops: float | None = None):
     self.workdir = paths.as_path(workdir)
     self.remote = paths.is_remote(self.workdir)
     self.enabled = enabled
     self.total_steps = total_steps
-    self.images_per_step = images_per_step
+    self.throughput = dict(images_per_step=images_per_step, flops_per_step=flops_per_step,
+                           devices=devices, peak_flops=peak_flops)
     self.pending: list[tuple[int, dict]] = []
     self.history: list[dict] = read_history(self.workdir)
     self.bar = self.writer = self.events = None
@@ -55,9 +63,10 @@ class MetricsLog:
     if self.bar is not None:
       self.bar.update(1)
 
-  def flush(self, step: int) -> list[tuple[int, dict]]:
-    """Averages the pending metrics into one row, writes it everywhere, and returns the
-    per-step metrics as host floats [(step, {name: value})]."""
+  def flush(self, step: int, extra: dict | None = None) -> list[tuple[int, dict]]:
+    """Averages the pending metrics into one row (with `extra`, e.g. the goodput so far),
+    writes it everywhere, and returns the per-step metrics as host floats
+    [(step, {name: value})]."""
     if not self.pending:
       return []
     steps = [s for s, _ in self.pending]
@@ -67,7 +76,7 @@ class MetricsLog:
     row = {"step": step, **{key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}}
     row.pop("finite", None)  # a guard flag, not a metric
     row["steps_per_s"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
-    row["images_per_s"] = row["steps_per_s"] * self.images_per_step
+    row.update(throughput(row["steps_per_s"], **self.throughput), **(extra or {}))
     self.pending.clear()
     self.last_time, self.last_step = now, step
     self._write(row)

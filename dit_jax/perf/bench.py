@@ -6,7 +6,9 @@ loading; the sampler is the `lax.scan` one of `dit-jax sample` (`ImageSampler`: 
 guidance included, in one compiled call, the samples split over the devices). Any model of the
 contract can be timed (a DiT preset, or the model of a config). Achieved TFLOP/s counts a
 multiply-add as 2 flops of the model's analytic count (`model.forward_flops`): 3 forward
-passes per image for a train step, one per model evaluation (two under guidance) for sampling.
+passes per image for a train step (`denoiser.train_step_flops`, as the training log counts),
+one per model evaluation (two under guidance) for sampling; MFU divides by the chip's peak
+(`dit_jax.chips`).
 """
 import collections
 import contextlib
@@ -23,8 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dit_jax import engine, flow, parallel, paths
+from dit_jax import chips, engine, flow, parallel, paths
 from dit_jax.config import apply_overrides, base_config, load_config, model_input_shape
+from dit_jax.engine.goodput import throughput
 from dit_jax.errors import InputError, MissingFileError
 from dit_jax.models import create_model
 from dit_jax.models.contract import example_condition
@@ -42,6 +45,7 @@ class BenchResult:
   train_tflops_per_s: float  # per device
   memory_gib: float | None   # per device: arguments + outputs + temporaries of the step
   profile: list | None = None  # with profile_dir: where a step's kernel time goes (profile_rows)
+  mfu: float | None = None     # TFLOP/s per device / the chip's peak bf16 (None: not known)
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -91,15 +95,16 @@ def bench_train_step(model, image_shape, batch_size: int, *, steps: int = 10,
       profile = profile_rows(latest_trace(trace_dir), hlo.instructions(compiled.as_text()),
                              PROFILE_STEPS)
 
-  macs = sum(model.forward_flops(*image_shape).values())
-  tflops = 3 * 2 * macs * batch_size / seconds / plan.mesh.devices.size / 1e12
+  rates = throughput(1 / seconds, images_per_step=batch_size, devices=plan.mesh.devices.size,
+                     flops_per_step=denoiser.train_step_flops(model, image_shape, batch_size),
+                     peak_flops=chips.peak_flops(jax.devices()[0].device_kind))
   footprint = None
   if memory is not None:  # donated state aliases its outputs: count it once
     footprint = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                  + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**30
-  return BenchResult(images_per_s=batch_size / seconds, step_ms=1000 * seconds,
-                     compile_s=compile_s, train_tflops_per_s=tflops, memory_gib=footprint,
-                     profile=profile)
+  return BenchResult(images_per_s=rates["images_per_s"], step_ms=1000 * seconds,
+                     compile_s=compile_s, train_tflops_per_s=rates["tflops_per_device"],
+                     memory_gib=footprint, profile=profile, mfu=rates.get("mfu"))
 
 
 PROFILE_STEPS = 3
@@ -307,8 +312,9 @@ def format_bench_row(row: dict, sample: tuple[str, int] | None = None,
                    f"{row['tflops_per_s']:.1f} TFLOP/s per device, compile "
                    f"{row['compile_s']:.1f} s")
   memory = f"{row['memory_gib']:.2f} GiB" if row["memory_gib"] else "n/a"
+  mfu = f" (MFU {row['mfu']:.1%})" if row.get("mfu") else ""
   lines = [head + f"{row['images_per_s']:.1f} images/s, {row['step_ms']:.1f} ms/step, "
-           f"{row['train_tflops_per_s']:.1f} TFLOP/s per device, step memory {memory}, "
+           f"{row['train_tflops_per_s']:.1f} TFLOP/s per device{mfu}, step memory {memory}, "
            f"compile {row['compile_s']:.1f} s"]
   lines += [f"  {p['kind']:<13} {p['region']:<40} {p['ms']:9.2f} ms/step {p['kernels']:6.0f} "
             f"kernels {p['share']:6.1%}" for p in (row["profile"] or [])[:20]]

@@ -1,6 +1,6 @@
 """NVIDIA data-centre GPUs by the names their users write (`h100`, `8xh200`: N GPUs on one
-host), each GPU's published figures, and compile-only devices of such a host for ahead-of-time
-compilation (`dit_jax.perf.aot`) on a machine without a GPU.
+host), each GPU's published figures (`dit_jax.chips.GPUS`), and compile-only devices of such a
+host for ahead-of-time compilation (`dit_jax.perf.aot`) on a machine without a GPU.
 
 XLA's GPU compiler needs no GPU when it is handed the GPU's description (a target config, built
 here from the figures below); JAX's CUDA plugin without the CUDA libraries (`jax[cuda12-local]`,
@@ -11,34 +11,9 @@ import re
 
 from jax.experimental import topologies
 
+from dit_jax.chips import GPUS, Gpu
 from dit_jax.errors import InputError, MissingPackageError
 
-GIB = 2 ** 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Gpu:
-  """Published figures of one SXM GPU; memory is what CUDA reports for the device."""
-  device_name: str          # CUDA's name for it
-  hbm_bytes: int
-  bf16_tflops: float        # peak dense bf16
-  hbm_gbps: float           # memory bandwidth, GB/s
-  ici_gbps: float           # NVLink, bidirectional per GPU, GB/s
-  dcn_gbps: float           # InfiniBand NDR 400 Gb/s per GPU between hosts, GB/s
-  l2_bytes: int
-  sm_count: int = 132
-  clock_ghz: float = 1.98
-
-  @property
-  def hbm_gib(self) -> float:
-    return self.hbm_bytes / GIB
-
-
-GPUS = {
-    "h100": Gpu("NVIDIA H100 80GB HBM3", 84_942_979_072, 989, 3350, 900, 50, 50 * 2 ** 20),
-    # 143771 MiB and a 60 MB L2: what nvidia-smi and PyTorch reported on the H200s lent here.
-    "h200": Gpu("NVIDIA H200", 143_771 * 2 ** 20, 989, 4800, 900, 50, 60 * 2 ** 20),
-}
 GPUS_PER_HOST = (1, 2, 4, 8)
 # Without a GPU XLA cannot autotune, and its default Triton GEMM tiling then fails on some
 # shapes; cuBLAS GEMMs compile (their workspace is a few MiB of the memory reported).

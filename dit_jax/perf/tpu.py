@@ -1,6 +1,6 @@
 """Cloud TPU slices by the names their users write (`v5e-16`, `v4-32`, `v5p-128`, `v6e-64`),
-each chip's published figures, and the compile-only devices of a slice (through libtpu, with
-no TPU attached) for ahead-of-time compilation (`dit_jax.perf.aot`).
+each chip's published figures (`dit_jax.chips.CHIPS`), and the compile-only devices of a slice
+(through libtpu, with no TPU attached) for ahead-of-time compilation (`dit_jax.perf.aot`).
 
 Names count what Cloud TPU counts: TensorCores for v4 and v5p (two per chip, run as one
 "megacore" device), chips for v5e and v6e. Slices are powers of two; the physical shape
@@ -13,32 +13,9 @@ import os
 
 from jax.experimental import topologies
 
+from dit_jax.chips import CHIPS, Chip
 from dit_jax.errors import InputError, MissingPackageError
 
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  """Published per-chip figures (Cloud TPU system architecture pages)."""
-  generation: str          # libtpu's topology prefix: v4, v5 (v5p), v5e, v6e
-  hbm_gib: float
-  bf16_tflops: float       # peak dense bf16
-  hbm_gbps: float          # HBM bandwidth, GB/s
-  ici_gbps: float          # bidirectional inter-chip interconnect per chip, GB/s
-  dcn_gbps: float          # data-centre network per chip across slices, GB/s
-  dims: int                # 2D or 3D torus
-  cores_per_chip: int      # what the slice name counts per chip
-  min_chips: int
-  max_chips: int           # largest single slice
-
-
-# DCN per chip: v5p 50 Gbps; v5e/v6e 2 x 100 Gbps NICs per 8-chip host = 25 Gbps per chip;
-# v4 the same NIC share as v5p (no published per-chip figure; an assumption).
-CHIPS = {
-    "v4": Chip("v4", 32, 275, 1200, 600, 50 / 8, 3, 2, 4, 4096),
-    "v5p": Chip("v5", 95, 459, 2765, 1200, 50 / 8, 3, 2, 4, 8192),
-    "v5e": Chip("v5e", 16, 197, 819, 400, 25 / 8, 2, 1, 1, 256),
-    "v6e": Chip("v6e", 32, 918, 1640, 800, 25 / 8, 2, 1, 1, 256),
-}
 ALIASES = {"v5litepod": "v5e", "v6": "v6e", "v5lite": "v5e"}
 
 

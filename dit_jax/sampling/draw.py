@@ -46,13 +46,20 @@ def _bar(total: int):
 def sample_run(workdir, out, *, labels=None, per_class: int = 8, num: int | None = None,
                captions=None, steps: int | None = None, method: str | None = None,
                cfg_scale: float | None = None, vae=None, seed: int = 0, batch_size: int = 256,
-               chunk_size: int = 10_000) -> str:
+               chunk_size: int = 10_000, compilation_cache: str | None = None) -> str:
   """Samples the EMA model of the run in `workdir` and writes `out` (FILE.png: a grid, a row
   per class; FILE.npz: uint8 NHWC images in arr_0, labels or captions beside). Class-labelled
   runs sample `labels`, or `per_class` of each class, or with `num` a sample set of uniform
   labels; caption runs sample `per_class` of each caption. steps / method / cfg_scale replace
-  the run's config.sample, `vae` its config.data.vae. Returns a one-line summary."""
-  out = str(out)
+  the run's config.sample, `vae` its config.data.vae. Compiles through the persistent cache
+  `compilation_cache` ('' none; default: the run's own). Returns a one-line summary."""
+  with runs.compilation_cache(workdir, compilation_cache):
+    return _sample_run(workdir, str(out), labels, per_class, num, captions, steps, method,
+                       cfg_scale, vae, seed, batch_size, chunk_size)
+
+
+def _sample_run(workdir, out: str, labels, per_class, num, captions, steps, method, cfg_scale,
+                vae, seed, batch_size, chunk_size) -> str:
   if num and not out.endswith(".npz"):
     raise InputError(f"--num {num} writes a sample set: name it --out FILE.npz")
   plan = parallel.ShardingPlan.create() if num else None  # a sample set: every device

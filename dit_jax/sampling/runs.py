@@ -7,6 +7,7 @@ import ml_collections
 from dit_jax import engine, parallel, paths
 from dit_jax.config import model_input_shape, with_defaults
 from dit_jax.engine import checkpoint
+from dit_jax.engine.compile_cache import CompilationCache, cache_dir
 from dit_jax.engine.loop import read_run_config
 from dit_jax.errors import MissingFileError
 from dit_jax.models import contract, create_model
@@ -14,6 +15,20 @@ from dit_jax.models import contract, create_model
 
 def single_device_plan() -> parallel.ShardingPlan:
   return parallel.ShardingPlan.create(dict(data=1, rules="dp"), devices=jax.devices()[:1])
+
+
+def compilation_cache(workdir, path: str | None = None) -> CompilationCache:
+  """JAX's persistent compilation cache for sampling or evaluating the run in `workdir`: `path`
+  ('' none), or by default the run's own (train.compilation_cache_dir), where its training
+  left the programs it compiled."""
+  if path is not None:
+    return CompilationCache(path or None)
+  recorded = read_run_config(workdir)
+  if recorded is None:  # not a run: load_run says so
+    return CompilationCache(None)
+  train = with_defaults(recorded).train
+  return CompilationCache(cache_dir(train.compilation_cache_dir, workdir),
+                          train.compilation_cache_min_compile_s)
 
 
 def load_run(workdir, plan: parallel.ShardingPlan | None = None, step: int | None = None,

@@ -14,7 +14,8 @@ A sweep file is a config file with a second function:
 
 Every named set is crossed with every point of the axes and every seed. Run directories are
 `WORKDIR/runs/<name>/seed_<seed>`; a finished one (its result.json) is skipped, an interrupted
-one resumes from its checkpoints, a failed one (error.txt) is retried on the next call.
+one resumes from its checkpoints, a failed one (error.txt) is retried on the next call. All
+runs share one compilation cache, `WORKDIR/compilation_cache` (unless the config names one).
 WORKDIR may be a bucket (gs://): side-by-side workers claim runs by creating an object only if
 it is absent, and write their logs locally while they run (copied to WORKDIR/logs at the end).
 """
@@ -39,6 +40,7 @@ import ml_collections
 from dit_jax import paths, state_files
 from dit_jax.config import (ConfigError, apply_overrides, config_code, config_module, set_fields,
                             validate)
+from dit_jax.engine.compile_cache import DEFAULT_DIR
 from dit_jax.engine.loop import check_resume, read_run_config
 from dit_jax.errors import DitJaxError, InputError
 from dit_jax.state_files import read_json, write_atomic, write_json
@@ -131,9 +133,18 @@ def expand(sweep: Sweep, root) -> list[RunSpec]:
 
 
 def run_config(base: ml_collections.ConfigDict, run: RunSpec) -> ml_collections.ConfigDict:
+  """The run's config: the base with its fields and seed; unless the base names another, the
+  compilation cache of the whole sweep (its seeds and settings compile the same programs)."""
   config = set_fields(copy.deepcopy(base), run.fields, where=f"sweep run {run.name!r}:")
   config.seed = config.data.seed = run.seed
+  if config.train.compilation_cache_dir is None:
+    config.train.compilation_cache_dir = shared_cache_dir(run)
   return config
+
+
+def shared_cache_dir(run: RunSpec) -> str:
+  """ROOT/compilation_cache of the sweep whose `expand` made `run` (ROOT/runs/<run>/seed_<s>)."""
+  return str((run.workdir.parents[2] / DEFAULT_DIR).absolute())
 
 
 def counts(config) -> dict:

@@ -34,6 +34,13 @@ def denoiser_task(model, objective, image_shape) -> engine.Task:
                      batch_keys=("image", *model.condition_keys))
 
 
+def train_step_flops(model, image_shape, batch_size: int) -> float:
+  """Model flops of one train step on `batch_size` inputs of `image_shape`: the contract's
+  forward multiply-adds x 2 (a multiply-add is 2 flops in a chip's peak FLOP/s) x 3 (the
+  backward pass costs two forwards). What the log's TFLOP/s and MFU and `dit-jax bench` count."""
+  return 3 * 2 * sum(model.forward_flops(*image_shape).values()) * batch_size
+
+
 def initial_params(config, model):
   """The parameters of config.train.init_from (a published DiT converted with `dit-jax
   convert`), checked against config.model, or None for a run from random init."""
@@ -110,8 +117,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluated = evaluators.EvalContext(config, model, objective, image_shape, plan)
   hooks = [sample_grid_hook(evaluated, workdir, rows_cond)] if config.train.sample_every else []
   hooks += evaluators.hooks(evaluated)
-  run = engine.Run(config=config, workdir=paths.as_path(workdir), data=data_iter, plan=plan, hooks=hooks,
-                   on_start=on_start, initial_params=initial_params(config, model))
+  run = engine.Run(config=config, workdir=paths.as_path(workdir), data=data_iter, plan=plan,
+                   hooks=hooks, on_start=on_start, initial_params=initial_params(config, model),
+                   flops_per_step=train_step_flops(model, image_shape, config.data.batch_size))
   return engine.run(denoiser_task(model, objective, image_shape), run)
 
 

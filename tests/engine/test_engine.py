@@ -1,5 +1,6 @@
 """The engine on a toy task (linear regression on in-memory arrays): resume, signals, guards,
-checkpoint fallback, workdir lock and the recorded config. Fast: no model, no TFDS."""
+checkpoint fallback, workdir lock, the recorded config, the compilation cache and the goodput
+of the log. Fast: no model, no TFDS."""
 import dataclasses
 import json
 import os
@@ -16,6 +17,8 @@ from dit_jax import engine, parallel
 from dit_jax.config import base_config
 from dit_jax.data.arrays import ArrayIterator
 from dit_jax.engine import checkpoint
+from dit_jax.engine.compile_cache import CompileCounter
+from dit_jax.engine.goodput import PHASES
 from dit_jax.engine.workdir_lock import WorkdirLockedError
 
 W_TRUE = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
@@ -104,8 +107,9 @@ def test_sigint_saves_and_resumes_exactly(tmp_path):
   assert steps_on_disk(tmp_path / "resumed")[-1] == 4
   run(config, tmp_path / "resumed")
   assert_same(jax.device_get(straight), full_state(tmp_path / "resumed", config))
-  steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").open()]
-  assert steps == list(range(1, 7))
+  rows = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").open()]
+  assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
+  assert [r["step"] for r in rows if "goodput/wall_s" in r] == [4, 6]  # each call's summary
 
 
 def test_checkpoint_every_zero_saves_only_the_end(tmp_path):
@@ -311,3 +315,39 @@ def test_init_params_are_the_state_parameters_without_the_optimizer():
   state = engine.init_state(toy_task(), optimizer, jax.random.PRNGKey(3), plan)
   assert_same(params, state.params)
   assert params["w"].sharding == state.params["w"].sharding
+
+
+def test_a_restarted_run_loads_its_step_from_the_compilation_cache(tmp_path):
+  """The resumed run compiles nothing: its train step comes from <workdir>/compilation_cache
+  (a cache hit, no new entry), where the first run wrote it; with the cache off ('') the
+  same resume finds nothing. JAX's own setting is back after each run."""
+  counts = {}
+  for name, cache in (("cached", None), ("uncached", "")):
+    for steps in (2, 4):  # a run, then its resume: the same step program
+      with CompileCounter() as counted:
+        run(toy_config(steps, compilation_cache_dir=cache,
+                       compilation_cache_min_compile_s=0.0), tmp_path / name)
+      counts[name, steps] = (counted.hits, counted.writes)
+      assert jax.config.jax_compilation_cache_dir is None
+  entries = [p.name for p in (tmp_path / "cached" / "compilation_cache").iterdir()]
+  assert counts["cached", 2][0] == 0 and any(e.startswith("jit_train_step") for e in entries)
+  assert counts["cached", 4][0] >= 1 and counts["cached", 4][1] == 0
+  assert counts["uncached", 2] == counts["uncached", 4] == (0, 0)
+  assert not (tmp_path / "uncached" / "compilation_cache").exists()
+
+
+def test_each_log_row_carries_the_goodput_and_the_run_ends_with_its_summary(tmp_path):
+  """Shares of step, data, checkpoint, hooks and compile sum to 1 in every training row and
+  in the summary row; the summary also holds the wall clock and the time to the first step.
+  The toy task declares no flops, so no TFLOP/s; a CPU has no known peak, so no MFU."""
+  hook = engine.Periodic("noop", 2, lambda step, state: None)
+  run(toy_config(steps=4), tmp_path, hooks=[hook])
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  shares = [{k: v for k, v in r.items() if k.startswith("goodput/") and not k.endswith("_s")}
+            for r in rows if "loss" in r or "goodput/wall_s" in r]
+  assert len(shares) == 5 and all(set(s) == {f"goodput/{p}" for p in PHASES} for s in shares)
+  assert all(sum(s.values()) == pytest.approx(1.0, abs=1e-9) for s in shares)
+  summary = rows[-1]
+  assert summary["step"] == 4 and 0 < summary["goodput/first_step_s"] < summary["goodput/wall_s"]
+  assert summary["goodput/compile"] > 0  # the first run of the step compiled it
+  assert not any("mfu" in r or "tflops_per_device" in r for r in rows)

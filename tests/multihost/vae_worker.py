@@ -1,7 +1,7 @@
-"""One process of a two-process VAE training that process 1 alone is told to stop (SIGTERM
-once the run has logged a step); launched by tests/test_multihost.py.
+"""One process of a two-process VAE training that process 1 alone is told to stop (SIGNAL,
+TERM or INT, once the run has logged a step); launched by tests/test_multihost.py.
 
-    python vae_worker.py PORT NUM_PROCESSES PROCESS_ID DATA_DIR WORKDIR
+    python vae_worker.py PORT NUM_PROCESSES PROCESS_ID DATA_DIR WORKDIR SIGNAL
 """
 import json
 import os
@@ -21,14 +21,14 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 STEPS = 400
 
 
-def sigterm_once_training(workdir: Path):
+def signal_once_training(workdir: Path, signum: int):
   while not (workdir / "metrics.jsonl").exists():
     time.sleep(0.05)
-  os.kill(os.getpid(), signal.SIGTERM)
+  os.kill(os.getpid(), signum)
 
 
 def main():
-  port, count, index, data_dir, workdir = sys.argv[1:]
+  port, count, index, data_dir, workdir, name = sys.argv[1:]
   from dit_jax import parallel
   parallel.initialize_distributed(f"localhost:{port}", int(count), int(index))
   from dit_jax.config import load_config
@@ -44,7 +44,8 @@ def main():
   config.train.update(steps=STEPS, log_every=1, checkpoint_every=10_000)
   config.mesh.update(data=8, rules="dp")
   if int(index) == 1:
-    threading.Thread(target=sigterm_once_training, args=(Path(workdir),), daemon=True).start()
+    threading.Thread(target=signal_once_training, daemon=True,
+                     args=(Path(workdir), signal.Signals[f"SIG{name}"])).start()
   try:
     train_vae(config, workdir)
   except Preempted as stop:
