@@ -144,7 +144,7 @@ def run_config(base: ml_collections.ConfigDict, run: RunSpec) -> ml_collections.
 
 def shared_cache_dir(run: RunSpec) -> str:
   """ROOT/compilation_cache of the sweep whose `expand` made `run` (ROOT/runs/<run>/seed_<s>)."""
-  return str((run.workdir.parents[2] / DEFAULT_DIR).absolute())
+  return paths.absolute(run.workdir.parents[2] / DEFAULT_DIR)
 
 
 def counts(config) -> dict:
