@@ -12,6 +12,8 @@ and the goodput of the run so far (`goodput.py`), and a goodput summary ends the
 """
 import dataclasses
 import json
+import shutil
+import tempfile
 from collections import deque
 from typing import Any, Callable
 
@@ -97,15 +99,18 @@ class Periodic:
 
 class Profile:
   """A jax.profiler trace of steps [start, start + steps) into workdir/profile (TensorBoard's
-  profile plugin or Perfetto read it)."""
+  profile plugin or Perfetto read it). The profiler writes local files only: for a workdir in
+  a bucket the trace goes to a local temporary folder, uploaded when the trace stops."""
 
   def __init__(self, workdir, start: int, steps: int):
     self.dir, self.start, self.stop = paths.as_path(workdir) / "profile", start, start + steps
-    self.active = False
+    self.active, self.local = False, None
 
   def before(self, step: int):  # step = steps completed so far
     if not self.active and self.start <= step < self.stop:
-      jax.profiler.start_trace(str(self.dir))
+      self.local = tempfile.mkdtemp(prefix="dit-jax-profile-") if paths.is_remote(self.dir) \
+          else None
+      jax.profiler.start_trace(self.local or str(self.dir))
       self.active = True
 
   def after(self, step: int, state):
@@ -117,6 +122,12 @@ class Profile:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
+      if self.local is not None:
+        try:
+          paths.upload_tree(self.local, self.dir)
+        finally:
+          shutil.rmtree(self.local, ignore_errors=True)
+          self.local = None
 
 
 # ------------------------------------------------------------------------------------------
