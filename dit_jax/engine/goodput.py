@@ -12,7 +12,7 @@ sum to 1, each net of the compilation inside it:
 Steps are dispatched asynchronously, so the host's wait for the devices shows up where it
 blocks (a log flush, the first step): counted as `step`. Host time in `data` overlaps the
 devices' work on steps already dispatched; with the input pipeline's prefetch keeping up it is
-near 0, and when it is not near 0 the devices wait for input.
+near 0, and well above 0 the devices likely wait for input.
 """
 import contextlib
 import time

@@ -175,8 +175,14 @@ def test_loss_decreases_and_outputs_are_written(data_dir, tmp_path):
   config.model.update(hidden_size=64, depth=2, num_heads=4)
   denoiser.train_and_evaluate(config, tmp_path)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  rows = [r for r in rows if "loss" in r]  # training rows (not the evaluator's or the summary)
   assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]
-  assert {"grad_norm", "lr", "images_per_s", "steps_per_s"} <= set(rows[0])
+  assert {"grad_norm", "lr", "images_per_s", "steps_per_s", "tflops_per_device"} <= set(rows[0])
+  flops = denoiser.train_step_flops(create_model(config.model), (8, 8, 1), 16)
+  for row in rows:  # TFLOP/s per device of the row's steps/s; no MFU: a CPU's peak is unknown
+    assert row["tflops_per_device"] == pytest.approx(
+        flops * row["steps_per_s"] / jax.device_count() / 1e12, rel=1e-6)
+    assert "mfu" not in row
   assert (tmp_path / "samples" / "step_0000060.png").exists() and (tmp_path / "loss.png").exists()
   assert any((tmp_path / "tensorboard").iterdir())
 
