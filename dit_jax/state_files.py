@@ -38,17 +38,8 @@ def write_atomic(path, data: str | bytes) -> None:
     with paths.remote_errors(path):
       paths.filesystem(path).pipe_file(paths.object_name(path), _bytes(data))
     return
-  path = paths.as_path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(_bytes(data))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with atomic_writer(path) as f:  # locally: temporary file, fsync, rename
+    f.write(_bytes(data))
 
 
 def create_exclusive(path, data: str | bytes) -> bool:
