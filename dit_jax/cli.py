@@ -92,8 +92,8 @@ def cmd_train(args, overrides):
 
 def cmd_sweep(args, overrides):
   run_sweep(args.config, args.workdir, overrides, parallel=args.parallel,
-            devices_per_run=args.devices_per_run, seeds=args.seeds, report_only=args.report,
-            shard=args.shard)
+            devices_per_run=args.devices_per_run, seeds=args.seeds, runs=args.runs,
+            report_only=args.report, shard=args.shard)
 
 
 def cmd_bench(args, overrides):

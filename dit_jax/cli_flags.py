@@ -72,6 +72,13 @@ def seed_list(text: str) -> tuple[int, ...]:
   return tuple(int(p) for p in parts)
 
 
+def run_list(text: str) -> tuple[str, ...]:
+  names = tuple(p.strip() for p in text.split(","))
+  if not all(names):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected run names such as S/4 or S/4,B/2")
+  return names
+
+
 def _in_bucket(text: str, *, exists: bool = False) -> str:
   """A gs:// path (whose bucket must exist; with `exists`, so must the folder), or a clear
   error: a missing [gcs] extra, an unknown bucket, refused credentials."""
@@ -225,6 +232,8 @@ def sweep_flags(p):
   p.add_argument("--devices-per-run", type=positive, default=1)
   p.add_argument("--seeds", type=seed_list, help="only these of the sweep's seeds, e.g. 0 "
                  "(comma-separated; default: all); a later call can add the others")
+  p.add_argument("--runs", type=run_list, help="only these of the sweep's named runs, e.g. "
+                 "S/4,B/2 (comma-separated; default: all); a later call can add the others")
   p.add_argument("--report", action="store_true", help="only summarise the finished runs")
   p.add_argument("--shard", type=shard, default=(0, 1), help=argparse.SUPPRESS)
 

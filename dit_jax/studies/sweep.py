@@ -94,6 +94,16 @@ def with_seeds(sweep: Sweep, seeds) -> Sweep:
   return dataclasses.replace(sweep, seeds=tuple(s for s in sweep.seeds if s in set(seeds)))
 
 
+def with_runs(sweep: Sweep, names) -> Sweep:
+  """The sweep restricted to the named sets `names` (`dit-jax sweep --runs`), each crossed
+  with the axes as before: a later call can train the others into the same --workdir."""
+  missing = [n for n in names if n not in sweep.runs]
+  if missing:
+    raise ConfigError(f"--runs: {missing} not among the sweep's named runs "
+                      f"{list(sweep.runs) or '(it has none: only axes)'}")
+  return dataclasses.replace(sweep, runs={n: f for n, f in sweep.runs.items() if n in names})
+
+
 def load(spec: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDict, Sweep]:
   """(base config with --config.* overrides applied, the sweep) of 'configs/sweeps/F.py[:arg]'."""
   module, arg = config_module(spec)

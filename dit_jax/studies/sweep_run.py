@@ -9,14 +9,15 @@ from dit_jax.errors import RunFailedError
 from dit_jax.studies import sweep, sweep_report
 
 
-def worker_argv(config: str, workdir, overrides, seeds) -> list[str]:
+def worker_argv(config: str, workdir, overrides, seeds, names=None) -> list[str]:
   """The `dit-jax sweep` arguments a side-by-side worker gets: the same sweep and overrides."""
   return ["--config", config, "--workdir", str(workdir), *[f"--config.{o}" for o in overrides],
-          *(["--seeds", ",".join(map(str, seeds))] if seeds is not None else [])]
+          *(["--seeds", ",".join(map(str, seeds))] if seeds is not None else []),
+          *(["--runs", ",".join(names)] if names is not None else [])]
 
 
 def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_per_run: int = 1,
-              seeds=None, report_only: bool = False, shard: tuple[int, int] = (0, 1),
+              seeds=None, runs=None, report_only: bool = False, shard: tuple[int, int] = (0, 1),
               log=print) -> dict:
   """Trains the runs not yet finished (back to back, or in `parallel` worker processes), then
   writes the summary (results.jsonl, results.md, plots; worker shards leave it to their
@@ -26,15 +27,18 @@ def run_sweep(config: str, workdir, overrides=(), *, parallel: int = 1, devices_
   base, spec = sweep.load(config, list(overrides))
   if seeds is not None:
     spec = sweep.with_seeds(spec, seeds)
+  if runs is not None:
+    spec = sweep.with_runs(spec, runs)
   root = paths.as_path(workdir)
-  runs = sweep.expand(spec, root)
+  names, runs = runs, sweep.expand(spec, root)
   log(f"sweep {spec.title!r}: {len(runs)} runs ({len(runs) // len(spec.seeds)} settings x "
       f"{len(spec.seeds)} seeds) in {root}")
   failed = 0
   if report_only:
     pass  # only the summary below
   elif parallel > 1:
-    argv = worker_argv(config, workdir, overrides, spec.seeds if seeds is not None else None)
+    argv = worker_argv(config, workdir, overrides, spec.seeds if seeds is not None else None,
+                       names)
     failed = sweep.run_side_by_side(argv, parallel, devices_per_run, root, log)
   else:
     status = sweep.run_all(base, spec, root, shard, log)
