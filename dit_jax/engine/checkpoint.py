@@ -98,7 +98,7 @@ class Checkpointer:
     if not isinstance(keep, int) or keep < 1:
       raise InputError(f"train.keep_checkpoints={keep!r} must be an integer >= 1: a run keeps "
                        "at least its latest checkpoint")
-    self.directory = _absolute(directory)
+    self.directory = paths.as_path(paths.absolute(directory))  # what Orbax takes
     # Step folders are made before save() returns: made in the background, a failure to make
     # them (a lost bucket) would leave Orbax's writer threads waiting minutes for them at exit.
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
@@ -245,7 +245,7 @@ def restore_params(directory, abstract_params: dict, report=None,
   A training run may save and rotate checkpoints meanwhile: a step deleted (no longer listed)
   or superseded (a newer one listed) while it is read is not damage, and the newest listed
   step is read again, up to `tries` times; a step that is there and unreadable is damage."""
-  directory = _absolute(directory)
+  directory = paths.as_path(paths.absolute(directory))  # what Orbax takes
   reader = ocp.PyTreeCheckpointer()
   quiet_abandoned_io()  # a damaged step's reads still in flight when it is skipped
 
@@ -280,12 +280,6 @@ def restore_params(directory, abstract_params: dict, report=None,
         report(f"checkpoint: step {e.step} was deleted or superseded while it was read (a "
                "training run rotating its checkpoints); reading the newest listed step again")
   raise AssertionError("unreachable: the last try calls no step moved")
-
-
-def _absolute(directory):
-  """An epath.Path of `directory` that Orbax takes: gs:// as it is, a local one absolute."""
-  path = paths.as_path(directory)
-  return path if paths.is_remote(path) else path.absolute()
 
 
 def abstract_like(state):

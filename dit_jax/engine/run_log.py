@@ -109,8 +109,7 @@ class MetricsLog:
       tqdm.write(text)
 
   def _upload_events(self):
-    for event_file in paths.as_path(self.events).iterdir():
-      write_atomic(self.workdir / "tensorboard" / event_file.name, event_file.read_bytes())
+    paths.upload_tree(self.events, self.workdir / "tensorboard")
 
   def close(self):
     if self.bar is not None:

@@ -67,6 +67,12 @@ def test_expansion_names_crosses_and_seeds_every_run(tmp_path):
   assert subset == [r for r in runs if r.seed == 4]
   with pytest.raises(ConfigError, match=r"--seeds: \[5\] not among the sweep's seeds \[3, 4\]"):
     sweep.with_seeds(spec, (4, 5))
+  # `dit-jax sweep --runs b`: one named set, still crossed with the axes and seeds
+  only_b = sweep.expand(sweep.with_runs(spec, ("b",)), tmp_path / "w")
+  assert only_b == [r for r in runs if r.name.startswith("b ")] and len(only_b) == 4
+  with pytest.raises(ConfigError, match=r"--runs: \['c'\] not among the sweep's named runs "
+                                        r"\['a', 'b'\]"):
+    sweep.with_runs(spec, ("b", "c"))
 
   for fields, match in [
       ('runs={"x": {"model.depthh": 2}}', r"sweep run 'x': 'model.depthh': .*no field"),
@@ -457,3 +463,8 @@ def test_side_by_side_workers_get_the_same_sweep():
   assert argv == ["--config", "s.py", "--workdir", "w", "--config.train.steps=2", "--seeds",
                   "0,2"]
   assert sweep_run.worker_argv("s.py", "w", [], None) == ["--config", "s.py", "--workdir", "w"]
+  assert sweep_run.worker_argv("s.py", "w", [], None, ("S/4", "B/2"))[-2:] == ["--runs",
+                                                                               "S/4,B/2"]
+  args = cli.build_parser().parse_args(["sweep", "--config", "s.py", "--workdir", "w",
+                                        "--runs", "S/4, B/2"])
+  assert args.runs == ("S/4", "B/2")
