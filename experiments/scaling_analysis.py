@@ -3,15 +3,19 @@ with the training budget at which each one turns.
 
     dit-jax sweep --config configs/sweeps/scaling.py:long --workdir runs/sweeps/scaling_long
     python experiments/fd_floor.py   # the FD of real digits, the floor FD is read against
+    python experiments/final_fd.py --sweep-dir runs/sweeps/scaling_long \
+        --out experiments/results/sweeps/scaling
     python experiments/scaling_analysis.py --sweep-dir runs/sweeps/scaling_long \
         --out experiments/results/sweeps/scaling
 
 Reads the sweep's results.jsonl (runs named SIZE/PATCH, one row per run, seed and evaluated
 step) and writes analysis.md and loss_by_t.png. Quality is measured two ways:
-  - the held-out loss at t = 0.5 (`eval/loss_t=0.5`: EMA parameters, the first 128 test
-    digits, fixed noise; every 100 steps), where logit-normal training puts its weight;
+  - the held-out loss (`eval/loss_t=T`: EMA parameters, the first 128 test digits, fixed
+    noise; every 100 steps) averaged over T = 0.05, 0.2, 0.5, 0.8, 0.95, and at each T, which
+    shows at which noise levels a claim holds;
   - FD of 300 EMA samples at equal training compute and at the end, next to the FD of 300
-    real digits (experiments/results/fd_floor.json), which the models reach.
+    real digits (experiments/results/fd_floor.json), which the models reach; and of 1,000
+    samples at the end (experiments/final_fd.py's final_fd.json), which still ranks them.
 The claims, each compared seed by seed (seed s of two runs shares the data order), with the
 first evaluated step from which the claim holds at every later evaluation ("holds from"):
   1. at a fixed patch size, the larger model is better (at equal steps);
@@ -28,8 +32,9 @@ from scipy.stats import spearmanr
 
 from dit_jax.studies.sweep_report import bootstrap_interval
 
-LOSS, FD = "eval/loss_t=0.5", "eval/fd"
 TIMES = (0.05, 0.2, 0.5, 0.8, 0.95)
+BY_T = tuple(f"eval/loss_t={t:g}" for t in TIMES)
+LOSS, FD = "loss_mean_t", "eval/fd"  # LOSS: the mean of BY_T, added by `load`
 
 
 def load(path: Path) -> dict[str, dict]:
@@ -42,7 +47,39 @@ def load(path: Path) -> dict[str, dict]:
       run = runs.setdefault(row["run"], dict(gflops=row["gflops"], params=row["params"],
                                              seeds={}))
       run["seeds"].setdefault(row["seed"], {}).setdefault(row["step"], {}).update(row)
+  for run in runs.values():
+    for rows in run["seeds"].values():
+      for row in rows.values():
+        if all(k in row for k in BY_T):
+          row[LOSS] = float(np.mean([row[k] for k in BY_T]))
   return runs
+
+
+def add_final_fd(runs, path: Path) -> bool:
+  """Puts experiments/final_fd.py's FD of more samples at the end into runs[name]['fd_end']
+  ({seed: FD}); False when there is no such file."""
+  if not path.exists():
+    return False
+  for name, by_seed in json.loads(path.read_text())["scores"].items():
+    if name in runs:
+      runs[name]["fd_end"] = {int(seed): s["fd"] for seed, s in by_seed.items()}
+  return True
+
+
+def _fd_end(run: dict, final_fd: bool = True) -> dict[int, float]:
+  """{seed: FD at the end}: of experiments/final_fd.py's samples (when `final_fd` and there),
+  else of the sweep's last evaluation."""
+  if final_fd and "fd_end" in run:
+    return run["fd_end"]
+  points = curve(run, FD)
+  return points[max(points)] if points else {}
+
+
+def _fd_differences(a: dict, b: dict) -> list[float]:
+  """b - a of the FD at the end per shared seed, both from the same number of samples."""
+  both = "fd_end" in a and "fd_end" in b
+  fa, fb = _fd_end(a, both), _fd_end(b, both)
+  return [fb[s] - fa[s] for s in sorted(set(fa) & set(fb))]
 
 
 def size_and_patch(name: str) -> tuple[str, int]:
@@ -103,20 +140,25 @@ def pair_rows(runs, pairs, metric: str) -> list[str]:
       continue
     last = max(diffs)
     start = holds_from(diffs)
-    fd = paired(runs[a], runs[b], FD)
-    fd_last = fd[max(fd)] if fd else []
+    fd_last = _fd_differences(runs[a], runs[b])
+    by_t = []
+    for key in BY_T:
+      d = paired(runs[a], runs[b], key)
+      t_start = holds_from(d)
+      by_t.append(f"no ({np.mean(d[max(d)]):+.3f})" if t_start is None else str(t_start))
     rows.append(
         f"| {a} | {b} | {_interval(_final(runs[a], metric))} | "
         f"{_interval(_final(runs[b], metric))} | {_signed(diffs[last])} | "
-        f"{'yes' if np.mean(diffs[last]) < 0 else 'no'} | "
-        f"{'-' if start is None else start} | {_signed(fd_last) if fd_last else '-'} |")
+        f"{'-' if start is None else start} | " + " | ".join(by_t) + " | "
+        f"{_signed(fd_last) if fd_last else '-'} |")
   return rows
 
 
-PAIR_HEADER = ["| worse by the claim | better by the claim | loss_t=0.5 [interval] | "
-               "loss_t=0.5 [interval] | difference per seed | claim holds at the end | "
-               "holds from step | FD difference per seed (end) |",
-               "|---|---|---|---|---|---|---|---|"]
+PAIR_HEADER = ["| worse by the claim | better by the claim | loss [interval] | loss [interval] | "
+               "difference per seed (end) | holds from step | "
+               + " | ".join(f"t = {t:g}: from step" for t in TIMES)
+               + " | FD difference per seed (end) |",
+               "|---|---|---|---|---|---|" + "---|" * len(TIMES) + "---|"]
 
 
 def size_section(runs) -> list[str]:
@@ -163,7 +205,7 @@ def gflops_section(runs, resamples: int = 2000) -> list[str]:
   (g_low, p_low), (g_high, p_high) = np.quantile(np.array(draws), [0.025, 0.975], axis=0)
   start = holds_from(gap)
   lines = ["", "## 3. Gflops or parameters", "",
-           f"Spearman rank correlation of the held-out loss (t = 0.5, mean over seeds) over the "
+           f"Spearman rank correlation of the held-out loss (mean over t and seeds) over the "
            f"{len(names)} models at step {last}: with forward Gflops {rho_g:+.2f} [{g_low:+.2f}, "
            f"{g_high:+.2f}], with parameters {rho_p:+.2f} [{p_low:+.2f}, {p_high:+.2f}] (-1: more "
            "is always better; intervals resample each model's seeds). Gflops rank the models "
@@ -176,10 +218,20 @@ def gflops_section(runs, resamples: int = 2000) -> list[str]:
   lines.append("| rho with Gflops | " + " | ".join(f"{rhos[s][0]:+.2f}" for s in shown) + " |")
   lines.append("| rho with parameters | " + " | ".join(f"{rhos[s][1]:+.2f}" for s in shown)
                + " |")
-  lines += ["", "| model | forward Mflops | params (K) | loss_t=0.5 at the end [interval] | "
+  if all("fd_end" in runs[n] for n in names):
+    rho_g, rho_p = _spearman(runs, names, lambda n: np.mean(list(runs[n]["fd_end"].values())))
+    lines += ["", f"The same for FD at the end (1,000 samples, mean over seeds): with forward "
+                  f"Gflops {rho_g:+.2f}, with parameters {rho_p:+.2f}."]
+  lines += ["", f"At each noise level, at step {last}:", "",
+            "| t | rho with Gflops | rho with parameters | Gflops rank better |",
+            "|---|---|---|---|"]
+  for t, key in zip(TIMES, BY_T):
+    rho_g, rho_p = _spearman(runs, names, lambda n, k=key: np.mean(_final(runs[n], k)))
+    lines.append(f"| {t:g} | {rho_g:+.2f} | {rho_p:+.2f} | {'yes' if rho_g < rho_p else 'no'} |")
+  lines += ["", "| model | forward Mflops | params (K) | loss at the end [interval] | "
             "FD at the end [interval] |", "|---|---|---|---|---|"]
   for n in sorted(names, key=lambda n: runs[n]["gflops"]):
-    fd = _final(runs[n], FD)
+    fd = list(_fd_end(runs[n]).values())
     lines.append(f"| {n} | {runs[n]['gflops'] * 1e3:.2f} | {runs[n]['params'] / 1e3:.0f} | "
                  f"{_interval(_final(runs[n], LOSS))} | "
                  f"{_interval(fd, 2) if fd else '-'} |")
@@ -191,8 +243,8 @@ def loss_at_compute(run: dict, tflops: float) -> list[float]:
   log compute between them; [] outside."""
   points = curve(run, LOSS)
   steps = sorted(points)
-  per_step = run["gflops"] * 3 * 64 / 1e3  # train_tflops per step at batch 64
-  x = np.log([s * per_step for s in steps])
+  rows = run["seeds"][next(iter(run["seeds"]))]
+  x = np.log([rows[s]["train_tflops"] for s in steps])
   if not x[0] <= np.log(tflops) <= x[-1]:
     return []
   return [float(np.interp(np.log(tflops), x, [points[s][seed] for s in steps]))
@@ -254,16 +306,20 @@ def _fd_by_compute(run: dict) -> dict[float, list[float]]:
   return out
 
 
-def floor_lines(floor_path: Path) -> list[str]:
+def floor_lines(floor_path: Path, final_fd: bool) -> list[str]:
+  """What real digits score, for each number of samples the FD columns use."""
   if not floor_path.exists():
     return []
-  rows = json.loads(floor_path.read_text())["rows"]
-  fd = rows.get("300", {}).get("fd")
-  if fd is None:
-    return []
-  return ["", f"FD floor: 300 real training digits score FD {fd['mean']:.2f} (sd {fd['sd']:.2f}, "
-              f"range {fd['low']:.2f}-{fd['high']:.2f} over {json.loads(floor_path.read_text())['draws']} "
-              "draws; experiments/fd_floor.py). An FD within about 2 sd of it cannot rank models."]
+  floor = json.loads(floor_path.read_text())
+  sizes = ["300"] + (["1000"] if final_fd else [])
+  cells = [f"{n} real digits score {r['mean']:.2f} (sd {r['sd']:.2f}, {r['low']:.2f}-"
+           f"{r['high']:.2f})" for n in sizes if n in floor["rows"]
+           for r in [floor["rows"][n]["fd"]]]
+  return ["", f"FD floor ({floor['draws']} draws of real training digits, "
+              f"experiments/fd_floor.py): {'; '.join(cells)}. Two models within about 2 sd "
+              "of each other are not ranked by one evaluation. 'FD at the end' is of "
+              + ("1,000 samples per run and seed (experiments/final_fd.py)." if final_fd else
+                 "the sweep's last evaluation (300 samples).")]
 
 
 def plot_loss_by_t(runs, path: Path):
@@ -285,6 +341,8 @@ def plot_loss_by_t(runs, path: Path):
                 color=f"C{patches.index(patch)}", label=name, lw=1.3)
   for ax, t in zip(axes, TIMES):
     ax.set(title=f"t = {t:g}", xlabel="training step", yscale="log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.grid(True, which="both", alpha=0.3)
   axes[0].set_ylabel("held-out loss (EMA)")
   axes[-1].legend(fontsize=7, ncol=2)
@@ -301,17 +359,22 @@ def main():
   parser.add_argument("--out", required=True, type=Path)
   parser.add_argument("--fd-floor", type=Path,
                       default=Path(__file__).parent / "results" / "fd_floor.json")
+  parser.add_argument("--final-fd", type=Path, help="experiments/final_fd.py's final_fd.json "
+                      "(default: the one in --out, if any)")
   args = parser.parse_args()
   runs = load(args.sweep_dir / "results.jsonl")
+  final_fd = add_final_fd(runs, args.final_fd or args.out / "final_fd.json")
   seeds = sorted({s for r in runs.values() for s in r["seeds"]})
   text = "\n".join([
       "# Scaling claims of the DiT paper, checked past the plateau", "",
       f"From {args.sweep_dir / 'results.jsonl'}: {len(runs)} models, seeds {seeds}; "
-      "loss_t=0.5 is the held-out loss at t = 0.5 (EMA), mean over seeds [95% bootstrap "
-      "interval of the mean over seeds; with 2 seeds narrower than the truth]; differences "
-      "are paired by seed. 'holds from step' is the first evaluation (every 100 steps) from "
-      "which the claim holds, in the mean over seeds, at every later one.",
-      *floor_lines(args.fd_floor), "",
+      "'loss' is the held-out loss (EMA parameters, 128 test digits, fixed noise) averaged over "
+      f"t = {', '.join(f'{t:g}' for t in TIMES)}, mean over seeds [95% bootstrap interval of "
+      "the mean over seeds; with 2 seeds narrower than the truth]; differences (better by the "
+      "claim minus worse) are paired by seed. 'from step' is the first evaluation (every 100 "
+      "steps) from which the claim holds, in the mean over seeds, at every later one; 'no "
+      "(d)': it does not hold at the end, by the mean difference d.",
+      *floor_lines(args.fd_floor, final_fd), "",
       *size_section(runs), *patch_section(runs), *gflops_section(runs),
       *compute_section(runs), ""])
   args.out.mkdir(parents=True, exist_ok=True)
