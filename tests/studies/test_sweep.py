@@ -340,6 +340,8 @@ def test_side_by_side_workers_share_out_the_runs(digits_net, tmp_path):
   cli.main(["sweep", "--config", path, "--workdir", str(work), "--parallel", "2", "--seeds", "0",
             f"--config.data.data_dir={data_dir}", "--config.train.steps=2"])
   assert not list(work.glob("runs/*/seed_1"))  # the workers got --seeds too
+  # the summary is of the whole sweep: seed 1 is there, not run yet
+  assert "Not finished (2): narrow seed 1, wide seed 1." in (work / "results.md").read_text()
   logs = [(work / "logs" / f"shard_{i}.log").read_text() for i in range(2)]
   for run in ("narrow", "wide"):
     info = json.loads((work / "runs" / run / "seed_0" / "result.json").read_text())
