@@ -26,14 +26,11 @@ compute, the powers of 2 Tflops (LONG_FD_TFLOPS; 3 x Gflops x batch x step, as t
 counts) from step 200 on (`sweep_report.compute_matched_steps`: S/4 at steps 221, 442, 883,
 1766; L/1 at 309, 618, 1236), and at the end: 4-5 evaluations a run, 42 a seed (the 600-step
 sweep: 54).
-Wall clock, estimated (not run): 1.4-1.9 h on an idle 2-core machine, about 1.5 h. The
-600-step sweep took 35.3 min (2.98 s per step of all 18 runs with an FD evaluation every 100
-steps, 18 s of start-up a run). One L/1 run of 200 steps of this variant, timed on the shared
-machine (load 4-5), trained at 1.9 steps/s and spent 85 training steps' time on an FD
-evaluation and 9 on a loss-by-t evaluation; with that split, L/1 takes 18 min a run here (43%
-of the sweep). Taking the same split for the other models gives 1.4 h; charging their whole
-600-step time to training (FD free) gives 1.9 h. 2,000 steps (--config.train.steps=2000; the FD
-steps stay) would take 1.2-1.6 h.
+Wall clock, measured (2026-12-06): seed 1 took 41 min for its 9 runs on an idle 2-core machine
+(S/4 84 s, S/2 91 s, S/1 3.8 min, B/4 75 s, B/2 2.6 min, B/1 7.4 min, L/4 2.2 min, L/2 6.7 min,
+L/1 14.3 min), so the 18 runs take about 1.4 h; seed 0 ran beside four other jobs (load 6-20)
+at 0.7-5.5x those times (B/1 41 min). The estimate made before running (1.4-1.9 h, L/1 18 min
+a run) was about right. `--runs` and `--seeds` train a part into the same --workdir.
 """
 from dit_jax.config import base_config, evaluator_section, model_section, set_fields
 from dit_jax.studies.sweep import counts
