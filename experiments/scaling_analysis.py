@@ -15,7 +15,7 @@ step) and writes analysis.md and loss_by_t.png. Quality is measured two ways:
     shows at which noise levels a claim holds;
   - FD of 300 EMA samples at equal training compute and at the end, next to the FD of 300
     real digits (experiments/results/fd_floor.json), which the models reach; and of 1,000
-    samples at the end (experiments/final_fd.py's final_fd.json), which still ranks them.
+    samples at the end (experiments/final_fd.py's final_fd.json), with a third of the noise.
 The claims, each compared seed by seed (seed s of two runs shares the data order), with the
 first evaluated step from which the claim holds at every later evaluation ("holds from"):
   1. at a fixed patch size, the larger model is better (at equal steps);
