@@ -4,7 +4,8 @@ Saves are asynchronous (training goes on while arrays are written) and atomic: l
 writes to a temporary directory and renames it when complete; in a bucket (gs://, no rename)
 it writes the step in place and publishes it last with a `commit_success.txt` object, and a
 step without one is not listed. So a crash never leaves a half-written step behind that a
-restore would read. The last `keep` steps are kept.
+restore would read (the next trainer deletes a killed save's temporary folder). The last `keep`
+steps are kept.
 
 Restoring verifies: a step that fails to restore (a truncated data file, a missing metadata
 or manifest file) is skipped for the newest intact one, and the step used and the steps
@@ -15,6 +16,7 @@ bucket that move is a copy of every object, then the deletion of the step
 """
 import contextlib
 import logging
+import re
 import sys
 import time
 import traceback
@@ -24,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from orbax.checkpoint._src.serialization import tensorstore_utils
 
-from dit_jax import paths
+from dit_jax import paths, state_files
 from dit_jax.errors import InputError, MissingFileError, RunFailedError
 
 # Orbax writes array data with tensorstore, whose GCS client retries a failed request up to 32
@@ -99,6 +101,8 @@ class Checkpointer:
       raise InputError(f"train.keep_checkpoints={keep!r} must be an integer >= 1: a run keeps "
                        "at least its latest checkpoint")
     self.directory = paths.as_path(paths.absolute(directory))  # what Orbax takes
+    if jax.process_index() == 0:  # before any save; the workdir lock keeps other trainers out
+      _remove_interrupted_saves(self.directory)
     # Step folders are made before save() returns: made in the background, a failure to make
     # them (a lost bucket) would leave Orbax's writer threads waiting minutes for them at exit.
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
@@ -280,6 +284,17 @@ def restore_params(directory, abstract_params: dict, report=None,
         report(f"checkpoint: step {e.step} was deleted or superseded while it was read (a "
                "training run rotating its checkpoints); reading the newest listed step again")
   raise AssertionError("unreachable: the last try calls no step moved")
+
+
+def _remove_interrupted_saves(directory):
+  """Deletes what saves cut short by a kill left (locally Orbax writes step N into
+  `N.orbax-checkpoint-tmp*` and renames it when complete): never listed nor read, they only
+  take space. In a bucket a step is written in place and an unpublished one is overwritten."""
+  if paths.is_remote(directory) or not directory.exists():
+    return
+  for name in paths.list_names(directory):
+    if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
+      state_files.remove_tree(directory / name)
 
 
 def abstract_like(state):

@@ -117,6 +117,15 @@ def test_checkpoint_every_zero_saves_only_the_end(tmp_path):
   assert steps_on_disk(tmp_path) == [5]
 
 
+def test_a_save_cut_short_by_a_kill_is_cleared_and_the_steps_stay(tmp_path):
+  run(toy_config(steps=4), tmp_path)
+  leftover = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp"  # as a SIGKILL mid-save leaves
+  (leftover / "state").mkdir(parents=True)
+  (leftover / "state" / "data").write_bytes(b"partial")
+  run(toy_config(steps=6), tmp_path)
+  assert not leftover.exists() and steps_on_disk(tmp_path) == [2, 4, 6]
+
+
 def test_keep_checkpoints_zero_is_refused_and_deletes_nothing(tmp_path):
   run(toy_config(steps=4), tmp_path)
   with pytest.raises(ValueError, match="train.keep_checkpoints=0 must be >= 1"):
