@@ -79,8 +79,8 @@ def main():
            f"`python experiments/final_fd.py --sweep-dir {args.sweep_dir} --num {args.num}`: "
            f"{args.num} EMA samples per run and seed (uniform labels, each run's own sampler) "
            "scored against the test digits in the data set's classifier features; mean over "
-           f"seeds [95% bootstrap interval]. {seconds:.0f} s on 2 CPU cores. Real digits: "
-           "3.82 (sd 0.26) at 1,000 (experiments/fd_floor.py).", "",
+           f"seeds [95% bootstrap interval]. {seconds:.0f} s on 2 CPU cores. What real digits "
+           f"score: `experiments/fd_floor.py --data {config.data.name}`.", "",
            "| run | FD | per seed | accuracy | precision | recall |", "|---|---|---|---|---|---|"]
   for name, by_seed in scores.items():
     fd = [s["fd"] for s in by_seed.values()]

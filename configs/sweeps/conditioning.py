@@ -19,13 +19,9 @@ steps (gpu: 250 on 256 digits).
 `long`: the CPU sweep at LONG_STEPS = 2,000 steps (the cosine decays over all of them: use a
 new --workdir), 3 seeds, FD and accuracy of 400 samples every 500 steps (4 evaluations; the
 designs' Gflops differ by at most 14%, so equal steps are close to equal compute).
-Wall clock, estimated (not run): about 2.1 h on an idle 2-core machine, 0.7 h a seed. The
-900-step sweep took 60.6 min for its 12 runs (4.4-5.8 min a run); its median logged speed
-(3.2-5.0 steps/s) is pure training, since 7 of its 9 logging intervals hold no evaluation, which
-leaves 64-96 s a run for start-up and 3 FD evaluations (~20 s each). At 2,000 steps, with one
-FD evaluation more and 20 loss-by-t evaluations (~9 training steps' time each, as timed for the
-scaling study), a run takes 9-13 min. `--seeds 0,1` first (1.4 h), a later `--seeds 2` adds
-the third.
+Wall clock, measured (2026-12-06): seeds 0 and 1 took 63 min for their 8 runs (seed 1 on an
+idle 2-core machine: 6.8-8.4 min a run; estimated before running: 9-13), so about 1.6 h with
+the third seed (`--seeds 2` adds it to the same --workdir).
 """
 from dit_jax.config import base_config, evaluator_section, model_section
 
