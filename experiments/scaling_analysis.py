@@ -82,6 +82,11 @@ def _fd_differences(a: dict, b: dict) -> list[float]:
   return [fb[s] - fa[s] for s in sorted(set(fa) & set(fb))]
 
 
+def _first_seed_rows(run: dict) -> dict[int, dict]:
+  """{step: row} of the run's first seed: what every seed shares (steps, training compute)."""
+  return run["seeds"][next(iter(run["seeds"]))]
+
+
 def size_and_patch(name: str) -> tuple[str, int]:
   size, _, patch = name.partition("/")
   return size, int(patch)
@@ -243,7 +248,7 @@ def loss_at_compute(run: dict, tflops: float) -> list[float]:
   log compute between them; [] outside."""
   points = curve(run, LOSS)
   steps = sorted(points)
-  rows = run["seeds"][next(iter(run["seeds"]))]
+  rows = _first_seed_rows(run)
   x = np.log([rows[s]["train_tflops"] for s in steps])
   if not x[0] <= np.log(tflops) <= x[-1]:
     return []
@@ -291,7 +296,7 @@ def compute_section(runs) -> list[str]:
 
 
 def _end_tflops(run: dict) -> float:
-  rows = run["seeds"][next(iter(run["seeds"]))]
+  rows = _first_seed_rows(run)
   return rows[max(rows)]["train_tflops"]
 
 
@@ -301,7 +306,7 @@ def _fd_by_compute(run: dict) -> dict[float, list[float]]:
   points = curve(run, FD)
   out = {}
   for step in sorted(points)[:-1]:
-    tflops = run["seeds"][next(iter(run["seeds"]))][step]["train_tflops"]
+    tflops = _first_seed_rows(run)[step]["train_tflops"]
     out[float(2.0 ** round(np.log2(tflops)))] = list(points[step].values())
   return out
 

@@ -11,12 +11,13 @@ other hosts hit only a folder they all read: a bucket.
 `sample`, `eval`, `eval-ref` and `bench` use the cache of their `--compilation-cache DIR`
 (`sample --workdir`: the run's own).
 """
-import os
 import threading
 
 import jax
 from jax import monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from dit_jax import paths
 
 DEFAULT_DIR = "compilation_cache"
 SETTINGS = ("jax_compilation_cache_dir", "jax_enable_compilation_cache",
@@ -34,8 +35,7 @@ def cache_dir(setting: str | None, workdir) -> str | None:
   """The cache folder of train.compilation_cache_dir = `setting` for a run in `workdir`: None
   gives `<workdir>/compilation_cache`, '' gives None (no cache), a path itself."""
   if setting is None:
-    path = os.path.join(os.fspath(workdir), DEFAULT_DIR)
-    return path if "://" in path else os.path.abspath(path)
+    return paths.absolute(paths.as_path(workdir) / DEFAULT_DIR)
   return setting or None
 
 
